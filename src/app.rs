@@ -1,0 +1,139 @@
+//! `AppState` (built eagerly, cheap to clone) and `serve`: open storage and the index, load
+//! or generate the signing key, sweep crash leftovers, then run the HTTP server until the
+//! shutdown future resolves.
+
+use std::{future::Future, sync::Arc};
+
+use tokio::net::TcpListener;
+
+use crate::{
+    config::{CacheConfig, Config, KeySource},
+    db::{Db, DbError},
+    metrics::Metrics,
+    nixfmt::{KeyError, PublicKey, SecretKey},
+    store::{Store, StoreError},
+};
+
+/// Start-up failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Storage could not be opened.
+    #[error("storage: {0}")]
+    Store(#[from] StoreError),
+    /// The database could not be opened or migrated.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// The signing key file could not be read or written.
+    #[error("signing key {path}: {source}")]
+    KeyFile {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The signing key file does not hold a valid key.
+    #[error("signing key {path}: {source}")]
+    Key {
+        /// The file.
+        path: std::path::PathBuf,
+        /// Why.
+        source: KeyError,
+    },
+    /// The server failed.
+    #[error("server: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Everything a request handler needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    /// NARs and narinfos.
+    pub store: Store,
+    /// The index.
+    pub db: Db,
+    /// The cache signing key.
+    pub signing_key: Arc<SecretKey>,
+    /// Every public key clients should trust (current first, then previous ones).
+    pub public_keys: Arc<Vec<PublicKey>>,
+    /// Protocol settings.
+    pub cache: Arc<CacheConfig>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Opens storage and the index and loads the key.
+    pub async fn open(config: &Config) -> Result<(Self, KeyOrigin), StartError> {
+        let (key, origin) = load_or_generate_key(&config.signing_key)?;
+        let store = Store::open(&config.storage)?;
+        let swept = store.sweep_staging().await?;
+        if swept > 0 {
+            tracing::info!(swept, "removed unfinished uploads left by an earlier run");
+        }
+        let db = Db::open(&config.database).await?;
+        let mut public_keys = vec![key.public()];
+        public_keys.extend(config.previous_public_keys.iter().cloned());
+        let state = Self {
+            store,
+            db,
+            signing_key: Arc::new(key),
+            public_keys: Arc::new(public_keys),
+            cache: Arc::new(config.cache.clone()),
+            metrics: Arc::default(),
+        };
+        Ok((state, origin))
+    }
+
+    /// The `nix.conf` lines a client needs to use this cache at `url`.
+    pub fn nix_conf_lines(&self, url: &str) -> String {
+        let keys: Vec<String> = self.public_keys.iter().map(PublicKey::to_nix_string).collect();
+        format!("extra-substituters = {url}\nextra-trusted-public-keys = {}\n", keys.join(" "))
+    }
+}
+
+/// Whether the signing key was found or made on this start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyOrigin {
+    /// Loaded from its file.
+    Loaded,
+    /// Generated now and written to its file.
+    Generated,
+}
+
+/// Loads the signing key, generating it (mode 0600) when it is the default one and missing.
+pub fn load_or_generate_key(source: &KeySource) -> Result<(SecretKey, KeyOrigin), StartError> {
+    let path = &source.path;
+    match std::fs::read_to_string(path) {
+        Ok(text) => {
+            let key = SecretKey::parse(&text).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
+            Ok((key, KeyOrigin::Loaded))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.generate_as.is_some() => {
+            let name = source.generate_as.as_deref().expect("checked");
+            let key = SecretKey::generate(name).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
+            write_secret(path, &key.to_nix_string()).map_err(|e| StartError::KeyFile { path: path.clone(), source: e })?;
+            Ok((key, KeyOrigin::Generated))
+        }
+        Err(e) => Err(StartError::KeyFile { path: path.clone(), source: e }),
+    }
+}
+
+/// Writes a secret to a new file readable by its owner only.
+pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+/// Serves `state` on `listener` until `shutdown` resolves; then closes the index.
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+    let db = state.db.clone();
+    crate::http::serve(state, listener, shutdown).await.map_err(StartError::Serve)?;
+    db.close().await;
+    Ok(())
+}

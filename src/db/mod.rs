@@ -1,0 +1,89 @@
+//! Metadata: the index of paths, NAR files and tokens (later: hosts, generations, builds).
+//! SQLite embedded by default, PostgreSQL when replicas share a bucket; one access layer for
+//! both. Every query is written once in SQL that both dialects accept (`$1` placeholders,
+//! TEXT and BIGINT columns) and run on whichever pool is open.
+
+mod migrations;
+mod paths;
+mod tokens;
+
+use std::str::FromStr;
+
+use sqlx::{
+    postgres::{PgPool, PgPoolOptions},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+};
+
+pub use paths::{NarFileRow, PathRow};
+pub use tokens::TokenRow;
+
+/// Metadata failures. Display texts are for logs; clients see "internal error".
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    /// The database URL is not `sqlite://…` or `postgres://…`.
+    #[error("unsupported database URL: use sqlite:///path/to/db.sqlite or postgres://…")]
+    BadUrl,
+    /// The database failed.
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+}
+
+/// An open metadata database. Cheap to clone.
+#[derive(Clone, Debug)]
+pub enum Db {
+    /// Embedded SQLite (WAL mode).
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the query is written once
+/// and type-checked for each dialect.
+macro_rules! on_pool {
+    ($db:expr, $pool:ident => $body:expr) => {
+        match $db {
+            $crate::db::Db::Sqlite($pool) => $body,
+            $crate::db::Db::Postgres($pool) => $body,
+        }
+    };
+}
+pub(crate) use on_pool;
+
+impl Db {
+    /// Opens (creating if needed) and migrates the database at `url`.
+    pub async fn open(url: &str) -> Result<Self, DbError> {
+        let db = if url.starts_with("sqlite:") {
+            let options = SqliteConnectOptions::from_str(url)?
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                // WAL + NORMAL: a power cut may lose the last commits but never corrupts, and
+                // a lost row only hides a path whose objects were written before it.
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(std::time::Duration::from_secs(10));
+            Db::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Db::Postgres(PgPoolOptions::new().max_connections(16).connect(url).await?)
+        } else {
+            return Err(DbError::BadUrl);
+        };
+        migrations::run(&db).await?;
+        Ok(db)
+    }
+
+    /// Closes every connection (checkpoints SQLite's WAL).
+    pub async fn close(&self) {
+        on_pool!(self, pool => pool.close().await)
+    }
+}
+
+/// Seconds since the Unix epoch, as stored in every `*_at` column.
+pub fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+pub(crate) async fn test_db() -> Db {
+    // A named in-memory database shared by the pool's connections, unique per test.
+    let url = format!("sqlite:file:{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
+    Db::open(&url).await.unwrap()
+}

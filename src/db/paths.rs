@@ -1,0 +1,155 @@
+//! The path index: one row per published store path (with its signed narinfo text, so a
+//! lookup is one indexed read), its references, and the NAR files received.
+
+use std::collections::HashSet;
+
+use super::{on_pool, Db, DbError};
+
+/// A published path. `hash` is the store-path hash part, `references` are basenames.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathRow {
+    /// Store-path hash part (the narinfo key).
+    pub hash: String,
+    /// Store-path basename.
+    pub store_path: String,
+    /// NAR file name under `nar/`.
+    pub nar_file: String,
+    /// `sha256:<nixbase32>` of the NAR.
+    pub nar_hash: String,
+    /// Uncompressed NAR size.
+    pub nar_size: i64,
+    /// Stored (compressed) file size.
+    pub file_size: i64,
+    /// Deriver basename, if known.
+    pub deriver: Option<String>,
+    /// The signed narinfo exactly as served.
+    pub narinfo: String,
+    /// Reference basenames.
+    pub references: Vec<String>,
+}
+
+/// A NAR file that was received and verified, whether or not a narinfo points at it yet.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct NarFileRow {
+    /// File name under `nar/`.
+    pub name: String,
+    /// `sha256:<nixbase32>` of the file.
+    pub file_hash: String,
+    /// File size.
+    pub file_size: i64,
+    /// `sha256:<nixbase32>` of the decompressed NAR.
+    pub nar_hash: String,
+    /// Decompressed NAR size.
+    pub nar_size: i64,
+}
+
+impl Db {
+    /// Records a published path and its references. A path already present is left as it
+    /// is: pushing twice is harmless, and the first complete publication wins.
+    pub async fn insert_path(&self, row: &PathRow) -> Result<bool, DbError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let inserted = sqlx::query(
+                "INSERT INTO paths (hash, store_path, nar_file, nar_hash, nar_size, file_size, deriver, narinfo, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT (hash) DO NOTHING",
+            )
+            .bind(&row.hash).bind(&row.store_path).bind(&row.nar_file).bind(&row.nar_hash)
+            .bind(row.nar_size).bind(row.file_size).bind(&row.deriver).bind(&row.narinfo).bind(super::now())
+            .execute(&mut *tx).await?.rows_affected() == 1;
+            if inserted {
+                for reference in &row.references {
+                    sqlx::query("INSERT INTO refs (referrer, reference) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                        .bind(&row.hash).bind(reference).execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
+            Ok(inserted)
+        })
+    }
+
+    /// The signed narinfo of a published path.
+    pub async fn narinfo(&self, hash: &str) -> Result<Option<String>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT narinfo FROM paths WHERE hash = $1")
+            .bind(hash).fetch_optional(pool).await?))
+    }
+
+    /// Which of `hashes` are published.
+    pub async fn present(&self, hashes: &[String]) -> Result<HashSet<String>, DbError> {
+        let mut found = HashSet::new();
+        for chunk in hashes.chunks(500) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT hash FROM paths WHERE hash IN (");
+                let mut list = q.separated(", ");
+                for h in chunk {
+                    list.push_bind(h);
+                }
+                q.push(")");
+                let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
+                found.extend(rows);
+            });
+        }
+        Ok(found)
+    }
+
+    /// Records a verified NAR file (idempotent).
+    pub async fn insert_nar_file(&self, row: &NarFileRow) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO nar_files (name, file_hash, file_size, nar_hash, nar_size, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(&row.name).bind(&row.file_hash).bind(row.file_size).bind(&row.nar_hash).bind(row.nar_size)
+            .bind(super::now()).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// A verified NAR file by name.
+    pub async fn nar_file(&self, name: &str) -> Result<Option<NarFileRow>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT name, file_hash, file_size, nar_hash, nar_size FROM nar_files WHERE name = $1",
+        ).bind(name).fetch_optional(pool).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(hash: &str, refs: &[&str]) -> PathRow {
+        PathRow {
+            hash: hash.into(),
+            store_path: format!("{hash}-x"),
+            nar_file: "f.nar.zst".into(),
+            nar_hash: "sha256:0".into(),
+            nar_size: 1,
+            file_size: 1,
+            deriver: None,
+            narinfo: format!("StorePath: /nix/store/{hash}-x\n"),
+            references: refs.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    #[tokio::test]
+    async fn publish_twice_keeps_the_first() {
+        let db = crate::db::test_db().await;
+        assert!(db.insert_path(&row("a", &["b-x"])).await.unwrap());
+        let mut second = row("a", &[]);
+        second.narinfo = "other".into();
+        assert!(!db.insert_path(&second).await.unwrap());
+        assert_eq!(db.narinfo("a").await.unwrap().unwrap(), "StorePath: /nix/store/a-x\n");
+        assert_eq!(db.narinfo("b").await.unwrap(), None);
+        let present = db.present(&["a".into(), "b".into()]).await.unwrap();
+        assert_eq!(present, HashSet::from(["a".to_string()]));
+    }
+
+    #[tokio::test]
+    async fn nar_files_are_idempotent() {
+        let db = crate::db::test_db().await;
+        let f = NarFileRow { name: "n.nar".into(), file_hash: "h".into(), file_size: 3, nar_hash: "h".into(), nar_size: 3 };
+        db.insert_nar_file(&f).await.unwrap();
+        db.insert_nar_file(&f).await.unwrap();
+        assert_eq!(db.nar_file("n.nar").await.unwrap(), Some(f));
+        assert_eq!(db.nar_file("m.nar").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,67 @@
+//! HTTP: the only module that imports axum. One file per endpoint group; handlers extract,
+//! validate into a typed value, call one function, render. Every response carries an
+//! `x-request-id`, and every request is logged in a span with it.
+
+mod auth;
+mod cache;
+mod error;
+mod ops;
+mod push;
+mod range;
+
+use std::future::Future;
+
+use axum::{
+    extract::Request,
+    http::HeaderValue,
+    middleware::{self, Next},
+    response::Response,
+    routing::{get, post},
+    serve::ListenerExt,
+    Router,
+};
+use tokio::net::TcpListener;
+use tracing::Instrument;
+
+pub use error::ApiError;
+
+use crate::app::AppState;
+
+/// The whole HTTP surface.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/nix-cache-info", get(cache::cache_info))
+        .route("/{file}", get(cache::get_top_level).put(cache::put_top_level))
+        .route("/nar/{file}", get(cache::get_nar).head(cache::head_nar).put(cache::put_nar))
+        .route("/api/v1/paths/missing", post(push::missing))
+        .route("/api/v1/paths", post(push::upload))
+        .route("/healthz", get(ops::healthz))
+        .route("/metrics", get(ops::metrics))
+        .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(request_span))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves. TCP_NODELAY: without it keep-alive narinfo lookups
+/// wait on Nagle's algorithm and crawl.
+pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
+async fn request_span(request: Request, next: Next) -> Response {
+    let id = request
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+    let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
+    let mut response = next.run(request).instrument(span.clone()).await;
+    span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));
+    response.headers_mut().insert("x-request-id", HeaderValue::from_str(&id).expect("validated ascii"));
+    response
+}

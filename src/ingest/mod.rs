@@ -1,0 +1,224 @@
+//! Ingest: the one way a store path enters the cache, used by `nix copy` uploads, `berth
+//! push` and the builder alike.
+//!
+//! Publication order is the invariant every reader relies on:
+//! 1. the NAR streams into a staging object while a blocking thread decompresses, hashes and
+//!    parses it (`receive_nar`); only a complete, valid NAR is renamed to `nar/<file>` and
+//!    fsynced, then recorded in `nar_files`;
+//! 2. a narinfo is published (`publish`) only when its NAR is recorded with the same
+//!    NarHash/NarSize and every reference is already published; it is signed, written
+//!    durably to `<hash>.narinfo`, and only then inserted in the index that HTTP serves.
+//!
+//! A crash between any two steps leaves at worst an unreferenced staging object or NAR,
+//! never a narinfo without its NAR.
+
+mod channel;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+
+use crate::db::{Db, DbError, NarFileRow, PathRow};
+use crate::nixfmt::{
+    self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
+    VerifyError,
+};
+use crate::store::{ObjectKey, Store, StoreError};
+
+/// Why an upload was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The NAR stream is not a valid (compressed) NAR.
+    #[error(transparent)]
+    Verify(#[from] VerifyError),
+    /// The narinfo or claim is malformed.
+    #[error(transparent)]
+    NarInfo(#[from] NarInfoError),
+    /// A NAR's content does not match the name it was uploaded under.
+    #[error("NAR file name {name} does not match its content (FileHash {actual})")]
+    NameMismatch {
+        /// The name used.
+        name: String,
+        /// The hash of what arrived.
+        actual: String,
+    },
+    /// The narinfo points at a NAR that was never uploaded.
+    #[error("NAR {0} has not been uploaded; upload the NAR before its narinfo")]
+    NarMissing(String),
+    /// The NAR does not hash to what the narinfo claims.
+    #[error("{field} mismatch: narinfo claims {claimed}, the uploaded NAR has {actual}")]
+    Mismatch {
+        /// Which field.
+        field: &'static str,
+        /// What the client said.
+        claimed: String,
+        /// What the bytes are.
+        actual: String,
+    },
+    /// References that are not in the cache yet.
+    #[error("references not in the cache (push them first): {}", .0.join(", "))]
+    MissingReferences(Vec<String>),
+    /// Storage failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The index failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+}
+
+/// Streams a (compressed) NAR into the cache: staged, verified while it arrives, then
+/// committed as `nar/<file hash>.nar<ext>`. `expected` is the name a client chose (Nix's
+/// `PUT /nar/<file>`), which must match the content; `None` names it by content.
+pub async fn receive_nar<S, E>(
+    store: &Store,
+    db: &Db,
+    body: S,
+    compression: Compression,
+    expected: Option<&NarFileName>,
+) -> Result<NarFileRow, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let mut upload = store.start_upload().await?;
+    let (tx, reader) = channel::pair();
+    let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
+    let streamed = stream_into(body, &mut upload, tx).await;
+    let verified = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())));
+    let (nar, file) = match (streamed, verified) {
+        (Ok(()), Ok(Ok(digests))) => digests,
+        (Err(e), _) | (Ok(()), Err(e)) => {
+            upload.abort().await;
+            return Err(e.into());
+        }
+        (Ok(()), Ok(Err(e))) => {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    };
+    let name = NarFileName::for_file_hash(&file.sha256, compression);
+    if let Some(expected) = expected.filter(|e| e.as_str() != name.as_str()) {
+        upload.abort().await;
+        return Err(IngestError::NameMismatch { name: expected.to_string(), actual: sha256_nix_string(&file.sha256) });
+    }
+    upload.commit(&ObjectKey::Nar(name.clone())).await?;
+    let row = NarFileRow {
+        name: name.to_string(),
+        file_hash: sha256_nix_string(&file.sha256),
+        file_size: file.size as i64,
+        nar_hash: sha256_nix_string(&nar.sha256),
+        nar_size: nar.size as i64,
+    };
+    db.insert_nar_file(&row).await?;
+    Ok(row)
+}
+
+/// Copies the body into the staging upload and the verifier's channel at once.
+async fn stream_into<S, E>(mut body: S, upload: &mut crate::store::Upload, tx: channel::Sender) -> Result<(), VerifyError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        upload.write(&chunk).await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        // The verifier stopping early (a malformed NAR) is reported by its own result.
+        if tx.send(chunk).await.is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// What `publish` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Published {
+    /// The path is new in the cache.
+    New,
+    /// The path was already published; nothing changed.
+    AlreadyPresent,
+}
+
+/// Checks a narinfo against its received NAR and the index, signs it and publishes it.
+pub async fn publish(store: &Store, db: &Db, key: &SecretKey, info: PathInfo) -> Result<Published, IngestError> {
+    let file = info.nar_file()?;
+    let row = db.nar_file(file.as_str()).await?.ok_or_else(|| IngestError::NarMissing(file.url()))?;
+    check("NarHash", sha256_nix_string(&info.sha256_nar_hash()?), &row.nar_hash)?;
+    check("NarSize", info.nar_size().to_string(), &row.nar_size.to_string())?;
+    if let Some(declared) = info.file_sha256() {
+        check("FileHash", sha256_nix_string(&declared), &row.file_hash)?;
+    }
+    if let Some(declared) = info.file_size() {
+        check("FileSize", declared.to_string(), &row.file_size.to_string())?;
+    }
+    let hash = info.hash();
+    if db.narinfo(hash.as_str()).await?.is_some() {
+        return Ok(Published::AlreadyPresent);
+    }
+    missing_references(db, &info).await?;
+    let signed = info.signed(key);
+    let text = signed.to_text();
+    store.put(&ObjectKey::NarInfo(hash.clone()), Bytes::from(text.clone())).await?;
+    let inserted = db
+        .insert_path(&PathRow {
+            hash: hash.to_string(),
+            store_path: signed.store_path().to_basename(),
+            nar_file: file.to_string(),
+            nar_hash: row.nar_hash,
+            nar_size: row.nar_size,
+            file_size: row.file_size,
+            deriver: signed.deriver_basename(),
+            narinfo: text,
+            references: signed.reference_basenames(),
+        })
+        .await?;
+    Ok(if inserted { Published::New } else { Published::AlreadyPresent })
+}
+
+fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), IngestError> {
+    if claimed == actual {
+        Ok(())
+    } else {
+        Err(IngestError::Mismatch { field, claimed, actual: actual.to_owned() })
+    }
+}
+
+/// Fails with the list of references (other than the path itself) not yet published.
+pub async fn missing_references(db: &Db, info: &PathInfo) -> Result<(), IngestError> {
+    let wanted: Vec<String> = info.foreign_references().map(|h| h.to_string()).collect();
+    let present = db.present(&wanted).await?;
+    let missing: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(IngestError::MissingReferences(missing))
+    }
+}
+
+/// Ingests a claimed path whose NAR arrives as `body` (berth's push API and the builder).
+pub async fn ingest_claimed<S, E>(
+    store: &Store,
+    db: &Db,
+    key: &SecretKey,
+    claim: &nixfmt::PathClaim,
+    body: S,
+    compression: Compression,
+) -> Result<Published, IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let row = receive_nar(store, db, body, compression, None).await?;
+    let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
+    let file_sha256 = parse_sha256(&row.file_hash);
+    let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };
+    let info = PathInfo::from_claim(claim, &file)?;
+    publish(store, db, key, info).await
+}
+
+fn parse_sha256(s: &str) -> [u8; 32] {
+    let digest = s.parse::<nixfmt::NixHash>().expect("hashes written by receive_nar parse");
+    digest.digest_as_bytes().try_into().expect("sha256 digests are 32 bytes")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,14 @@
+//! berth: build host, signed Nix binary cache and pull-based deployment for NixOS fleets.
+//! See `ARCHITECTURE.md` for the map of modules and the rules between them.
+
+pub mod app;
+pub mod auth;
+pub mod config;
+pub mod db;
+pub mod http;
+pub mod ingest;
+pub mod metrics;
+pub mod nix;
+pub mod nixfmt;
+pub mod push;
+pub mod store;

@@ -1,0 +1,241 @@
+//! The `berth` binary: parses the command line, sets up logging, and calls the library.
+//! The only place (with top-level loops) where errors become `anyhow`.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use berth::{
+    app::{self, AppState, KeyOrigin},
+    auth::{self, Scope},
+    config::{self, Overrides},
+    db::Db,
+    nixfmt::SecretKey,
+};
+
+/// Build host, signed Nix binary cache and pull-based deployment for NixOS fleets.
+#[derive(Parser)]
+#[command(name = "berth", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate a signing key pair in Nix's format (for the cache or for deploy manifests).
+    Keygen {
+        /// Key name, e.g. `cache.example.org-1`.
+        #[arg(long)]
+        name: String,
+        /// Where to write the secret key (created with mode 0600; must not exist).
+        #[arg(long)]
+        secret_key_file: PathBuf,
+        /// Where to write the public key.
+        #[arg(long)]
+        public_key_file: PathBuf,
+    },
+    /// Run the cache server.
+    Serve {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Address to listen on (default 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<String>,
+        /// The cache signing key file (Nix secret-key format).
+        #[arg(long)]
+        signing_key_file: Option<PathBuf>,
+        /// Storage URL (`file:///dir`).
+        #[arg(long)]
+        storage: Option<String>,
+        /// Database URL (`sqlite:///file` or `postgres://…`).
+        #[arg(long)]
+        database: Option<String>,
+    },
+    /// Check a configuration file and exit non-zero with the reason when it is wrong.
+    CheckConfig {
+        /// The TOML file.
+        file: PathBuf,
+    },
+    /// Create, list and revoke API tokens (works on the database directly).
+    Token {
+        #[command(subcommand)]
+        action: TokenAction,
+    },
+    /// Push the closures of store paths to a berth cache.
+    Push {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Uploads in flight at once.
+        #[arg(long, default_value_t = 4)]
+        jobs: usize,
+        /// zstd level for the NARs sent.
+        #[arg(long, default_value_t = 3)]
+        compression_level: i32,
+        /// Read paths from this Nix store (a URI or chroot directory) instead of the system store.
+        #[arg(long)]
+        store: Option<String>,
+        /// Store paths (their whole closures are pushed).
+        #[arg(required = true)]
+        paths: Vec<String>,
+    },
+}
+
+/// Where the server's configuration comes from.
+#[derive(clap::Args)]
+struct ServerArgs {
+    /// TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default storage, database and generated key live here).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// How a client reaches a server.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Server URL.
+    #[arg(long, env = "BERTH_SERVER")]
+    server: String,
+    /// API token (prefer the environment variable: argv is visible to other users).
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum TokenAction {
+    /// Create a token and print it (alone, on stdout); only its hash is stored.
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// read, push, ci, admin or host:<name>.
+        #[arg(long)]
+        scope: String,
+        /// What the token is for.
+        #[arg(long, default_value = "")]
+        description: String,
+    },
+    /// List tokens (never their secrets).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token by id.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The id shown by `berth token list`.
+        id: String,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, &public_key_file),
+        Command::Serve { server, listen, signing_key_file, storage, database } => {
+            let overrides = Overrides { listen, data_dir: server.data_dir, storage, database, signing_key_file };
+            serve(config::load(server.config.as_deref(), overrides)?).await
+        }
+        Command::CheckConfig { file } => {
+            config::load(Some(&file), Overrides::default())?;
+            println!("{}: ok", file.display());
+            Ok(())
+        }
+        Command::Token { action } => token(action).await,
+        Command::Push { client, jobs, compression_level, store, paths } => {
+            let options = berth::push::PushOptions {
+                server: client.server,
+                token: client.token,
+                paths,
+                jobs: jobs.max(1),
+                compression_level,
+                store,
+            };
+            berth::push::run(options).await?;
+            Ok(())
+        }
+    }
+}
+
+fn keygen(name: &str, secret: &Path, public: &Path) -> Result<()> {
+    let key = SecretKey::generate(name)?;
+    app::write_secret(secret, &key.to_nix_string()).with_context(|| format!("writing {}", secret.display()))?;
+    std::fs::write(public, key.public().to_nix_string()).with_context(|| format!("writing {}", public.display()))?;
+    println!("{}", key.public().to_nix_string());
+    Ok(())
+}
+
+async fn serve(config: config::Config) -> Result<()> {
+    let (state, origin) = AppState::open(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let address = listener.local_addr()?;
+    let url = format!("http://{address}");
+    if origin == KeyOrigin::Generated {
+        println!("generated signing key {}", config.signing_key.path.display());
+    }
+    println!("public key: {}", state.public_keys[0].to_nix_string());
+    println!("add to nix.conf on every client:\n{}", state.nix_conf_lines(&url));
+    println!("berth listening on {url}");
+    app::serve(state, listener, shutdown_signal()).await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn token(action: TokenAction) -> Result<()> {
+    let open = |server: ServerArgs| async move {
+        let overrides = Overrides { data_dir: server.data_dir, ..Default::default() };
+        let config = config::load(server.config.as_deref(), overrides)?;
+        anyhow::Ok(Db::open(&config.database).await?)
+    };
+    match action {
+        TokenAction::Create { server, scope, description } => {
+            let scope = Scope::parse(&scope)?;
+            let db = open(server).await?;
+            let token = auth::new_token().context("no randomness available")?;
+            db.insert_token(&token.id, &token.hash, &scope.to_string(), &description).await?;
+            println!("{}", token.secret);
+        }
+        TokenAction::List { server } => {
+            let db = open(server).await?;
+            println!("{:<14} {:<20} {:<12} {:<8} DESCRIPTION", "ID", "SCOPE", "CREATED", "STATE");
+            for t in db.list_tokens().await? {
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<14} {:<20} {:<12} {:<8} {}", t.id, t.scope, t.created_at, state, t.description);
+            }
+        }
+        TokenAction::Revoke { server, id } => {
+            let db = open(server).await?;
+            if !db.revoke_token(&id).await? {
+                bail!("no active token with id {id}");
+            }
+            println!("revoked {id}");
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,34 @@
+//! PURE Nix formats: store-path hashes, NAR file names, narinfo, cache signing keys and NAR
+//! verification. No async, no I/O beyond `std::io::Read`/`Write` adapters handed in by callers.
+//!
+//! This is the only module that names the third-party Nix crates (`nix-archive`,
+//! `nix-narinfo`, `nix-derivation`): everything else goes through the types defined or
+//! re-exported here, so a crate swap touches one folder.
+
+mod keys;
+mod nar;
+mod narinfo;
+mod names;
+
+pub use keys::{KeyError, PublicKey, SecretKey};
+pub use nar::{dump_path, verify_nar, NarDigest, VerifyError};
+pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
+pub use names::{Compression, NameError, NarFileName, StorePathHash};
+
+/// A store path (digest and name), validated by `nix-derivation`.
+pub use nix_derivation::StorePath;
+/// A Nix hash (`sha256:<nixbase32>` etc.).
+pub use nix_derivation::NixHash;
+
+/// The logical store directory every narinfo of this cache lives in.
+pub const STORE_DIR: &str = "/nix/store";
+
+/// Nix base32 encoding of `bytes` (Nix's own alphabet and bit order).
+pub fn nixbase32(bytes: &[u8]) -> String {
+    nix_derivation::nixbase32::encode(bytes)
+}
+
+/// `sha256:<nixbase32>` for a raw SHA-256 digest, the spelling narinfo files use.
+pub fn sha256_nix_string(digest: &[u8; 32]) -> String {
+    format!("sha256:{}", nixbase32(digest))
+}

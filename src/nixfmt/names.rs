@@ -1,0 +1,204 @@
+//! Names that reach the filesystem or an object key: store-path hashes, NAR file names and
+//! compression methods. Parse, don't validate: a value of these types is always safe to use
+//! as part of a key (no `/`, no `..`, bounded length, Nix's own alphabet).
+
+use std::fmt;
+
+/// Why a name was refused.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NameError {
+    /// Not 32 characters of Nix base32.
+    #[error("invalid store path hash {0:?}: expected 32 characters of nix base32")]
+    StorePathHash(String),
+    /// Not `<nixbase32>.nar[.xz|.zst|.bz2]`.
+    #[error("invalid NAR file name {0:?}: expected <nixbase32 hash>.nar[.xz|.zst|.bz2]")]
+    NarFile(String),
+    /// A compression method berth does not handle.
+    #[error("unsupported compression {0:?}: berth accepts none, xz, zstd")]
+    Compression(String),
+}
+
+/// Nix base32 alphabet: digits and lowercase letters without e, o, u, t.
+const NIXBASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
+
+fn is_nixbase32(s: &str) -> bool {
+    s.bytes().all(|b| NIXBASE32.contains(&b))
+}
+
+/// The 32-character hash part of a store path: the key of a `<hash>.narinfo`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StorePathHash(String);
+
+impl StorePathHash {
+    /// Parses the hash part; refuses anything that is not 32 nix-base32 characters.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        if s.len() == 32 && is_nixbase32(s) {
+            Ok(Self(s.to_owned()))
+        } else {
+            Err(NameError::StorePathHash(s.chars().take(80).collect()))
+        }
+    }
+
+    /// The hash part of a store path.
+    pub fn of(path: &nix_derivation::StorePath) -> Self {
+        Self(path.to_basename()[..32].to_owned())
+    }
+
+    /// The hash as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for StorePathHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// How a NAR file is compressed. Nix 2.8 uploads xz by default; berth stores zstd.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Compression {
+    /// A plain NAR.
+    None,
+    /// xz (LZMA2), Nix's default for `nix copy --to http://`.
+    Xz,
+    /// Zstandard, berth's own storage format.
+    Zstd,
+}
+
+impl Compression {
+    /// The narinfo `Compression:` spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Xz => "xz",
+            Self::Zstd => "zstd",
+        }
+    }
+
+    /// The file-name suffix after `.nar`.
+    pub fn extension(self) -> &'static str {
+        match self {
+            Self::None => "",
+            Self::Xz => ".xz",
+            Self::Zstd => ".zst",
+        }
+    }
+
+    /// Parses a narinfo `Compression:` value.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        match s {
+            "none" => Ok(Self::None),
+            "xz" => Ok(Self::Xz),
+            "zstd" => Ok(Self::Zstd),
+            other => Err(NameError::Compression(other.chars().take(40).collect())),
+        }
+    }
+}
+
+/// The file part of a NAR URL: `<nixbase32 file hash>.nar[.xz|.zst]`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct NarFileName {
+    name: String,
+    compression: Compression,
+}
+
+impl NarFileName {
+    /// Parses a NAR file name as Nix writes it under `nar/`.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let err = || NameError::NarFile(s.chars().take(120).collect());
+        let (stem, compression) = if let Some(stem) = s.strip_suffix(".nar.zst") {
+            (stem, Compression::Zstd)
+        } else if let Some(stem) = s.strip_suffix(".nar.xz") {
+            (stem, Compression::Xz)
+        } else if let Some(stem) = s.strip_suffix(".nar") {
+            (stem, Compression::None)
+        } else {
+            return Err(err());
+        };
+        // Nix names NARs by the nixbase32 SHA-256 of the file (52 characters); other caches
+        // use other lengths, so accept any sane length of the same alphabet.
+        if stem.is_empty() || stem.len() > 128 || !is_nixbase32(stem) {
+            return Err(err());
+        }
+        Ok(Self { name: s.to_owned(), compression })
+    }
+
+    /// The canonical name for a file with this SHA-256 and compression.
+    pub fn for_file_hash(digest: &[u8; 32], compression: Compression) -> Self {
+        let name = format!("{}.nar{}", super::nixbase32(digest), compression.extension());
+        Self { name, compression }
+    }
+
+    /// The part before `.nar`: the nixbase32 file hash.
+    pub fn stem(&self) -> &str {
+        &self.name[..self.name.find(".nar").unwrap_or(self.name.len())]
+    }
+
+    /// How the file is compressed, from its suffix.
+    pub fn compression(&self) -> Compression {
+        self.compression
+    }
+
+    /// The file name.
+    pub fn as_str(&self) -> &str {
+        &self.name
+    }
+
+    /// The narinfo `URL:` value, relative to the cache root.
+    pub fn url(&self) -> String {
+        format!("nar/{}", self.name)
+    }
+}
+
+impl fmt::Display for NarFileName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[track_caller]
+    fn check_hash(input: &str, ok: bool) {
+        assert_eq!(StorePathHash::parse(input).is_ok(), ok, "{input:?}");
+    }
+
+    #[test]
+    fn store_path_hashes() {
+        check_hash("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl", true);
+        check_hash("0c6kzph7l0dcbqmjknjmggwd3ggi7mr", false);
+        check_hash("0c6kzph7l0dcbqmjknjmggwd3ggi7mre", false); // 'e' is not nix base32
+        check_hash("../../../../../../../../etc/pass", false);
+        check_hash("0C6KZPH7L0DCBQMJKNJMGGWD3GGI7MRL", false);
+        check_hash("", false);
+    }
+
+    #[track_caller]
+    fn check_nar(input: &str, expected: Option<(&str, Compression)>) {
+        let got = NarFileName::parse(input).ok().map(|n| (n.stem().to_owned(), n.compression()));
+        assert_eq!(got, expected.map(|(s, c)| (s.to_owned(), c)), "{input:?}");
+    }
+
+    #[test]
+    fn nar_file_names() {
+        let h = "1w1fff338fvdw53sqgamddn1b2xgds473pv6y13gizdbqjv4i5p3";
+        check_nar(&format!("{h}.nar.xz"), Some((h, Compression::Xz)));
+        check_nar(&format!("{h}.nar.zst"), Some((h, Compression::Zstd)));
+        check_nar(&format!("{h}.nar"), Some((h, Compression::None)));
+        check_nar(&format!("{h}.nar.bz2"), None);
+        check_nar("../x.nar", None);
+        check_nar(".nar", None);
+        check_nar(&format!("{h}.narinfo"), None);
+    }
+
+    #[test]
+    fn canonical_name_round_trips() {
+        let name = NarFileName::for_file_hash(&[7; 32], Compression::Zstd);
+        assert_eq!(NarFileName::parse(name.as_str()).unwrap(), name);
+        assert_eq!(name.url(), format!("nar/{}", name.as_str()));
+    }
+}

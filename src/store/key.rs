@@ -1,0 +1,55 @@
+//! `ObjectKey`: every object berth reads or writes, by kind. Keys are built only from
+//! validated names, so no key can escape the cache root or collide across kinds. The layout
+//! is the standard binary-cache layout, so the directory or bucket is itself a Nix cache.
+
+use crate::nixfmt::{NarFileName, StorePathHash};
+
+/// One object in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ObjectKey {
+    /// `nix-cache-info`.
+    CacheInfo,
+    /// `<hash>.narinfo`.
+    NarInfo(StorePathHash),
+    /// `<hash>.ls`: a NAR listing uploaded by Nix (`write-nar-listing`).
+    Listing(StorePathHash),
+    /// `nar/<file hash>.nar[.zst|.xz]`.
+    Nar(NarFileName),
+    /// `tmp/<uuid>`: an upload being received; never referenced by a narinfo.
+    Staging(uuid::Uuid),
+}
+
+impl ObjectKey {
+    /// The key as a relative path in the store.
+    pub fn as_path(&self) -> String {
+        match self {
+            Self::CacheInfo => "nix-cache-info".to_owned(),
+            Self::NarInfo(h) => format!("{h}.narinfo"),
+            Self::Listing(h) => format!("{h}.ls"),
+            Self::Nar(n) => format!("nar/{n}"),
+            Self::Staging(id) => format!("tmp/{id}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nixfmt::Compression;
+
+    #[test]
+    fn layout_is_the_binary_cache_layout() {
+        let h = StorePathHash::parse("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl").unwrap();
+        let n = NarFileName::for_file_hash(&[0; 32], Compression::Zstd);
+        let keys = [ObjectKey::CacheInfo, ObjectKey::NarInfo(h.clone()), ObjectKey::Listing(h), ObjectKey::Nar(n)];
+        let paths: Vec<_> = keys.iter().map(ObjectKey::as_path).collect();
+        insta::assert_debug_snapshot!(paths, @r#"
+        [
+            "nix-cache-info",
+            "0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo",
+            "0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.ls",
+            "nar/0000000000000000000000000000000000000000000000000000.nar.zst",
+        ]
+        "#);
+    }
+}

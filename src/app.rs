@@ -4,6 +4,8 @@
 
 use std::{future::Future, sync::Arc};
 
+use bytes::Bytes;
+
 use tokio::net::TcpListener;
 
 use crate::{
@@ -11,7 +13,7 @@ use crate::{
     db::{Db, DbError},
     metrics::Metrics,
     nixfmt::{KeyError, PublicKey, SecretKey},
-    store::{Store, StoreError},
+    store::{ObjectKey, Store, StoreError},
 };
 
 /// Start-up failures.
@@ -71,6 +73,13 @@ impl AppState {
             tracing::info!(swept, "removed unfinished uploads left by an earlier run");
         }
         let db = Db::open(&config.database).await?;
+        // The bucket itself stays a valid binary cache, readable without berth.
+        store
+            .put(
+                &ObjectKey::CacheInfo,
+                Bytes::from(cache_info_text(&config.cache)),
+            )
+            .await?;
         let mut public_keys = vec![key.public()];
         public_keys.extend(config.previous_public_keys.iter().cloned());
         let state = Self {
@@ -86,9 +95,26 @@ impl AppState {
 
     /// The `nix.conf` lines a client needs to use this cache at `url`.
     pub fn nix_conf_lines(&self, url: &str) -> String {
-        let keys: Vec<String> = self.public_keys.iter().map(PublicKey::to_nix_string).collect();
-        format!("extra-substituters = {url}\nextra-trusted-public-keys = {}\n", keys.join(" "))
+        let keys: Vec<String> = self
+            .public_keys
+            .iter()
+            .map(PublicKey::to_nix_string)
+            .collect();
+        format!(
+            "extra-substituters = {url}\nextra-trusted-public-keys = {}\n",
+            keys.join(" ")
+        )
     }
+}
+
+/// The `nix-cache-info` text for these settings.
+pub fn cache_info_text(cache: &CacheConfig) -> String {
+    format!(
+        "StoreDir: {}\nWantMassQuery: {}\nPriority: {}\n",
+        crate::nixfmt::STORE_DIR,
+        u8::from(cache.want_mass_query),
+        cache.priority
+    )
 }
 
 /// Whether the signing key was found or made on this start.
@@ -105,16 +131,28 @@ pub fn load_or_generate_key(source: &KeySource) -> Result<(SecretKey, KeyOrigin)
     let path = &source.path;
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let key = SecretKey::parse(&text).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
+            let key = SecretKey::parse(&text).map_err(|e| StartError::Key {
+                path: path.clone(),
+                source: e,
+            })?;
             Ok((key, KeyOrigin::Loaded))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.generate_as.is_some() => {
             let name = source.generate_as.as_deref().expect("checked");
-            let key = SecretKey::generate(name).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
-            write_secret(path, &key.to_nix_string()).map_err(|e| StartError::KeyFile { path: path.clone(), source: e })?;
+            let key = SecretKey::generate(name).map_err(|e| StartError::Key {
+                path: path.clone(),
+                source: e,
+            })?;
+            write_secret(path, &key.to_nix_string()).map_err(|e| StartError::KeyFile {
+                path: path.clone(),
+                source: e,
+            })?;
             Ok((key, KeyOrigin::Generated))
         }
-        Err(e) => Err(StartError::KeyFile { path: path.clone(), source: e }),
+        Err(e) => Err(StartError::KeyFile {
+            path: path.clone(),
+            source: e,
+        }),
     }
 }
 
@@ -125,15 +163,25 @@ pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }
 
 /// Serves `state` on `listener` until `shutdown` resolves; then closes the index.
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), StartError> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), StartError> {
     let db = state.db.clone();
-    crate::http::serve(state, listener, shutdown).await.map_err(StartError::Serve)?;
+    crate::http::serve(state, listener, shutdown)
+        .await
+        .map_err(StartError::Serve)?;
     db.close().await;
     Ok(())
 }

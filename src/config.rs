@@ -138,8 +138,14 @@ pub struct Overrides {
 impl RawConfig {
     /// Reads and parses a TOML file (unknown keys are errors).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })
     }
 
     /// Applies command-line overrides and validates everything.
@@ -152,31 +158,57 @@ impl RawConfig {
         let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
 
         let listen = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen = listen.parse().map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
+        let listen = listen
+            .parse()
+            .map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
         let data_dir = absolute(self.data_dir.unwrap_or_else(default_data_dir));
-        let storage = self.storage.unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
+        let storage = self
+            .storage
+            .unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
         if !(storage.starts_with("file:///") || storage == "memory://") {
-            return Err(invalid("storage", format!("{storage:?}: expected file:///absolute/dir")));
+            return Err(invalid(
+                "storage",
+                format!("{storage:?}: expected file:///absolute/dir"),
+            ));
         }
-        let database = self.database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
-        if !(database.starts_with("sqlite:") || database.starts_with("postgres:") || database.starts_with("postgresql:")) {
-            return Err(invalid("database", "expected sqlite:///file or postgres://…".into()));
+        let database = self
+            .database
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
+        if !(database.starts_with("sqlite:")
+            || database.starts_with("postgres:")
+            || database.starts_with("postgresql:"))
+        {
+            return Err(invalid(
+                "database",
+                "expected sqlite:///file or postgres://…".into(),
+            ));
         }
         let signing_key = match self.signing_key_file {
-            Some(path) => KeySource { path: absolute(path), generate_as: None },
+            Some(path) => KeySource {
+                path: absolute(path),
+                generate_as: None,
+            },
             None => KeySource {
                 path: data_dir.join("signing-key"),
-                generate_as: Some(self.signing_key_name.unwrap_or_else(|| format!("{}-1", hostname()))),
+                generate_as: Some(
+                    self.signing_key_name
+                        .unwrap_or_else(|| format!("{}-1", hostname())),
+                ),
             },
         };
         let previous_public_keys = self
             .previous_public_keys
             .iter()
-            .map(|k| PublicKey::parse(k).map_err(|e| invalid("previous_public_keys", e.to_string())))
+            .map(|k| {
+                PublicKey::parse(k).map_err(|e| invalid("previous_public_keys", e.to_string()))
+            })
             .collect::<Result<_, _>>()?;
         let level = self.cache.compression_level.unwrap_or(3);
         if !(1..=19).contains(&level) {
-            return Err(invalid("cache.compression_level", format!("{level} is outside 1..=19")));
+            return Err(invalid(
+                "cache.compression_level",
+                format!("{level} is outside 1..=19"),
+            ));
         }
         let cache = CacheConfig {
             priority: self.cache.priority.unwrap_or(30),
@@ -184,7 +216,15 @@ impl RawConfig {
             require_read_token: self.cache.require_read_token.unwrap_or(false),
             compression_level: level,
         };
-        Ok(Config { listen, data_dir, storage, database, signing_key, previous_public_keys, cache })
+        Ok(Config {
+            listen,
+            data_dir,
+            storage,
+            database,
+            signing_key,
+            previous_public_keys,
+            cache,
+        })
     }
 }
 
@@ -225,7 +265,10 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: "t".into(),
+            message: e.to_string(),
+        })?;
         raw.validate(Overrides::default())
     }
 
@@ -244,7 +287,10 @@ mod tests {
         let err = parse("listn = \"x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `listn`"), "{err}");
         assert!(parse("[cache]\nprioriti = 1").is_err());
-        assert!(parse("listen = \"nowhere\"").unwrap_err().to_string().contains("listen"));
+        assert!(parse("listen = \"nowhere\"")
+            .unwrap_err()
+            .to_string()
+            .contains("listen"));
         assert!(parse("storage = \"ftp://x\"").is_err());
         assert!(parse("[cache]\ncompression_level = 99").is_err());
         assert!(parse("previous_public_keys = [\"nope\"]").is_err());
@@ -259,7 +305,10 @@ mod tests {
     #[test]
     fn overrides_win() {
         let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"").unwrap();
-        let o = Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() };
+        let o = Overrides {
+            listen: Some("127.0.0.1:2".into()),
+            ..Default::default()
+        };
         assert_eq!(raw.validate(o).unwrap().listen.port(), 2);
     }
 }

@@ -135,19 +135,39 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
+                .unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, &public_key_file),
-        Command::Serve { server, listen, signing_key_file, storage, database } => {
-            let overrides = Overrides { listen, data_dir: server.data_dir, storage, database, signing_key_file };
+        Command::Keygen {
+            name,
+            secret_key_file,
+            public_key_file,
+        } => keygen(&name, &secret_key_file, &public_key_file),
+        Command::Serve {
+            server,
+            listen,
+            signing_key_file,
+            storage,
+            database,
+        } => {
+            let overrides = Overrides {
+                listen,
+                data_dir: server.data_dir,
+                storage,
+                database,
+                signing_key_file,
+            };
             serve(config::load(server.config.as_deref(), overrides)?).await
         }
         Command::CheckConfig { file } => {
@@ -156,7 +176,13 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Token { action } => token(action).await,
-        Command::Push { client, jobs, compression_level, store, paths } => {
+        Command::Push {
+            client,
+            jobs,
+            compression_level,
+            store,
+            paths,
+        } => {
             let options = berth::push::PushOptions {
                 server: client.server,
                 token: client.token,
@@ -173,8 +199,10 @@ async fn run(command: Command) -> Result<()> {
 
 fn keygen(name: &str, secret: &Path, public: &Path) -> Result<()> {
     let key = SecretKey::generate(name)?;
-    app::write_secret(secret, &key.to_nix_string()).with_context(|| format!("writing {}", secret.display()))?;
-    std::fs::write(public, key.public().to_nix_string()).with_context(|| format!("writing {}", public.display()))?;
+    app::write_secret(secret, &key.to_nix_string())
+        .with_context(|| format!("writing {}", secret.display()))?;
+    std::fs::write(public, key.public().to_nix_string())
+        .with_context(|| format!("writing {}", public.display()))?;
     println!("{}", key.public().to_nix_string());
     Ok(())
 }
@@ -187,10 +215,16 @@ async fn serve(config: config::Config) -> Result<()> {
     let address = listener.local_addr()?;
     let url = format!("http://{address}");
     if origin == KeyOrigin::Generated {
-        println!("generated signing key {}", config.signing_key.path.display());
+        println!(
+            "generated signing key {}",
+            config.signing_key.path.display()
+        );
     }
     println!("public key: {}", state.public_keys[0].to_nix_string());
-    println!("add to nix.conf on every client:\n{}", state.nix_conf_lines(&url));
+    println!(
+        "add to nix.conf on every client:\n{}",
+        state.nix_conf_lines(&url)
+    );
     println!("berth listening on {url}");
     app::serve(state, listener, shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -209,24 +243,42 @@ async fn shutdown_signal() {
 
 async fn token(action: TokenAction) -> Result<()> {
     let open = |server: ServerArgs| async move {
-        let overrides = Overrides { data_dir: server.data_dir, ..Default::default() };
+        let overrides = Overrides {
+            data_dir: server.data_dir,
+            ..Default::default()
+        };
         let config = config::load(server.config.as_deref(), overrides)?;
         anyhow::Ok(Db::open(&config.database).await?)
     };
     match action {
-        TokenAction::Create { server, scope, description } => {
+        TokenAction::Create {
+            server,
+            scope,
+            description,
+        } => {
             let scope = Scope::parse(&scope)?;
             let db = open(server).await?;
             let token = auth::new_token().context("no randomness available")?;
-            db.insert_token(&token.id, &token.hash, &scope.to_string(), &description).await?;
+            db.insert_token(&token.id, &token.hash, &scope.to_string(), &description)
+                .await?;
             println!("{}", token.secret);
         }
         TokenAction::List { server } => {
             let db = open(server).await?;
-            println!("{:<14} {:<20} {:<12} {:<8} DESCRIPTION", "ID", "SCOPE", "CREATED", "STATE");
+            println!(
+                "{:<14} {:<20} {:<12} {:<8} DESCRIPTION",
+                "ID", "SCOPE", "CREATED", "STATE"
+            );
             for t in db.list_tokens().await? {
-                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
-                println!("{:<14} {:<20} {:<12} {:<8} {}", t.id, t.scope, t.created_at, state, t.description);
+                let state = if t.revoked_at.is_some() {
+                    "revoked"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<14} {:<20} {:<12} {:<8} {}",
+                    t.id, t.scope, t.created_at, state, t.description
+                );
             }
         }
         TokenAction::Revoke { server, id } => {

@@ -56,6 +56,10 @@ pub enum NixError {
 ///
 /// A non-zero exit is an error ([`NixError::Failed`]); on success the full output is returned
 /// (stderr may still hold warnings).
+///
+/// # Panics
+///
+/// If `argv` is empty: callers always name a program.
 pub async fn run(argv: &[String]) -> Result<Output, NixError> {
     let (program, args) = argv.split_first().expect("run: argv must name a program");
     let output = Command::new(program)
@@ -64,7 +68,10 @@ pub async fn run(argv: &[String]) -> Result<Output, NixError> {
         .kill_on_drop(true)
         .output()
         .await
-        .map_err(|source| NixError::Spawn { argv: argv.to_vec(), source })?;
+        .map_err(|source| NixError::Spawn {
+            argv: argv.to_vec(),
+            source,
+        })?;
     if !output.status.success() {
         return Err(NixError::Failed {
             argv: argv.to_vec(),
@@ -86,11 +93,25 @@ fn tail(bytes: &[u8], lines: usize) -> String {
 /// claims, dependencies before the paths that reference them.
 ///
 /// Runs `nix path-info --json --recursive`; `store` is passed as `--store` (e.g. a chroot
-/// store directory) when given.
-pub async fn path_info_closure(paths: &[String], store: Option<&str>) -> Result<Vec<PathClaim>, NixError> {
-    let mut argv: Vec<String> = ["nix", "path-info", "--json", "--recursive", "--extra-experimental-features", "nix-command"]
-        .map(String::from)
-        .to_vec();
+/// store directory) when given. Substitution is off: a path missing from the store is an
+/// error at once (Nix 2.8 would otherwise try every substituter first).
+pub async fn path_info_closure(
+    paths: &[String],
+    store: Option<&str>,
+) -> Result<Vec<PathClaim>, NixError> {
+    let mut argv: Vec<String> = [
+        "nix",
+        "path-info",
+        "--json",
+        "--recursive",
+        "--extra-experimental-features",
+        "nix-command",
+        "--option",
+        "substitute",
+        "false",
+    ]
+    .map(String::from)
+    .to_vec();
     if let Some(store) = store {
         argv.extend(["--store".to_owned(), store.to_owned()]);
     }
@@ -98,11 +119,7 @@ pub async fn path_info_closure(paths: &[String], store: Option<&str>) -> Result<
     argv.push("--".to_owned());
     argv.extend(paths.iter().cloned());
     let output = run(&argv).await?;
-    let claims = claims_from_json(&output.stdout).map_err(|e| match e {
-        NixError::Output { reason, .. } => NixError::Output { argv: argv.clone(), reason },
-        other => other,
-    })?;
-    topo_sort(claims)
+    topo_sort(claims_from_json(&argv, &output.stdout)?)
 }
 
 /// One element of `nix path-info --json` (Nix 2.8). Unknown fields such as
@@ -123,10 +140,15 @@ struct JsonPathInfo {
     signatures: Vec<String>,
 }
 
-/// Converts the JSON printed by `nix path-info --json` into claims, in the order printed.
-fn claims_from_json(json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
-    let output_err = |reason: String| NixError::Output { argv: Vec::new(), reason };
-    let infos: Vec<JsonPathInfo> = serde_json::from_slice(json).map_err(|e| output_err(e.to_string()))?;
+/// Converts the JSON printed by `argv` (`nix path-info --json`) into claims, in the order
+/// printed.
+fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
+    let output_err = |reason: String| NixError::Output {
+        argv: argv.to_vec(),
+        reason,
+    };
+    let infos: Vec<JsonPathInfo> =
+        serde_json::from_slice(json).map_err(|e| output_err(e.to_string()))?;
     infos
         .into_iter()
         .map(|info| {
@@ -134,7 +156,10 @@ fn claims_from_json(json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
                 return Err(NixError::NotValid(info.path));
             }
             let (Some(nar_hash), Some(nar_size)) = (info.nar_hash, info.nar_size) else {
-                return Err(output_err(format!("{} has no narHash or narSize", info.path)));
+                return Err(output_err(format!(
+                    "{} has no narHash or narSize",
+                    info.path
+                )));
             };
             Ok(PathClaim {
                 path: info.path,
@@ -153,11 +178,19 @@ fn claims_from_json(json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
 /// and references outside the set are ignored). Among paths whose references are all placed,
 /// the input order is kept, so the result is deterministic.
 pub fn topo_sort(claims: Vec<PathClaim>) -> Result<Vec<PathClaim>, NixError> {
-    let index: HashMap<&str, usize> = claims.iter().enumerate().map(|(i, c)| (c.path.as_str(), i)).collect();
+    let index: HashMap<&str, usize> = claims
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.path.as_str(), i))
+        .collect();
     let mut waiting = vec![0usize; claims.len()];
     let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); claims.len()];
     for (i, claim) in claims.iter().enumerate() {
-        let mut refs: Vec<usize> = claim.references.iter().filter_map(|r| index.get(r.as_str()).copied()).collect();
+        let mut refs: Vec<usize> = claim
+            .references
+            .iter()
+            .filter_map(|r| index.get(r.as_str()).copied())
+            .collect();
         refs.sort_unstable();
         refs.dedup();
         for r in refs.into_iter().filter(|&r| r != i) {
@@ -177,11 +210,17 @@ pub fn topo_sort(claims: Vec<PathClaim>) -> Result<Vec<PathClaim>, NixError> {
         }
     }
     if order.len() < claims.len() {
-        let stuck = (0..claims.len()).filter(|&i| waiting[i] > 0).map(|i| claims[i].path.clone()).collect();
+        let stuck = (0..claims.len())
+            .filter(|&i| waiting[i] > 0)
+            .map(|i| claims[i].path.clone())
+            .collect();
         return Err(NixError::Cycle(stuck));
     }
     let mut slots: Vec<Option<PathClaim>> = claims.into_iter().map(Some).collect();
-    Ok(order.into_iter().map(|i| slots[i].take().expect("each index placed once")).collect())
+    Ok(order
+        .into_iter()
+        .map(|i| slots[i].take().expect("each index placed once"))
+        .collect())
 }
 
 #[cfg(test)]
@@ -208,45 +247,84 @@ mod tests {
     fn check(input: &[(&str, &[&str])], expected: &[&str]) {
         let claims = input.iter().map(|(p, r)| claim(p, r)).collect();
         let sorted = topo_sort(claims).unwrap();
-        assert_eq!(sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), expected);
+        assert_eq!(
+            sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
+            expected
+        );
     }
 
     #[test]
     fn topo_sort_puts_references_first() {
         check(&[], &[]);
-        check(&[("a", &["b"]), ("b", &["c"]), ("c", &[])], &["c", "b", "a"]);
+        check(
+            &[("a", &["b"]), ("b", &["c"]), ("c", &[])],
+            &["c", "b", "a"],
+        );
         // Self-references and references outside the set do not hold a path back.
-        check(&[("a", &["a", "b", "/elsewhere"]), ("b", &["b"])], &["b", "a"]);
+        check(
+            &[("a", &["a", "b", "/elsewhere"]), ("b", &["b"])],
+            &["b", "a"],
+        );
         // Diamond; ties keep the input order.
-        check(&[("top", &["l", "r"]), ("l", &["base"]), ("r", &["base"]), ("base", &[])], &["base", "l", "r", "top"]);
-        check(&[("x", &[]), ("y", &[]), ("z", &["x", "x"])], &["x", "y", "z"]);
+        check(
+            &[
+                ("top", &["l", "r"]),
+                ("l", &["base"]),
+                ("r", &["base"]),
+                ("base", &[]),
+            ],
+            &["base", "l", "r", "top"],
+        );
+        check(
+            &[("x", &[]), ("y", &[]), ("z", &["x", "x"])],
+            &["x", "y", "z"],
+        );
     }
 
     #[test]
     fn topo_sort_reports_cycles() {
         let claims = vec![claim("a", &["b"]), claim("b", &["a"]), claim("c", &[])];
         let err = topo_sort(claims).unwrap_err();
-        assert!(matches!(&err, NixError::Cycle(p) if p == &["a", "b"]), "{err}");
+        assert!(
+            matches!(&err, NixError::Cycle(p) if p == &["a", "b"]),
+            "{err}"
+        );
     }
 
     #[test]
     fn converts_real_path_info_json() {
-        let claims = topo_sort(claims_from_json(PATH_INFO_JSON.as_bytes()).unwrap()).unwrap();
+        let claims = topo_sort(claims_from_json(&[], PATH_INFO_JSON.as_bytes()).unwrap()).unwrap();
         let names: Vec<&str> = claims.iter().map(|c| &c.path[44..]).collect();
         assert_eq!(names, ["leaf.txt", "mid.txt", "top.txt"]);
         let mid = &claims[1];
-        assert_eq!(mid.nar_hash, "sha256-xYQuDvaZmkEGkhaNfSPIUsUgpeQ6l6FyW82wbw/0WNw=");
+        assert_eq!(
+            mid.nar_hash,
+            "sha256-xYQuDvaZmkEGkhaNfSPIUsUgpeQ6l6FyW82wbw/0WNw="
+        );
         assert_eq!(mid.nar_size, 168);
-        assert_eq!(mid.references, ["/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt"]);
-        assert_eq!(mid.ca.as_deref(), Some("text:sha256:1jjvkwkflissbigfhlc3pqz3487av6rgvwwq4i4mpchff3p97paa"));
+        assert_eq!(
+            mid.references,
+            ["/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt"]
+        );
+        assert_eq!(
+            mid.ca.as_deref(),
+            Some("text:sha256:1jjvkwkflissbigfhlc3pqz3487av6rgvwwq4i4mpchff3p97paa")
+        );
         assert_eq!((mid.deriver.as_deref(), mid.signatures.len()), (None, 0));
     }
 
     #[test]
     fn refuses_invalid_paths_and_garbage() {
-        let invalid = br#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#;
-        assert!(matches!(claims_from_json(invalid), Err(NixError::NotValid(_))));
-        assert!(matches!(claims_from_json(b"not json"), Err(NixError::Output { .. })));
+        let invalid =
+            br#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#;
+        assert!(matches!(
+            claims_from_json(&[], invalid),
+            Err(NixError::NotValid(_))
+        ));
+        assert!(matches!(
+            claims_from_json(&[], b"not json"),
+            Err(NixError::Output { .. })
+        ));
     }
 
     #[test]

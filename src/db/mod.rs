@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use sqlx::{
     postgres::{PgPool, PgPoolOptions},
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::{
+        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    },
 };
 
 pub use paths::{NarFileRow, PathRow};
@@ -53,6 +55,7 @@ impl Db {
     /// Opens (creating if needed) and migrates the database at `url`.
     pub async fn open(url: &str) -> Result<Self, DbError> {
         let db = if url.starts_with("sqlite:") {
+            create_parent_dir(url)?;
             let options = SqliteConnectOptions::from_str(url)?
                 .create_if_missing(true)
                 .journal_mode(SqliteJournalMode::Wal)
@@ -60,9 +63,19 @@ impl Db {
                 // a lost row only hides a path whose objects were written before it.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10));
-            Db::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+            Db::Sqlite(
+                SqlitePoolOptions::new()
+                    .max_connections(8)
+                    .connect_with(options)
+                    .await?,
+            )
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Db::Postgres(PgPoolOptions::new().max_connections(16).connect(url).await?)
+            Db::Postgres(
+                PgPoolOptions::new()
+                    .max_connections(16)
+                    .connect(url)
+                    .await?,
+            )
         } else {
             return Err(DbError::BadUrl);
         };
@@ -76,14 +89,32 @@ impl Db {
     }
 }
 
+/// SQLite creates the file but not its directory: make the directory of `sqlite:///dir/file`.
+fn create_parent_dir(url: &str) -> Result<(), DbError> {
+    let path = url.trim_start_matches("sqlite:").trim_start_matches("//");
+    let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    match path.parent() {
+        Some(dir) if path.is_absolute() && !dir.as_os_str().is_empty() => {
+            std::fs::create_dir_all(dir).map_err(|e| DbError::Sql(sqlx::Error::Io(e)))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Seconds since the Unix epoch, as stored in every `*_at` column.
 pub fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
 pub(crate) async fn test_db() -> Db {
     // A named in-memory database shared by the pool's connections, unique per test.
-    let url = format!("sqlite:file:{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
+    let url = format!(
+        "sqlite:file:{}?mode=memory&cache=shared",
+        uuid::Uuid::new_v4()
+    );
     Db::open(&url).await.unwrap()
 }

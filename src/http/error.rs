@@ -43,7 +43,9 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
-            Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
+            Self::RangeNotSatisfiable(_) => {
+                (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable")
+            }
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
@@ -55,13 +57,18 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
-            Self::Unauthorized(reason) | Self::Forbidden(reason) => tracing::warn!(%status, reason, "refused"),
+            Self::Unauthorized(reason) | Self::Forbidden(reason) => {
+                tracing::warn!(%status, reason, "refused")
+            }
             other => tracing::debug!(%status, reason = %other, "refused"),
         }
         let body = serde_json::json!({ "code": code, "message": self.to_string() });
         let mut response = (status, Json(body)).into_response();
         if let Self::Unauthorized(_) = self {
-            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Basic realm=\"berth\""));
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"berth\""),
+            );
         }
         if let Self::RangeNotSatisfiable(size) = self {
             let value = HeaderValue::from_str(&format!("bytes */{size}")).expect("ascii");

@@ -31,8 +31,16 @@ use crate::app::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/nix-cache-info", get(cache::cache_info))
-        .route("/{file}", get(cache::get_top_level).put(cache::put_top_level))
-        .route("/nar/{file}", get(cache::get_nar).head(cache::head_nar).put(cache::put_nar))
+        .route(
+            "/{file}",
+            get(cache::get_top_level).put(cache::put_top_level),
+        )
+        .route(
+            "/nar/{file}",
+            get(cache::get_nar)
+                .head(cache::head_nar)
+                .put(cache::put_nar),
+        )
         .route("/api/v1/paths/missing", post(push::missing))
         .route("/api/v1/paths", post(push::upload))
         .route("/healthz", get(ops::healthz))
@@ -44,11 +52,17 @@ pub fn router(state: AppState) -> Router {
 
 /// Serves until `shutdown` resolves. TCP_NODELAY: without it keep-alive narinfo lookups
 /// wait on Nagle's algorithm and crawl.
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 async fn request_span(request: Request, next: Next) -> Response {
@@ -62,6 +76,9 @@ async fn request_span(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));
-    response.headers_mut().insert("x-request-id", HeaderValue::from_str(&id).expect("validated ascii"));
+    response.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(&id).expect("validated ascii"),
+    );
     response
 }

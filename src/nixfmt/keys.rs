@@ -46,7 +46,10 @@ fn split_name(s: &str) -> Result<(&str, &str), KeyError> {
 fn decode(material: &str, expected: usize) -> Result<Vec<u8>, KeyError> {
     let bytes = STANDARD.decode(material).map_err(|_| KeyError::Base64)?;
     if bytes.len() != expected {
-        return Err(KeyError::Length { got: bytes.len(), expected });
+        return Err(KeyError::Length {
+            got: bytes.len(),
+            expected,
+        });
     }
     Ok(bytes)
 }
@@ -72,7 +75,10 @@ impl SecretKey {
         }
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self { name: name.to_owned(), key: SigningKey::from_bytes(&seed) })
+        Ok(Self {
+            name: name.to_owned(),
+            key: SigningKey::from_bytes(&seed),
+        })
     }
 
     /// Parses Nix's secret-key format (`name:base64(seed ‖ public)`).
@@ -84,7 +90,10 @@ impl SecretKey {
         if key.verifying_key().as_bytes()[..] != bytes[32..] {
             return Err(KeyError::Invalid);
         }
-        Ok(Self { name: name.to_owned(), key })
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
     }
 
     /// The key's name, as it appears before the `:` of every signature.
@@ -101,7 +110,10 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
+        PublicKey {
+            name: self.name.clone(),
+            key: self.key.verifying_key(),
+        }
     }
 
     /// Signs `message` and returns the signature as `name:base64`.
@@ -130,7 +142,10 @@ impl PublicKey {
         let (name, material) = split_name(s)?;
         let bytes: [u8; 32] = decode(material, 32)?.try_into().expect("length checked");
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Invalid)?;
-        Ok(Self { name: name.to_owned(), key })
+        Ok(Self {
+            name: name.to_owned(),
+            key,
+        })
     }
 
     /// The key's name.
@@ -152,7 +167,10 @@ impl PublicKey {
     }
 
     pub(super) fn trusted(&self) -> TrustedPublicKey {
-        TrustedPublicKey { name: self.name.clone(), key: self.key }
+        TrustedPublicKey {
+            name: self.name.clone(),
+            key: self.key,
+        }
     }
 }
 
@@ -180,7 +198,10 @@ mod tests {
         let secret = SecretKey::generate("cache.example-1").unwrap();
         let again = SecretKey::parse(&secret.to_nix_string()).unwrap();
         assert_eq!(again.public(), secret.public());
-        assert!(format!("{secret:?}").len() < 40, "Debug must not print the secret");
+        assert!(
+            format!("{secret:?}").len() < 40,
+            "Debug must not print the secret"
+        );
     }
 
     #[track_caller]
@@ -193,7 +214,13 @@ mod tests {
         check_refused("nokey", KeyError::MissingName);
         check_refused(":AAAA", KeyError::BadName);
         check_refused("a:!!!", KeyError::Base64);
-        check_refused("a:AAAA", KeyError::Length { got: 3, expected: 32 });
+        check_refused(
+            "a:AAAA",
+            KeyError::Length {
+                got: 3,
+                expected: 32,
+            },
+        );
     }
 
     #[test]

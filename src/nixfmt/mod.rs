@@ -6,19 +6,19 @@
 //! re-exported here, so a crate swap touches one folder.
 
 mod keys;
+mod names;
 mod nar;
 mod narinfo;
-mod names;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
+pub use names::{Compression, NameError, NarFileName, StorePathHash};
 pub use nar::{dump_path, verify_nar, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
-pub use names::{Compression, NameError, NarFileName, StorePathHash};
 
-/// A store path (digest and name), validated by `nix-derivation`.
-pub use nix_derivation::StorePath;
 /// A Nix hash (`sha256:<nixbase32>` etc.).
 pub use nix_derivation::NixHash;
+/// A store path (digest and name), validated by `nix-derivation`.
+pub use nix_derivation::StorePath;
 
 /// The logical store directory every narinfo of this cache lives in.
 pub const STORE_DIR: &str = "/nix/store";

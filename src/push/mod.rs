@@ -4,14 +4,14 @@
 //! 2. one `POST /api/v1/paths/missing` asks which of those the server lacks;
 //! 3. the missing ones are uploaded (`POST /api/v1/paths`, see [`frame`]), up to `jobs` at
 //!    once, each only after every missing path it references is in, because the server
-//!    refuses a path whose references it does not hold ([`schedule`]);
+//!    refuses a path whose references it does not hold (`schedule`);
 //! 4. each NAR is produced and zstd-compressed on a blocking thread while it streams, so
-//!    memory is bounded by a few chunks, never by the size of a NAR ([`upload`]).
+//!    memory is bounded by a few chunks, never by the size of a NAR (`upload`).
 
 mod client;
 pub mod frame;
 mod progress;
-pub mod schedule;
+mod schedule;
 mod upload;
 
 use std::collections::HashSet;
@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
-pub use client::UploadStatus;
 use client::Client;
+pub use client::UploadStatus;
 use frame::FrameError;
 use progress::{bytes, Progress};
 use schedule::Schedule;
@@ -92,7 +92,9 @@ pub enum PushError {
     #[error(transparent)]
     Nix(#[from] NixError),
     /// An argument is neither a store path nor a symlink to one.
-    #[error("{arg} is not in the Nix store (expected a path under {STORE_DIR}/ or a symlink to one)")]
+    #[error(
+        "{arg} is not in the Nix store (expected a path under {STORE_DIR}/ or a symlink to one)"
+    )]
     NotInStore {
         /// The argument as given.
         arg: String,
@@ -173,16 +175,27 @@ pub async fn run(opts: PushOptions) -> Result<PushReport, PushError> {
     let start = Instant::now();
     let root = upload::on_disk_root(opts.store.as_deref())?;
     let client = Client::new(&opts.server, opts.token.clone())?;
-    let paths = opts.paths.iter().map(|arg| store_path_of(arg)).collect::<Result<Vec<_>, _>>()?;
+    let paths = opts
+        .paths
+        .iter()
+        .map(|arg| store_path_of(arg))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut report = PushReport::default();
     if !paths.is_empty() {
         let closure = nix::path_info_closure(&paths, opts.store.as_deref()).await?;
         let all: Vec<String> = closure.iter().map(|c| c.path.clone()).collect();
         let missing: HashSet<String> = client.missing(&all).await?.into_iter().collect();
-        let to_upload: Vec<PathClaim> = closure.into_iter().filter(|c| missing.contains(&c.path)).collect();
+        let to_upload: Vec<PathClaim> = closure
+            .into_iter()
+            .filter(|c| missing.contains(&c.path))
+            .collect();
         report.considered = all.len();
         report.already_present = all.len() - to_upload.len();
-        let settings = Settings { root: &root, jobs: opts.jobs.max(1), level: opts.compression_level };
+        let settings = Settings {
+            root: &root,
+            jobs: opts.jobs.max(1),
+            level: opts.compression_level,
+        };
         upload_all(&client, to_upload, &settings, &mut report).await?;
     }
     report.elapsed = start.elapsed();
@@ -190,6 +203,7 @@ pub async fn run(opts: PushOptions) -> Result<PushReport, PushError> {
     Ok(report)
 }
 
+/// What every upload of one push shares.
 struct Settings<'a> {
     root: &'a Path,
     jobs: usize,
@@ -210,8 +224,16 @@ async fn upload_all(
     let mut tick = tokio::time::interval(Duration::from_millis(250));
     let result = loop {
         while running.len() < settings.jobs {
-            let Some(claim) = schedule.next_ready() else { break };
-            running.push(upload::upload(client, claim, settings.root, settings.level, counters.clone()));
+            let Some(claim) = schedule.next_ready() else {
+                break;
+            };
+            running.push(upload::upload(
+                client,
+                claim,
+                settings.root,
+                settings.level,
+                counters.clone(),
+            ));
         }
         if running.is_empty() {
             debug_assert!(schedule.is_done(), "acyclic by nix::topo_sort");
@@ -245,7 +267,9 @@ async fn upload_all(
 /// The store path an argument names: a store path (a file inside one names the path itself)
 /// or a symlink (chain) to one, like `./result`.
 fn store_path_of(arg: &str) -> Result<String, PushError> {
-    let not_in_store = || PushError::NotInStore { arg: arg.to_owned() };
+    let not_in_store = || PushError::NotInStore {
+        arg: arg.to_owned(),
+    };
     // Links are followed one at a time, and only until they reach the store: a store path
     // may itself be a symlink to another, and with a chroot store the target does not exist
     // on this machine at all.
@@ -258,7 +282,9 @@ fn store_path_of(arg: &str) -> Result<String, PushError> {
         target = target.parent().unwrap_or(Path::new("")).join(link);
     }
     let rest = target.strip_prefix(STORE_DIR).map_err(|_| not_in_store())?;
-    let Some(Component::Normal(name)) = rest.components().next() else { return Err(not_in_store()) };
+    let Some(Component::Normal(name)) = rest.components().next() else {
+        return Err(not_in_store());
+    };
     let path = format!("{STORE_DIR}/{}", name.to_str().ok_or_else(not_in_store)?);
     StorePath::from_absolute_path(path.as_bytes()).map_err(|_| not_in_store())?;
     Ok(path)
@@ -282,9 +308,23 @@ mod tests {
         std::os::unix::fs::symlink(LEAF, &link).unwrap();
         std::os::unix::fs::symlink("result", dir.path().join("relative")).unwrap();
         assert_eq!(store_path_of(link.to_str().unwrap()).unwrap(), LEAF);
-        assert_eq!(store_path_of(dir.path().join("relative").to_str().unwrap()).unwrap(), LEAF);
-        for bad in ["/nix/store", "/nix/store/", "/nix/store/not-a-hash", "/nix/storefoo", "/nix/store/../etc", "/etc/hosts", "relative"] {
-            assert!(matches!(store_path_of(bad), Err(PushError::NotInStore { .. })), "{bad}");
+        assert_eq!(
+            store_path_of(dir.path().join("relative").to_str().unwrap()).unwrap(),
+            LEAF
+        );
+        for bad in [
+            "/nix/store",
+            "/nix/store/",
+            "/nix/store/not-a-hash",
+            "/nix/storefoo",
+            "/nix/store/../etc",
+            "/etc/hosts",
+            "relative",
+        ] {
+            assert!(
+                matches!(store_path_of(bad), Err(PushError::NotInStore { .. })),
+                "{bad}"
+            );
         }
     }
 
@@ -298,6 +338,9 @@ mod tests {
             compressed_bytes: 4_299_161,
             elapsed: Duration::from_millis(1234),
         };
-        assert_eq!(report.to_string(), "pushed 3 paths (12.3 MiB NAR, 4.1 MiB compressed) in 1.2 s; 5 already in the cache");
+        assert_eq!(
+            report.to_string(),
+            "pushed 3 paths (12.3 MiB NAR, 4.1 MiB compressed) in 1.2 s; 5 already in the cache"
+        );
     }
 }

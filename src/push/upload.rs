@@ -67,19 +67,37 @@ pub async fn upload(
     let header = frame::header(&claim)?;
     let on_disk = root.join(claim.path.trim_start_matches('/'));
     if let Err(e) = tokio::fs::symlink_metadata(&on_disk).await {
-        return Err(PushError::Dump { path: claim.path, reason: format!("{} is not readable: {e}", on_disk.display()) });
+        return Err(PushError::Dump {
+            path: claim.path,
+            reason: format!("{} is not readable: {e}", on_disk.display()),
+        });
     }
     let (tx, mut rx) = mpsc::channel::<Chunk>(DEPTH);
     let dump = tokio::task::spawn_blocking(move || stream_nar(&on_disk, level, tx, &counters));
     let nar = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
     let body = futures::stream::once(async move { Ok(header) }).chain(nar);
-    let response = client.upload(&claim.path, reqwest::Body::wrap_stream(body)).await;
-    let dumped = dump.await.unwrap_or_else(|e| Err(DumpFailure::Failed(format!("NAR thread failed: {e}"))));
+    let response = client
+        .upload(&claim.path, reqwest::Body::wrap_stream(body))
+        .await;
+    let dumped = dump
+        .await
+        .unwrap_or_else(|e| Err(DumpFailure::Failed(format!("NAR thread failed: {e}"))));
     match (response, dumped) {
-        (_, Err(DumpFailure::Failed(reason))) => Err(PushError::Dump { path: claim.path, reason }),
-        (Ok(status), Ok(compressed)) => Ok(Uploaded { claim, status, compressed }),
+        (_, Err(DumpFailure::Failed(reason))) => Err(PushError::Dump {
+            path: claim.path,
+            reason,
+        }),
+        (Ok(status), Ok(compressed)) => Ok(Uploaded {
+            claim,
+            status,
+            compressed,
+        }),
         // The server answered before reading the whole NAR; only `present` makes sense then.
-        (Ok(status), Err(DumpFailure::Cancelled)) => Ok(Uploaded { claim, status, compressed: 0 }),
+        (Ok(status), Err(DumpFailure::Cancelled)) => Ok(Uploaded {
+            claim,
+            status,
+            compressed: 0,
+        }),
         (Err(e), _) => Err(e),
     }
 }
@@ -87,7 +105,12 @@ pub async fn upload(
 /// Runs on a blocking thread: writes the compressed NAR of `path` into `tx` and returns the
 /// compressed size. On failure the body stream gets an error item, so the request is aborted
 /// rather than ended cleanly with a truncated NAR.
-fn stream_nar(path: &Path, level: i32, tx: mpsc::Sender<Chunk>, counters: &Counters) -> Result<u64, DumpFailure> {
+fn stream_nar(
+    path: &Path,
+    level: i32,
+    tx: mpsc::Sender<Chunk>,
+    counters: &Counters,
+) -> Result<u64, DumpFailure> {
     let abort = tx.clone();
     let fail = |reason: String| {
         if abort.is_closed() {
@@ -96,12 +119,29 @@ fn stream_nar(path: &Path, level: i32, tx: mpsc::Sender<Chunk>, counters: &Count
         let _ = abort.blocking_send(Err(io::Error::other(reason.clone())));
         DumpFailure::Failed(reason)
     };
-    let sink = ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK), sent: 0, counters };
-    let encoder = zstd::stream::write::Encoder::new(sink, level).map_err(|e| fail(format!("zstd: {e}")))?;
-    let mut nar = BufWriter::with_capacity(CHUNK, Counting { inner: encoder, counters });
+    let sink = ChannelWriter {
+        tx,
+        buf: BytesMut::with_capacity(CHUNK),
+        sent: 0,
+        counters,
+    };
+    let encoder =
+        zstd::stream::write::Encoder::new(sink, level).map_err(|e| fail(format!("zstd: {e}")))?;
+    let mut nar = BufWriter::with_capacity(
+        CHUNK,
+        Counting {
+            inner: encoder,
+            counters,
+        },
+    );
     dump_path(path, &mut nar).map_err(|e| fail(e.to_string()))?;
-    let mut encoder = nar.into_inner().map_err(|e| fail(e.error().to_string()))?.inner;
-    encoder.do_finish().map_err(|e| fail(format!("zstd: {e}")))?;
+    let mut encoder = nar
+        .into_inner()
+        .map_err(|e| fail(e.error().to_string()))?
+        .inner;
+    encoder
+        .do_finish()
+        .map_err(|e| fail(format!("zstd: {e}")))?;
     let sink = encoder.get_mut();
     sink.send_buffered().map_err(|e| fail(e.to_string()))?;
     Ok(sink.sent)
@@ -168,11 +208,13 @@ impl Write for ChannelWriter<'_> {
     }
 }
 
-/// The physical directory a store path's files are read from.
+/// The physical directory a store path's files are read from, for a `--store` argument:
+/// the system store's names, or the directory of a local chroot store. Store URIs with
+/// parameters, remote and binary-cache stores are refused: their files are not on this disk.
 pub fn on_disk_root(store: Option<&str>) -> Result<PathBuf, PushError> {
     match store {
         None | Some("auto" | "daemon" | "local") => Ok(PathBuf::from("/")),
-        Some(dir) if dir.starts_with('/') => Ok(PathBuf::from(dir)),
+        Some(dir) if dir.starts_with('/') && !dir.contains('?') => Ok(PathBuf::from(dir)),
         Some(other) => Err(PushError::UnsupportedStore(other.to_owned())),
     }
 }
@@ -199,10 +241,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("big");
         // Incompressible-ish content spanning several chunks.
-        let content: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        let content: Vec<u8> = (0..3 * CHUNK as u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         std::fs::write(&file, &content).unwrap();
         let (result, chunks) = stream(file.clone()).await;
-        let compressed: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
+        let compressed: Vec<u8> = chunks
+            .into_iter()
+            .flat_map(|c| c.unwrap().to_vec())
+            .collect();
         assert_eq!(result.ok(), Some(compressed.len() as u64));
         let mut expected = Vec::new();
         dump_path(&file, &mut expected).unwrap();
@@ -219,7 +266,13 @@ mod tests {
     #[test]
     fn store_roots() {
         assert_eq!(on_disk_root(None).unwrap(), PathBuf::from("/"));
-        assert_eq!(on_disk_root(Some("/tmp/chroot")).unwrap(), PathBuf::from("/tmp/chroot"));
-        assert!(matches!(on_disk_root(Some("s3://bucket")), Err(PushError::UnsupportedStore(_))));
+        assert_eq!(
+            on_disk_root(Some("/tmp/chroot")).unwrap(),
+            PathBuf::from("/tmp/chroot")
+        );
+        assert!(matches!(
+            on_disk_root(Some("s3://bucket")),
+            Err(PushError::UnsupportedStore(_))
+        ));
     }
 }

@@ -1,0 +1,231 @@
+//! Test helpers: a berth server (the real binary, or the library in-process), Nix commands
+//! isolated from the machine's configuration, and store closures built from plain
+//! `derivation`s (nixpkgs is not available here).
+
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Output, Stdio},
+    time::Duration,
+};
+
+/// The berth binary under test.
+pub fn berth_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_berth")
+}
+
+/// Fails loudly when a program a test needs is missing.
+#[track_caller]
+pub fn require(program: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {program}")])
+        .output()
+        .map(|o| o.status.success());
+    assert!(
+        found.unwrap_or(false),
+        "`{program}` is required by this test: run scripts/test.sh, which installs it"
+    );
+}
+
+/// Runs a command and returns its output, panicking with its stderr when it fails.
+#[track_caller]
+pub fn run_ok(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// stdout of a successful command, trimmed.
+#[track_caller]
+pub fn stdout_of(cmd: &mut Command) -> String {
+    String::from_utf8(run_ok(cmd).stdout)
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A scratch directory with a private Nix cache directory, so Nix's remembered narinfo
+/// answers (an hour for misses) never leak between tests.
+pub struct Scratch {
+    pub dir: tempfile::TempDir,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        require("nix");
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// A `nix`/`nix-store`/`nix-build` command: offline, flakes on, private cache dir.
+    pub fn nix(&self, program: &str) -> Command {
+        let mut cmd = Command::new(program);
+        cmd.env("XDG_CACHE_HOME", self.path("xdg-cache"))
+            .env(
+                "NIX_CONFIG",
+                "substituters =\nexperimental-features = nix-command flakes\nnarinfo-cache-negative-ttl = 0\nwarn-dirty = false",
+            )
+            .env_remove("NIX_REMOTE");
+        cmd
+    }
+
+    /// Builds a closure of several paths from plain derivations: a directory with an
+    /// executable and a symlink, a path that references it, and a top path that references
+    /// both. `salt` makes the paths unique to the test. Returns the top path.
+    pub fn build_closure(&self, salt: &str) -> String {
+        let expr = format!(
+            r#"let
+  mk = name: script: derivation {{ inherit name; system = builtins.currentSystem; builder = "/bin/sh";
+    PATH = "/usr/bin:/bin"; args = [ "-c" script ]; salt = "{salt}"; }};
+  lib = mk "berth-test-lib" "mkdir -p $out/bin $out/share; printf '#!/bin/sh\necho hello\n' > $out/bin/hello; chmod +x $out/bin/hello; ln -s ../bin/hello $out/share/link; echo {salt} > $out/share/salt";
+  mid = mk "berth-test-mid" "mkdir -p $out; echo ${{lib}}/bin/hello > $out/uses-lib; head -c 100000 /dev/urandom > $out/blob";
+in mk "berth-test-top" "mkdir -p $out; echo ${{mid}} ${{lib}} > $out/refs; echo $out > $out/self""#
+        );
+        let file = self.path(&format!("closure-{salt}.nix"));
+        std::fs::write(&file, expr).unwrap();
+        stdout_of(self.nix("nix-build").arg("--no-out-link").arg(&file))
+    }
+
+    /// Every path of the closure of `path`.
+    pub fn closure(&self, path: &str) -> Vec<String> {
+        stdout_of(self.nix("nix-store").args(["-qR", path]))
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// The NarHash of `path` as recorded in `store` (None: the system store).
+    pub fn nar_hash(&self, path: &str, store: Option<&Path>) -> String {
+        let mut cmd = self.nix("nix-store");
+        if let Some(store) = store {
+            cmd.arg("--store").arg(store);
+        }
+        stdout_of(cmd.args(["-q", "--hash", path]))
+    }
+
+    /// A netrc file granting `token` for 127.0.0.1.
+    pub fn netrc(&self, token: &str) -> PathBuf {
+        let file = self.path("netrc");
+        std::fs::write(
+            &file,
+            format!("machine 127.0.0.1\nlogin berth\npassword {token}\n"),
+        )
+        .unwrap();
+        file
+    }
+
+    /// `nix copy --from url --to <fresh chroot store>` trusting only `trusted_key`.
+    pub fn substitute(
+        &self,
+        url: &str,
+        path: &str,
+        trusted_key: &str,
+        store_name: &str,
+    ) -> (Output, PathBuf) {
+        let store = self.path(store_name);
+        // A fresh Nix cache directory: Nix remembers the narinfos it uploaded itself (without
+        // berth's signature) and would check those instead of what the server serves.
+        let out = self
+            .nix("nix")
+            .env("XDG_CACHE_HOME", self.path(&format!("xdg-{store_name}")))
+            .args(["copy", "--from", url, "--to"])
+            .arg(&store)
+            .args(["--option", "trusted-public-keys", trusted_key, path])
+            .output()
+            .unwrap();
+        (out, store)
+    }
+}
+
+/// A running `berth serve` (the real binary), stopped on drop.
+pub struct Server {
+    pub child: Child,
+    pub url: String,
+    pub public_key: String,
+    pub data_dir: PathBuf,
+}
+
+impl Server {
+    /// Starts `berth serve` on a free loopback port with `args` added.
+    pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        let mut child = Command::new(berth_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("BERTH_LOG", "info,sqlx=warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn berth serve");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut url, mut public_key) = (None, None);
+        for line in lines.by_ref() {
+            let line = line.unwrap();
+            if let Some(k) = line.strip_prefix("public key: ") {
+                public_key = Some(k.to_owned());
+            }
+            if let Some(u) = line.strip_prefix("berth listening on ") {
+                url = Some(u.to_owned());
+                break;
+            }
+        }
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        let url = url.expect("berth serve exited before listening");
+        Self {
+            child,
+            url,
+            public_key: public_key.expect("public key line"),
+            data_dir: data_dir.to_owned(),
+        }
+    }
+
+    /// `berth token create --scope SCOPE` against this server's data directory.
+    pub fn token(&self, scope: &str) -> String {
+        stdout_of(
+            Command::new(berth_bin())
+                .args(["token", "create", "--scope", scope, "--data-dir"])
+                .arg(&self.data_dir),
+        )
+    }
+
+    /// The server's resident set size in KiB (VmHWM: the peak).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    /// Sends SIGKILL (a crash).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A blocking HTTP client for tests.
+pub fn http() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}

@@ -1,0 +1,8 @@
+//! Process-level integration tests: the real `berth` binary, the real Nix 2.8 client, real
+//! git and SQLite, all offline. A missing program fails the test loudly, never skips it.
+
+mod harness;
+
+mod cache_http;
+mod cli;
+mod nix_client;

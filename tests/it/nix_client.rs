@@ -1,0 +1,187 @@
+//! The stories that matter most: the real Nix client uploads to berth and substitutes from
+//! it, trusting only berth's key.
+
+use std::process::Command;
+
+use crate::harness::*;
+
+/// A closure uploaded with `nix copy --to http://…` (xz, Nix's default) is substituted into
+/// a fresh chroot store with identical NAR hashes, trusting only berth's key.
+#[test]
+fn nix_copy_upload_then_substitute() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let top = s.build_closure("nix-copy");
+    let netrc = s.netrc(&server.token("push"));
+    run_ok(
+        s.nix("nix")
+            .args(["copy", "--option", "netrc-file"])
+            .arg(&netrc)
+            .args(["--to", &server.url, &top]),
+    );
+
+    let (out, store) = s.substitute(&server.url, &top, &server.public_key, "client");
+    assert!(
+        out.status.success(),
+        "substitution failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in s.closure(&top) {
+        assert_eq!(
+            s.nar_hash(&path, Some(&store)),
+            s.nar_hash(&path, None),
+            "{path}"
+        );
+    }
+}
+
+/// zstd and uncompressed uploads work too, and a second upload of the same paths is harmless.
+#[test]
+fn nix_copy_other_compressions_and_twice() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let top = s.build_closure("compressions");
+    let netrc = s.netrc(&server.token("push"));
+    for compression in ["zstd", "none", "zstd"] {
+        let url = format!("{}?compression={compression}", server.url);
+        run_ok(
+            s.nix("nix")
+                .args(["copy", "--option", "netrc-file"])
+                .arg(&netrc)
+                .args(["--to", &url, &top]),
+        );
+    }
+    let (out, _) = s.substitute(&server.url, &top, &server.public_key, "client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Substitution fails when the client trusts another key: berth's signature is what counts.
+#[test]
+fn substitution_needs_berths_key() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let top = s.build_closure("wrong-key");
+    let netrc = s.netrc(&server.token("push"));
+    run_ok(
+        s.nix("nix")
+            .args(["copy", "--option", "netrc-file"])
+            .arg(&netrc)
+            .args(["--to", &server.url, &top]),
+    );
+    let other = "other-1:pA18roE3vLB11kd1pWBsS6jNaTxNsLEYBa3vFd+7R84=";
+    let (out, _) = s.substitute(&server.url, &top, other, "client");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lacks a valid signature"));
+}
+
+/// Without a token (or with a read token) `nix copy --to` is refused and nothing is stored.
+#[test]
+fn upload_without_push_token_is_refused() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let top = s.build_closure("no-token");
+    let out = s
+        .nix("nix")
+        .args(["copy", "--to", &server.url, &top])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let netrc = s.netrc(&server.token("read"));
+    let out = s
+        .nix("nix")
+        .args(["copy", "--option", "netrc-file"])
+        .arg(&netrc)
+        .args(["--to", &server.url, &top])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
+    let nars = std::fs::read_dir(server.data_dir.join("cache/nar"))
+        .unwrap()
+        .count();
+    assert_eq!(nars, 0, "nothing stored");
+    let hash = &top["/nix/store/".len()..][..32];
+    let status = http()
+        .get(format!("{}/{hash}.narinfo", server.url))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 404);
+}
+
+/// `berth push` sends a closure that the real client then substitutes.
+#[test]
+fn berth_push_then_substitute() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let top = s.build_closure("berth-push");
+    let token = server.token("push");
+    let push = || {
+        let mut cmd = Command::new(berth_bin());
+        cmd.args(["push", "--server", &server.url, &top])
+            .env("BERTH_TOKEN", &token);
+        cmd
+    };
+    run_ok(&mut push());
+    let again = run_ok(&mut push());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already"),
+        "a second push uploads nothing"
+    );
+    let (out, store) = s.substitute(&server.url, &top, &server.public_key, "client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for path in s.closure(&top) {
+        assert_eq!(
+            s.nar_hash(&path, Some(&store)),
+            s.nar_hash(&path, None),
+            "{path}"
+        );
+    }
+}
+
+/// A 1 GiB path pushes and is served while the server's peak RSS stays under 100 MiB.
+#[test]
+fn a_large_path_streams_in_bounded_memory() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let dir = s.path("big");
+    std::fs::create_dir(&dir).unwrap();
+    run_ok(
+        Command::new("head")
+            .args(["-c", "1073741824", "/dev/urandom"])
+            .stdout(std::fs::File::create(dir.join("blob")).unwrap()),
+    );
+    let path = stdout_of(s.nix("nix-store").args(["--add"]).arg(&dir));
+    std::fs::remove_dir_all(&dir).unwrap();
+    run_ok(
+        Command::new(berth_bin())
+            .args(["push", "--server", &server.url, &path])
+            .env("BERTH_TOKEN", server.token("push")),
+    );
+    let (out, _) = s.substitute(&server.url, &path, &server.public_key, "client");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let peak = server.peak_rss_kib();
+    eprintln!("server peak RSS: {} MiB", peak / 1024);
+    assert!(
+        peak < 100 * 1024,
+        "server peak RSS {peak} KiB is over 100 MiB"
+    );
+    run_ok(s.nix("nix-store").args(["--delete", &path]));
+}

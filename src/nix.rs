@@ -56,12 +56,14 @@ pub enum NixError {
 ///
 /// A non-zero exit is an error ([`NixError::Failed`]); on success the full output is returned
 /// (stderr may still hold warnings).
-///
-/// # Panics
-///
-/// If `argv` is empty: callers always name a program.
 pub async fn run(argv: &[String]) -> Result<Output, NixError> {
-    let (program, args) = argv.split_first().expect("run: argv must name a program");
+    let Some((program, args)) = argv.split_first() else {
+        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line");
+        return Err(NixError::Spawn {
+            argv: Vec::new(),
+            source,
+        });
+    };
     let output = Command::new(program)
         .args(args)
         .stdin(Stdio::null())

@@ -68,9 +68,6 @@ mod tests {
         assert!(db.revoke_token("id1").await.unwrap());
         assert!(!db.revoke_token("id1").await.unwrap());
         assert_eq!(db.token_scope("hash1").await.unwrap(), None);
-        assert_eq!(
-            db.list_tokens().await.unwrap()[0].revoked_at.is_some(),
-            true
-        );
+        assert!(db.list_tokens().await.unwrap()[0].revoked_at.is_some());
     }
 }

@@ -176,6 +176,21 @@ impl Store {
 
     /// Deletes staging objects left behind by a crash. Run at start-up, before serving.
     pub async fn sweep_staging(&self) -> Result<usize, StoreError> {
+        if let Some(root) = &self.local_root {
+            // A local multipart upload stages as `tmp/<uuid>#<n>`, which object_store's
+            // listing hides: sweep the directory itself.
+            let dir = root.join("tmp");
+            return tokio::task::spawn_blocking(move || {
+                let mut removed = 0;
+                for entry in std::fs::read_dir(&dir)? {
+                    std::fs::remove_file(entry?.path())?;
+                    removed += 1;
+                }
+                Ok(removed)
+            })
+            .await
+            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        }
         let prefix = Path::from("tmp");
         let stale: Vec<_> = self
             .inner

@@ -5,4 +5,5 @@ mod harness;
 
 mod cache_http;
 mod cli;
+mod consistency;
 mod nix_client;

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints, unit tests, and the integration tests that drive
+# the real Nix client, git and SQLite. Installs what it needs first (scripts/deps.sh).
+# Nothing is skipped: a test whose program is missing fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+. scripts/deps.sh
+berth_install_deps
+
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+echo "== cargo fmt --check"
+cargo fmt --check
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets -- -D warnings
+echo "== nix files parse"
+for f in $(git ls-files '*.nix'); do nix-instantiate --parse "$f" >/dev/null; done
+echo "== cargo test"
+cargo test --lib --bins --tests

@@ -125,8 +125,13 @@ fn stream_nar(
         sent: 0,
         counters,
     };
-    let encoder =
+    let mut encoder =
         zstd::stream::write::Encoder::new(sink, level).map_err(|e| fail(format!("zstd: {e}")))?;
+    // Compress on every core: a large NAR otherwise leaves all but one idle.
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    encoder
+        .multithread(workers)
+        .map_err(|e| fail(format!("zstd workers: {e}")))?;
     let mut nar = BufWriter::with_capacity(
         CHUNK,
         Counting {

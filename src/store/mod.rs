@@ -18,6 +18,10 @@ use object_store::{
 
 pub use key::ObjectKey;
 
+/// Multipart part size: S3's minimum. With two parts in flight, an upload holds at most
+/// ~10 MiB, however large the NAR.
+const PART_SIZE: usize = 5 << 20;
+
 /// Storage failures. Display texts are for logs; clients see "internal error".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -170,7 +174,7 @@ impl Store {
         Ok(Upload {
             store: self.clone(),
             staging,
-            writer: WriteMultipart::new_with_chunk_size(upload, 8 << 20),
+            writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
         })
     }
 

@@ -5,6 +5,7 @@ pub mod app;
 pub mod auth;
 pub mod config;
 pub mod db;
+pub mod dump;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

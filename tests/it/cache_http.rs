@@ -344,7 +344,8 @@ fn expect_100_continue_is_answered_before_the_body() {
     let (_, nar) = f.simple_path("expect");
     let address = f.server.url.trim_start_matches("http://");
     let mut tcp = std::net::TcpStream::connect(address).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
     let head = format!(
         "PUT /nar/{} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         nar_name(&nar),
@@ -354,9 +355,17 @@ fn expect_100_continue_is_answered_before_the_body() {
     tcp.write_all(head.as_bytes()).unwrap();
     let mut interim = [0u8; 25];
     tcp.read_exact(&mut interim).unwrap();
-    assert!(String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"), "{:?}", String::from_utf8_lossy(&interim));
+    assert!(
+        String::from_utf8_lossy(&interim).starts_with("HTTP/1.1 100 Continue"),
+        "{:?}",
+        String::from_utf8_lossy(&interim)
+    );
     tcp.write_all(&nar).unwrap();
     let mut rest = [0u8; 15];
     tcp.read_exact(&mut rest).unwrap();
-    assert!(String::from_utf8_lossy(&rest).contains("200 OK"), "{:?}", String::from_utf8_lossy(&rest));
+    assert!(
+        String::from_utf8_lossy(&rest).contains("200 OK"),
+        "{:?}",
+        String::from_utf8_lossy(&rest)
+    );
 }

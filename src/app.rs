@@ -9,6 +9,7 @@ use bytes::Bytes;
 use tokio::net::TcpListener;
 
 use crate::{
+    build::Queue,
     config::{CacheConfig, Config, KeySource},
     db::{Db, DbError},
     metrics::Metrics,
@@ -61,6 +62,10 @@ pub struct AppState {
     pub cache: Arc<CacheConfig>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// The whole validated configuration (repositories, builder settings, data directory).
+    pub config: Arc<Config>,
+    /// Wakes build workers and cancels running builds.
+    pub builds: Queue,
 }
 
 impl AppState {
@@ -89,6 +94,8 @@ impl AppState {
             public_keys: Arc::new(public_keys),
             cache: Arc::new(config.cache.clone()),
             metrics: Arc::default(),
+            config: Arc::new(config.clone()),
+            builds: Queue::default(),
         };
         Ok((state, origin))
     }

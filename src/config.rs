@@ -63,6 +63,102 @@ pub struct RawConfig {
     /// The binary-cache protocol settings.
     #[serde(default)]
     pub cache: RawCache,
+    /// How builds run.
+    #[serde(default)]
+    pub builder: RawBuilder,
+    /// The fleet configuration repositories berth builds.
+    #[serde(default)]
+    pub repositories: Vec<RawRepository>,
+}
+
+/// `[builder]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBuilder {
+    /// Hosts of one build built at the same time. Default 2.
+    pub parallel_hosts: Option<usize>,
+    /// Seconds one host's build may take before it is killed. Default 7200.
+    pub timeout_secs: Option<u64>,
+    /// Builds run at the same time by this server. Default 1.
+    pub concurrent_builds: Option<usize>,
+    /// Seconds without a heartbeat after which a running build counts as interrupted (its
+    /// worker died) and is run again or failed. Default 60.
+    pub stale_after_secs: Option<u64>,
+}
+
+/// `[[repositories]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRepository {
+    /// What CI and webhooks call it.
+    pub name: String,
+    /// Any git URL (`git+https://…`, `git+ssh://…`, `git+file:///…`).
+    pub url: String,
+    /// The branch that deploys to every host whose closure changed. Default "main".
+    pub deploy_branch: Option<String>,
+    /// Branches named `<prefix><host>` deploy to that host alone. Default "test-".
+    pub test_branch_prefix: Option<String>,
+    /// Deploy only commits signed by an allow-listed key. Default true.
+    pub require_signed_commits: Option<bool>,
+    /// git's SSH allowed-signers file.
+    pub allowed_signers_file: Option<PathBuf>,
+    /// A GnuPG home whose keyring holds the allowed GPG keys.
+    pub gpg_home: Option<PathBuf>,
+    /// The least GPG trust level accepted (git's `gpg.minTrustLevel`). Default "fully".
+    pub gpg_min_trust_level: Option<String>,
+    /// Refuse to deploy a deploy-branch commit that does not descend from the last deployed
+    /// one (a force-push rewind). Default false.
+    pub require_fast_forward: Option<bool>,
+    /// File holding the forge webhook secret (HMAC-SHA256 key).
+    pub webhook_secret_file: Option<PathBuf>,
+}
+
+/// How builds run.
+#[derive(Debug, Clone)]
+pub struct BuilderConfig {
+    /// Hosts of one build built at once.
+    pub parallel_hosts: usize,
+    /// Per-host build timeout.
+    pub timeout: std::time::Duration,
+    /// Builds at once.
+    pub concurrent_builds: usize,
+    /// Heartbeat staleness.
+    pub stale_after: std::time::Duration,
+}
+
+/// A validated repository.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    /// Name.
+    pub name: String,
+    /// git URL.
+    pub url: String,
+    /// Deploy branch.
+    pub deploy_branch: String,
+    /// Test-branch prefix.
+    pub test_branch_prefix: String,
+    /// Whether deploying needs a trusted signature.
+    pub require_signed_commits: bool,
+    /// SSH allowed signers.
+    pub allowed_signers_file: Option<PathBuf>,
+    /// GnuPG home.
+    pub gpg_home: Option<PathBuf>,
+    /// GPG minimum trust.
+    pub gpg_min_trust_level: String,
+    /// Refuse rewinds of the deploy branch.
+    pub require_fast_forward: bool,
+    /// The webhook secret, read at start-up (never logged).
+    pub webhook_secret: Option<Secret>,
+}
+
+/// Secret bytes whose `Debug` prints nothing.
+#[derive(Clone)]
+pub struct Secret(pub Vec<u8>);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(…)")
+    }
 }
 
 /// `[cache]`.
@@ -118,6 +214,17 @@ pub struct Config {
     pub previous_public_keys: Vec<PublicKey>,
     /// Cache protocol settings.
     pub cache: CacheConfig,
+    /// Builder settings.
+    pub builder: BuilderConfig,
+    /// Repositories, by name.
+    pub repositories: Vec<Repository>,
+}
+
+impl Config {
+    /// The repository called `name`.
+    pub fn repository(&self, name: &str) -> Option<&Repository> {
+        self.repositories.iter().find(|r| r.name == name)
+    }
 }
 
 /// Command-line values that override the file.
@@ -216,6 +323,20 @@ impl RawConfig {
             require_read_token: self.cache.require_read_token.unwrap_or(false),
             compression_level: level,
         };
+        let builder = BuilderConfig {
+            parallel_hosts: positive("builder.parallel_hosts", self.builder.parallel_hosts.unwrap_or(2))?,
+            timeout: std::time::Duration::from_secs(self.builder.timeout_secs.unwrap_or(7200).max(1)),
+            concurrent_builds: positive("builder.concurrent_builds", self.builder.concurrent_builds.unwrap_or(1))?,
+            stale_after: std::time::Duration::from_secs(self.builder.stale_after_secs.unwrap_or(60).max(3)),
+        };
+        let mut repositories: Vec<Repository> = Vec::new();
+        for raw in self.repositories {
+            let repo = validate_repository(raw)?;
+            if repositories.iter().any(|r| r.name == repo.name) {
+                return Err(invalid("repositories.name", format!("{:?} is declared twice", repo.name)));
+            }
+            repositories.push(repo);
+        }
         Ok(Config {
             listen,
             data_dir,
@@ -224,8 +345,68 @@ impl RawConfig {
             signing_key,
             previous_public_keys,
             cache,
+            builder,
+            repositories,
         })
     }
+}
+
+fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
+    if n == 0 {
+        return Err(ConfigError::Invalid { key, reason: "must be at least 1".into() });
+    }
+    Ok(n)
+}
+
+/// Repository names appear in URLs, file names and API bodies.
+pub fn valid_repository_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+    if !valid_repository_name(&raw.name) {
+        return Err(invalid("repositories.name", format!("{:?}: use letters, digits, '-', '_', '.'", raw.name)));
+    }
+    let require_signed_commits = raw.require_signed_commits.unwrap_or(true);
+    if require_signed_commits && raw.allowed_signers_file.is_none() && raw.gpg_home.is_none() {
+        return Err(invalid(
+            "repositories.require_signed_commits",
+            format!("repository {:?} requires signed commits but names no allowed_signers_file or gpg_home", raw.name),
+        ));
+    }
+    for file in raw.allowed_signers_file.iter().chain(raw.gpg_home.iter()) {
+        if !file.exists() {
+            return Err(invalid("repositories.allowed_signers_file", format!("{} does not exist", file.display())));
+        }
+    }
+    let webhook_secret = match &raw.webhook_secret_file {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read(path)
+                .map_err(|e| invalid("repositories.webhook_secret_file", format!("{}: {e}", path.display())))?;
+            let trimmed = text.trim_ascii().to_vec();
+            if trimmed.is_empty() {
+                return Err(invalid("repositories.webhook_secret_file", format!("{} is empty", path.display())));
+            }
+            Some(Secret(trimmed))
+        }
+    };
+    Ok(Repository {
+        name: raw.name,
+        url: raw.url,
+        deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".into()),
+        test_branch_prefix: raw.test_branch_prefix.unwrap_or_else(|| "test-".into()),
+        require_signed_commits,
+        allowed_signers_file: raw.allowed_signers_file,
+        gpg_home: raw.gpg_home,
+        gpg_min_trust_level: raw.gpg_min_trust_level.unwrap_or_else(|| "fully".into()),
+        require_fast_forward: raw.require_fast_forward.unwrap_or(false),
+        webhook_secret,
+    })
 }
 
 /// Loads `file` (or nothing: the embedded default) and applies the overrides.
@@ -300,6 +481,19 @@ mod tests {
     fn an_explicit_key_file_is_never_generated() {
         let c = parse("signing_key_file = \"/run/credentials/berth/key\"").unwrap();
         assert!(c.signing_key.generate_as.is_none());
+    }
+
+    #[test]
+    fn repositories_are_checked() {
+        let c = parse("[[repositories]]\nname = \"fleet\"\nurl = \"git+file:///srv/fleet\"\nrequire_signed_commits = false").unwrap();
+        let repo = c.repository("fleet").unwrap();
+        assert_eq!((repo.deploy_branch.as_str(), repo.test_branch_prefix.as_str()), ("main", "test-"));
+        let unsigned = parse("[[repositories]]\nname = \"fleet\"\nurl = \"x\"").unwrap_err().to_string();
+        assert!(unsigned.contains("requires signed commits"), "{unsigned}");
+        assert!(parse("[[repositories]]\nname = \"../x\"\nurl = \"x\"\nrequire_signed_commits = false").is_err());
+        let twice = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n";
+        assert!(parse(&format!("{twice}{twice}")).unwrap_err().to_string().contains("twice"));
+        assert!(parse("[builder]\nparallel_hosts = 0").is_err());
     }
 
     #[test]

@@ -3,6 +3,9 @@
 
 pub mod app;
 pub mod auth;
+pub mod build;
+pub mod client;
+pub mod cmd;
 pub mod config;
 pub mod db;
 pub mod dump;
@@ -13,3 +16,4 @@ pub mod nix;
 pub mod nixfmt;
 pub mod push;
 pub mod store;
+pub mod webhook;

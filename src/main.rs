@@ -7,6 +7,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use berth::{
+    client::Api,
     app::{self, AppState, KeyOrigin},
     auth::{self, Scope},
     config::{self, Overrides},
@@ -63,6 +64,18 @@ enum Command {
         #[command(subcommand)]
         action: TokenAction,
     },
+    /// Submit builds and follow them (for CI), or look at one.
+    Build {
+        #[command(subcommand)]
+        action: BuildAction,
+    },
+    /// List hosts with their current generation, or one host's history.
+    Hosts {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: Option<HostsAction>,
+    },
     /// Push the closures of store paths to a berth cache.
     Push {
         #[command(flatten)]
@@ -102,6 +115,61 @@ struct ClientArgs {
     /// API token (prefer the environment variable: argv is visible to other users).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum BuildAction {
+    /// Queue a build of a commit; prints its id (with --wait: streams its log, exits 1 unless
+    /// every host built).
+    Submit {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Repository name, as configured on the server.
+        #[arg(long)]
+        repo: String,
+        /// Full commit hash.
+        #[arg(long)]
+        commit: String,
+        /// Branch the commit was pushed to (decides what deploys).
+        #[arg(long)]
+        branch: String,
+        /// Build only this host (repeatable); default every host of the flake.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+        /// Follow the build to its end.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Print a build's state and per-host results; exits 1 unless it succeeded.
+    Status {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Build id.
+        id: i64,
+    },
+    /// Print a build's log (following it while it runs).
+    Log {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Build id.
+        id: i64,
+    },
+    /// Cancel a queued or running build.
+    Cancel {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Build id.
+        id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum HostsAction {
+    /// Every generation of one host, newest first.
+    History {
+        /// Host name.
+        name: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -176,6 +244,21 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Token { action } => token(action).await,
+        Command::Build { action } => build(action).await,
+        Command::Hosts { client, action } => {
+            let api = client.api()?;
+            let text = match action {
+                None => berth::cmd::hosts::list(&api).await?,
+                Some(HostsAction::History { name }) => {
+                    if !berth::auth::valid_host_name(&name) {
+                        bail!("invalid host name {name:?}");
+                    }
+                    berth::cmd::hosts::history(&api, &name).await?
+                }
+            };
+            print!("{text}");
+            Ok(())
+        }
         Command::Push {
             client,
             jobs,
@@ -195,6 +278,40 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+impl ClientArgs {
+    fn api(self) -> Result<Api> {
+        Ok(Api::new(&self.server, self.token)?)
+    }
+}
+
+async fn build(action: BuildAction) -> Result<()> {
+    use berth::cmd::build as cmd;
+    let succeeded = match action {
+        BuildAction::Submit { client, repo, commit, branch, hosts, wait } => {
+            let request = cmd::Submit { repository: repo, commit, branch, hosts };
+            cmd::submit(&client.api()?, &request, wait).await?
+        }
+        BuildAction::Status { client, id } => {
+            let build: cmd::Build = client.api()?.get(&format!("/api/v1/builds/{id}")).await?;
+            print!("{}", cmd::render(&build));
+            build.state == "succeeded"
+        }
+        BuildAction::Log { client, id } => {
+            cmd::print_log(&client.api()?, id).await?;
+            true
+        }
+        BuildAction::Cancel { client, id } => {
+            let build: cmd::Build = client.api()?.post(&format!("/api/v1/builds/{id}/cancel"), &()).await?;
+            print!("{}", cmd::render(&build));
+            true
+        }
+    };
+    if !succeeded {
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 fn keygen(name: &str, secret: &Path, public: &Path) -> Result<()> {

@@ -3,7 +3,8 @@
 
 use super::{on_pool, Db, DbError};
 
-/// Each entry is one schema version; its SQL is valid for SQLite and PostgreSQL alike.
+/// Each entry is one schema version; its SQL is valid for SQLite and PostgreSQL alike, except
+/// `{serial}`, an auto-numbered primary key, spelled per dialect.
 const MIGRATIONS: &[&str] = &[
     // 1: the cache index and tokens.
     "CREATE TABLE paths (
@@ -40,7 +41,59 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         revoked_at BIGINT
     );",
+    // 2: builds, their per-host results, hosts and their generations.
+    "CREATE TABLE builds (
+        id {serial},
+        repository TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        hosts TEXT NOT NULL,
+        state TEXT NOT NULL,
+        reason TEXT,
+        signature TEXT,
+        created_at BIGINT NOT NULL,
+        started_at BIGINT,
+        finished_at BIGINT,
+        claimed_by TEXT,
+        heartbeat_at BIGINT,
+        attempts BIGINT NOT NULL DEFAULT 0
+    );
+    CREATE INDEX builds_state ON builds (state, id);
+    CREATE INDEX builds_commit ON builds (repository, commit_sha);
+    CREATE TABLE build_hosts (
+        build_id BIGINT NOT NULL,
+        host TEXT NOT NULL,
+        state TEXT NOT NULL,
+        store_path TEXT,
+        error TEXT,
+        generation BIGINT,
+        started_at BIGINT,
+        finished_at BIGINT,
+        PRIMARY KEY (build_id, host)
+    );
+    CREATE TABLE hosts (
+        name TEXT PRIMARY KEY,
+        repository TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE generations (
+        host TEXT NOT NULL,
+        number BIGINT NOT NULL,
+        store_path TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        build_id BIGINT,
+        created_at BIGINT NOT NULL,
+        PRIMARY KEY (host, number)
+    );",
 ];
+
+fn serial(db: &Db) -> &'static str {
+    match db {
+        Db::Sqlite(_) => "INTEGER PRIMARY KEY AUTOINCREMENT",
+        Db::Postgres(_) => "BIGSERIAL PRIMARY KEY",
+    }
+}
 
 /// Brings the schema up to date.
 pub async fn run(db: &Db) -> Result<(), DbError> {
@@ -49,7 +102,8 @@ pub async fn run(db: &Db) -> Result<(), DbError> {
         let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(pool).await?;
         for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.unwrap_or(0) as usize) {
             let mut tx = pool.begin().await?;
-            sqlx::raw_sql(sql).execute(&mut *tx).await?;
+            let sql = sql.replace("{serial}", serial(db));
+            sqlx::raw_sql(&sql).execute(&mut *tx).await?;
             sqlx::query("INSERT INTO schema_version (version) VALUES ($1)").bind(i as i64 + 1).execute(&mut *tx).await?;
             tx.commit().await?;
         }

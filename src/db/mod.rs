@@ -3,6 +3,8 @@
 //! both. Every query is written once in SQL that both dialects accept (`$1` placeholders,
 //! TEXT and BIGINT columns) and run on whichever pool is open.
 
+mod builds;
+mod generations;
 mod migrations;
 mod paths;
 mod tokens;
@@ -16,6 +18,8 @@ use sqlx::{
     },
 };
 
+pub use builds::{BuildHostRow, BuildRow};
+pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use paths::{NarFileRow, PathRow};
 pub use tokens::TokenRow;
 

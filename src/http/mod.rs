@@ -3,11 +3,14 @@
 //! `x-request-id`, and every request is logged in a span with it.
 
 mod auth;
+mod builds;
 mod cache;
 mod error;
+mod hosts;
 mod ops;
 mod push;
 mod range;
+mod webhooks;
 
 use std::future::Future;
 
@@ -43,6 +46,13 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/paths/missing", post(push::missing))
         .route("/api/v1/paths", post(push::upload))
+        .route("/api/v1/builds", get(builds::list).post(builds::submit))
+        .route("/api/v1/builds/{id}", get(builds::status))
+        .route("/api/v1/builds/{id}/log", get(builds::log))
+        .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
+        .route("/api/v1/hosts", get(hosts::list))
+        .route("/api/v1/hosts/{name}/generations", get(hosts::generations))
+        .route("/api/v1/webhooks/{forge}", post(webhooks::receive))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

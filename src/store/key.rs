@@ -17,6 +17,8 @@ pub enum ObjectKey {
     Nar(NarFileName),
     /// `tmp/<uuid>`: an upload being received; never referenced by a narinfo.
     Staging(uuid::Uuid),
+    /// `builds/<id>.log`: a finished build's log (outside Nix's `log/<drv>` namespace).
+    BuildLog(i64),
 }
 
 impl ObjectKey {
@@ -28,6 +30,7 @@ impl ObjectKey {
             Self::Listing(h) => format!("{h}.ls"),
             Self::Nar(n) => format!("nar/{n}"),
             Self::Staging(id) => format!("tmp/{id}"),
+            Self::BuildLog(id) => format!("builds/{id}.log"),
         }
     }
 }

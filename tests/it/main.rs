@@ -6,4 +6,5 @@ mod harness;
 mod cache_http;
 mod cli;
 mod consistency;
+mod fleet;
 mod nix_client;

@@ -1,95 +1,9 @@
-//! The only place in berth that spawns `nix` (and, later, `git`) processes.
-//!
-//! Every command is an argv handed to [`tokio::process::Command`], never a shell string, so a
-//! store path or flake reference can never be interpreted by a shell. A failing command becomes
-//! a [`NixError`] that carries the argv, the exit status and the tail of stderr: the tail is
-//! where Nix prints the one line that explains the failure.
+//! Store queries: `nix path-info` and the dependency order of a closure.
 
 use std::collections::{HashMap, VecDeque};
-use std::process::{ExitStatus, Output, Stdio};
 
-use tokio::process::Command;
-
+use super::{run, NixError};
 use crate::nixfmt::PathClaim;
-
-/// How many trailing lines of stderr a [`NixError::Failed`] keeps.
-const STDERR_TAIL_LINES: usize = 20;
-
-/// Why running `nix` or reading its output failed.
-#[derive(Debug, thiserror::Error)]
-pub enum NixError {
-    /// The program could not be started (usually: not installed or not on `PATH`).
-    #[error("cannot run `{}`: {source}", argv.join(" "))]
-    Spawn {
-        /// The command line.
-        argv: Vec<String>,
-        /// Why it could not be started.
-        source: std::io::Error,
-    },
-    /// The program ran and exited unsuccessfully.
-    #[error("`{}` failed ({status}): {stderr_tail}", argv.join(" "))]
-    Failed {
-        /// The command line.
-        argv: Vec<String>,
-        /// Its exit status.
-        status: ExitStatus,
-        /// The last lines of its stderr.
-        stderr_tail: String,
-    },
-    /// The program succeeded but printed something berth cannot understand.
-    #[error("cannot parse the output of `{}`: {reason}", argv.join(" "))]
-    Output {
-        /// The command line.
-        argv: Vec<String>,
-        /// What was wrong with the output.
-        reason: String,
-    },
-    /// Nix reports a path as not valid (not present in the store).
-    #[error("{0} is not a valid path in the Nix store")]
-    NotValid(String),
-    /// References form a cycle between distinct paths, which a Nix store never holds.
-    #[error("store paths reference each other in a cycle: {}", .0.join(", "))]
-    Cycle(Vec<String>),
-}
-
-/// Runs `argv` to completion with stdin closed, capturing stdout and stderr.
-///
-/// A non-zero exit is an error ([`NixError::Failed`]); on success the full output is returned
-/// (stderr may still hold warnings).
-pub async fn run(argv: &[String]) -> Result<Output, NixError> {
-    let Some((program, args)) = argv.split_first() else {
-        let source = std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty command line");
-        return Err(NixError::Spawn {
-            argv: Vec::new(),
-            source,
-        });
-    };
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| NixError::Spawn {
-            argv: argv.to_vec(),
-            source,
-        })?;
-    if !output.status.success() {
-        return Err(NixError::Failed {
-            argv: argv.to_vec(),
-            status: output.status,
-            stderr_tail: tail(&output.stderr, STDERR_TAIL_LINES),
-        });
-    }
-    Ok(output)
-}
-
-/// The last `lines` non-empty lines of `bytes`, lossily decoded, joined by newlines.
-fn tail(bytes: &[u8], lines: usize) -> String {
-    let text = String::from_utf8_lossy(bytes);
-    let kept: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    kept[kept.len().saturating_sub(lines)..].join("\n")
-}
 
 /// The closure of `paths` (each path and everything it references, recursively) as push
 /// claims, dependencies before the paths that reference them.
@@ -97,10 +11,7 @@ fn tail(bytes: &[u8], lines: usize) -> String {
 /// Runs `nix path-info --json --recursive`; `store` is passed as `--store` (e.g. a chroot
 /// store directory) when given. Substitution is off: a path missing from the store is an
 /// error at once (Nix 2.8 would otherwise try every substituter first).
-pub async fn path_info_closure(
-    paths: &[String],
-    store: Option<&str>,
-) -> Result<Vec<PathClaim>, NixError> {
+pub async fn path_info_closure(paths: &[String], store: Option<&str>) -> Result<Vec<PathClaim>, NixError> {
     let mut argv: Vec<String> = [
         "nix",
         "path-info",
@@ -145,12 +56,8 @@ struct JsonPathInfo {
 /// Converts the JSON printed by `argv` (`nix path-info --json`) into claims, in the order
 /// printed.
 fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
-    let output_err = |reason: String| NixError::Output {
-        argv: argv.to_vec(),
-        reason,
-    };
-    let infos: Vec<JsonPathInfo> =
-        serde_json::from_slice(json).map_err(|e| output_err(e.to_string()))?;
+    let output_err = |reason: String| NixError::Output { argv: argv.to_vec(), reason };
+    let infos: Vec<JsonPathInfo> = serde_json::from_slice(json).map_err(|e| output_err(e.to_string()))?;
     infos
         .into_iter()
         .map(|info| {
@@ -158,10 +65,7 @@ fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixE
                 return Err(NixError::NotValid(info.path));
             }
             let (Some(nar_hash), Some(nar_size)) = (info.nar_hash, info.nar_size) else {
-                return Err(output_err(format!(
-                    "{} has no narHash or narSize",
-                    info.path
-                )));
+                return Err(output_err(format!("{} has no narHash or narSize", info.path)));
             };
             Ok(PathClaim {
                 path: info.path,
@@ -180,19 +84,11 @@ fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixE
 /// and references outside the set are ignored). Among paths whose references are all placed,
 /// the input order is kept, so the result is deterministic.
 pub fn topo_sort(claims: Vec<PathClaim>) -> Result<Vec<PathClaim>, NixError> {
-    let index: HashMap<&str, usize> = claims
-        .iter()
-        .enumerate()
-        .map(|(i, c)| (c.path.as_str(), i))
-        .collect();
+    let index: HashMap<&str, usize> = claims.iter().enumerate().map(|(i, c)| (c.path.as_str(), i)).collect();
     let mut waiting = vec![0usize; claims.len()];
     let mut referrers: Vec<Vec<usize>> = vec![Vec::new(); claims.len()];
     for (i, claim) in claims.iter().enumerate() {
-        let mut refs: Vec<usize> = claim
-            .references
-            .iter()
-            .filter_map(|r| index.get(r.as_str()).copied())
-            .collect();
+        let mut refs: Vec<usize> = claim.references.iter().filter_map(|r| index.get(r.as_str()).copied()).collect();
         refs.sort_unstable();
         refs.dedup();
         for r in refs.into_iter().filter(|&r| r != i) {
@@ -212,17 +108,11 @@ pub fn topo_sort(claims: Vec<PathClaim>) -> Result<Vec<PathClaim>, NixError> {
         }
     }
     if order.len() < claims.len() {
-        let stuck = (0..claims.len())
-            .filter(|&i| waiting[i] > 0)
-            .map(|i| claims[i].path.clone())
-            .collect();
+        let stuck = (0..claims.len()).filter(|&i| waiting[i] > 0).map(|i| claims[i].path.clone()).collect();
         return Err(NixError::Cycle(stuck));
     }
     let mut slots: Vec<Option<PathClaim>> = claims.into_iter().map(Some).collect();
-    Ok(order
-        .into_iter()
-        .map(|i| slots[i].take().expect("each index placed once"))
-        .collect())
+    Ok(order.into_iter().map(|i| slots[i].take().expect("each index placed once")).collect())
 }
 
 #[cfg(test)]
@@ -249,48 +139,25 @@ mod tests {
     fn check(input: &[(&str, &[&str])], expected: &[&str]) {
         let claims = input.iter().map(|(p, r)| claim(p, r)).collect();
         let sorted = topo_sort(claims).unwrap();
-        assert_eq!(
-            sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(),
-            expected
-        );
+        assert_eq!(sorted.iter().map(|c| c.path.as_str()).collect::<Vec<_>>(), expected);
     }
 
     #[test]
     fn topo_sort_puts_references_first() {
         check(&[], &[]);
-        check(
-            &[("a", &["b"]), ("b", &["c"]), ("c", &[])],
-            &["c", "b", "a"],
-        );
+        check(&[("a", &["b"]), ("b", &["c"]), ("c", &[])], &["c", "b", "a"]);
         // Self-references and references outside the set do not hold a path back.
-        check(
-            &[("a", &["a", "b", "/elsewhere"]), ("b", &["b"])],
-            &["b", "a"],
-        );
+        check(&[("a", &["a", "b", "/elsewhere"]), ("b", &["b"])], &["b", "a"]);
         // Diamond; ties keep the input order.
-        check(
-            &[
-                ("top", &["l", "r"]),
-                ("l", &["base"]),
-                ("r", &["base"]),
-                ("base", &[]),
-            ],
-            &["base", "l", "r", "top"],
-        );
-        check(
-            &[("x", &[]), ("y", &[]), ("z", &["x", "x"])],
-            &["x", "y", "z"],
-        );
+        check(&[("top", &["l", "r"]), ("l", &["base"]), ("r", &["base"]), ("base", &[])], &["base", "l", "r", "top"]);
+        check(&[("x", &[]), ("y", &[]), ("z", &["x", "x"])], &["x", "y", "z"]);
     }
 
     #[test]
     fn topo_sort_reports_cycles() {
         let claims = vec![claim("a", &["b"]), claim("b", &["a"]), claim("c", &[])];
         let err = topo_sort(claims).unwrap_err();
-        assert!(
-            matches!(&err, NixError::Cycle(p) if p == &["a", "b"]),
-            "{err}"
-        );
+        assert!(matches!(&err, NixError::Cycle(p) if p == &["a", "b"]), "{err}");
     }
 
     #[test]
@@ -299,39 +166,17 @@ mod tests {
         let names: Vec<&str> = claims.iter().map(|c| &c.path[44..]).collect();
         assert_eq!(names, ["leaf.txt", "mid.txt", "top.txt"]);
         let mid = &claims[1];
-        assert_eq!(
-            mid.nar_hash,
-            "sha256-xYQuDvaZmkEGkhaNfSPIUsUgpeQ6l6FyW82wbw/0WNw="
-        );
+        assert_eq!(mid.nar_hash, "sha256-xYQuDvaZmkEGkhaNfSPIUsUgpeQ6l6FyW82wbw/0WNw=");
         assert_eq!(mid.nar_size, 168);
-        assert_eq!(
-            mid.references,
-            ["/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt"]
-        );
-        assert_eq!(
-            mid.ca.as_deref(),
-            Some("text:sha256:1jjvkwkflissbigfhlc3pqz3487av6rgvwwq4i4mpchff3p97paa")
-        );
+        assert_eq!(mid.references, ["/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt"]);
+        assert_eq!(mid.ca.as_deref(), Some("text:sha256:1jjvkwkflissbigfhlc3pqz3487av6rgvwwq4i4mpchff3p97paa"));
         assert_eq!((mid.deriver.as_deref(), mid.signatures.len()), (None, 0));
     }
 
     #[test]
     fn refuses_invalid_paths_and_garbage() {
-        let invalid =
-            br#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#;
-        assert!(matches!(
-            claims_from_json(&[], invalid),
-            Err(NixError::NotValid(_))
-        ));
-        assert!(matches!(
-            claims_from_json(&[], b"not json"),
-            Err(NixError::Output { .. })
-        ));
-    }
-
-    #[test]
-    fn tail_keeps_last_lines() {
-        assert_eq!(tail(b"a\n\nb\nc\n", 2), "b\nc");
-        assert_eq!(tail(b"only", 20), "only");
+        let invalid = br#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#;
+        assert!(matches!(claims_from_json(&[], invalid), Err(NixError::NotValid(_))));
+        assert!(matches!(claims_from_json(&[], b"not json"), Err(NixError::Output { .. })));
     }
 }

@@ -1,0 +1,283 @@
+//! Build workers: claim the oldest queued build, run it, record the result. One build is
+//! fetched, gated, built host by host (`parallel_hosts` at once), published and turned into
+//! generations; a heartbeat proves the worker alive, so a crashed worker's build is settled
+//! (run again or failed) instead of staying `running` forever.
+
+use std::{collections::HashMap, path::PathBuf};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::{
+    log::BuildLog,
+    model::{BuildState, HostState},
+    policy::{self, CommitTrust},
+    publish,
+};
+use crate::{
+    app::AppState,
+    config::Repository,
+    db::{now, BuildHostRow, BuildRow, NewGeneration},
+    nix,
+};
+
+/// A build is tried at most this many times when workers keep dying under it.
+const MAX_ATTEMPTS: i64 = 3;
+
+/// Runs `concurrent_builds` workers until `shutdown` fires.
+pub fn spawn(state: AppState, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+    let workers = state.config.builder.concurrent_builds;
+    (0..workers)
+        .map(|n| {
+            let worker = Worker { id: format!("{}-{}-{n}", hostname(), std::process::id()), state: state.clone() };
+            let shutdown = shutdown.clone();
+            tokio::spawn(async move { worker.run(shutdown).await })
+        })
+        .collect()
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_owned()).unwrap_or_else(|_| "berth".into())
+}
+
+struct Worker {
+    id: String,
+    state: AppState,
+}
+
+impl Worker {
+    async fn run(&self, shutdown: CancellationToken) {
+        let stale = self.state.config.builder.stale_after;
+        loop {
+            let cutoff = now() - stale.as_secs() as i64;
+            if let Err(e) = self.state.db.recover_builds(cutoff, MAX_ATTEMPTS).await {
+                tracing::error!(error = %e, "recovering interrupted builds");
+            }
+            loop {
+                match self.state.db.claim_build(&self.id).await {
+                    Ok(Some(build)) => self.run_build(build, &shutdown).await,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::error!(error = %e, "claiming a build");
+                        break;
+                    }
+                }
+                if shutdown.is_cancelled() {
+                    return;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.state.builds.woken() => {},
+                _ = tokio::time::sleep(stale / 2) => {},
+            }
+        }
+    }
+
+    async fn run_build(&self, build: BuildRow, shutdown: &CancellationToken) {
+        let span = tracing::info_span!("build", id = build.id, repository = %build.repository, commit = %build.commit_sha);
+        self.run_build_in_span(build, shutdown).instrument(span).await
+    }
+
+    async fn run_build_in_span(&self, build: BuildRow, shutdown: &CancellationToken) {
+        let id = build.id;
+        tracing::info!(branch = %build.branch, attempt = build.attempts, "build started");
+        let logs = self.state.config.data_dir.join("logs");
+        let log = match BuildLog::open(&logs, id).await {
+            Ok(log) => log,
+            Err(e) => return self.finish(id, BuildState::Failed, &format!("cannot write the build log: {e}")).await,
+        };
+        let cancel = self.state.builds.start(id);
+        let heartbeat = self.heartbeat(id, cancel.clone());
+        let _ = self.state.db.clear_build_hosts(id).await;
+        let outcome = tokio::select! {
+            outcome = self.execute(&build, &log) => outcome,
+            _ = cancel.cancelled() => Err("cancelled".to_owned()),
+            _ = shutdown.cancelled() => Err("the server stopped during the build; it will run again".to_owned()),
+        };
+        heartbeat.abort();
+        self.state.builds.end(id);
+        let (state, reason) = match outcome {
+            Ok(summary) => (BuildState::Succeeded, summary),
+            Err(reason) => (BuildState::Failed, reason),
+        };
+        log.line(format!("build {id} {state}: {reason}"));
+        if let Err(e) = log.finish(&self.state.store, id).await {
+            tracing::error!(error = %e, "storing the build log");
+        }
+        if shutdown.is_cancelled() && !cancel.is_cancelled() {
+            // Leave it `running`: the next start requeues it (recover_builds).
+            return;
+        }
+        self.finish(id, state, &reason).await;
+    }
+
+    async fn finish(&self, id: i64, state: BuildState, reason: &str) {
+        tracing::info!(%state, reason, "build ended");
+        if let Err(e) = self.state.db.finish_build(id, state.as_str(), Some(reason)).await {
+            tracing::error!(error = %e, "recording the end of build {id}");
+        }
+    }
+
+    /// Beats every third of the stale period; cancels when the build is no longer ours.
+    fn heartbeat(&self, id: i64, cancel: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (db, worker, every) = (self.state.db.clone(), self.id.clone(), self.state.config.builder.stale_after / 3);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Ok(false) = db.heartbeat_build(id, &worker).await {
+                    cancel.cancel();
+                    return;
+                }
+            }
+        })
+    }
+
+    /// Runs one build to its end; `Ok` carries the summary, `Err` the reason it failed.
+    async fn execute(&self, build: &BuildRow, log: &BuildLog) -> Result<String, String> {
+        let config = &self.state.config;
+        let repo = config.repository(&build.repository).ok_or_else(|| format!("repository {:?} is no longer configured", build.repository))?;
+        let mirror = config.data_dir.join("repos").join(format!("{}.git", repo.name));
+        log.line(format!("fetching {} at {}", repo.url, build.commit_sha));
+        nix::git::fetch(&mirror, &repo.url, &build.commit_sha).await.map_err(|e| format!("fetching the commit: {e}"))?;
+        let trust = self.check_commit(build, repo, &mirror, log).await?;
+        let flake = nix::flake::flake_ref(&mirror, &build.commit_sha);
+        let hosts: Vec<String> = if build.hosts.is_empty() {
+            nix::flake::list_hosts(&flake).await.map_err(|e| format!("listing nixosConfigurations: {e}"))?
+        } else {
+            build.hosts.split_whitespace().map(str::to_owned).collect()
+        };
+        if hosts.is_empty() {
+            return Err("the flake defines no nixosConfigurations".into());
+        }
+        log.line(format!("building {} host(s): {}", hosts.len(), hosts.join(" ")));
+        let built = self.build_hosts(build, &flake, &hosts, log).await;
+        let failed: Vec<&str> = built.iter().filter(|(_, r)| r.is_err()).map(|(h, _)| h.as_str()).collect();
+        if !failed.is_empty() {
+            return Err(format!("{} of {} hosts failed: {}", failed.len(), hosts.len(), failed.join(", ")));
+        }
+        let built: Vec<(String, String)> = built.into_iter().map(|(h, r)| (h, r.expect("checked"))).collect();
+        self.deploy(build, repo, &mirror, &trust, &built, log).await
+    }
+
+    /// The signed-commit gate, recorded on the build.
+    async fn check_commit(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path, log: &BuildLog) -> Result<CommitTrust, String> {
+        let policy = nix::git::SignaturePolicy {
+            allowed_signers_file: repo.allowed_signers_file.clone(),
+            gpg_home: repo.gpg_home.clone(),
+            gpg_min_trust_level: Some(repo.gpg_min_trust_level.clone()),
+        };
+        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &policy).await.map_err(|e| format!("checking the signature: {e}"))?;
+        let trust = match signature {
+            nix::git::Signature::Trusted { signer, .. } => CommitTrust::Trusted(signer),
+            nix::git::Signature::Unsigned => CommitTrust::Unsigned,
+            nix::git::Signature::Untrusted { reason } => CommitTrust::Untrusted(reason),
+        };
+        let text = match &trust {
+            CommitTrust::Trusted(signer) => format!("signed by {signer}"),
+            CommitTrust::Unsigned => "unsigned".to_owned(),
+            CommitTrust::Untrusted(why) => format!("untrusted: {why}"),
+        };
+        log.line(format!("commit signature: {text}"));
+        let _ = self.state.db.set_build_signature(build.id, &text).await;
+        Ok(trust)
+    }
+
+    async fn build_hosts(&self, build: &BuildRow, flake: &str, hosts: &[String], log: &BuildLog) -> Vec<(String, Result<String, String>)> {
+        let parallel = self.state.config.builder.parallel_hosts;
+        futures::stream::iter(hosts.iter().cloned())
+            .map(|host| async move {
+                let result = self.build_host(build, flake, &host, log).await;
+                (host, result)
+            })
+            .buffered(parallel)
+            .collect()
+            .await
+    }
+
+    async fn build_host(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog) -> Result<String, String> {
+        let mut row = BuildHostRow { host: host.to_owned(), state: HostState::Building.as_str().into(), store_path: None, error: None, generation: None, started_at: Some(now()), finished_at: None };
+        let _ = self.state.db.set_build_host(build.id, &row).await;
+        let result = self.build_and_publish(build, flake, host, log, &mut row).await;
+        row.finished_at = Some(now());
+        match &result {
+            Ok(_) => row.state = HostState::Succeeded.as_str().into(),
+            Err(e) => {
+                row.state = HostState::Failed.as_str().into();
+                row.error = Some(e.clone());
+                log.line(format!("[{host}] failed: {e}"));
+            }
+        }
+        let _ = self.state.db.set_build_host(build.id, &row).await;
+        result
+    }
+
+    async fn build_and_publish(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog, row: &mut BuildHostRow) -> Result<String, String> {
+        let config = &self.state.config;
+        let out_link = gc_root(&config.data_dir, host, build.id);
+        if let Some(dir) = out_link.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        let lines = log.sender(format!("[{host}] "));
+        let path = nix::flake::build_toplevel(flake, host, &out_link, config.builder.timeout, lines).await.map_err(|e| e.to_string())?;
+        log.line(format!("[{host}] built {path}; publishing its closure"));
+        row.state = HostState::Publishing.as_str().into();
+        row.store_path = Some(path.clone());
+        let _ = self.state.db.set_build_host(build.id, row).await;
+        let counts = publish::closure(&self.state, &path).await.map_err(|e| e.to_string())?;
+        log.line(format!("[{host}] published: {} new path(s), {} already in the cache", counts.new, counts.present));
+        Ok(path)
+    }
+
+    /// Creates the generations the branch policy and the gate allow.
+    async fn deploy(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path, trust: &CommitTrust, built: &[(String, String)], log: &BuildLog) -> Result<String, String> {
+        let db = &self.state.db;
+        let targets = policy::targets(&repo.deploy_branch, &repo.test_branch_prefix, &build.branch);
+        let mut current = HashMap::new();
+        for (host, _) in built {
+            if let Some(g) = db.latest_generation(host).await.map_err(|e| e.to_string())? {
+                current.insert(host.clone(), g.store_path);
+            }
+        }
+        let new = policy::new_generations(&targets, built, &current);
+        if new.is_empty() {
+            let why = if targets == policy::Targets::None { format!("branch {} deploys nothing", build.branch) } else { "no host's system changed".to_owned() };
+            return Ok(format!("built {} host(s); {why}", built.len()));
+        }
+        let fast_forward = self.fast_forward(build, repo, mirror).await?;
+        if let Err(why) = policy::gate(repo.require_signed_commits, trust, fast_forward) {
+            log.line(format!("not deploying: {why}"));
+            return Ok(format!("built {} host(s); {why}", built.len()));
+        }
+        let mut made = Vec::new();
+        for (host, path) in &new {
+            let g = NewGeneration { host, repository: &repo.name, store_path: path, commit_sha: &build.commit_sha, branch: &build.branch, build_id: Some(build.id) };
+            let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
+            if let Some(mut row) = db.build_hosts(build.id).await.map_err(|e| e.to_string())?.into_iter().find(|r| &r.host == host) {
+                row.generation = Some(number);
+                let _ = db.set_build_host(build.id, &row).await;
+            }
+            log.line(format!("[{host}] generation {number}: {path}"));
+            made.push(format!("{host}#{number}"));
+        }
+        Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
+    }
+
+    /// `Some(false)` when the deploy branch was rewound and the repository refuses that.
+    async fn fast_forward(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path) -> Result<Option<bool>, String> {
+        if !repo.require_fast_forward || build.branch != repo.deploy_branch {
+            return Ok(None);
+        }
+        let Some(last) = self.state.db.last_deployed_commit(&repo.name, &repo.deploy_branch).await.map_err(|e| e.to_string())? else {
+            return Ok(None);
+        };
+        nix::git::is_ancestor(mirror, &last, &build.commit_sha).await.map(Some).map_err(|e| format!("checking ancestry: {e}"))
+    }
+}
+
+/// The GC root that keeps a host's build output alive on the build host until retention
+/// releases it.
+pub fn gc_root(data_dir: &std::path::Path, host: &str, build: i64) -> PathBuf {
+    data_dir.join("gcroots").join(host).join(format!("build-{build}"))
+}

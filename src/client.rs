@@ -1,0 +1,102 @@
+//! A small client for berth's JSON API, used by the admin and CI commands (`berth build`,
+//! `berth hosts`). Errors are one line: the server's own message when it gave one.
+
+use futures::{Stream, TryStreamExt};
+use reqwest::{Method, RequestBuilder, Response};
+use serde::{de::DeserializeOwned, Serialize};
+
+/// What went wrong talking to the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The server URL is unusable.
+    #[error("invalid server URL {0:?}: expected http(s)://host[:port]")]
+    Url(String),
+    /// No connection, or it broke.
+    #[error("cannot reach {url}: {reason}")]
+    Transport {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server refused or failed.
+    #[error("{status}: {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The server's one-line reason.
+        message: String,
+    },
+    /// The answer was not what the API documents.
+    #[error("unexpected answer from the server: {0}")]
+    Protocol(String),
+}
+
+/// A berth server and a token.
+pub struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    /// A client for `server` (`http(s)://…`).
+    pub fn new(server: &str, token: Option<String>) -> Result<Self, ClientError> {
+        if !(server.starts_with("http://") || server.starts_with("https://")) {
+            return Err(ClientError::Url(server.to_owned()));
+        }
+        Ok(Self { http: reqwest::Client::new(), base: server.trim_end_matches('/').to_owned(), token })
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let request = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        }
+    }
+
+    async fn send(&self, request: RequestBuilder) -> Result<Response, ClientError> {
+        let response = request
+            .send()
+            .await
+            .map_err(|e| ClientError::Transport { url: self.base.clone(), reason: root_cause(&e) })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+            .unwrap_or_else(|| text.chars().take(200).collect());
+        Err(ClientError::Server { status, message })
+    }
+
+    /// `GET path` → JSON.
+    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self.send(self.request(Method::GET, path)).await?;
+        response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `POST path` with a JSON body → JSON.
+    pub async fn post<B: Serialize, T: DeserializeOwned>(&self, path: &str, body: &B) -> Result<T, ClientError> {
+        let response = self.send(self.request(Method::POST, path).json(body)).await?;
+        response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// `GET path` as a byte stream (build logs).
+    pub async fn stream(&self, path: &str) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
+        let response = self.send(self.request(Method::GET, path)).await?;
+        let url = self.base.clone();
+        Ok(response.bytes_stream().map_err(move |e| ClientError::Transport { url: url.clone(), reason: root_cause(&e) }))
+    }
+}
+
+fn root_cause(e: &dyn std::error::Error) -> String {
+    let mut cause = e;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

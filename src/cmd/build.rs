@@ -1,0 +1,156 @@
+//! `berth build submit|status|log|cancel`.
+
+use std::{io::Write, time::Duration};
+
+use futures::StreamExt;
+use serde::Deserialize;
+
+use crate::client::{Api, ClientError};
+
+/// What the API says about a build (the fields the commands show).
+#[derive(Debug, Deserialize)]
+pub struct Build {
+    /// Id.
+    pub id: i64,
+    /// Repository.
+    pub repository: String,
+    /// Commit.
+    pub commit: String,
+    /// Branch.
+    pub branch: String,
+    /// State.
+    pub state: String,
+    /// Why it ended as it did.
+    pub reason: Option<String>,
+    /// Signed-commit gate.
+    pub signature: Option<String>,
+    /// Per host.
+    pub hosts: Vec<BuildHost>,
+}
+
+/// One host of a build.
+#[derive(Debug, Deserialize)]
+pub struct BuildHost {
+    /// Host.
+    pub host: String,
+    /// State.
+    pub state: String,
+    /// Toplevel.
+    pub store_path: Option<String>,
+    /// Error.
+    pub error: Option<String>,
+    /// Generation made.
+    pub generation: Option<i64>,
+}
+
+impl Build {
+    /// Whether the build has ended.
+    pub fn is_final(&self) -> bool {
+        matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
+    }
+}
+
+/// The status report of a build, as `berth build status` prints it.
+pub fn render(b: &Build) -> String {
+    let mut out = format!("build {} {}: {} {} ({})\n", b.id, b.state, b.repository, b.branch, b.commit);
+    if let Some(signature) = &b.signature {
+        out += &format!("  commit: {signature}\n");
+    }
+    for h in &b.hosts {
+        let generation = h.generation.map(|g| format!(" -> generation {g}")).unwrap_or_default();
+        out += &format!("  {:<20} {:<10} {}{generation}\n", h.host, h.state, h.store_path.as_deref().unwrap_or("-"));
+        if let Some(error) = &h.error {
+            for line in error.lines() {
+                out += &format!("      {line}\n");
+            }
+        }
+    }
+    if let Some(reason) = &b.reason {
+        out += &format!("  {reason}\n");
+    }
+    out
+}
+
+/// A build request.
+#[derive(Debug, serde::Serialize)]
+pub struct Submit {
+    /// Repository name.
+    pub repository: String,
+    /// Full commit hash.
+    pub commit: String,
+    /// Branch.
+    pub branch: String,
+    /// Only these hosts.
+    pub hosts: Vec<String>,
+}
+
+/// Submits a build; with `wait`, streams its log and returns whether it succeeded.
+pub async fn submit(api: &Api, request: &Submit, wait: bool) -> Result<bool, ClientError> {
+    let build: Build = api.post("/api/v1/builds", request).await?;
+    eprintln!("build {} {} ({} {} {})", build.id, build.state, build.repository, build.branch, build.commit);
+    if !wait {
+        println!("{}", build.id);
+        return Ok(true);
+    }
+    follow(api, build.id).await
+}
+
+/// Streams the log of build `id` to stdout until it ends, then prints its status to stderr.
+/// Returns whether it succeeded.
+pub async fn follow(api: &Api, id: i64) -> Result<bool, ClientError> {
+    let path = format!("/api/v1/builds/{id}");
+    let mut build: Build = api.get(&path).await?;
+    while build.state == "queued" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        build = api.get(&path).await?;
+    }
+    print_log(api, id).await?;
+    while !build.is_final() {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        build = api.get(&path).await?;
+    }
+    eprint!("{}", render(&build));
+    Ok(build.state == "succeeded")
+}
+
+/// Copies the log of build `id` to stdout (following it while the build runs).
+pub async fn print_log(api: &Api, id: i64) -> Result<(), ClientError> {
+    let mut log = std::pin::pin!(api.stream(&format!("/api/v1/builds/{id}/log")).await?);
+    let mut stdout = std::io::stdout();
+    while let Some(chunk) = log.next().await {
+        let _ = stdout.write_all(&chunk?);
+        let _ = stdout.flush();
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_report() {
+        let build = Build {
+            id: 3,
+            repository: "fleet".into(),
+            commit: "abc".into(),
+            branch: "main".into(),
+            state: "failed".into(),
+            reason: Some("1 of 2 hosts failed: b".into()),
+            signature: Some("signed by alice@example.org".into()),
+            hosts: vec![
+                BuildHost { host: "a".into(), state: "succeeded".into(), store_path: Some("/nix/store/x-a".into()), error: None, generation: Some(2) },
+                BuildHost { host: "b".into(), state: "failed".into(), store_path: None, error: Some("boom\ntail".into()), generation: None },
+            ],
+        };
+        insta::assert_snapshot!(render(&build), @r"
+        build 3 failed: fleet main (abc)
+          commit: signed by alice@example.org
+          a                    succeeded  /nix/store/x-a -> generation 2
+          b                    failed     -
+              boom
+              tail
+          1 of 2 hosts failed: b
+        ");
+    }
+}

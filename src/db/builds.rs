@@ -1,0 +1,233 @@
+//! The persistent build queue and per-host results. Claiming is one conditional UPDATE, so
+//! two workers (or two replicas) never run the same build.
+
+use super::{now, on_pool, Db, DbError};
+
+/// One build request and where it is.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BuildRow {
+    /// Build id.
+    pub id: i64,
+    /// Repository name (from the configuration).
+    pub repository: String,
+    /// Full commit hash.
+    pub commit_sha: String,
+    /// Branch the commit was pushed to.
+    pub branch: String,
+    /// Requested hosts, space-separated; empty for every host of the flake.
+    pub hosts: String,
+    /// `queued`, `running`, `succeeded`, `failed`, `cancelled`.
+    pub state: String,
+    /// Why it failed, or what it deployed.
+    pub reason: Option<String>,
+    /// What the signed-commit gate found.
+    pub signature: Option<String>,
+    /// Accepted at.
+    pub created_at: i64,
+    /// Started at.
+    pub started_at: Option<i64>,
+    /// Ended at.
+    pub finished_at: Option<i64>,
+    /// Times a worker started it.
+    pub attempts: i64,
+}
+
+/// One host of a build.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct BuildHostRow {
+    /// Host name.
+    pub host: String,
+    /// `queued`, `building`, `publishing`, `succeeded`, `failed`.
+    pub state: String,
+    /// The built toplevel.
+    pub store_path: Option<String>,
+    /// Why it failed (with the log tail).
+    pub error: Option<String>,
+    /// The generation this build made for the host, if any.
+    pub generation: Option<i64>,
+    /// Started at.
+    pub started_at: Option<i64>,
+    /// Ended at.
+    pub finished_at: Option<i64>,
+}
+
+const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, reason, signature, created_at, \
+                             started_at, finished_at, attempts";
+
+impl Db {
+    /// Queues a build, unless the same repository, commit, branch and hosts are already
+    /// queued, running or built: then that build's id is returned and `false`.
+    pub async fn enqueue_build(&self, repository: &str, commit: &str, branch: &str, hosts: &str) -> Result<(i64, bool), DbError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            let existing: Option<i64> = sqlx::query_scalar(
+                "SELECT id FROM builds WHERE repository = $1 AND commit_sha = $2 AND branch = $3 AND hosts = $4
+                 AND state IN ('queued', 'running', 'succeeded') ORDER BY id DESC LIMIT 1",
+            )
+            .bind(repository).bind(commit).bind(branch).bind(hosts).fetch_optional(&mut *tx).await?;
+            if let Some(id) = existing {
+                return Ok((id, false));
+            }
+            let id: i64 = sqlx::query_scalar(
+                "INSERT INTO builds (repository, commit_sha, branch, hosts, state, created_at, attempts)
+                 VALUES ($1, $2, $3, $4, 'queued', $5, 0) RETURNING id",
+            )
+            .bind(repository).bind(commit).bind(branch).bind(hosts).bind(now()).fetch_one(&mut *tx).await?;
+            tx.commit().await?;
+            Ok((id, true))
+        })
+    }
+
+    /// Takes the oldest queued build for `worker`, if any.
+    pub async fn claim_build(&self, worker: &str) -> Result<Option<BuildRow>, DbError> {
+        let sql = format!(
+            "UPDATE builds SET state = 'running', claimed_by = $1, started_at = $2, heartbeat_at = $2,
+                    attempts = attempts + 1, reason = NULL
+             WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY id LIMIT 1) AND state = 'queued'
+             RETURNING {BUILD_COLUMNS}"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(worker).bind(now()).fetch_optional(pool).await?))
+    }
+
+    /// Records that `worker` still runs build `id`; false when the build is no longer
+    /// running for it (cancelled, or taken over after a crash).
+    pub async fn heartbeat_build(&self, id: i64, worker: &str) -> Result<bool, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE builds SET heartbeat_at = $1 WHERE id = $2 AND claimed_by = $3 AND state = 'running'",
+        ).bind(now()).bind(id).bind(worker).execute(pool).await?.rows_affected() == 1))
+    }
+
+    /// Settles builds left `running` by a crashed worker (no heartbeat since `stale_before`):
+    /// run again when they were tried fewer than `max_attempts` times, failed otherwise.
+    /// Returns (requeued, failed).
+    pub async fn recover_builds(&self, stale_before: i64, max_attempts: i64) -> Result<(u64, u64), DbError> {
+        on_pool!(self, pool => {
+            let failed = sqlx::query(
+                "UPDATE builds SET state = 'failed', finished_at = $1,
+                        reason = 'interrupted ' || attempts || ' times (server stopped or crashed while building)'
+                 WHERE state = 'running' AND COALESCE(heartbeat_at, 0) < $2 AND attempts >= $3",
+            ).bind(now()).bind(stale_before).bind(max_attempts).execute(pool).await?.rows_affected();
+            let requeued = sqlx::query(
+                "UPDATE builds SET state = 'queued', claimed_by = NULL,
+                        reason = 'interrupted (server stopped or crashed while building); queued again'
+                 WHERE state = 'running' AND COALESCE(heartbeat_at, 0) < $1",
+            ).bind(stale_before).execute(pool).await?.rows_affected();
+            Ok((requeued, failed))
+        })
+    }
+
+    /// Ends a running build.
+    pub async fn finish_build(&self, id: i64, state: &str, reason: Option<&str>) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE builds SET state = $1, reason = $2, finished_at = $3 WHERE id = $4 AND state = 'running'")
+                .bind(state).bind(reason).bind(now()).bind(id).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Records what the signed-commit gate found.
+    pub async fn set_build_signature(&self, id: i64, signature: &str) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE builds SET signature = $1 WHERE id = $2").bind(signature).bind(id).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Cancels a queued or running build; false when it had already ended.
+    pub async fn cancel_build(&self, id: i64) -> Result<bool, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE builds SET state = 'cancelled', reason = 'cancelled by a user', finished_at = $1
+             WHERE id = $2 AND state IN ('queued', 'running')",
+        ).bind(now()).bind(id).execute(pool).await?.rows_affected() == 1))
+    }
+
+    /// One build.
+    pub async fn build(&self, id: i64) -> Result<Option<BuildRow>, DbError> {
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds WHERE id = $1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+    }
+
+    /// The most recent builds, newest first.
+    pub async fn recent_builds(&self, limit: i64) -> Result<Vec<BuildRow>, DbError> {
+        let sql = format!("SELECT {BUILD_COLUMNS} FROM builds ORDER BY id DESC LIMIT $1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?))
+    }
+
+    /// A build's hosts, by name.
+    pub async fn build_hosts(&self, id: i64) -> Result<Vec<BuildHostRow>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT host, state, store_path, error, generation, started_at, finished_at
+             FROM build_hosts WHERE build_id = $1 ORDER BY host",
+        ).bind(id).fetch_all(pool).await?))
+    }
+
+    /// Sets one host's state (and what is known: store path, error, generation).
+    pub async fn set_build_host(&self, id: i64, row: &BuildHostRow) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query(
+                "INSERT INTO build_hosts (build_id, host, state, store_path, error, generation, started_at, finished_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                 ON CONFLICT (build_id, host) DO UPDATE SET state = $3, store_path = $4, error = $5,
+                     generation = $6, started_at = $7, finished_at = $8",
+            )
+            .bind(id).bind(&row.host).bind(&row.state).bind(&row.store_path).bind(&row.error)
+            .bind(row.generation).bind(row.started_at).bind(row.finished_at).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Forgets a build's host rows (before it runs again).
+    pub async fn clear_build_hosts(&self, id: i64) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("DELETE FROM build_hosts WHERE build_id = $1").bind(id).execute(pool).await?;
+            Ok(())
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::db::test_db;
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    #[tokio::test]
+    async fn a_commit_is_queued_once_and_claimed_once() {
+        let db = test_db().await;
+        let (id, created) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+        assert!(created);
+        assert_eq!(db.enqueue_build("fleet", SHA, "main", "").await.unwrap(), (id, false));
+        let (other, created) = db.enqueue_build("fleet", SHA, "test-a", "").await.unwrap();
+        assert!(created && other != id, "another branch is another build");
+        let claimed = db.claim_build("w1").await.unwrap().unwrap();
+        assert_eq!((claimed.id, claimed.state.as_str(), claimed.attempts), (id, "running", 1));
+        assert_eq!(db.claim_build("w2").await.unwrap().unwrap().id, other);
+        assert!(db.claim_build("w3").await.unwrap().is_none());
+        assert!(db.heartbeat_build(id, "w1").await.unwrap());
+        assert!(!db.heartbeat_build(id, "w2").await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn interrupted_builds_run_again_then_fail() {
+        let db = test_db().await;
+        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+        db.claim_build("w1").await.unwrap();
+        let later = crate::db::now() + 10;
+        assert_eq!(db.recover_builds(later, 2).await.unwrap(), (1, 0));
+        assert_eq!(db.build(id).await.unwrap().unwrap().state, "queued");
+        db.claim_build("w1").await.unwrap();
+        assert_eq!(db.recover_builds(later, 2).await.unwrap(), (0, 1));
+        let build = db.build(id).await.unwrap().unwrap();
+        assert_eq!(build.state, "failed");
+        assert!(build.reason.unwrap().contains("interrupted 2 times"));
+    }
+
+    #[tokio::test]
+    async fn cancel_only_what_has_not_ended() {
+        let db = test_db().await;
+        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+        assert!(db.cancel_build(id).await.unwrap());
+        assert!(!db.cancel_build(id).await.unwrap());
+        assert!(db.claim_build("w").await.unwrap().is_none(), "a cancelled build is never claimed");
+    }
+}

@@ -1,0 +1,147 @@
+//! Hosts and their numbered generations: what each host should run, and its history.
+
+use super::{now, on_pool, Db, DbError};
+
+/// One generation of one host.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct GenerationRow {
+    /// Host name.
+    pub host: String,
+    /// 1, 2, 3… per host.
+    pub number: i64,
+    /// The system toplevel.
+    pub store_path: String,
+    /// Commit it was built from.
+    pub commit_sha: String,
+    /// Branch that deployed it.
+    pub branch: String,
+    /// Build that made it.
+    pub build_id: Option<i64>,
+    /// When it was made.
+    pub created_at: i64,
+}
+
+/// A host and its newest generation.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct HostRow {
+    /// Host name.
+    pub name: String,
+    /// Repository that defines it.
+    pub repository: String,
+    /// Newest generation, if any.
+    pub latest: Option<GenerationRow>,
+}
+
+const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at";
+
+/// What a new generation records.
+#[derive(Debug, Clone)]
+pub struct NewGeneration<'a> {
+    /// Host name.
+    pub host: &'a str,
+    /// Repository that defines the host.
+    pub repository: &'a str,
+    /// The toplevel.
+    pub store_path: &'a str,
+    /// Commit.
+    pub commit_sha: &'a str,
+    /// Branch.
+    pub branch: &'a str,
+    /// Build.
+    pub build_id: Option<i64>,
+}
+
+impl Db {
+    /// Records a new generation and returns its number (one more than the host's newest).
+    /// Numbers never collide: the insert is retried when another writer took the number.
+    pub async fn add_generation(&self, g: &NewGeneration<'_>) -> Result<i64, DbError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.try_add_generation(g).await {
+                Err(DbError::Sql(sqlx::Error::Database(e))) if e.is_unique_violation() && attempt < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_add_generation(&self, g: &NewGeneration<'_>) -> Result<i64, DbError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("INSERT INTO hosts (name, repository, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
+                .bind(g.host).bind(g.repository).bind(now()).execute(&mut *tx).await?;
+            let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE host = $1")
+                .bind(g.host).fetch_one(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
+            .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(number)
+        })
+    }
+
+    /// A host's newest generation.
+    pub async fn latest_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
+        let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 ORDER BY number DESC LIMIT 1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
+    }
+
+    /// A host's generations, newest first.
+    pub async fn generations(&self, host: &str) -> Result<Vec<GenerationRow>, DbError> {
+        let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 ORDER BY number DESC");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_all(pool).await?))
+    }
+
+    /// Every host with its newest generation, by name.
+    pub async fn hosts(&self) -> Result<Vec<HostRow>, DbError> {
+        let names: Vec<(String, String)> = on_pool!(self, pool =>
+            sqlx::query_as("SELECT name, repository FROM hosts ORDER BY name").fetch_all(pool).await?);
+        let mut hosts = Vec::with_capacity(names.len());
+        for (name, repository) in names {
+            let latest = self.latest_generation(&name).await?;
+            hosts.push(HostRow { name, repository, latest });
+        }
+        Ok(hosts)
+    }
+
+    /// Whether a host is known.
+    pub async fn host_exists(&self, name: &str) -> Result<bool, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar::<_, String>("SELECT name FROM hosts WHERE name = $1")
+            .bind(name).fetch_optional(pool).await?.is_some()))
+    }
+
+    /// The commit of the newest generation that `repository`'s `branch` deployed to any host.
+    pub async fn last_deployed_commit(&self, repository: &str, branch: &str) -> Result<Option<String>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "SELECT g.commit_sha FROM generations g JOIN hosts h ON g.host = h.name
+             WHERE h.repository = $1 AND g.branch = $2 ORDER BY g.created_at DESC, g.number DESC LIMIT 1",
+        ).bind(repository).bind(branch).fetch_optional(pool).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::test_db;
+
+    fn generation<'a>(host: &'a str, path: &'a str) -> NewGeneration<'a> {
+        NewGeneration { host, repository: "fleet", store_path: path, commit_sha: "c1", branch: "main", build_id: Some(1) }
+    }
+
+    #[tokio::test]
+    async fn generations_are_numbered_per_host() {
+        let db = test_db().await;
+        assert_eq!(db.add_generation(&generation("a", "/nix/store/x")).await.unwrap(), 1);
+        assert_eq!(db.add_generation(&generation("a", "/nix/store/y")).await.unwrap(), 2);
+        assert_eq!(db.add_generation(&generation("b", "/nix/store/x")).await.unwrap(), 1);
+        assert_eq!(db.latest_generation("a").await.unwrap().unwrap().store_path, "/nix/store/y");
+        let hosts = db.hosts().await.unwrap();
+        assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert_eq!(db.generations("a").await.unwrap().len(), 2);
+        assert_eq!(db.last_deployed_commit("fleet", "main").await.unwrap().as_deref(), Some("c1"));
+        assert_eq!(db.last_deployed_commit("fleet", "test-a").await.unwrap(), None);
+    }
+}

@@ -1,0 +1,157 @@
+//! Build requests: `POST /api/v1/builds` (ci), `GET /api/v1/builds/{id}`, its log (followed
+//! while the build runs) and `POST …/cancel`.
+
+use axum::{
+    body::Body,
+    extract::{Path, State},
+    http::{header, HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::{Deserialize, Serialize};
+
+use super::{auth, error::ApiError};
+use crate::{
+    app::AppState,
+    auth::{valid_host_name, Scope},
+    build::model::{valid_branch, valid_commit, BuildState},
+    db::{BuildHostRow, BuildRow},
+};
+
+/// `POST /api/v1/builds` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitRequest {
+    /// A repository named in the configuration.
+    pub repository: String,
+    /// Full commit hash.
+    pub commit: String,
+    /// The branch it was pushed to.
+    pub branch: String,
+    /// Only these hosts (default: every host of the flake).
+    #[serde(default)]
+    pub hosts: Vec<String>,
+}
+
+/// A build as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct BuildView {
+    id: i64,
+    repository: String,
+    commit: String,
+    branch: String,
+    requested_hosts: Vec<String>,
+    state: String,
+    reason: Option<String>,
+    signature: Option<String>,
+    created_at: i64,
+    started_at: Option<i64>,
+    finished_at: Option<i64>,
+    attempts: i64,
+    hosts: Vec<BuildHostRow>,
+}
+
+impl BuildView {
+    fn new(b: BuildRow, hosts: Vec<BuildHostRow>) -> Self {
+        Self {
+            id: b.id,
+            requested_hosts: b.hosts.split_whitespace().map(str::to_owned).collect(),
+            repository: b.repository,
+            commit: b.commit_sha,
+            branch: b.branch,
+            state: b.state,
+            reason: b.reason,
+            signature: b.signature,
+            created_at: b.created_at,
+            started_at: b.started_at,
+            finished_at: b.finished_at,
+            attempts: b.attempts,
+            hosts,
+        }
+    }
+}
+
+/// Validates a request and queues it; `(id, created)`. Shared with the webhooks.
+pub async fn submit_build(state: &AppState, request: &SubmitRequest) -> Result<(i64, bool), ApiError> {
+    if state.config.repository(&request.repository).is_none() {
+        return Err(ApiError::BadRequest(format!("unknown repository {:?}: it must be configured on the server", truncate(&request.repository))));
+    }
+    if !valid_commit(&request.commit) {
+        return Err(ApiError::BadRequest("commit must be a full 40-character lowercase hex hash".into()));
+    }
+    if !valid_branch(&request.branch) {
+        return Err(ApiError::BadRequest(format!("invalid branch name {:?}", truncate(&request.branch))));
+    }
+    if let Some(bad) = request.hosts.iter().find(|h| !valid_host_name(h)) {
+        return Err(ApiError::BadRequest(format!("invalid host name {:?}", truncate(bad))));
+    }
+    let mut hosts = request.hosts.clone();
+    hosts.sort();
+    hosts.dedup();
+    Ok(state.builds.submit(&state.db, &request.repository, &request.commit, &request.branch, &hosts).await?)
+}
+
+fn truncate(s: &str) -> String {
+    s.chars().take(80).collect()
+}
+
+/// `POST /api/v1/builds`: 202 with the build (a known commit answers the existing build).
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<SubmitRequest>) -> Result<Response, ApiError> {
+    auth::require(&state, &headers, Scope::Ci).await?;
+    let (id, created) = submit_build(&state, &request).await?;
+    tracing::info!(id, created, repository = %request.repository, commit = %request.commit, branch = %request.branch, "build submitted");
+    let view = load(&state, id).await?;
+    Ok((StatusCode::ACCEPTED, Json(view)).into_response())
+}
+
+async fn load(state: &AppState, id: i64) -> Result<BuildView, ApiError> {
+    let build = state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
+    let hosts = state.db.build_hosts(id).await?;
+    Ok(BuildView::new(build, hosts))
+}
+
+/// `GET /api/v1/builds/{id}`.
+pub async fn status(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<BuildView>, ApiError> {
+    auth::require(&state, &headers, Scope::Ci).await?;
+    Ok(Json(load(&state, id).await?))
+}
+
+/// `GET /api/v1/builds`: the 50 most recent builds.
+pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<BuildView>>, ApiError> {
+    auth::require(&state, &headers, Scope::Ci).await?;
+    let mut views = Vec::new();
+    for build in state.db.recent_builds(50).await? {
+        let hosts = state.db.build_hosts(build.id).await?;
+        views.push(BuildView::new(build, hosts));
+    }
+    Ok(Json(views))
+}
+
+/// `GET /api/v1/builds/{id}/log`: plain text, streamed until the build ends.
+pub async fn log(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
+    auth::require(&state, &headers, Scope::Ci).await?;
+    let build = state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
+    if build.state == BuildState::Queued.as_str() {
+        return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
+    }
+    let db = state.db.clone();
+    let running = move || {
+        let db = db.clone();
+        async move { matches!(db.build(id).await, Ok(Some(b)) if b.state == BuildState::Running.as_str()) }
+    };
+    let dir = state.config.data_dir.join("logs");
+    let stream = crate::build::log::read(state.store.clone(), &dir, id, running)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build {id} has no log")))?;
+    let mut response = Response::new(Body::from_stream(stream));
+    response.headers_mut().insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid"));
+    Ok(response)
+}
+
+/// `POST /api/v1/builds/{id}/cancel`.
+pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<BuildView>, ApiError> {
+    auth::require(&state, &headers, Scope::Ci).await?;
+    load(&state, id).await?;
+    state.builds.cancel(&state.db, id).await?;
+    Ok(Json(load(&state, id).await?))
+}

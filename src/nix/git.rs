@@ -1,0 +1,358 @@
+//! berth's bare git mirror of each repository, commit signatures and ancestry, with the real
+//! `git`.
+//!
+//! Every commit berth fetches is pinned under `refs/berth/<sha>` in the mirror. The pin keeps a
+//! commit that was fetched by hash (and is on no branch) from `git gc`, and it gives Nix a ref
+//! to fetch: see [`super::flake::flake_ref`].
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+
+use super::{argv, failed, output, path_arg, run_env, tail, NixError, STDERR_TAIL_LINES};
+
+/// What berth concluded about a commit's signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Signature {
+    /// A good signature by an allowed key, and git's verification succeeded.
+    Trusted {
+        /// Who signed: the principal from the allowed-signers file (SSH) or the GPG user id.
+        signer: String,
+        /// The key: an SSH `SHA256:` fingerprint or a GPG key id.
+        key: String,
+    },
+    /// The commit carries no signature.
+    Unsigned,
+    /// Signed, but not acceptably.
+    Untrusted {
+        /// One line saying why.
+        reason: String,
+    },
+}
+
+/// Which signatures count as trusted.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SignaturePolicy {
+    /// git's SSH allowed-signers file (`gpg.ssh.allowedSignersFile`). Unset: no SSH key is
+    /// trusted, whatever the git configuration of the user running berth says.
+    pub allowed_signers_file: Option<PathBuf>,
+    /// The GnuPG home holding the trusted public keys (`GNUPGHOME`). Unset: GnuPG's default.
+    pub gpg_home: Option<PathBuf>,
+    /// The lowest GnuPG trust level accepted (`gpg.minTrustLevel`: `marginal`, `fully`,
+    /// `ultimate`, ...). Unset: git's default.
+    pub gpg_min_trust_level: Option<String>,
+}
+
+/// Makes `commit` available in the bare mirror at `mirror`, fetching from `url` if needed.
+///
+/// `url` may be flake-style (`git+https://…`, `git+ssh://…`, `git+file:///…`) or a plain git
+/// URL (`https://…`, `ssh://…`, `file:///…`, `/abs/path`). The mirror is created if missing.
+/// A commit already in the mirror is not fetched again (commits are immutable). Otherwise all
+/// branches are fetched and, if the commit is on none of them, the commit itself by hash.
+/// The commit is then pinned as `refs/berth/<sha>`.
+///
+/// Two fetches into the same mirror at once may fail on git's ref locks: callers serialize
+/// fetches per repository.
+pub async fn fetch(mirror: &Path, url: &str, commit: &str) -> Result<(), NixError> {
+    check_commit(commit)?;
+    let remote = git_url(url)?;
+    if !mirror.join("HEAD").is_file() {
+        let mut init = argv(["git", "init", "--bare", "--quiet", "--"]);
+        init.push(path_arg(mirror)?);
+        run_env(&init, &[]).await?;
+    }
+    if !has_commit(mirror, commit).await? {
+        // `--prune` drops branches deleted upstream, which also clears the way for a new branch
+        // whose name clashes with an old one (`a` vs `a/b`). Pins under `refs/berth/` stay.
+        let heads = ["fetch", "--quiet", "--prune", "--no-tags", "--", &remote, "+refs/heads/*:refs/heads/*"];
+        run_env(&git(mirror, &heads)?, &no_prompt()).await?;
+    }
+    let pin = format!("refs/berth/{commit}");
+    if !has_commit(mirror, commit).await? {
+        // Servers speaking protocol v2 (git ≥ 2.18, GitHub, Forgejo) hand out any reachable
+        // commit by hash; older ones refuse with "not our ref".
+        let by_hash = format!("+{commit}:{pin}");
+        let fetch = git(mirror, &["fetch", "--quiet", "--no-tags", "--", &remote, &by_hash])?;
+        let out = output(&fetch, &no_prompt()).await?;
+        if !out.status.success() {
+            return Err(no_such_commit(commit, url, tail(&out.stderr, STDERR_TAIL_LINES)));
+        }
+    }
+    // `^{commit}`: the hash must name a commit, not a tree or a blob.
+    if !has_commit(mirror, commit).await? {
+        return Err(no_such_commit(commit, url, "not a commit".into()));
+    }
+    run_env(&git(mirror, &["update-ref", &pin, commit])?, &[]).await?;
+    Ok(())
+}
+
+/// Checks the signature of `commit` (already in `mirror`) against `policy`.
+///
+/// Runs `git verify-commit` and judges by its exit code, never by its text (git prints "Good
+/// signature" even for a key that is not allowed); then reads `%G?`, the signer and the key
+/// with `git log`. [`Signature::Trusted`] needs all three: exit 0, `%G?` = `G`, a signer.
+pub async fn verify_commit(mirror: &Path, commit: &str, policy: &SignaturePolicy) -> Result<Signature, NixError> {
+    check_commit(commit)?;
+    let mut options = vec!["-c".to_owned()];
+    // /dev/null rather than nothing: an empty allow-list, not the service user's git config.
+    let signers = policy.allowed_signers_file.as_deref().unwrap_or(Path::new("/dev/null"));
+    options.push(format!("gpg.ssh.allowedSignersFile={}", path_arg(signers)?));
+    if let Some(level) = &policy.gpg_min_trust_level {
+        options.extend(["-c".to_owned(), format!("gpg.minTrustLevel={level}")]);
+    }
+    let gpg_home = policy.gpg_home.as_deref().map(Path::as_os_str);
+    let env: Vec<(&str, &OsStr)> = gpg_home.map(|home| ("GNUPGHOME", home)).into_iter().collect();
+
+    let with = |args: &[&str]| -> Result<Vec<String>, NixError> {
+        let mut argv = git(mirror, &[])?;
+        argv.extend(options.iter().cloned());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Ok(argv)
+    };
+    let verified = output(&with(&["verify-commit", commit])?, &env).await?.status.success();
+    let log = run_env(&with(&["log", "-1", "--no-show-signature", "--format=%G?%n%GS%n%GK", commit])?, &env).await?;
+    let text = String::from_utf8_lossy(&log.stdout);
+    let mut lines = text.lines();
+    let (code, signer, key) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""), lines.next().unwrap_or(""));
+    Ok(judge(verified, code, signer.trim(), key.trim()))
+}
+
+/// The verdict from `git verify-commit`'s success and `git log`'s `%G?`, `%GS` and `%GK`.
+fn judge(verified: bool, code: &str, signer: &str, key: &str) -> Signature {
+    let untrusted = |reason: &str| Signature::Untrusted { reason: reason.to_owned() };
+    match code {
+        "G" if verified && !signer.is_empty() => Signature::Trusted { signer: signer.to_owned(), key: key.to_owned() },
+        "G" if signer.is_empty() => untrusted("good signature, but git names no signer"),
+        "G" => untrusted("good signature, but git verify-commit refused it (below gpg.minTrustLevel?)"),
+        "N" => Signature::Unsigned,
+        // SSH: a valid signature by a key missing from allowed_signers; GPG: unknown validity.
+        "U" => untrusted("signed by a key not in allowed_signers (or not trusted enough by GnuPG)"),
+        "B" => untrusted("bad signature"),
+        "X" => untrusted("good signature, but the signature has expired"),
+        "Y" => untrusted("good signature, but the key has expired"),
+        "R" => untrusted("signed by a revoked key"),
+        "E" => untrusted("the signature cannot be checked (missing key?)"),
+        _ => untrusted("git reported an unknown signature status"),
+    }
+}
+
+/// Whether `ancestor` is an ancestor of `descendant` (or the same commit), both in `mirror`.
+pub async fn is_ancestor(mirror: &Path, ancestor: &str, descendant: &str) -> Result<bool, NixError> {
+    check_commit(ancestor)?;
+    check_commit(descendant)?;
+    let argv = git(mirror, &["merge-base", "--is-ancestor", ancestor, descendant])?;
+    let out = output(&argv, &[]).await?;
+    // 0: yes; 1: no; anything else (128: unknown commit): an error.
+    match out.status.code() {
+        Some(0) => Ok(true),
+        Some(1) => Ok(false),
+        _ => Err(failed(&argv, &out)),
+    }
+}
+
+/// Refuses anything but a full, lowercase, 40-hex SHA-1 commit hash, as git prints them.
+pub(crate) fn check_commit(commit: &str) -> Result<(), NixError> {
+    if commit.len() == 40 && commit.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+        return Ok(());
+    }
+    Err(NixError::Invalid { what: "commit hash", value: commit.to_owned(), reason: "expected 40 lowercase hex digits" })
+}
+
+/// The git remote for a repository URL as berth's configuration writes it (flake-style).
+///
+/// `git+` is Nix's scheme prefix, not git's; a query holds Nix's own parameters. `ref` and
+/// `rev` are dropped (berth picks the commit), anything else (`dir`, `submodules`) would change
+/// what Nix builds and is refused. Only `https`, `http`, `ssh`, `file` and absolute paths are
+/// accepted: git's other transports include `ext::`, which runs commands.
+fn git_url(url: &str) -> Result<String, NixError> {
+    let invalid = |reason| NixError::Invalid { what: "repository URL", value: url.to_owned(), reason };
+    let remote = match url.strip_prefix("git+") {
+        Some(rest) => {
+            let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
+            let nix_only = |param: &str| param.is_empty() || param.starts_with("ref=") || param.starts_with("rev=");
+            if !query.split('&').all(nix_only) {
+                return Err(invalid("only the `ref` and `rev` parameters are supported"));
+            }
+            base
+        }
+        None => url,
+    };
+    let allowed = ["https://", "http://", "ssh://", "file:///"].iter().any(|s| remote.starts_with(s));
+    if !(allowed || remote.starts_with('/')) || remote.contains('#') || remote.chars().any(char::is_control) {
+        return Err(invalid("expected git+https://, git+ssh://, git+file:///, https://, ssh://, file:/// or /path"));
+    }
+    Ok(remote.to_owned())
+}
+
+/// `git -C <mirror>` followed by `args`.
+fn git(mirror: &Path, args: &[&str]) -> Result<Vec<String>, NixError> {
+    let mut argv = argv(["git", "-C"]);
+    argv.push(path_arg(mirror)?);
+    argv.extend(args.iter().map(|a| a.to_string()));
+    Ok(argv)
+}
+
+/// Whether `commit` names a commit present in `mirror`.
+async fn has_commit(mirror: &Path, commit: &str) -> Result<bool, NixError> {
+    let spec = format!("{commit}^{{commit}}");
+    Ok(output(&git(mirror, &["cat-file", "-e", &spec])?, &[]).await?.status.success())
+}
+
+fn no_such_commit(commit: &str, url: &str, detail: String) -> NixError {
+    NixError::NoSuchCommit { commit: commit.to_owned(), url: url.to_owned(), detail }
+}
+
+/// A fetch never waits for a password: under systemd there is nobody to type it.
+fn no_prompt() -> [(&'static str, &'static OsStr); 1] {
+    [("GIT_TERMINAL_PROMPT", OsStr::new("0"))]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nix::testutil::{Fleet, Scratch};
+
+    #[track_caller]
+    fn check_url(url: &str, expected: Option<&str>) {
+        assert_eq!(git_url(url).ok().as_deref(), expected, "{url}");
+    }
+
+    #[test]
+    fn urls_become_git_remotes() {
+        check_url("git+https://git.example.org/ops/fleet", Some("https://git.example.org/ops/fleet"));
+        check_url("git+ssh://git@host/ops/fleet.git?ref=main", Some("ssh://git@host/ops/fleet.git"));
+        check_url("git+file:///srv/fleet?rev=0000&ref=x", Some("file:///srv/fleet"));
+        check_url("https://host/fleet", Some("https://host/fleet"));
+        check_url("file:///srv/fleet", Some("file:///srv/fleet"));
+        check_url("/srv/fleet", Some("/srv/fleet"));
+        check_url("git+https://host/fleet?dir=sub", None);
+        check_url("ext::sh -c touch% /tmp/pwned", None);
+        check_url("git+ext::sh", None);
+        check_url("-uhttps://x", None);
+        check_url("relative/path", None);
+        check_url("https://host/fleet#frag", None);
+        check_url("git@host:ops/fleet", None);
+    }
+
+    #[test]
+    fn commit_hashes_are_checked() {
+        assert!(check_commit(&"a".repeat(40)).is_ok());
+        for bad in ["", "HEAD", "main", &"A".repeat(40), &"a".repeat(39), &"a".repeat(64), "--all"] {
+            assert!(matches!(check_commit(bad), Err(NixError::Invalid { .. })), "{bad}");
+        }
+    }
+
+    #[test]
+    fn signature_status_to_verdict() {
+        let trusted = Signature::Trusted { signer: "alice".into(), key: "K".into() };
+        assert_eq!(judge(true, "G", "alice", "K"), trusted);
+        assert_eq!(judge(true, "N", "", ""), Signature::Unsigned);
+        for (verified, code, signer) in [(false, "G", "alice"), (true, "G", ""), (true, "U", ""), (false, "B", "x")] {
+            assert!(matches!(judge(verified, code, signer, "K"), Signature::Untrusted { .. }), "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn fetch_mirrors_branches_and_lone_commits() {
+        let scratch = Scratch::new();
+        let fleet = Fleet::new(&scratch);
+        let (mirror, first) = (scratch.path("mirrors/fleet"), fleet.head());
+        fetch(&mirror, &fleet.url(), &first).await.unwrap();
+        assert!(has_commit(&mirror, &first).await.unwrap());
+        assert_eq!(std::fs::read_to_string(mirror.join(format!("refs/berth/{first}"))).unwrap().trim(), first);
+
+        // A commit on no branch at all is fetched by its hash; a plain path works as a URL.
+        let lone = fleet.git(&["commit-tree", "-p", &first, "-m", "lone", &format!("{first}^{{tree}}")]);
+        fetch(&mirror, fleet.dir.to_str().unwrap(), &lone).await.unwrap();
+        assert!(has_commit(&mirror, &lone).await.unwrap());
+
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        let err = fetch(&mirror, &fleet.url(), missing).await.unwrap_err();
+        assert!(matches!(&err, NixError::NoSuchCommit { commit, .. } if commit == missing), "{err}");
+        let tree = fleet.git(&["rev-parse", "HEAD^{tree}"]);
+        let err = fetch(&mirror, &fleet.url(), &tree).await.unwrap_err();
+        assert!(matches!(&err, NixError::NoSuchCommit { .. }), "{err}");
+        let err = fetch(&mirror, &fleet.url(), "HEAD").await.unwrap_err();
+        assert!(matches!(&err, NixError::Invalid { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn signatures_are_trusted_only_from_allowed_keys() {
+        let scratch = Scratch::new();
+        let fleet = Fleet::new(&scratch);
+        let (alice, mallory) = (scratch.ssh_key("alice"), scratch.ssh_key("mallory"));
+        let policy = SignaturePolicy {
+            allowed_signers_file: Some(scratch.allowed_signers("alice@example.org", &alice)),
+            gpg_min_trust_level: Some("fully".into()),
+            ..SignaturePolicy::default()
+        };
+        let signed = fleet.commit("signed", Some(&alice));
+        let unsigned = fleet.commit("unsigned", None);
+        let forged = fleet.commit("forged", Some(&mallory));
+        let mirror = scratch.path("mirror");
+        fetch(&mirror, &fleet.url(), &forged).await.unwrap();
+
+        let verdict = verify_commit(&mirror, &signed, &policy).await.unwrap();
+        let Signature::Trusted { signer, key } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!((signer.as_str(), key.starts_with("SHA256:")), ("alice@example.org", true));
+        assert_eq!(verify_commit(&mirror, &unsigned, &policy).await.unwrap(), Signature::Unsigned);
+        let verdict = verify_commit(&mirror, &forged, &policy).await.unwrap();
+        assert!(
+            matches!(&verdict, Signature::Untrusted { reason } if reason.contains("allowed_signers")),
+            "{verdict:?}"
+        );
+        // No allow-list: nobody is trusted.
+        let verdict = verify_commit(&mirror, &signed, &SignaturePolicy::default()).await.unwrap();
+        assert!(matches!(verdict, Signature::Untrusted { .. }), "{verdict:?}");
+        // An SSH key is trusted "fully", not "ultimately": `%G?` still says `G`, but
+        // verify-commit fails, and its exit code is what counts.
+        let ultimate = SignaturePolicy { gpg_min_trust_level: Some("ultimate".into()), ..policy.clone() };
+        let verdict = verify_commit(&mirror, &signed, &ultimate).await.unwrap();
+        assert!(matches!(&verdict, Signature::Untrusted { reason } if reason.contains("verify-commit")), "{verdict:?}");
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        assert!(verify_commit(&mirror, missing, &policy).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn gpg_signatures_need_a_trusted_key() {
+        let mut scratch = Scratch::new();
+        let fleet = Fleet::new(&scratch);
+        let (home, public_only, fpr) = scratch.gpg_key("Bob <bob@example.org>");
+        let signed = fleet.commit_gpg("signed", &home, &fpr);
+        let mirror = scratch.path("mirror");
+        fetch(&mirror, &fleet.url(), &signed).await.unwrap();
+
+        let policy = |home: &Path| SignaturePolicy {
+            gpg_home: Some(home.to_owned()),
+            gpg_min_trust_level: Some("fully".into()),
+            ..SignaturePolicy::default()
+        };
+        let verdict = verify_commit(&mirror, &signed, &policy(&home)).await.unwrap();
+        let Signature::Trusted { signer, key } = &verdict else { panic!("{verdict:?}") };
+        assert_eq!(signer, "Bob <bob@example.org>");
+        assert!(fpr.ends_with(key.as_str()), "{key} vs {fpr}");
+        // The key is known there but not trusted: a good signature, of unknown validity.
+        let verdict = verify_commit(&mirror, &signed, &policy(&public_only)).await.unwrap();
+        assert!(matches!(verdict, Signature::Untrusted { .. }), "{verdict:?}");
+    }
+
+    #[tokio::test]
+    async fn ancestry() {
+        let scratch = Scratch::new();
+        let fleet = Fleet::new(&scratch);
+        let first = fleet.head();
+        let second = fleet.commit("second", None);
+        fleet.git(&["checkout", "--quiet", "-b", "side", &first]);
+        let side = fleet.commit("side", None);
+        let mirror = scratch.path("mirror");
+        fetch(&mirror, &fleet.url(), &side).await.unwrap();
+        fetch(&mirror, &fleet.url(), &second).await.unwrap();
+
+        assert!(is_ancestor(&mirror, &first, &second).await.unwrap());
+        assert!(is_ancestor(&mirror, &second, &second).await.unwrap());
+        assert!(!is_ancestor(&mirror, &second, &first).await.unwrap());
+        assert!(!is_ancestor(&mirror, &side, &second).await.unwrap());
+        let missing = "0123456789abcdef0123456789abcdef01234567";
+        let err = is_ancestor(&mirror, missing, &second).await.unwrap_err();
+        assert!(matches!(err, NixError::Failed { .. }), "{err}");
+    }
+}

@@ -61,8 +61,16 @@ fn contents(total: usize) -> Vec<Vec<u8>> {
         if (i + i / 8) % 2 == 0 {
             rng.fill(&mut buf);
         } else {
-            let words: [&[u8]; 8] =
-                [b"export ", b"PATH=", b"/nix/store/", b"-glibc-2.37/lib ", b"if [ -e ", b"]; then\n", b"fi\n", b"  echo "];
+            let words: [&[u8]; 8] = [
+                b"export ",
+                b"PATH=",
+                b"/nix/store/",
+                b"-glibc-2.37/lib ",
+                b"if [ -e ",
+                b"]; then\n",
+                b"fi\n",
+                b"  echo ",
+            ];
             let mut pos = 0;
             while pos < size {
                 let w = words[(rng.next() % 8) as usize];
@@ -84,7 +92,10 @@ fn build_nar(files: &[Vec<u8>]) -> Vec<u8> {
         .iter()
         .zip(&names)
         .enumerate()
-        .map(|(i, (c, name))| NamedNode { name: name.as_bytes(), node: Node::Regular { executable: i % 5 == 0, contents: c } })
+        .map(|(i, (c, name))| NamedNode {
+            name: name.as_bytes(),
+            node: Node::Regular { executable: i % 5 == 0, contents: c },
+        })
         .collect();
     let lib = [NamedNode { name: b"lib", node: Node::Directory(&children) }];
     let mut nar = Vec::with_capacity(files.iter().map(Vec::len).sum::<usize>() + files.len() * 200);
@@ -149,35 +160,58 @@ fn main() {
     }
 
     // Floors.
-    report("floor: sha256 of the NAR", nar.len(), time(min, || {
-        black_box(Sha256::digest(black_box(&nar[..])));
-    }));
-    report("floor: zstd decode to sink", nar.len(), time(min, || {
-        zstd::stream::copy_decode(&zst[..], io::sink()).expect("zstd decode");
-    }));
+    report(
+        "floor: sha256 of the NAR",
+        nar.len(),
+        time(min, || {
+            black_box(Sha256::digest(black_box(&nar[..])));
+        }),
+    );
+    report(
+        "floor: zstd decode to sink",
+        nar.len(),
+        time(min, || {
+            zstd::stream::copy_decode(&zst[..], io::sink()).expect("zstd decode");
+        }),
+    );
 
     // The function under test.
-    for (label, bytes, c) in [
-        ("verify_nar(none)", &nar, Compression::None),
-        ("verify_nar(zstd)", &zst, Compression::Zstd),
-    ] {
-        report(label, nar.len(), time(min, || {
-            black_box(verify_nar(black_box(&bytes[..]), c).expect("verify"));
-        }));
+    for (label, bytes, c) in
+        [("verify_nar(none)", &nar, Compression::None), ("verify_nar(zstd)", &zst, Compression::Zstd)]
+    {
+        report(
+            label,
+            nar.len(),
+            time(min, || {
+                black_box(verify_nar(black_box(&bytes[..]), c).expect("verify"));
+            }),
+        );
     }
-    report("  same, as compressed input MB/s", zst.len(), time(min, || {
-        black_box(verify_nar(black_box(&zst[..]), Compression::Zstd).expect("verify"));
-    }));
+    report(
+        "  same, as compressed input MB/s",
+        zst.len(),
+        time(min, || {
+            black_box(verify_nar(black_box(&zst[..]), Compression::Zstd).expect("verify"));
+        }),
+    );
 
     // xz is an order of magnitude slower: fewer runs.
     let xz_min = min / 2;
-    report("floor: xz decode to sink", nar.len(), time(xz_min, || {
-        let mut d = xz2::read::XzDecoder::new_multi_decoder(&xz[..]);
-        io::copy(&mut d, &mut io::sink()).expect("xz decode");
-    }));
-    report("verify_nar(xz)", nar.len(), time(xz_min, || {
-        black_box(verify_nar(black_box(&xz[..]), Compression::Xz).expect("verify"));
-    }));
+    report(
+        "floor: xz decode to sink",
+        nar.len(),
+        time(xz_min, || {
+            let mut d = xz2::read::XzDecoder::new_multi_decoder(&xz[..]);
+            io::copy(&mut d, &mut io::sink()).expect("xz decode");
+        }),
+    );
+    report(
+        "verify_nar(xz)",
+        nar.len(),
+        time(xz_min, || {
+            black_box(verify_nar(black_box(&xz[..]), Compression::Xz).expect("verify"));
+        }),
+    );
 
     // The client side of `berth push` starts with dump_path: NAR serialisation of a
     // directory already in the page cache.
@@ -188,18 +222,26 @@ fn main() {
     let mut sink = CountingSink(0);
     dump_path(dir.path(), &mut sink).expect("dump");
     let dumped = sink.0 as usize;
-    report("dump_path of a directory (client side)", dumped, time(min, || {
-        let mut sink = CountingSink(0);
-        dump_path(dir.path(), &mut sink).expect("dump");
-        black_box(sink.0);
-    }));
+    report(
+        "dump_path of a directory (client side)",
+        dumped,
+        time(min, || {
+            let mut sink = CountingSink(0);
+            dump_path(dir.path(), &mut sink).expect("dump");
+            black_box(sink.0);
+        }),
+    );
     let mut buf = Vec::new();
-    report("dump_path + zstd -3 (client side)", dumped, time(min, || {
-        buf.clear();
-        let mut enc = zstd::stream::write::Encoder::new(&mut buf, 3).expect("zstd");
-        dump_path(dir.path(), &mut enc).expect("dump");
-        enc.finish().expect("zstd");
-    }));
+    report(
+        "dump_path + zstd -3 (client side)",
+        dumped,
+        time(min, || {
+            buf.clear();
+            let mut enc = zstd::stream::write::Encoder::new(&mut buf, 3).expect("zstd");
+            dump_path(dir.path(), &mut enc).expect("dump");
+            enc.finish().expect("zstd");
+        }),
+    );
     let _ = io::stdout().flush();
     // Keep the compressed buffers alive to the end so no case measures a free.
     black_box((&zst, &xz));

@@ -30,7 +30,7 @@ fi
 CONNS=64     # narinfo lookups: concurrent connections
 DL_CONNS=4   # NAR downloads with wrk: concurrent connections
 
-log() { printf '\033[1m[bench]\033[0m %s\n' "$*" >&2; }
+log() { printf '\033[1m[bench %4ss]\033[0m %s\n' "$SECONDS" "$*" >&2; }
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # ---------------------------------------------------------------------------------------
@@ -185,7 +185,7 @@ start_berth "$SERVE_DIR"
 SERVE_URL=$BERTH_URL
 SERVE_PID=$BERTH_PID
 printf 'machine 127.0.0.1 login x password %s\n' "$TOKEN" >"$WORK/netrc"
-timeout "$TMO" nix copy "${NIXOPT[@]}" --option netrc-file "$WORK/netrc" \
+timeout "$TMO" nix copy --quiet "${NIXOPT[@]}" --option netrc-file "$WORK/netrc" \
   --to "$SERVE_URL?compression=zstd" "$ROOT_PATH" "$BIG_PATH"
 CACHE_DIR=$SERVE_DIR/cache
 [ -f "$CACHE_DIR/nix-cache-info" ] || { echo "bench: $CACHE_DIR is not a binary cache" >&2; exit 1; }
@@ -196,7 +196,7 @@ n_hits=$(wc -l <"$WORK/hits.list")
 [ "$(find "$CACHE_DIR" -maxdepth 1 -name '*.narinfo' | wc -l)" -ge "$n_hits" ] \
   || { echo "bench: the cache lacks narinfos" >&2; exit 1; }
 # Nix base32: 0-9 and a-z without e, o, t, u.
-{ tr -dc '0-9a-df-np-sv-z' </dev/urandom || true; } | fold -w 32 | head -n 10000 >"$WORK/misses.list"
+{ tr -dc '0-9a-df-np-sv-z' </dev/urandom | fold -w 32 || true; } | head -n 10000 >"$WORK/misses.list"
 
 NGINX_PORT=$(free_port)
 mkdir -p "$WORK/nginx"
@@ -333,7 +333,7 @@ ingest_once() {
   case $kind in
     file)
       t0=$(now)
-      timeout "$TMO" nix copy "${NIXOPT[@]}" --to "file://$dir/cache?compression=zstd" "$@"
+      timeout "$TMO" nix copy --quiet "${NIXOPT[@]}" --to "file://$dir/cache?compression=zstd" "$@"
       t1=$(now)
       ;;
     push | nixhttp)
@@ -348,7 +348,7 @@ ingest_once() {
       else
         printf 'machine 127.0.0.1 login x password %s\n' "$token" >"$WORK/netrc"
         t0=$(now)
-        timeout "$TMO" nix copy "${NIXOPT[@]}" --option netrc-file "$WORK/netrc" --to "$BERTH_URL?compression=zstd" "$@"
+        timeout "$TMO" nix copy --quiet "${NIXOPT[@]}" --option netrc-file "$WORK/netrc" --to "$BERTH_URL?compression=zstd" "$@"
         t1=$(now)
       fi
       stop_pid "$BERTH_PID"
@@ -406,9 +406,6 @@ R_WRK=$(ratio "$B_WRK_B" "$B_WRK_N")
 C_BIG_FILE_MBS=$(mbs "$BIG_BYTES" "$C_BIG_FILE")
 C_BIG_PUSH_MBS=$(mbs "$BIG_BYTES" "$C_BIG_PUSH")
 C_BIG_HTTP_MBS=$(mbs "$BIG_BYTES" "$C_BIG_HTTP")
-C_CL_FILE_MBS=$(mbs "$CLOSURE_BYTES" "$C_CL_FILE")
-C_CL_PUSH_MBS=$(mbs "$CLOSURE_BYTES" "$C_CL_PUSH")
-C_CL_HTTP_MBS=$(mbs "$CLOSURE_BYTES" "$C_CL_HTTP")
 R_BIG_PUSH=$(ratio "$C_BIG_FILE" "$C_BIG_PUSH")
 R_BIG_HTTP=$(ratio "$C_BIG_FILE" "$C_BIG_HTTP")
 R_CL_PUSH=$(ratio "$C_CL_FILE" "$C_CL_PUSH")
@@ -423,8 +420,8 @@ TABLE=$(cat <<EOF
 | b. NAR download, MB/s, $DL_CONNS conns (wrk) | $B_WRK_B | nginx $B_WRK_N | $R_WRK | ≥ 0.90: $(verdict "$R_WRK" 0.90) |
 | c. ingest ${BIG_MIB} MiB path, \`berth push\`, MB/s | $C_BIG_PUSH_MBS (${C_BIG_PUSH} s) | file:// zstd $C_BIG_FILE_MBS (${C_BIG_FILE} s) | $R_BIG_PUSH | > 1.0: $(verdict "$R_BIG_PUSH" 1.0) |
 | c. ingest ${BIG_MIB} MiB path, \`nix copy\` to berth, MB/s | $C_BIG_HTTP_MBS (${C_BIG_HTTP} s) | file:// zstd $C_BIG_FILE_MBS | $R_BIG_HTTP | — |
-| c. ingest closure of $CLOSURE_PATHS paths, \`berth push\`, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_PUSH") ($C_CL_PUSH_MBS MB/s, ${C_CL_PUSH} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") ($C_CL_FILE_MBS MB/s, ${C_CL_FILE} s) | $R_CL_PUSH | > 1.0: $(verdict "$R_CL_PUSH" 1.0) |
-| c. ingest closure of $CLOSURE_PATHS paths, \`nix copy\` to berth, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_HTTP") ($C_CL_HTTP_MBS MB/s, ${C_CL_HTTP} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") | $R_CL_HTTP | — |
+| c. ingest closure of $CLOSURE_PATHS paths, \`berth push\`, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_PUSH") (${C_CL_PUSH} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") (${C_CL_FILE} s) | $R_CL_PUSH | > 1.0: $(verdict "$R_CL_PUSH" 1.0) |
+| c. ingest closure of $CLOSURE_PATHS paths, \`nix copy\` to berth, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_HTTP") (${C_CL_HTTP} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") | $R_CL_HTTP | — |
 EOF
 )
 

@@ -56,6 +56,10 @@ pub struct AppState {
     pub db: Db,
     /// The cache signing key.
     pub signing_key: Arc<SecretKey>,
+    /// The deploy key that signs host manifests.
+    pub deploy_key: Arc<SecretKey>,
+    /// Wakes manifest long-polls when a generation is made.
+    pub deploys: Arc<tokio::sync::Notify>,
     /// Every public key clients should trust (current first, then previous ones).
     pub public_keys: Arc<Vec<PublicKey>>,
     /// Protocol settings.
@@ -72,6 +76,7 @@ impl AppState {
     /// Opens storage and the index and loads the key.
     pub async fn open(config: &Config) -> Result<(Self, KeyOrigin), StartError> {
         let (key, origin) = load_or_generate_key(&config.signing_key)?;
+        let (deploy_key, _) = load_or_generate_key(&config.deploy_key)?;
         let store = Store::open(&config.storage)?;
         let swept = store.sweep_staging().await?;
         if swept > 0 {
@@ -79,18 +84,15 @@ impl AppState {
         }
         let db = Db::open(&config.database).await?;
         // The bucket itself stays a valid binary cache, readable without berth.
-        store
-            .put(
-                &ObjectKey::CacheInfo,
-                Bytes::from(cache_info_text(&config.cache)),
-            )
-            .await?;
+        store.put(&ObjectKey::CacheInfo, Bytes::from(cache_info_text(&config.cache))).await?;
         let mut public_keys = vec![key.public()];
         public_keys.extend(config.previous_public_keys.iter().cloned());
         let state = Self {
             store,
             db,
             signing_key: Arc::new(key),
+            deploy_key: Arc::new(deploy_key),
+            deploys: Arc::default(),
             public_keys: Arc::new(public_keys),
             cache: Arc::new(config.cache.clone()),
             metrics: Arc::default(),
@@ -102,15 +104,8 @@ impl AppState {
 
     /// The `nix.conf` lines a client needs to use this cache at `url`.
     pub fn nix_conf_lines(&self, url: &str) -> String {
-        let keys: Vec<String> = self
-            .public_keys
-            .iter()
-            .map(PublicKey::to_nix_string)
-            .collect();
-        format!(
-            "extra-substituters = {url}\nextra-trusted-public-keys = {}\n",
-            keys.join(" ")
-        )
+        let keys: Vec<String> = self.public_keys.iter().map(PublicKey::to_nix_string).collect();
+        format!("extra-substituters = {url}\nextra-trusted-public-keys = {}\n", keys.join(" "))
     }
 }
 
@@ -138,28 +133,17 @@ pub fn load_or_generate_key(source: &KeySource) -> Result<(SecretKey, KeyOrigin)
     let path = &source.path;
     match std::fs::read_to_string(path) {
         Ok(text) => {
-            let key = SecretKey::parse(&text).map_err(|e| StartError::Key {
-                path: path.clone(),
-                source: e,
-            })?;
+            let key = SecretKey::parse(&text).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
             Ok((key, KeyOrigin::Loaded))
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && source.generate_as.is_some() => {
             let name = source.generate_as.as_deref().expect("checked");
-            let key = SecretKey::generate(name).map_err(|e| StartError::Key {
-                path: path.clone(),
-                source: e,
-            })?;
-            write_secret(path, &key.to_nix_string()).map_err(|e| StartError::KeyFile {
-                path: path.clone(),
-                source: e,
-            })?;
+            let key = SecretKey::generate(name).map_err(|e| StartError::Key { path: path.clone(), source: e })?;
+            write_secret(path, &key.to_nix_string())
+                .map_err(|e| StartError::KeyFile { path: path.clone(), source: e })?;
             Ok((key, KeyOrigin::Generated))
         }
-        Err(e) => Err(StartError::KeyFile {
-            path: path.clone(),
-            source: e,
-        }),
+        Err(e) => Err(StartError::KeyFile { path: path.clone(), source: e }),
     }
 }
 
@@ -170,25 +154,38 @@ pub fn write_secret(path: &std::path::Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
     file.write_all(text.as_bytes())?;
     file.sync_all()
 }
 
-/// Serves `state` on `listener` until `shutdown` resolves; then closes the index.
+/// Serves `state` on `listener`, with the build workers, until `shutdown` resolves; then
+/// stops the workers and closes the index.
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), StartError> {
     let db = state.db.clone();
-    crate::http::serve(state, listener, shutdown)
-        .await
-        .map_err(StartError::Serve)?;
+    if let Db::Sqlite(_) = db {
+        // SQLite belongs to this one process: whatever it left running was interrupted.
+        let (requeued, failed) = db.recover_builds(crate::db::now() + 1, 3).await?;
+        if requeued + failed > 0 {
+            tracing::info!(requeued, failed, "settled builds interrupted by the last stop");
+        }
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let workers = crate::build::worker::spawn(state.clone(), stop.clone());
+    let stop_on_shutdown = stop.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stop_on_shutdown.cancel();
+    };
+    let served = crate::http::serve(state, listener, shutdown).await.map_err(StartError::Serve);
+    stop.cancel();
+    for worker in workers {
+        let _ = worker.await;
+    }
     db.close().await;
-    Ok(())
+    served
 }

@@ -70,9 +70,7 @@ pub fn valid_host_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 63
         && !name.starts_with('-')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// A freshly made token: the secret (shown once) and what is stored.
@@ -130,10 +128,7 @@ mod tests {
         assert!(Scope::parse("host:").is_err());
         assert!(Scope::parse("host:../x").is_err());
         assert!(Scope::parse("root").is_err());
-        assert_eq!(
-            Scope::parse("host:web-1").unwrap().to_string(),
-            "host:web-1"
-        );
+        assert_eq!(Scope::parse("host:web-1").unwrap().to_string(), "host:web-1");
     }
 
     #[test]

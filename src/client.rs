@@ -86,10 +86,15 @@ impl Api {
     }
 
     /// `GET path` as a byte stream (build logs).
-    pub async fn stream(&self, path: &str) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
+    pub async fn stream(
+        &self,
+        path: &str,
+    ) -> Result<impl Stream<Item = Result<bytes::Bytes, ClientError>>, ClientError> {
         let response = self.send(self.request(Method::GET, path)).await?;
         let url = self.base.clone();
-        Ok(response.bytes_stream().map_err(move |e| ClientError::Transport { url: url.clone(), reason: root_cause(&e) }))
+        Ok(response
+            .bytes_stream()
+            .map_err(move |e| ClientError::Transport { url: url.clone(), reason: root_cause(&e) }))
     }
 }
 

@@ -57,6 +57,10 @@ pub struct RawConfig {
     pub signing_key_file: Option<PathBuf>,
     /// Name for a generated signing key (default `<hostname>-1`).
     pub signing_key_name: Option<String>,
+    /// The deploy key that signs host manifests (Nix secret-key format, e.g. from
+    /// `berth keygen`). Default `<data_dir>/deploy-key`, generated on first start as
+    /// `<hostname>-deploy-1`; an explicitly configured file must exist.
+    pub deploy_key_file: Option<PathBuf>,
     /// Older public keys still trusted during a key rotation (printed with the nix.conf lines).
     #[serde(default)]
     pub previous_public_keys: Vec<String>,
@@ -197,6 +201,17 @@ pub struct KeySource {
     pub generate_as: Option<String>,
 }
 
+impl KeySource {
+    /// An explicitly configured file (never generated), or the default one (generated as
+    /// `name` when missing).
+    fn new(configured: Option<PathBuf>, default: PathBuf, name: String) -> Self {
+        match configured {
+            Some(path) => Self { path: absolute(path), generate_as: None },
+            None => Self { path: default, generate_as: Some(name) },
+        }
+    }
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -210,6 +225,8 @@ pub struct Config {
     pub database: String,
     /// Signing key.
     pub signing_key: KeySource,
+    /// Deploy (manifest) key.
+    pub deploy_key: KeySource,
     /// Extra trusted keys.
     pub previous_public_keys: Vec<PublicKey>,
     /// Cache protocol settings.
@@ -240,19 +257,15 @@ pub struct Overrides {
     pub database: Option<String>,
     /// `--signing-key-file`.
     pub signing_key_file: Option<PathBuf>,
+    /// `--deploy-key-file`.
+    pub deploy_key_file: Option<PathBuf>,
 }
 
 impl RawConfig {
     /// Reads and parses a TOML file (unknown keys are errors).
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.into(),
-            source,
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::Parse {
-            path: path.into(),
-            message: e.to_string(),
-        })
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })
     }
 
     /// Applies command-line overrides and validates everything.
@@ -262,60 +275,38 @@ impl RawConfig {
         self.storage = o.storage.or(self.storage);
         self.database = o.database.or(self.database);
         self.signing_key_file = o.signing_key_file.or(self.signing_key_file);
+        self.deploy_key_file = o.deploy_key_file.or(self.deploy_key_file);
         let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
 
         let listen = self.listen.as_deref().unwrap_or("127.0.0.1:8080");
-        let listen = listen
-            .parse()
-            .map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
+        let listen = listen.parse().map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
         let data_dir = absolute(self.data_dir.unwrap_or_else(default_data_dir));
-        let storage = self
-            .storage
-            .unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
+        let storage = self.storage.unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
         if !(storage.starts_with("file:///") || storage == "memory://") {
-            return Err(invalid(
-                "storage",
-                format!("{storage:?}: expected file:///absolute/dir"),
-            ));
+            return Err(invalid("storage", format!("{storage:?}: expected file:///absolute/dir")));
         }
-        let database = self
-            .database
-            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
+        let database = self.database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
         if !(database.starts_with("sqlite:")
             || database.starts_with("postgres:")
             || database.starts_with("postgresql:"))
         {
-            return Err(invalid(
-                "database",
-                "expected sqlite:///file or postgres://…".into(),
-            ));
+            return Err(invalid("database", "expected sqlite:///file or postgres://…".into()));
         }
-        let signing_key = match self.signing_key_file {
-            Some(path) => KeySource {
-                path: absolute(path),
-                generate_as: None,
-            },
-            None => KeySource {
-                path: data_dir.join("signing-key"),
-                generate_as: Some(
-                    self.signing_key_name
-                        .unwrap_or_else(|| format!("{}-1", hostname())),
-                ),
-            },
-        };
+        let signing_key = KeySource::new(
+            self.signing_key_file,
+            data_dir.join("signing-key"),
+            self.signing_key_name.unwrap_or_else(|| format!("{}-1", hostname())),
+        );
+        let deploy_key =
+            KeySource::new(self.deploy_key_file, data_dir.join("deploy-key"), format!("{}-deploy-1", hostname()));
         let previous_public_keys = self
             .previous_public_keys
             .iter()
-            .map(|k| {
-                PublicKey::parse(k).map_err(|e| invalid("previous_public_keys", e.to_string()))
-            })
+            .map(|k| PublicKey::parse(k).map_err(|e| invalid("previous_public_keys", e.to_string())))
             .collect::<Result<_, _>>()?;
         let level = self.cache.compression_level.unwrap_or(3);
         if !(1..=19).contains(&level) {
-            return Err(invalid(
-                "cache.compression_level",
-                format!("{level} is outside 1..=19"),
-            ));
+            return Err(invalid("cache.compression_level", format!("{level} is outside 1..=19")));
         }
         let cache = CacheConfig {
             priority: self.cache.priority.unwrap_or(30),
@@ -343,6 +334,7 @@ impl RawConfig {
             storage,
             database,
             signing_key,
+            deploy_key,
             previous_public_keys,
             cache,
             builder,
@@ -446,10 +438,8 @@ mod tests {
     use super::*;
 
     fn parse(text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
-            path: "t".into(),
-            message: e.to_string(),
-        })?;
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
         raw.validate(Overrides::default())
     }
 
@@ -468,10 +458,7 @@ mod tests {
         let err = parse("listn = \"x\"").unwrap_err().to_string();
         assert!(err.contains("unknown field `listn`"), "{err}");
         assert!(parse("[cache]\nprioriti = 1").is_err());
-        assert!(parse("listen = \"nowhere\"")
-            .unwrap_err()
-            .to_string()
-            .contains("listen"));
+        assert!(parse("listen = \"nowhere\"").unwrap_err().to_string().contains("listen"));
         assert!(parse("storage = \"ftp://x\"").is_err());
         assert!(parse("[cache]\ncompression_level = 99").is_err());
         assert!(parse("previous_public_keys = [\"nope\"]").is_err());
@@ -485,7 +472,10 @@ mod tests {
 
     #[test]
     fn repositories_are_checked() {
-        let c = parse("[[repositories]]\nname = \"fleet\"\nurl = \"git+file:///srv/fleet\"\nrequire_signed_commits = false").unwrap();
+        let c = parse(
+            "[[repositories]]\nname = \"fleet\"\nurl = \"git+file:///srv/fleet\"\nrequire_signed_commits = false",
+        )
+        .unwrap();
         let repo = c.repository("fleet").unwrap();
         assert_eq!((repo.deploy_branch.as_str(), repo.test_branch_prefix.as_str()), ("main", "test-"));
         let unsigned = parse("[[repositories]]\nname = \"fleet\"\nurl = \"x\"").unwrap_err().to_string();
@@ -499,10 +489,7 @@ mod tests {
     #[test]
     fn overrides_win() {
         let raw: RawConfig = toml::from_str("listen = \"127.0.0.1:1\"").unwrap();
-        let o = Overrides {
-            listen: Some("127.0.0.1:2".into()),
-            ..Default::default()
-        };
+        let o = Overrides { listen: Some("127.0.0.1:2".into()), ..Default::default() };
         assert_eq!(raw.validate(o).unwrap().listen.port(), 2);
     }
 }

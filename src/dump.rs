@@ -52,10 +52,7 @@ pub fn compressed_nar(
     path: PathBuf,
     level: i32,
     counters: Arc<Counters>,
-) -> (
-    impl Stream<Item = Chunk> + Send + Unpin + 'static,
-    JoinHandle<Result<u64, DumpFailure>>,
-) {
+) -> (impl Stream<Item = Chunk> + Send + Unpin + 'static, JoinHandle<Result<u64, DumpFailure>>) {
     let (tx, mut rx) = mpsc::channel::<Chunk>(DEPTH);
     let handle = tokio::task::spawn_blocking(move || stream_nar(&path, level, tx, &counters));
     (futures::stream::poll_fn(move |cx| rx.poll_recv(cx)), handle)
@@ -78,34 +75,15 @@ pub(crate) fn stream_nar(
         let _ = abort.blocking_send(Err(io::Error::other(reason.clone())));
         DumpFailure::Failed(reason)
     };
-    let sink = ChannelWriter {
-        tx,
-        buf: BytesMut::with_capacity(CHUNK),
-        sent: 0,
-        counters,
-    };
-    let mut encoder =
-        zstd::stream::write::Encoder::new(sink, level).map_err(|e| fail(format!("zstd: {e}")))?;
+    let sink = ChannelWriter { tx, buf: BytesMut::with_capacity(CHUNK), sent: 0, counters };
+    let mut encoder = zstd::stream::write::Encoder::new(sink, level).map_err(|e| fail(format!("zstd: {e}")))?;
     // Compress on every core: a large NAR otherwise leaves all but one idle.
     let workers = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    encoder
-        .multithread(workers)
-        .map_err(|e| fail(format!("zstd workers: {e}")))?;
-    let mut nar = BufWriter::with_capacity(
-        CHUNK,
-        Counting {
-            inner: encoder,
-            counters,
-        },
-    );
+    encoder.multithread(workers).map_err(|e| fail(format!("zstd workers: {e}")))?;
+    let mut nar = BufWriter::with_capacity(CHUNK, Counting { inner: encoder, counters });
     dump_path(path, &mut nar).map_err(|e| fail(e.to_string()))?;
-    let mut encoder = nar
-        .into_inner()
-        .map_err(|e| fail(e.error().to_string()))?
-        .inner;
-    encoder
-        .do_finish()
-        .map_err(|e| fail(format!("zstd: {e}")))?;
+    let mut encoder = nar.into_inner().map_err(|e| fail(e.error().to_string()))?.inner;
+    encoder.do_finish().map_err(|e| fail(format!("zstd: {e}")))?;
     let sink = encoder.get_mut();
     sink.send_buffered().map_err(|e| fail(e.to_string()))?;
     Ok(sink.sent)
@@ -194,15 +172,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("big");
         // Incompressible-ish content spanning several chunks.
-        let content: Vec<u8> = (0..3 * CHUNK as u32)
-            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
-            .collect();
+        let content: Vec<u8> = (0..3 * CHUNK as u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
         std::fs::write(&file, &content).unwrap();
         let (result, chunks) = stream(file.clone()).await;
-        let compressed: Vec<u8> = chunks
-            .into_iter()
-            .flat_map(|c| c.unwrap().to_vec())
-            .collect();
+        let compressed: Vec<u8> = chunks.into_iter().flat_map(|c| c.unwrap().to_vec()).collect();
         assert_eq!(result.ok(), Some(compressed.len() as u64));
         let mut expected = Vec::new();
         dump_path(&file, &mut expected).unwrap();

@@ -8,6 +8,7 @@ pub mod client;
 pub mod cmd;
 pub mod config;
 pub mod db;
+pub mod deploy;
 pub mod dump;
 pub mod http;
 pub mod ingest;

@@ -7,9 +7,9 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 
 use berth::{
-    client::Api,
     app::{self, AppState, KeyOrigin},
     auth::{self, Scope},
+    client::Api,
     config::{self, Overrides},
     db::Db,
     nixfmt::SecretKey,
@@ -47,6 +47,9 @@ enum Command {
         /// The cache signing key file (Nix secret-key format).
         #[arg(long)]
         signing_key_file: Option<PathBuf>,
+        /// The deploy key file that signs host manifests (`berth keygen` format).
+        #[arg(long)]
+        deploy_key_file: Option<PathBuf>,
         /// Storage URL (`file:///dir`).
         #[arg(long)]
         storage: Option<String>,
@@ -75,6 +78,17 @@ enum Command {
         client: ClientArgs,
         #[command(subcommand)]
         action: Option<HostsAction>,
+    },
+    /// Roll a host back: a new generation with an older system (default: the one before
+    /// what the host runs).
+    Rollback {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Host name.
+        name: String,
+        /// The generation to go back to.
+        #[arg(long)]
+        to: Option<i64>,
     },
     /// Push the closures of store paths to a berth cache.
     Push {
@@ -203,39 +217,21 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG")
-                .unwrap_or_else(|_| "info,sqlx=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info,sqlx=warn".into()),
         )
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run(cli.command))
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
-        Command::Keygen {
-            name,
-            secret_key_file,
-            public_key_file,
-        } => keygen(&name, &secret_key_file, &public_key_file),
-        Command::Serve {
-            server,
-            listen,
-            signing_key_file,
-            storage,
-            database,
-        } => {
-            let overrides = Overrides {
-                listen,
-                data_dir: server.data_dir,
-                storage,
-                database,
-                signing_key_file,
-            };
+        Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, &public_key_file),
+        Command::Serve { server, listen, signing_key_file, deploy_key_file, storage, database } => {
+            let overrides =
+                Overrides { listen, data_dir: server.data_dir, storage, database, signing_key_file, deploy_key_file };
             serve(config::load(server.config.as_deref(), overrides)?).await
         }
         Command::CheckConfig { file } => {
@@ -245,6 +241,13 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Token { action } => token(action).await,
         Command::Build { action } => build(action).await,
+        Command::Rollback { client, name, to } => {
+            if !berth::auth::valid_host_name(&name) {
+                bail!("invalid host name {name:?}");
+            }
+            print!("{}", berth::cmd::hosts::rollback(&client.api()?, &name, to).await?);
+            Ok(())
+        }
         Command::Hosts { client, action } => {
             let api = client.api()?;
             let text = match action {
@@ -259,13 +262,7 @@ async fn run(command: Command) -> Result<()> {
             print!("{text}");
             Ok(())
         }
-        Command::Push {
-            client,
-            jobs,
-            compression_level,
-            store,
-            paths,
-        } => {
+        Command::Push { client, jobs, compression_level, store, paths } => {
             let options = berth::push::PushOptions {
                 server: client.server,
                 token: client.token,
@@ -316,10 +313,8 @@ async fn build(action: BuildAction) -> Result<()> {
 
 fn keygen(name: &str, secret: &Path, public: &Path) -> Result<()> {
     let key = SecretKey::generate(name)?;
-    app::write_secret(secret, &key.to_nix_string())
-        .with_context(|| format!("writing {}", secret.display()))?;
-    std::fs::write(public, key.public().to_nix_string())
-        .with_context(|| format!("writing {}", public.display()))?;
+    app::write_secret(secret, &key.to_nix_string()).with_context(|| format!("writing {}", secret.display()))?;
+    std::fs::write(public, key.public().to_nix_string()).with_context(|| format!("writing {}", public.display()))?;
     println!("{}", key.public().to_nix_string());
     Ok(())
 }
@@ -332,16 +327,11 @@ async fn serve(config: config::Config) -> Result<()> {
     let address = listener.local_addr()?;
     let url = format!("http://{address}");
     if origin == KeyOrigin::Generated {
-        println!(
-            "generated signing key {}",
-            config.signing_key.path.display()
-        );
+        println!("generated signing key {}", config.signing_key.path.display());
     }
     println!("public key: {}", state.public_keys[0].to_nix_string());
-    println!(
-        "add to nix.conf on every client:\n{}",
-        state.nix_conf_lines(&url)
-    );
+    println!("deploy public key: {}", state.deploy_key.public().to_nix_string());
+    println!("add to nix.conf on every client:\n{}", state.nix_conf_lines(&url));
     println!("berth listening on {url}");
     app::serve(state, listener, shutdown_signal()).await?;
     tracing::info!("stopped");
@@ -360,42 +350,24 @@ async fn shutdown_signal() {
 
 async fn token(action: TokenAction) -> Result<()> {
     let open = |server: ServerArgs| async move {
-        let overrides = Overrides {
-            data_dir: server.data_dir,
-            ..Default::default()
-        };
+        let overrides = Overrides { data_dir: server.data_dir, ..Default::default() };
         let config = config::load(server.config.as_deref(), overrides)?;
         anyhow::Ok(Db::open(&config.database).await?)
     };
     match action {
-        TokenAction::Create {
-            server,
-            scope,
-            description,
-        } => {
+        TokenAction::Create { server, scope, description } => {
             let scope = Scope::parse(&scope)?;
             let db = open(server).await?;
             let token = auth::new_token().context("no randomness available")?;
-            db.insert_token(&token.id, &token.hash, &scope.to_string(), &description)
-                .await?;
+            db.insert_token(&token.id, &token.hash, &scope.to_string(), &description).await?;
             println!("{}", token.secret);
         }
         TokenAction::List { server } => {
             let db = open(server).await?;
-            println!(
-                "{:<14} {:<20} {:<12} {:<8} DESCRIPTION",
-                "ID", "SCOPE", "CREATED", "STATE"
-            );
+            println!("{:<14} {:<20} {:<12} {:<8} DESCRIPTION", "ID", "SCOPE", "CREATED", "STATE");
             for t in db.list_tokens().await? {
-                let state = if t.revoked_at.is_some() {
-                    "revoked"
-                } else {
-                    "active"
-                };
-                println!(
-                    "{:<14} {:<20} {:<12} {:<8} {}",
-                    t.id, t.scope, t.created_at, state, t.description
-                );
+                let state = if t.revoked_at.is_some() { "revoked" } else { "active" };
+                println!("{:<14} {:<20} {:<12} {:<8} {}", t.id, t.scope, t.created_at, state, t.description);
             }
         }
         TokenAction::Revoke { server, id } => {

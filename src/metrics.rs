@@ -34,54 +34,18 @@ impl Metrics {
     /// The Prometheus exposition text.
     pub fn render(&self) -> String {
         let counters = [
-            (
-                "berth_narinfo_hits_total",
-                "narinfo lookups answered",
-                &self.narinfo_hits,
-            ),
-            (
-                "berth_narinfo_misses_total",
-                "narinfo lookups for absent paths",
-                &self.narinfo_misses,
-            ),
-            (
-                "berth_nar_bytes_served_total",
-                "NAR bytes sent to clients",
-                &self.nar_bytes_served,
-            ),
-            (
-                "berth_nars_received_total",
-                "NAR files received and verified",
-                &self.nars_received,
-            ),
-            (
-                "berth_nar_bytes_received_total",
-                "compressed NAR bytes received",
-                &self.nar_bytes_received,
-            ),
-            (
-                "berth_paths_published_total",
-                "store paths newly published",
-                &self.paths_published,
-            ),
-            (
-                "berth_uploads_rejected_total",
-                "uploads refused or failed",
-                &self.uploads_rejected,
-            ),
-            (
-                "berth_auth_refusals_total",
-                "requests refused for a missing or wrong token",
-                &self.auth_refusals,
-            ),
+            ("berth_narinfo_hits_total", "narinfo lookups answered", &self.narinfo_hits),
+            ("berth_narinfo_misses_total", "narinfo lookups for absent paths", &self.narinfo_misses),
+            ("berth_nar_bytes_served_total", "NAR bytes sent to clients", &self.nar_bytes_served),
+            ("berth_nars_received_total", "NAR files received and verified", &self.nars_received),
+            ("berth_nar_bytes_received_total", "compressed NAR bytes received", &self.nar_bytes_received),
+            ("berth_paths_published_total", "store paths newly published", &self.paths_published),
+            ("berth_uploads_rejected_total", "uploads refused or failed", &self.uploads_rejected),
+            ("berth_auth_refusals_total", "requests refused for a missing or wrong token", &self.auth_refusals),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {
-            let _ = writeln!(
-                out,
-                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}",
-                value.load(Relaxed)
-            );
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }
         out
     }

@@ -98,7 +98,7 @@ where
             None => return Ok(None),
         }
     };
-    let state = Follow { local, offset: 0, stored, done: false };
+    let state = Follow { local, offset: 0, stored, done: false, store, id };
     Ok(Some(futures::stream::unfold((state, running), |(mut s, running)| async move {
         let next = s.next(&running).await?;
         Some((next, (s, running)))
@@ -110,6 +110,8 @@ struct Follow {
     offset: u64,
     stored: Option<Bytes>,
     done: bool,
+    store: Store,
+    id: i64,
 }
 
 impl Follow {
@@ -125,15 +127,26 @@ impl Follow {
         while !self.done {
             match self.read_more().await {
                 Ok(Some(bytes)) => return Some(Ok(bytes)),
-                // The log moved to the store: the build ended; the rest is already sent
-                // unless the file vanished between reads, which `finish` makes rare.
                 Ok(None) if !running().await => self.done = true,
                 Ok(None) => tokio::time::sleep(Duration::from_millis(200)).await,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => self.done = true,
+                // The build ended and `finish` moved the log to the store (it stores before
+                // it removes): send what was written after our last read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                    self.done = true;
+                    return self.rest_from_store().await;
+                }
                 Err(e) => return Some(Err(e)),
             }
         }
         None
+    }
+
+    async fn rest_from_store(&self) -> Option<io::Result<Bytes>> {
+        match self.store.get_bytes(&ObjectKey::BuildLog(self.id)).await {
+            Ok(Some(bytes)) if (bytes.len() as u64) > self.offset => Some(Ok(bytes.slice(self.offset as usize..))),
+            Ok(_) => None,
+            Err(e) => Some(Err(io::Error::other(e.to_string()))),
+        }
     }
 
     async fn read_more(&mut self) -> io::Result<Option<Bytes>> {

@@ -44,18 +44,27 @@ pub fn gate(require_signed: bool, trust: &CommitTrust, fast_forward: Option<bool
         match trust {
             CommitTrust::Trusted(_) => {}
             CommitTrust::Unsigned => return Err("the commit is not signed; it was built but not deployed".into()),
-            CommitTrust::Untrusted(why) => return Err(format!("the commit's signature is not trusted ({why}); it was built but not deployed")),
+            CommitTrust::Untrusted(why) => {
+                return Err(format!("the commit's signature is not trusted ({why}); it was built but not deployed"))
+            }
         }
     }
     if fast_forward == Some(false) {
-        return Err("the commit does not descend from the last deployed commit (a rewind); it was built but not deployed".into());
+        return Err(
+            "the commit does not descend from the last deployed commit (a rewind); it was built but not deployed"
+                .into(),
+        );
     }
     Ok(())
 }
 
 /// The generations to create: `(host, toplevel)` for each targeted host whose toplevel
 /// differs from its current one, in `built` order.
-pub fn new_generations(targets: &Targets, built: &[(String, String)], current: &HashMap<String, String>) -> Vec<(String, String)> {
+pub fn new_generations(
+    targets: &Targets,
+    built: &[(String, String)],
+    current: &HashMap<String, String>,
+) -> Vec<(String, String)> {
     built
         .iter()
         .filter(|(host, _)| match targets {

@@ -45,7 +45,8 @@ pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, Publ
     let claims = nix::path_info_closure(&[path.to_owned()], None).await?;
     let mut hashes = Vec::with_capacity(claims.len());
     for claim in &claims {
-        let parsed = claim.path.parse().map_err(|e| PublishError::Dump { path: claim.path.clone(), reason: format!("{e}") })?;
+        let parsed =
+            claim.path.parse().map_err(|e| PublishError::Dump { path: claim.path.clone(), reason: format!("{e}") })?;
         hashes.push(StorePathHash::of(&parsed).to_string());
     }
     let present = state.db.present(&hashes).await.map_err(IngestError::from)?;
@@ -56,7 +57,8 @@ pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, Publ
         }
         let level = state.cache.compression_level;
         let (nar, dumping) = compressed_nar(PathBuf::from(&claim.path), level, Arc::new(Counters::default()));
-        let result = ingest::ingest_claimed(&state.store, &state.db, &state.signing_key, claim, nar, Compression::Zstd).await;
+        let result =
+            ingest::ingest_claimed(&state.store, &state.db, &state.signing_key, claim, nar, Compression::Zstd).await;
         if let Ok(Err(DumpFailure::Failed(reason))) = dumping.await {
             return Err(PublishError::Dump { path: claim.path.clone(), reason });
         }

@@ -16,11 +16,19 @@ use crate::db::{Db, DbError};
 pub struct Queue {
     wake: Arc<Notify>,
     running: Arc<Mutex<HashMap<i64, CancellationToken>>>,
+    mirrors: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
 }
 
 impl Queue {
     /// Queues a build (or finds the same one) and wakes a worker. Returns (id, created).
-    pub async fn submit(&self, db: &Db, repository: &str, commit: &str, branch: &str, hosts: &[String]) -> Result<(i64, bool), DbError> {
+    pub async fn submit(
+        &self,
+        db: &Db,
+        repository: &str,
+        commit: &str,
+        branch: &str,
+        hosts: &[String],
+    ) -> Result<(i64, bool), DbError> {
         let submitted = db.enqueue_build(repository, commit, branch, &hosts.join(" ")).await?;
         self.wake.notify_one();
         Ok(submitted)
@@ -45,6 +53,13 @@ impl Queue {
         let token = CancellationToken::new();
         self.running.lock().expect("not poisoned").insert(id, token.clone());
         token
+    }
+
+    /// Serialises work on one repository's mirror: two git fetches into the same bare
+    /// repository at once fail on git's ref locks.
+    pub(super) async fn lock_mirror(&self, repository: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self.mirrors.lock().expect("not poisoned").entry(repository.to_owned()).or_default().clone();
+        lock.lock_owned().await
     }
 
     /// Unregisters a build.

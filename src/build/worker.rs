@@ -76,7 +76,8 @@ impl Worker {
     }
 
     async fn run_build(&self, build: BuildRow, shutdown: &CancellationToken) {
-        let span = tracing::info_span!("build", id = build.id, repository = %build.repository, commit = %build.commit_sha);
+        let span =
+            tracing::info_span!("build", id = build.id, repository = %build.repository, commit = %build.commit_sha);
         self.run_build_in_span(build, shutdown).instrument(span).await
     }
 
@@ -137,11 +138,18 @@ impl Worker {
     /// Runs one build to its end; `Ok` carries the summary, `Err` the reason it failed.
     async fn execute(&self, build: &BuildRow, log: &BuildLog) -> Result<String, String> {
         let config = &self.state.config;
-        let repo = config.repository(&build.repository).ok_or_else(|| format!("repository {:?} is no longer configured", build.repository))?;
+        let repo = config
+            .repository(&build.repository)
+            .ok_or_else(|| format!("repository {:?} is no longer configured", build.repository))?;
         let mirror = config.data_dir.join("repos").join(format!("{}.git", repo.name));
         log.line(format!("fetching {} at {}", repo.url, build.commit_sha));
-        nix::git::fetch(&mirror, &repo.url, &build.commit_sha).await.map_err(|e| format!("fetching the commit: {e}"))?;
-        let trust = self.check_commit(build, repo, &mirror, log).await?;
+        let trust = {
+            let _mirror = self.state.builds.lock_mirror(&repo.name).await;
+            nix::git::fetch(&mirror, &repo.url, &build.commit_sha)
+                .await
+                .map_err(|e| format!("fetching the commit: {e}"))?;
+            self.check_commit(build, repo, &mirror, log).await?
+        };
         let flake = nix::flake::flake_ref(&mirror, &build.commit_sha);
         let hosts: Vec<String> = if build.hosts.is_empty() {
             nix::flake::list_hosts(&flake).await.map_err(|e| format!("listing nixosConfigurations: {e}"))?
@@ -162,13 +170,21 @@ impl Worker {
     }
 
     /// The signed-commit gate, recorded on the build.
-    async fn check_commit(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path, log: &BuildLog) -> Result<CommitTrust, String> {
+    async fn check_commit(
+        &self,
+        build: &BuildRow,
+        repo: &Repository,
+        mirror: &std::path::Path,
+        log: &BuildLog,
+    ) -> Result<CommitTrust, String> {
         let policy = nix::git::SignaturePolicy {
             allowed_signers_file: repo.allowed_signers_file.clone(),
             gpg_home: repo.gpg_home.clone(),
             gpg_min_trust_level: Some(repo.gpg_min_trust_level.clone()),
         };
-        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &policy).await.map_err(|e| format!("checking the signature: {e}"))?;
+        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &policy)
+            .await
+            .map_err(|e| format!("checking the signature: {e}"))?;
         let trust = match signature {
             nix::git::Signature::Trusted { signer, .. } => CommitTrust::Trusted(signer),
             nix::git::Signature::Unsigned => CommitTrust::Unsigned,
@@ -184,7 +200,13 @@ impl Worker {
         Ok(trust)
     }
 
-    async fn build_hosts(&self, build: &BuildRow, flake: &str, hosts: &[String], log: &BuildLog) -> Vec<(String, Result<String, String>)> {
+    async fn build_hosts(
+        &self,
+        build: &BuildRow,
+        flake: &str,
+        hosts: &[String],
+        log: &BuildLog,
+    ) -> Vec<(String, Result<String, String>)> {
         let parallel = self.state.config.builder.parallel_hosts;
         futures::stream::iter(hosts.iter().cloned())
             .map(|host| async move {
@@ -197,7 +219,15 @@ impl Worker {
     }
 
     async fn build_host(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog) -> Result<String, String> {
-        let mut row = BuildHostRow { host: host.to_owned(), state: HostState::Building.as_str().into(), store_path: None, error: None, generation: None, started_at: Some(now()), finished_at: None };
+        let mut row = BuildHostRow {
+            host: host.to_owned(),
+            state: HostState::Building.as_str().into(),
+            store_path: None,
+            error: None,
+            generation: None,
+            started_at: Some(now()),
+            finished_at: None,
+        };
         let _ = self.state.db.set_build_host(build.id, &row).await;
         let result = self.build_and_publish(build, flake, host, log, &mut row).await;
         row.finished_at = Some(now());
@@ -213,14 +243,23 @@ impl Worker {
         result
     }
 
-    async fn build_and_publish(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog, row: &mut BuildHostRow) -> Result<String, String> {
+    async fn build_and_publish(
+        &self,
+        build: &BuildRow,
+        flake: &str,
+        host: &str,
+        log: &BuildLog,
+        row: &mut BuildHostRow,
+    ) -> Result<String, String> {
         let config = &self.state.config;
         let out_link = gc_root(&config.data_dir, host, build.id);
         if let Some(dir) = out_link.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let lines = log.sender(format!("[{host}] "));
-        let path = nix::flake::build_toplevel(flake, host, &out_link, config.builder.timeout, lines).await.map_err(|e| e.to_string())?;
+        let path = nix::flake::build_toplevel(flake, host, &out_link, config.builder.timeout, lines)
+            .await
+            .map_err(|e| e.to_string())?;
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
@@ -231,7 +270,15 @@ impl Worker {
     }
 
     /// Creates the generations the branch policy and the gate allow.
-    async fn deploy(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path, trust: &CommitTrust, built: &[(String, String)], log: &BuildLog) -> Result<String, String> {
+    async fn deploy(
+        &self,
+        build: &BuildRow,
+        repo: &Repository,
+        mirror: &std::path::Path,
+        trust: &CommitTrust,
+        built: &[(String, String)],
+        log: &BuildLog,
+    ) -> Result<String, String> {
         let db = &self.state.db;
         let targets = policy::targets(&repo.deploy_branch, &repo.test_branch_prefix, &build.branch);
         let mut current = HashMap::new();
@@ -242,7 +289,11 @@ impl Worker {
         }
         let new = policy::new_generations(&targets, built, &current);
         if new.is_empty() {
-            let why = if targets == policy::Targets::None { format!("branch {} deploys nothing", build.branch) } else { "no host's system changed".to_owned() };
+            let why = if targets == policy::Targets::None {
+                format!("branch {} deploys nothing", build.branch)
+            } else {
+                "no host's system changed".to_owned()
+            };
             return Ok(format!("built {} host(s); {why}", built.len()));
         }
         let fast_forward = self.fast_forward(build, repo, mirror).await?;
@@ -252,9 +303,19 @@ impl Worker {
         }
         let mut made = Vec::new();
         for (host, path) in &new {
-            let g = NewGeneration { host, repository: &repo.name, store_path: path, commit_sha: &build.commit_sha, branch: &build.branch, build_id: Some(build.id) };
+            let g = NewGeneration {
+                host,
+                repository: &repo.name,
+                store_path: path,
+                commit_sha: &build.commit_sha,
+                branch: &build.branch,
+                build_id: Some(build.id),
+            };
             let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
-            if let Some(mut row) = db.build_hosts(build.id).await.map_err(|e| e.to_string())?.into_iter().find(|r| &r.host == host) {
+            self.state.deploys.notify_waiters();
+            if let Some(mut row) =
+                db.build_hosts(build.id).await.map_err(|e| e.to_string())?.into_iter().find(|r| &r.host == host)
+            {
                 row.generation = Some(number);
                 let _ = db.set_build_host(build.id, &row).await;
             }
@@ -265,14 +326,24 @@ impl Worker {
     }
 
     /// `Some(false)` when the deploy branch was rewound and the repository refuses that.
-    async fn fast_forward(&self, build: &BuildRow, repo: &Repository, mirror: &std::path::Path) -> Result<Option<bool>, String> {
+    async fn fast_forward(
+        &self,
+        build: &BuildRow,
+        repo: &Repository,
+        mirror: &std::path::Path,
+    ) -> Result<Option<bool>, String> {
         if !repo.require_fast_forward || build.branch != repo.deploy_branch {
             return Ok(None);
         }
-        let Some(last) = self.state.db.last_deployed_commit(&repo.name, &repo.deploy_branch).await.map_err(|e| e.to_string())? else {
+        let Some(last) =
+            self.state.db.last_deployed_commit(&repo.name, &repo.deploy_branch).await.map_err(|e| e.to_string())?
+        else {
             return Ok(None);
         };
-        nix::git::is_ancestor(mirror, &last, &build.commit_sha).await.map(Some).map_err(|e| format!("checking ancestry: {e}"))
+        nix::git::is_ancestor(mirror, &last, &build.commit_sha)
+            .await
+            .map(Some)
+            .map_err(|e| format!("checking ancestry: {e}"))
     }
 }
 

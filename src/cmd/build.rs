@@ -139,8 +139,20 @@ mod tests {
             reason: Some("1 of 2 hosts failed: b".into()),
             signature: Some("signed by alice@example.org".into()),
             hosts: vec![
-                BuildHost { host: "a".into(), state: "succeeded".into(), store_path: Some("/nix/store/x-a".into()), error: None, generation: Some(2) },
-                BuildHost { host: "b".into(), state: "failed".into(), store_path: None, error: Some("boom\ntail".into()), generation: None },
+                BuildHost {
+                    host: "a".into(),
+                    state: "succeeded".into(),
+                    store_path: Some("/nix/store/x-a".into()),
+                    error: None,
+                    generation: Some(2),
+                },
+                BuildHost {
+                    host: "b".into(),
+                    state: "failed".into(),
+                    store_path: None,
+                    error: Some("boom\ntail".into()),
+                    generation: None,
+                },
             ],
         };
         insta::assert_snapshot!(render(&build), @r"

@@ -22,6 +22,19 @@ pub struct Generation {
     pub created_at: i64,
 }
 
+/// What a host last reported.
+#[derive(Debug, Default, Deserialize)]
+pub struct Status {
+    /// The generation it confirmed last.
+    pub active_generation: Option<i64>,
+    /// Its last phase.
+    pub phase: Option<String>,
+    /// Its last failure.
+    pub last_error: Option<String>,
+    /// Its last contact.
+    pub last_seen: Option<i64>,
+}
+
 /// A host as the API shows it.
 #[derive(Debug, Deserialize)]
 pub struct Host {
@@ -29,32 +42,49 @@ pub struct Host {
     pub name: String,
     /// Repository.
     pub repository: String,
-    /// Newest generation.
+    /// Newest (desired) generation.
     pub latest: Option<Generation>,
+    /// What it reported.
+    #[serde(default)]
+    pub status: Status,
 }
 
-/// The table `berth hosts` prints.
+/// The table `berth hosts` prints: desired and current generation, state, last contact,
+/// last error.
 pub fn render_hosts(hosts: &[Host]) -> String {
-    let mut out = format!("{:<20} {:<12} {:>4}  {:<19}  {:<12} STORE PATH\n", "HOST", "REPOSITORY", "GEN", "CREATED", "COMMIT");
+    let mut out = format!(
+        "{:<20} {:>7} {:>7}  {:<12} {:<19}  {:<12} LAST ERROR\n",
+        "HOST", "DESIRED", "CURRENT", "STATE", "LAST SEEN", "COMMIT"
+    );
     for h in hosts {
-        match &h.latest {
-            Some(g) => {
-                let commit: String = g.commit_sha.chars().take(12).collect();
-                out += &format!("{:<20} {:<12} {:>4}  {}  {:<12} {}\n", h.name, h.repository, g.number, timestamp(g.created_at), commit, g.store_path);
-            }
-            None => out += &format!("{:<20} {:<12} {:>4}\n", h.name, h.repository, "-"),
-        }
+        let dash = || "-".to_owned();
+        let desired = h.latest.as_ref().map_or_else(dash, |g| g.number.to_string());
+        let current = h.status.active_generation.map_or_else(dash, |n| n.to_string());
+        let commit: String = h.latest.as_ref().map_or_else(dash, |g| g.commit_sha.chars().take(12).collect());
+        let seen = h.status.last_seen.map_or_else(dash, timestamp);
+        let state = h.status.phase.clone().unwrap_or_else(|| "never seen".into());
+        let error = h.status.last_error.as_deref().unwrap_or("");
+        out += &format!("{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {error}\n", h.name);
     }
     out
 }
 
 /// The table `berth hosts history NAME` prints.
 pub fn render_history(generations: &[Generation]) -> String {
-    let mut out = format!("{:>4}  {:<19}  {:<16} {:<12} {:>6}  STORE PATH\n", "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD");
+    let mut out =
+        format!("{:>4}  {:<19}  {:<16} {:<12} {:>6}  STORE PATH\n", "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD");
     for g in generations {
         let commit: String = g.commit_sha.chars().take(12).collect();
         let build = g.build_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
-        out += &format!("{:>4}  {}  {:<16} {:<12} {:>6}  {}\n", g.number, timestamp(g.created_at), g.branch, commit, build, g.store_path);
+        out += &format!(
+            "{:>4}  {}  {:<16} {:<12} {:>6}  {}\n",
+            g.number,
+            timestamp(g.created_at),
+            g.branch,
+            commit,
+            build,
+            g.store_path
+        );
     }
     out
 }
@@ -63,6 +93,12 @@ pub fn render_history(generations: &[Generation]) -> String {
 pub async fn list(api: &Api) -> Result<String, ClientError> {
     let hosts: Vec<Host> = api.get("/api/v1/hosts").await?;
     Ok(render_hosts(&hosts))
+}
+
+/// `berth rollback NAME [--to N]`: the new generation, as one line.
+pub async fn rollback(api: &Api, name: &str, to: Option<i64>) -> Result<String, ClientError> {
+    let made: Generation = api.post(&format!("/api/v1/hosts/{name}/rollback"), &serde_json::json!({ "to": to })).await?;
+    Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
 }
 
 /// `berth hosts history NAME`.

@@ -57,7 +57,13 @@ const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, r
 impl Db {
     /// Queues a build, unless the same repository, commit, branch and hosts are already
     /// queued, running or built: then that build's id is returned and `false`.
-    pub async fn enqueue_build(&self, repository: &str, commit: &str, branch: &str, hosts: &str) -> Result<(i64, bool), DbError> {
+    pub async fn enqueue_build(
+        &self,
+        repository: &str,
+        commit: &str,
+        branch: &str,
+        hosts: &str,
+    ) -> Result<(i64, bool), DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             let existing: Option<i64> = sqlx::query_scalar(

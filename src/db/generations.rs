@@ -28,8 +28,10 @@ pub struct HostRow {
     pub name: String,
     /// Repository that defines it.
     pub repository: String,
-    /// Newest generation, if any.
+    /// Newest generation (the desired one), if any.
     pub latest: Option<GenerationRow>,
+    /// What the host last reported.
+    pub status: super::HostStatus,
 }
 
 const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at";
@@ -89,6 +91,12 @@ impl Db {
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }
 
+    /// One generation of a host.
+    pub async fn generation(&self, host: &str, number: i64) -> Result<Option<GenerationRow>, DbError> {
+        let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 AND number = $2");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).bind(number).fetch_optional(pool).await?))
+    }
+
     /// A host's generations, newest first.
     pub async fn generations(&self, host: &str) -> Result<Vec<GenerationRow>, DbError> {
         let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 ORDER BY number DESC");
@@ -102,15 +110,21 @@ impl Db {
         let mut hosts = Vec::with_capacity(names.len());
         for (name, repository) in names {
             let latest = self.latest_generation(&name).await?;
-            hosts.push(HostRow { name, repository, latest });
+            let status = self.host_status(&name).await?;
+            hosts.push(HostRow { name, repository, latest, status });
         }
         Ok(hosts)
     }
 
+    /// The repository of a known host.
+    pub async fn host_repository(&self, name: &str) -> Result<Option<String>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT repository FROM hosts WHERE name = $1")
+            .bind(name).fetch_optional(pool).await?))
+    }
+
     /// Whether a host is known.
     pub async fn host_exists(&self, name: &str) -> Result<bool, DbError> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar::<_, String>("SELECT name FROM hosts WHERE name = $1")
-            .bind(name).fetch_optional(pool).await?.is_some()))
+        Ok(self.host_repository(name).await?.is_some())
     }
 
     /// The commit of the newest generation that `repository`'s `branch` deployed to any host.
@@ -128,7 +142,14 @@ mod tests {
     use crate::db::test_db;
 
     fn generation<'a>(host: &'a str, path: &'a str) -> NewGeneration<'a> {
-        NewGeneration { host, repository: "fleet", store_path: path, commit_sha: "c1", branch: "main", build_id: Some(1) }
+        NewGeneration {
+            host,
+            repository: "fleet",
+            store_path: path,
+            commit_sha: "c1",
+            branch: "main",
+            build_id: Some(1),
+        }
     }
 
     #[tokio::test]

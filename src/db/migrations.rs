@@ -86,6 +86,22 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL,
         PRIMARY KEY (host, number)
     );",
+    // 3: what each host reports: its active generation, last phase, last error, last contact.
+    "ALTER TABLE hosts ADD COLUMN active_generation BIGINT;
+    ALTER TABLE hosts ADD COLUMN phase TEXT;
+    ALTER TABLE hosts ADD COLUMN last_error TEXT;
+    ALTER TABLE hosts ADD COLUMN last_seen BIGINT;
+    CREATE TABLE reports (
+        id {serial},
+        host TEXT NOT NULL,
+        generation BIGINT NOT NULL,
+        phase TEXT NOT NULL,
+        message TEXT,
+        log_tail TEXT,
+        duration_ms BIGINT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE INDEX reports_host ON reports (host, id);",
 ];
 
 fn serial(db: &Db) -> &'static str {

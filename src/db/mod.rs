@@ -7,20 +7,20 @@ mod builds;
 mod generations;
 mod migrations;
 mod paths;
+mod reports;
 mod tokens;
 
 use std::str::FromStr;
 
 use sqlx::{
     postgres::{PgPool, PgPoolOptions},
-    sqlite::{
-        SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
-    },
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
 pub use builds::{BuildHostRow, BuildRow};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use paths::{NarFileRow, PathRow};
+pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;
 
 /// Metadata failures. Display texts are for logs; clients see "internal error".
@@ -67,19 +67,9 @@ impl Db {
                 // a lost row only hides a path whose objects were written before it.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10));
-            Db::Sqlite(
-                SqlitePoolOptions::new()
-                    .max_connections(8)
-                    .connect_with(options)
-                    .await?,
-            )
+            Db::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-            Db::Postgres(
-                PgPoolOptions::new()
-                    .max_connections(16)
-                    .connect(url)
-                    .await?,
-            )
+            Db::Postgres(PgPoolOptions::new().max_connections(16).connect(url).await?)
         } else {
             return Err(DbError::BadUrl);
         };
@@ -107,18 +97,12 @@ fn create_parent_dir(url: &str) -> Result<(), DbError> {
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.
 pub fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 #[cfg(test)]
 pub(crate) async fn test_db() -> Db {
     // A named in-memory database shared by the pool's connections, unique per test.
-    let url = format!(
-        "sqlite:file:{}?mode=memory&cache=shared",
-        uuid::Uuid::new_v4()
-    );
+    let url = format!("sqlite:file:{}?mode=memory&cache=shared", uuid::Uuid::new_v4());
     Db::open(&url).await.unwrap()
 }

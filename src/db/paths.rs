@@ -137,10 +137,7 @@ mod tests {
         let mut second = row("a", &[]);
         second.narinfo = "other".into();
         assert!(!db.insert_path(&second).await.unwrap());
-        assert_eq!(
-            db.narinfo("a").await.unwrap().unwrap(),
-            "StorePath: /nix/store/a-x\n"
-        );
+        assert_eq!(db.narinfo("a").await.unwrap().unwrap(), "StorePath: /nix/store/a-x\n");
         assert_eq!(db.narinfo("b").await.unwrap(), None);
         let present = db.present(&["a".into(), "b".into()]).await.unwrap();
         assert_eq!(present, HashSet::from(["a".to_string()]));
@@ -149,13 +146,8 @@ mod tests {
     #[tokio::test]
     async fn nar_files_are_idempotent() {
         let db = crate::db::test_db().await;
-        let f = NarFileRow {
-            name: "n.nar".into(),
-            file_hash: "h".into(),
-            file_size: 3,
-            nar_hash: "h".into(),
-            nar_size: 3,
-        };
+        let f =
+            NarFileRow { name: "n.nar".into(), file_hash: "h".into(), file_size: 3, nar_hash: "h".into(), nar_size: 3 };
         db.insert_nar_file(&f).await.unwrap();
         db.insert_nar_file(&f).await.unwrap();
         assert_eq!(db.nar_file("n.nar").await.unwrap(), Some(f));

@@ -19,13 +19,7 @@ pub struct TokenRow {
 
 impl Db {
     /// Stores a new token's hash.
-    pub async fn insert_token(
-        &self,
-        id: &str,
-        hash: &str,
-        scope: &str,
-        description: &str,
-    ) -> Result<(), DbError> {
+    pub async fn insert_token(&self, id: &str, hash: &str, scope: &str, description: &str) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query("INSERT INTO tokens (id, hash, scope, description, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(id).bind(hash).bind(scope).bind(description).bind(super::now()).execute(pool).await?;
@@ -58,13 +52,8 @@ mod tests {
     #[tokio::test]
     async fn revoked_tokens_stop_working() {
         let db = crate::db::test_db().await;
-        db.insert_token("id1", "hash1", "push", "laptop")
-            .await
-            .unwrap();
-        assert_eq!(
-            db.token_scope("hash1").await.unwrap().as_deref(),
-            Some("push")
-        );
+        db.insert_token("id1", "hash1", "push", "laptop").await.unwrap();
+        assert_eq!(db.token_scope("hash1").await.unwrap().as_deref(), Some("push"));
         assert!(db.revoke_token("id1").await.unwrap());
         assert!(!db.revoke_token("id1").await.unwrap());
         assert_eq!(db.token_scope("hash1").await.unwrap(), None);

@@ -23,11 +23,7 @@ fn presented_token(headers: &HeaderMap) -> Option<String> {
 }
 
 /// Checks that the request carries a token whose scope allows `needed`; returns its scope.
-pub async fn require(
-    state: &AppState,
-    headers: &HeaderMap,
-    needed: Scope,
-) -> Result<Scope, ApiError> {
+pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Result<Scope, ApiError> {
     let refuse = |e: ApiError| {
         Metrics::add(&state.metrics.auth_refusals, 1);
         e
@@ -39,14 +35,10 @@ pub async fn require(
     };
     let scope = state.db.token_scope(&hash_token(&token)).await?;
     let Some(scope) = scope.and_then(|s| Scope::parse(&s).ok()) else {
-        return Err(refuse(ApiError::Unauthorized(
-            "unknown or revoked token".into(),
-        )));
+        return Err(refuse(ApiError::Unauthorized("unknown or revoked token".into())));
     };
     if !scope.allows(&needed) {
-        return Err(refuse(ApiError::Forbidden(format!(
-            "a {scope} token cannot do this: it needs scope {needed}"
-        ))));
+        return Err(refuse(ApiError::Forbidden(format!("a {scope} token cannot do this: it needs scope {needed}"))));
     }
     Ok(scope)
 }
@@ -69,12 +61,7 @@ mod tests {
         assert_eq!(presented_token(&h), None);
         h.insert(header::AUTHORIZATION, "Bearer abc".parse().unwrap());
         assert_eq!(presented_token(&h).as_deref(), Some("abc"));
-        h.insert(
-            header::AUTHORIZATION,
-            format!("Basic {}", STANDARD.encode("x:sekrit"))
-                .parse()
-                .unwrap(),
-        );
+        h.insert(header::AUTHORIZATION, format!("Basic {}", STANDARD.encode("x:sekrit")).parse().unwrap());
         assert_eq!(presented_token(&h).as_deref(), Some("sekrit"));
         h.insert(header::AUTHORIZATION, "Basic !!".parse().unwrap());
         assert_eq!(presented_token(&h), None);

@@ -74,7 +74,10 @@ impl BuildView {
 /// Validates a request and queues it; `(id, created)`. Shared with the webhooks.
 pub async fn submit_build(state: &AppState, request: &SubmitRequest) -> Result<(i64, bool), ApiError> {
     if state.config.repository(&request.repository).is_none() {
-        return Err(ApiError::BadRequest(format!("unknown repository {:?}: it must be configured on the server", truncate(&request.repository))));
+        return Err(ApiError::BadRequest(format!(
+            "unknown repository {:?}: it must be configured on the server",
+            truncate(&request.repository)
+        )));
     }
     if !valid_commit(&request.commit) {
         return Err(ApiError::BadRequest("commit must be a full 40-character lowercase hex hash".into()));
@@ -96,7 +99,11 @@ fn truncate(s: &str) -> String {
 }
 
 /// `POST /api/v1/builds`: 202 with the build (a known commit answers the existing build).
-pub async fn submit(State(state): State<AppState>, headers: HeaderMap, Json(request): Json<SubmitRequest>) -> Result<Response, ApiError> {
+pub async fn submit(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<SubmitRequest>,
+) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Ci).await?;
     let (id, created) = submit_build(&state, &request).await?;
     tracing::info!(id, created, repository = %request.repository, commit = %request.commit, branch = %request.branch, "build submitted");
@@ -111,7 +118,11 @@ async fn load(state: &AppState, id: i64) -> Result<BuildView, ApiError> {
 }
 
 /// `GET /api/v1/builds/{id}`.
-pub async fn status(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<BuildView>, ApiError> {
+pub async fn status(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<BuildView>, ApiError> {
     auth::require(&state, &headers, Scope::Ci).await?;
     Ok(Json(load(&state, id).await?))
 }
@@ -149,7 +160,11 @@ pub async fn log(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
 }
 
 /// `POST /api/v1/builds/{id}/cancel`.
-pub async fn cancel(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Json<BuildView>, ApiError> {
+pub async fn cancel(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> Result<Json<BuildView>, ApiError> {
     auth::require(&state, &headers, Scope::Ci).await?;
     load(&state, id).await?;
     state.builds.cancel(&state.db, id).await?;

@@ -27,10 +27,7 @@ const IMMUTABLE: &str = "public, max-age=31536000, immutable";
 const SMALL_BODY_LIMIT: usize = 16 << 20;
 
 /// `GET /nix-cache-info`.
-pub async fn cache_info(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-) -> Result<Response, ApiError> {
+pub async fn cache_info(State(state): State<AppState>, headers: HeaderMap) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
     let text = crate::app::cache_info_text(&state.cache);
     Ok(([(header::CONTENT_TYPE, "text/x-nix-cache-info")], text).into_response())
@@ -49,10 +46,7 @@ fn top_level(file: &str) -> Result<TopLevel, ApiError> {
     } else if let Some(hash) = file.strip_suffix(".ls") {
         Ok(TopLevel::Listing(StorePathHash::parse(hash).map_err(bad)?))
     } else {
-        Err(ApiError::NotFound(format!(
-            "no such file {:?}",
-            file.chars().take(80).collect::<String>()
-        )))
+        Err(ApiError::NotFound(format!("no such file {:?}", file.chars().take(80).collect::<String>())))
     }
 }
 
@@ -74,11 +68,7 @@ pub async fn get_top_level(
                 Err(ApiError::NotFound(format!("{hash} is not in this cache")))
             }
         },
-        TopLevel::Listing(hash) => match state
-            .store
-            .get_bytes(&ObjectKey::Listing(hash.clone()))
-            .await?
-        {
+        TopLevel::Listing(hash) => match state.store.get_bytes(&ObjectKey::Listing(hash.clone())).await? {
             Some(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
             None => Err(ApiError::NotFound(format!("no listing for {hash}"))),
         },
@@ -96,21 +86,15 @@ pub async fn put_top_level(
     let target = top_level(&file)?;
     let bytes = axum::body::to_bytes(body, SMALL_BODY_LIMIT)
         .await
-        .map_err(|_| {
-            ApiError::TooLarge(format!("body over {SMALL_BODY_LIMIT} bytes, or cut short"))
-        })?;
+        .map_err(|_| ApiError::TooLarge(format!("body over {SMALL_BODY_LIMIT} bytes, or cut short")))?;
     match target {
         TopLevel::NarInfo(hash) => {
             let info = PathInfo::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
             if info.hash() != hash {
-                return Err(ApiError::BadRequest(format!(
-                    "narinfo for {} uploaded as {hash}.narinfo",
-                    info.hash()
-                )));
+                return Err(ApiError::BadRequest(format!("narinfo for {} uploaded as {hash}.narinfo", info.hash())));
             }
-            let outcome = ingest::publish(&state.store, &state.db, &state.signing_key, info)
-                .await
-                .inspect_err(|_| {
+            let outcome =
+                ingest::publish(&state.store, &state.db, &state.signing_key, info).await.inspect_err(|_| {
                     Metrics::add(&state.metrics.uploads_rejected, 1);
                 })?;
             if outcome == ingest::Published::New {
@@ -140,51 +124,28 @@ pub async fn get_nar(
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
     let key = ObjectKey::Nar(nar_name(&file)?);
-    let wanted = headers
-        .get(header::RANGE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(range::parse);
+    let wanted = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(range::parse);
     if let Some(r) = wanted {
-        let size = state
-            .store
-            .head(&key)
-            .await?
-            .ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
+        let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
         if !range::satisfiable(r, size) {
             return Err(ApiError::RangeNotSatisfiable(size));
         }
     }
-    let body = state
-        .store
-        .get(&key, wanted)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
+    let body = state.store.get(&key, wanted).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
     let metrics = state.metrics.clone();
-    let stream = body.stream.inspect_ok(move |chunk: &Bytes| {
-        Metrics::add(&metrics.nar_bytes_served, chunk.len() as u64)
-    });
+    let stream =
+        body.stream.inspect_ok(move |chunk: &Bytes| Metrics::add(&metrics.nar_bytes_served, chunk.len() as u64));
     let length = body.range.end - body.range.start;
     let mut response = Response::new(Body::from_stream(stream));
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-nix-nar"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, length.into());
     if wanted.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
-        let value = format!(
-            "bytes {}-{}/{}",
-            body.range.start,
-            body.range.end.saturating_sub(1),
-            body.size
-        );
-        response.headers_mut().insert(
-            header::CONTENT_RANGE,
-            HeaderValue::from_str(&value).expect("ascii"),
-        );
+        let value = format!("bytes {}-{}/{}", body.range.start, body.range.end.saturating_sub(1), body.size);
+        response.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ascii"));
     }
     Ok(response)
 }
@@ -197,17 +158,10 @@ pub async fn head_nar(
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
     let key = ObjectKey::Nar(nar_name(&file)?);
-    let size = state
-        .store
-        .head(&key)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
+    let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
     let mut response = Response::new(Body::empty());
     let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-nix-nar"),
-    );
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CONTENT_LENGTH, size.into());
     Ok(response)
@@ -223,15 +177,9 @@ pub async fn put_nar(
     auth::require(&state, &headers, Scope::Push).await?;
     let name = nar_name(&file)?;
     let stream = body.into_data_stream();
-    let row = ingest::receive_nar(
-        &state.store,
-        &state.db,
-        stream,
-        name.compression(),
-        Some(&name),
-    )
-    .await
-    .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
+    let row = ingest::receive_nar(&state.store, &state.db, stream, name.compression(), Some(&name))
+        .await
+        .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
     Metrics::add(&state.metrics.nars_received, 1);
     Metrics::add(&state.metrics.nar_bytes_received, row.file_size as u64);
     Ok(StatusCode::OK.into_response())

@@ -21,7 +21,11 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
 }
 
 /// `GET /api/v1/hosts/{name}/generations`: newest first.
-pub async fn generations(State(state): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Json<Vec<GenerationRow>>, ApiError> {
+pub async fn generations(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<GenerationRow>>, ApiError> {
     if !valid_host_name(&name) {
         return Err(ApiError::BadRequest("invalid host name".into()));
     }

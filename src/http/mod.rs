@@ -5,6 +5,7 @@
 mod auth;
 mod builds;
 mod cache;
+mod deploy;
 mod error;
 mod hosts;
 mod ops;
@@ -15,7 +16,7 @@ mod webhooks;
 use std::future::Future;
 
 use axum::{
-    extract::Request,
+    extract::{DefaultBodyLimit, Request},
     http::HeaderValue,
     middleware::{self, Next},
     response::Response,
@@ -34,16 +35,8 @@ use crate::app::AppState;
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/nix-cache-info", get(cache::cache_info))
-        .route(
-            "/{file}",
-            get(cache::get_top_level).put(cache::put_top_level),
-        )
-        .route(
-            "/nar/{file}",
-            get(cache::get_nar)
-                .head(cache::head_nar)
-                .put(cache::put_nar),
-        )
+        .route("/{file}", get(cache::get_top_level).put(cache::put_top_level))
+        .route("/nar/{file}", get(cache::get_nar).head(cache::head_nar).put(cache::put_nar))
         .route("/api/v1/paths/missing", post(push::missing))
         .route("/api/v1/paths", post(push::upload))
         .route("/api/v1/builds", get(builds::list).post(builds::submit))
@@ -52,7 +45,13 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{name}/generations", get(hosts::generations))
-        .route("/api/v1/webhooks/{forge}", post(webhooks::receive))
+        .route("/api/v1/hosts/{name}/manifest", get(deploy::manifest))
+        .route("/api/v1/hosts/{name}/reports", get(deploy::reports).post(deploy::report))
+        .route("/api/v1/hosts/{name}/rollback", post(deploy::rollback))
+        .route(
+            "/api/v1/webhooks/{forge}",
+            post(webhooks::receive).layer(DefaultBodyLimit::max(crate::webhook::MAX_BODY_BYTES)),
+        )
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
@@ -70,9 +69,7 @@ pub async fn serve(
     let listener = listener.tap_io(|tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
 async fn request_span(request: Request, next: Next) -> Response {
@@ -86,9 +83,6 @@ async fn request_span(request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));
-    response.headers_mut().insert(
-        "x-request-id",
-        HeaderValue::from_str(&id).expect("validated ascii"),
-    );
+    response.headers_mut().insert("x-request-id", HeaderValue::from_str(&id).expect("validated ascii"));
     response
 }

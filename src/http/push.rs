@@ -52,19 +52,11 @@ pub async fn missing(
     auth::require(&state, &headers, Scope::Push).await?;
     let mut hashes = Vec::with_capacity(request.paths.len());
     for path in &request.paths {
-        let parsed: StorePath = path
-            .parse()
-            .map_err(|e| ApiError::BadRequest(format!("{path:?}: {e}")))?;
+        let parsed: StorePath = path.parse().map_err(|e| ApiError::BadRequest(format!("{path:?}: {e}")))?;
         hashes.push(StorePathHash::of(&parsed).to_string());
     }
     let present = state.db.present(&hashes).await?;
-    let missing = request
-        .paths
-        .into_iter()
-        .zip(hashes)
-        .filter(|(_, h)| !present.contains(h))
-        .map(|(p, _)| p)
-        .collect();
+    let missing = request.paths.into_iter().zip(hashes).filter(|(_, h)| !present.contains(h)).map(|(p, _)| p).collect();
     Ok(Json(MissingResponse { missing }))
 }
 
@@ -75,11 +67,7 @@ struct UploadResponse {
 }
 
 /// `POST /api/v1/paths`: one path, its claim and its NAR in one streamed body.
-pub async fn upload(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
+pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
     let (claim, rest) = read_claim(body.into_data_stream()).await?;
     let result = ingest_upload(&state, &claim, rest).await;
@@ -97,57 +85,32 @@ pub async fn upload(
     Ok((status, Json(UploadResponse { status: word })).into_response())
 }
 
-async fn ingest_upload<S>(
-    state: &AppState,
-    claim: &PathClaim,
-    nar: S,
-) -> Result<Published, ApiError>
+async fn ingest_upload<S>(state: &AppState, claim: &PathClaim, nar: S) -> Result<Published, ApiError>
 where
     S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
 {
     // Refuse before reading a byte of the NAR when a reference is missing.
-    let own: StorePath = claim
-        .path
-        .parse()
-        .map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+    let own: StorePath = claim.path.parse().map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
     let mut wanted = Vec::new();
     for reference in &claim.references {
-        let r: StorePath = reference
-            .parse()
-            .map_err(|e| ApiError::BadRequest(format!("reference {reference:?}: {e}")))?;
+        let r: StorePath =
+            reference.parse().map_err(|e| ApiError::BadRequest(format!("reference {reference:?}: {e}")))?;
         if r != own {
             wanted.push(StorePathHash::of(&r).to_string());
         }
     }
     let present = state.db.present(&wanted).await?;
-    let absent: Vec<String> = wanted
-        .into_iter()
-        .filter(|h| !present.contains(h))
-        .collect();
+    let absent: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
     if !absent.is_empty() {
         return Err(ingest::IngestError::MissingReferences(absent).into());
     }
-    Ok(ingest::ingest_claimed(
-        &state.store,
-        &state.db,
-        &state.signing_key,
-        claim,
-        nar,
-        Compression::Zstd,
-    )
-    .await?)
+    Ok(ingest::ingest_claimed(&state.store, &state.db, &state.signing_key, claim, nar, Compression::Zstd).await?)
 }
 
 /// Splits the framed body into the claim and the stream of NAR bytes that follow it.
 async fn read_claim<S>(
     mut body: S,
-) -> Result<
-    (
-        PathClaim,
-        impl Stream<Item = Result<Bytes, axum::Error>> + Unpin,
-    ),
-    ApiError,
->
+) -> Result<(PathClaim, impl Stream<Item = Result<Bytes, axum::Error>> + Unpin), ApiError>
 where
     S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
 {
@@ -163,9 +126,7 @@ where
         if need == 4 && head.len() >= 4 {
             let len = u32::from_be_bytes(head[..4].try_into().expect("4 bytes")) as usize;
             if len > MAX_CLAIM {
-                return Err(ApiError::TooLarge(format!(
-                    "path claim of {len} bytes exceeds {MAX_CLAIM}"
-                )));
+                return Err(ApiError::TooLarge(format!("path claim of {len} bytes exceeds {MAX_CLAIM}")));
             }
             need = 4 + len;
         }
@@ -173,8 +134,8 @@ where
     let mut head = head.freeze();
     head.advance(4);
     let json = head.split_to(need - 4);
-    let claim: PathClaim = serde_json::from_slice(&json)
-        .map_err(|e| ApiError::BadRequest(format!("path claim: {e}")))?;
+    let claim: PathClaim =
+        serde_json::from_slice(&json).map_err(|e| ApiError::BadRequest(format!("path claim: {e}")))?;
     let rest = stream::once(async move { Ok(head) }).chain(body);
     Ok((claim, Box::pin(rest)))
 }

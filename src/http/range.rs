@@ -16,11 +16,7 @@ pub fn parse(value: &str) -> Option<ByteRange> {
         return end.parse().ok().filter(|n| *n > 0).map(ByteRange::Suffix);
     }
     let start: u64 = start.parse().ok()?;
-    let end = if end.is_empty() {
-        None
-    } else {
-        Some(end.parse::<u64>().ok().filter(|e| *e >= start)?)
-    };
+    let end = if end.is_empty() { None } else { Some(end.parse::<u64>().ok().filter(|e| *e >= start)?) };
     Some(ByteRange::From { start, end })
 }
 
@@ -43,33 +39,15 @@ mod tests {
 
     #[test]
     fn ranges() {
-        check(
-            "bytes=0-99",
-            Some(ByteRange::From {
-                start: 0,
-                end: Some(99),
-            }),
-        );
-        check(
-            "bytes=100-",
-            Some(ByteRange::From {
-                start: 100,
-                end: None,
-            }),
-        );
+        check("bytes=0-99", Some(ByteRange::From { start: 0, end: Some(99) }));
+        check("bytes=100-", Some(ByteRange::From { start: 100, end: None }));
         check("bytes=-5", Some(ByteRange::Suffix(5)));
         check("bytes=5-1", None);
         check("bytes=0-1,4-5", None);
         check("bytes=-0", None);
         check("items=0-1", None);
         check("bytes=x-", None);
-        assert!(!satisfiable(
-            ByteRange::From {
-                start: 10,
-                end: None
-            },
-            10
-        ));
+        assert!(!satisfiable(ByteRange::From { start: 10, end: None }, 10));
         assert!(satisfiable(ByteRange::Suffix(100), 10));
     }
 }

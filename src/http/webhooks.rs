@@ -18,7 +18,12 @@ use crate::{
 };
 
 /// Handles one webhook delivery.
-pub async fn receive(State(state): State<AppState>, Path(forge): Path<String>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
+pub async fn receive(
+    State(state): State<AppState>,
+    Path(forge): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let forge = Forge::parse(&forge).map_err(|e| ApiError::NotFound(e.to_string()))?;
     let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let signature = header(webhook::signature_header(forge));
@@ -37,15 +42,25 @@ pub async fn receive(State(state): State<AppState>, Path(forge): Path<String>, h
         };
         return Err(ApiError::Unauthorized(why));
     };
-    let event = webhook::parse_push(forge, header(webhook::event_header(forge)), &body).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let event = webhook::parse_push(forge, header(webhook::event_header(forge)), &body)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let Some(event) = event.filter(|e| !e.deleted) else {
         return Ok((StatusCode::OK, Json(serde_json::json!({ "status": "ignored" }))).into_response());
     };
     if !event.is_for(&repo.url) {
-        return Err(ApiError::BadRequest(format!("the event is for {}, not for repository {}", event.repository_full_name, repo.name)));
+        return Err(ApiError::BadRequest(format!(
+            "the event is for {}, not for repository {}",
+            event.repository_full_name, repo.name
+        )));
     }
-    let request = builds::SubmitRequest { repository: repo.name.clone(), commit: event.commit, branch: event.branch, hosts: vec![] };
+    let request = builds::SubmitRequest {
+        repository: repo.name.clone(),
+        commit: event.commit,
+        branch: event.branch,
+        hosts: vec![],
+    };
     let (id, created) = builds::submit_build(&state, &request).await?;
     tracing::info!(id, created, forge = forge.as_str(), repository = %repo.name, "webhook queued a build");
-    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "queued", "id": id, "created": created }))).into_response())
+    Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "status": "queued", "id": id, "created": created })))
+        .into_response())
 }

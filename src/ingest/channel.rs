@@ -21,13 +21,7 @@ pub struct Reader {
 /// A connected pair.
 pub fn pair() -> (Sender, Reader) {
     let (tx, rx) = mpsc::channel(DEPTH);
-    (
-        tx,
-        Reader {
-            rx,
-            current: Bytes::new(),
-        },
-    )
+    (tx, Reader { rx, current: Bytes::new() })
 }
 
 impl Read for Reader {

@@ -19,8 +19,8 @@ use futures::{Stream, StreamExt};
 
 use crate::db::{Db, DbError, NarFileRow, PathRow};
 use crate::nixfmt::{
-    self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError,
-    PathInfo, SecretKey, VerifyError,
+    self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
+    VerifyError,
 };
 use crate::store::{ObjectKey, Store, StoreError};
 
@@ -83,9 +83,7 @@ where
     let (tx, reader) = channel::pair();
     let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
     let streamed = stream_into(body, &mut upload, tx).await;
-    let verified = verifier
-        .await
-        .map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())));
+    let verified = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())));
     let (nar, file) = match (streamed, verified) {
         (Ok(()), Ok(Ok(digests))) => digests,
         (Err(e), _) | (Ok(()), Err(e)) => {
@@ -100,10 +98,7 @@ where
     let name = NarFileName::for_file_hash(&file.sha256, compression);
     if let Some(expected) = expected.filter(|e| e.as_str() != name.as_str()) {
         upload.abort().await;
-        return Err(IngestError::NameMismatch {
-            name: expected.to_string(),
-            actual: sha256_nix_string(&file.sha256),
-        });
+        return Err(IngestError::NameMismatch { name: expected.to_string(), actual: sha256_nix_string(&file.sha256) });
     }
     upload.commit(&ObjectKey::Nar(name.clone())).await?;
     let row = NarFileRow {
@@ -129,10 +124,7 @@ where
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
-        upload
-            .write(&chunk)
-            .await
-            .map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        upload.write(&chunk).await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
         // The verifier stopping early (a malformed NAR) is reported by its own result.
         if tx.send(chunk).await.is_err() {
             break;
@@ -151,27 +143,11 @@ pub enum Published {
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
-pub async fn publish(
-    store: &Store,
-    db: &Db,
-    key: &SecretKey,
-    info: PathInfo,
-) -> Result<Published, IngestError> {
+pub async fn publish(store: &Store, db: &Db, key: &SecretKey, info: PathInfo) -> Result<Published, IngestError> {
     let file = info.nar_file()?;
-    let row = db
-        .nar_file(file.as_str())
-        .await?
-        .ok_or_else(|| IngestError::NarMissing(file.url()))?;
-    check(
-        "NarHash",
-        sha256_nix_string(&info.sha256_nar_hash()?),
-        &row.nar_hash,
-    )?;
-    check(
-        "NarSize",
-        info.nar_size().to_string(),
-        &row.nar_size.to_string(),
-    )?;
+    let row = db.nar_file(file.as_str()).await?.ok_or_else(|| IngestError::NarMissing(file.url()))?;
+    check("NarHash", sha256_nix_string(&info.sha256_nar_hash()?), &row.nar_hash)?;
+    check("NarSize", info.nar_size().to_string(), &row.nar_size.to_string())?;
     if let Some(declared) = info.file_sha256() {
         check("FileHash", sha256_nix_string(&declared), &row.file_hash)?;
     }
@@ -185,9 +161,7 @@ pub async fn publish(
     missing_references(db, &info).await?;
     let signed = info.signed(key);
     let text = signed.to_text();
-    store
-        .put(&ObjectKey::NarInfo(hash.clone()), Bytes::from(text.clone()))
-        .await?;
+    store.put(&ObjectKey::NarInfo(hash.clone()), Bytes::from(text.clone())).await?;
     let inserted = db
         .insert_path(&PathRow {
             hash: hash.to_string(),
@@ -201,22 +175,14 @@ pub async fn publish(
             references: signed.reference_basenames(),
         })
         .await?;
-    Ok(if inserted {
-        Published::New
-    } else {
-        Published::AlreadyPresent
-    })
+    Ok(if inserted { Published::New } else { Published::AlreadyPresent })
 }
 
 fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), IngestError> {
     if claimed == actual {
         Ok(())
     } else {
-        Err(IngestError::Mismatch {
-            field,
-            claimed,
-            actual: actual.to_owned(),
-        })
+        Err(IngestError::Mismatch { field, claimed, actual: actual.to_owned() })
     }
 }
 
@@ -224,10 +190,7 @@ fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), Inges
 pub async fn missing_references(db: &Db, info: &PathInfo) -> Result<(), IngestError> {
     let wanted: Vec<String> = info.foreign_references().map(|h| h.to_string()).collect();
     let present = db.present(&wanted).await?;
-    let missing: Vec<String> = wanted
-        .into_iter()
-        .filter(|h| !present.contains(h))
-        .collect();
+    let missing: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -251,23 +214,14 @@ where
     let row = receive_nar(store, db, body, compression, None).await?;
     let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
     let file_sha256 = parse_sha256(&row.file_hash);
-    let file = NarFileInfo {
-        name,
-        file_sha256,
-        file_size: row.file_size as u64,
-    };
+    let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };
     let info = PathInfo::from_claim(claim, &file)?;
     publish(store, db, key, info).await
 }
 
 fn parse_sha256(s: &str) -> [u8; 32] {
-    let digest = s
-        .parse::<nixfmt::NixHash>()
-        .expect("hashes written by receive_nar parse");
-    digest
-        .digest_as_bytes()
-        .try_into()
-        .expect("sha256 digests are 32 bytes")
+    let digest = s.parse::<nixfmt::NixHash>().expect("hashes written by receive_nar parse");
+    digest.digest_as_bytes().try_into().expect("sha256 digests are 32 bytes")
 }
 
 #[cfg(test)]

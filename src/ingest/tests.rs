@@ -27,14 +27,7 @@ async fn cache() -> Cache {
 
 fn nar(contents: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
-    encode_tree(
-        &mut out,
-        &Node::Regular {
-            executable: false,
-            contents,
-        },
-    )
-    .unwrap();
+    encode_tree(&mut out, &Node::Regular { executable: false, contents }).unwrap();
     out
 }
 
@@ -52,32 +45,18 @@ fn claim(path: &str, nar: &[u8], references: &[&str]) -> PathClaim {
 
 fn body(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Unpin {
     // Several chunks, to exercise the channel.
-    let chunks: Vec<_> = bytes
-        .chunks(7)
-        .map(|c| Ok(Bytes::copy_from_slice(c)))
-        .collect();
+    let chunks: Vec<_> = bytes.chunks(7).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
     stream::iter(chunks)
 }
 
 impl Cache {
     async fn push(&self, claim: &PathClaim, nar: &[u8]) -> Result<Published, IngestError> {
         let zst = zstd::encode_all(nar, 3).unwrap();
-        ingest_claimed(
-            &self.store,
-            &self.db,
-            &self.key,
-            claim,
-            body(zst),
-            Compression::Zstd,
-        )
-        .await
+        ingest_claimed(&self.store, &self.db, &self.key, claim, body(zst), Compression::Zstd).await
     }
 
     async fn visible(&self, path: &str) -> Option<String> {
-        self.db
-            .narinfo(&path["/nix/store/".len()..][..32])
-            .await
-            .unwrap()
+        self.db.narinfo(&path["/nix/store/".len()..][..32]).await.unwrap()
     }
 }
 
@@ -86,39 +65,18 @@ async fn a_closure_is_published_dependencies_first() {
     let c = cache().await;
     let (nar_a, nar_b) = (nar(b"a"), nar(b"b"));
     let err = c.push(&claim(A, &nar_a, &[B]), &nar_a).await.unwrap_err();
-    assert!(
-        matches!(err, IngestError::MissingReferences(ref m) if m.len() == 1),
-        "{err}"
-    );
+    assert!(matches!(err, IngestError::MissingReferences(ref m) if m.len() == 1), "{err}");
     assert_eq!(c.visible(A).await, None);
-    assert_eq!(
-        c.push(&claim(B, &nar_b, &[]), &nar_b).await.unwrap(),
-        Published::New
-    );
-    assert_eq!(
-        c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(),
-        Published::New
-    );
-    assert_eq!(
-        c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(),
-        Published::AlreadyPresent
-    );
+    assert_eq!(c.push(&claim(B, &nar_b, &[]), &nar_b).await.unwrap(), Published::New);
+    assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::New);
+    assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::AlreadyPresent);
     let text = c.visible(A).await.unwrap();
     let info = PathInfo::parse(text.as_bytes()).unwrap();
     assert!(info.has_valid_signature(&[c.key.public()]));
     let other: PublicKey = SecretKey::generate("t-1").unwrap().public();
     assert!(!info.has_valid_signature(&[other]));
-    let object = c
-        .store
-        .get_bytes(&ObjectKey::NarInfo(info.hash()))
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(
-        object,
-        text.as_bytes(),
-        "the bucket holds the same narinfo the index serves"
-    );
+    let object = c.store.get_bytes(&ObjectKey::NarInfo(info.hash())).await.unwrap().unwrap();
+    assert_eq!(object, text.as_bytes(), "the bucket holds the same narinfo the index serves");
 }
 
 #[tokio::test]
@@ -127,21 +85,9 @@ async fn a_lying_claim_publishes_nothing() {
     let real = nar(b"real");
     let mut lie = claim(A, &real, &[]);
     lie.nar_size += 1;
-    assert!(matches!(
-        c.push(&lie, &real).await.unwrap_err(),
-        IngestError::Mismatch {
-            field: "NarSize",
-            ..
-        }
-    ));
+    assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarSize", .. }));
     let lie = claim(A, &nar(b"other"), &[]);
-    assert!(matches!(
-        c.push(&lie, &real).await.unwrap_err(),
-        IngestError::Mismatch {
-            field: "NarHash",
-            ..
-        }
-    ));
+    assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarHash", .. }));
     assert_eq!(c.visible(A).await, None);
 }
 
@@ -151,22 +97,12 @@ async fn a_corrupt_or_truncated_nar_leaves_nothing() {
     let real = nar(b"payload");
     let zst = zstd::encode_all(&real[..], 3).unwrap();
     let cut = zst[..zst.len() - 3].to_vec();
-    let err = receive_nar(&c.store, &c.db, body(cut), Compression::Zstd, None)
-        .await
-        .unwrap_err();
+    let err = receive_nar(&c.store, &c.db, body(cut), Compression::Zstd, None).await.unwrap_err();
     assert!(matches!(err, IngestError::Verify(_)), "{err}");
     let mut flipped = real.clone();
     flipped[10] ^= 0xff;
-    assert!(
-        receive_nar(&c.store, &c.db, body(flipped), Compression::None, None)
-            .await
-            .is_err()
-    );
-    assert_eq!(
-        c.store.sweep_staging().await.unwrap(),
-        0,
-        "no staging object is left behind"
-    );
+    assert!(receive_nar(&c.store, &c.db, body(flipped), Compression::None, None).await.is_err());
+    assert_eq!(c.store.sweep_staging().await.unwrap(), 0, "no staging object is left behind");
 }
 
 #[tokio::test]
@@ -174,25 +110,10 @@ async fn a_nix_upload_must_match_its_name() {
     let c = cache().await;
     let real = nar(b"x");
     let wrong = NarFileName::for_file_hash(&[9; 32], Compression::None);
-    let err = receive_nar(
-        &c.store,
-        &c.db,
-        body(real.clone()),
-        Compression::None,
-        Some(&wrong),
-    )
-    .await
-    .unwrap_err();
+    let err = receive_nar(&c.store, &c.db, body(real.clone()), Compression::None, Some(&wrong)).await.unwrap_err();
     assert!(matches!(err, IngestError::NameMismatch { .. }));
     let right = NarFileName::for_file_hash(&Sha256::digest(&real).into(), Compression::None);
-    let row = receive_nar(&c.store, &c.db, body(real), Compression::None, Some(&right))
-        .await
-        .unwrap();
+    let row = receive_nar(&c.store, &c.db, body(real), Compression::None, Some(&right)).await.unwrap();
     assert_eq!(row.name, right.as_str());
-    assert!(c
-        .store
-        .head(&ObjectKey::Nar(right))
-        .await
-        .unwrap()
-        .is_some());
+    assert!(c.store.head(&ObjectKey::Nar(right)).await.unwrap().is_some());
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc::UnboundedSender;
 
+use super::args::{check_flake, check_host, percent_encode};
 use super::{argv, path_arg, process, run_env, Env, NixError};
 
 /// Nix's options that every flake command takes.
@@ -101,44 +102,6 @@ fn out_path(stdout: &[u8]) -> Result<String, String> {
         [one] => one.outputs.get("out").filter(|p| p.starts_with('/')).cloned().ok_or_else(|| "no `out` path".into()),
         _ => Err(format!("expected one built installable, got {}", built.len())),
     }
-}
-
-/// Host names reach an attribute path on Nix's command line: letters, digits, `-` and `_`
-/// only (no `.` or `"` that would change the path), as NixOS allows in `networking.hostName`.
-fn check_host(host: &str) -> Result<(), NixError> {
-    if crate::auth::valid_host_name(host) {
-        return Ok(());
-    }
-    Err(NixError::Invalid {
-        what: "host name",
-        value: host.to_owned(),
-        reason: "use 1 to 63 letters, digits, '-' or '_', not starting with '-'",
-    })
-}
-
-/// berth appends the attribute path itself, after `#`.
-fn check_flake(flake: &str) -> Result<(), NixError> {
-    if flake.is_empty() || flake.contains('#') || flake.chars().any(char::is_control) {
-        return Err(NixError::Invalid {
-            what: "flake reference",
-            value: flake.to_owned(),
-            reason: "expected a flake reference without '#'",
-        });
-    }
-    Ok(())
-}
-
-/// Percent-encodes all but unreserved URL characters and `/`.
-fn percent_encode(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for &b in bytes {
-        if b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'.' | b'_' | b'~') {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
 }
 
 #[cfg(test)]

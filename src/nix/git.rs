@@ -8,6 +8,7 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 
+use super::args::{check_commit, git_url};
 use super::{argv, failed, output, path_arg, run_env, tail, NixError, STDERR_TAIL_LINES};
 
 /// What berth concluded about a commit's signature.
@@ -109,6 +110,8 @@ pub async fn verify_commit(mirror: &Path, commit: &str, policy: &SignaturePolicy
         Ok(argv)
     };
     let verified = output(&with(&["verify-commit", commit])?, &env).await?.status.success();
+    // `--no-show-signature`: a `log.showSignature` in the service user's git configuration
+    // would mix GnuPG's report into stdout.
     let log = run_env(&with(&["log", "-1", "--no-show-signature", "--format=%G?%n%GS%n%GK", commit])?, &env).await?;
     let text = String::from_utf8_lossy(&log.stdout);
     let mut lines = text.lines();
@@ -149,40 +152,6 @@ pub async fn is_ancestor(mirror: &Path, ancestor: &str, descendant: &str) -> Res
     }
 }
 
-/// Refuses anything but a full, lowercase, 40-hex SHA-1 commit hash, as git prints them.
-pub(crate) fn check_commit(commit: &str) -> Result<(), NixError> {
-    if commit.len() == 40 && commit.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
-        return Ok(());
-    }
-    Err(NixError::Invalid { what: "commit hash", value: commit.to_owned(), reason: "expected 40 lowercase hex digits" })
-}
-
-/// The git remote for a repository URL as berth's configuration writes it (flake-style).
-///
-/// `git+` is Nix's scheme prefix, not git's; a query holds Nix's own parameters. `ref` and
-/// `rev` are dropped (berth picks the commit), anything else (`dir`, `submodules`) would change
-/// what Nix builds and is refused. Only `https`, `http`, `ssh`, `file` and absolute paths are
-/// accepted: git's other transports include `ext::`, which runs commands.
-fn git_url(url: &str) -> Result<String, NixError> {
-    let invalid = |reason| NixError::Invalid { what: "repository URL", value: url.to_owned(), reason };
-    let remote = match url.strip_prefix("git+") {
-        Some(rest) => {
-            let (base, query) = rest.split_once('?').unwrap_or((rest, ""));
-            let nix_only = |param: &str| param.is_empty() || param.starts_with("ref=") || param.starts_with("rev=");
-            if !query.split('&').all(nix_only) {
-                return Err(invalid("only the `ref` and `rev` parameters are supported"));
-            }
-            base
-        }
-        None => url,
-    };
-    let allowed = ["https://", "http://", "ssh://", "file:///"].iter().any(|s| remote.starts_with(s));
-    if !(allowed || remote.starts_with('/')) || remote.contains('#') || remote.chars().any(char::is_control) {
-        return Err(invalid("expected git+https://, git+ssh://, git+file:///, https://, ssh://, file:/// or /path"));
-    }
-    Ok(remote.to_owned())
-}
-
 /// `git -C <mirror>` followed by `args`.
 fn git(mirror: &Path, args: &[&str]) -> Result<Vec<String>, NixError> {
     let mut argv = argv(["git", "-C"]);
@@ -210,36 +179,6 @@ fn no_prompt() -> [(&'static str, &'static OsStr); 1] {
 mod tests {
     use super::*;
     use crate::nix::testutil::{Fleet, Scratch};
-
-    #[track_caller]
-    fn check_url(url: &str, expected: Option<&str>) {
-        assert_eq!(git_url(url).ok().as_deref(), expected, "{url}");
-    }
-
-    #[test]
-    fn urls_become_git_remotes() {
-        check_url("git+https://git.example.org/ops/fleet", Some("https://git.example.org/ops/fleet"));
-        check_url("git+ssh://git@host/ops/fleet.git?ref=main", Some("ssh://git@host/ops/fleet.git"));
-        check_url("git+file:///srv/fleet?rev=0000&ref=x", Some("file:///srv/fleet"));
-        check_url("https://host/fleet", Some("https://host/fleet"));
-        check_url("file:///srv/fleet", Some("file:///srv/fleet"));
-        check_url("/srv/fleet", Some("/srv/fleet"));
-        check_url("git+https://host/fleet?dir=sub", None);
-        check_url("ext::sh -c touch% /tmp/pwned", None);
-        check_url("git+ext::sh", None);
-        check_url("-uhttps://x", None);
-        check_url("relative/path", None);
-        check_url("https://host/fleet#frag", None);
-        check_url("git@host:ops/fleet", None);
-    }
-
-    #[test]
-    fn commit_hashes_are_checked() {
-        assert!(check_commit(&"a".repeat(40)).is_ok());
-        for bad in ["", "HEAD", "main", &"A".repeat(40), &"a".repeat(39), &"a".repeat(64), "--all"] {
-            assert!(matches!(check_commit(bad), Err(NixError::Invalid { .. })), "{bad}");
-        }
-    }
 
     #[test]
     fn signature_status_to_verdict() {

@@ -8,13 +8,17 @@
 //! - [`store`]: `nix path-info` and the dependency order of a closure (the push client);
 //! - [`git`]: berth's bare mirror of each repository, commit signatures, ancestry;
 //! - [`flake`]: the hosts of a fleet flake and the build of each host's toplevel;
+//! - `args` (private): commit hashes, URLs, host names and paths, checked before they reach
+//!   a command line;
 //! - `process` (private): long-running commands whose stderr is streamed, with a timeout that
 //!   stops the whole process group.
 
+mod args;
 pub mod flake;
 pub mod git;
 mod process;
 pub mod store;
+pub mod system;
 #[cfg(test)]
 mod testutil;
 
@@ -24,6 +28,7 @@ use std::time::Duration;
 
 use tokio::process::Command;
 
+use args::path_arg;
 pub use store::{path_info_closure, topo_sort};
 
 /// How many trailing lines of stderr a [`NixError::Failed`] keeps.
@@ -155,15 +160,6 @@ fn command(argv: &[String], env: Env<'_>) -> Result<Command, NixError> {
 /// Turns string slices into an owned argv.
 pub(crate) fn argv<S: AsRef<str>>(parts: impl IntoIterator<Item = S>) -> Vec<String> {
     parts.into_iter().map(|s| s.as_ref().to_owned()).collect()
-}
-
-/// A path as an argv element: berth's argv is UTF-8, so that errors can show it.
-pub(crate) fn path_arg(path: &std::path::Path) -> Result<String, NixError> {
-    path.to_str().map(str::to_owned).ok_or_else(|| NixError::Invalid {
-        what: "path",
-        value: path.display().to_string(),
-        reason: "must be valid UTF-8",
-    })
 }
 
 /// The last `lines` non-empty lines of `bytes`, lossily decoded, joined by newlines.

@@ -53,7 +53,7 @@ impl Scratch {
         let args = [OsStr::new("-q"), "-t".as_ref(), "ed25519".as_ref(), "-N".as_ref(), "".as_ref()];
         let mut cmd = Command::new("ssh-keygen");
         cmd.args(args).arg("-C").arg(name).arg("-f").arg(&key);
-        run(cmd, "ssh-keygen (apt-get install openssh-client)");
+        run(&mut cmd, "ssh-keygen (apt-get install openssh-client)");
         key.with_extension("pub")
     }
 
@@ -147,7 +147,7 @@ impl Fleet {
     /// Runs git in the repository, isolated from the machine's git configuration; returns
     /// stdout, trimmed.
     pub fn git(&self, args: &[&str]) -> String {
-        run(self.git_command(args), "git")
+        run(&mut self.git_command(args), "git")
     }
 
     fn git_command(&self, args: &[&str]) -> Command {
@@ -159,7 +159,7 @@ impl Fleet {
     }
 }
 
-fn run(mut cmd: Command, what: &str) -> String {
+fn run(cmd: &mut Command, what: &str) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{what} is required by this test: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{cmd:?} failed: {stderr}");

@@ -46,10 +46,7 @@ fn split_name(s: &str) -> Result<(&str, &str), KeyError> {
 fn decode(material: &str, expected: usize) -> Result<Vec<u8>, KeyError> {
     let bytes = STANDARD.decode(material).map_err(|_| KeyError::Base64)?;
     if bytes.len() != expected {
-        return Err(KeyError::Length {
-            got: bytes.len(),
-            expected,
-        });
+        return Err(KeyError::Length { got: bytes.len(), expected });
     }
     Ok(bytes)
 }
@@ -75,10 +72,7 @@ impl SecretKey {
         }
         let mut seed = [0u8; 32];
         getrandom::getrandom(&mut seed).map_err(|e| KeyError::Random(e.to_string()))?;
-        Ok(Self {
-            name: name.to_owned(),
-            key: SigningKey::from_bytes(&seed),
-        })
+        Ok(Self { name: name.to_owned(), key: SigningKey::from_bytes(&seed) })
     }
 
     /// Parses Nix's secret-key format (`name:base64(seed ‖ public)`).
@@ -90,10 +84,7 @@ impl SecretKey {
         if key.verifying_key().as_bytes()[..] != bytes[32..] {
             return Err(KeyError::Invalid);
         }
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// The key's name, as it appears before the `:` of every signature.
@@ -110,10 +101,7 @@ impl SecretKey {
 
     /// The matching public key.
     pub fn public(&self) -> PublicKey {
-        PublicKey {
-            name: self.name.clone(),
-            key: self.key.verifying_key(),
-        }
+        PublicKey { name: self.name.clone(), key: self.key.verifying_key() }
     }
 
     /// Signs `message` and returns the signature as `name:base64`.
@@ -142,10 +130,7 @@ impl PublicKey {
         let (name, material) = split_name(s)?;
         let bytes: [u8; 32] = decode(material, 32)?.try_into().expect("length checked");
         let key = VerifyingKey::from_bytes(&bytes).map_err(|_| KeyError::Invalid)?;
-        Ok(Self {
-            name: name.to_owned(),
-            key,
-        })
+        Ok(Self { name: name.to_owned(), key })
     }
 
     /// The key's name.
@@ -160,17 +145,11 @@ impl PublicKey {
 
     /// Whether `signature` (`name:base64`) is a valid signature of `message` by this key.
     pub fn verify(&self, message: &[u8], signature: &str) -> bool {
-        NixSignature::parse(signature)
-            .ok()
-            .and_then(|sig| sig.verify(message, &[self.trusted()]).ok())
-            .unwrap_or(false)
+        NixSignature::parse(signature).ok().and_then(|sig| sig.verify(message, &[self.trusted()]).ok()).unwrap_or(false)
     }
 
     pub(super) fn trusted(&self) -> TrustedPublicKey {
-        TrustedPublicKey {
-            name: self.name.clone(),
-            key: self.key,
-        }
+        TrustedPublicKey { name: self.name.clone(), key: self.key }
     }
 }
 
@@ -179,7 +158,8 @@ mod tests {
     use super::*;
 
     // Generated with `nix-store --generate-binary-cache-key test-1 sk pk` (Nix 2.8).
-    const NIX_SECRET: &str = "test-1:oWDaGUCvaadgZRIHtKjoEOMQKS72oU7exBtfIwns2jukDXyugTe8sHXWR3WlYGxLqM1pPE2wsRgFre8V37tHzg==";
+    const NIX_SECRET: &str =
+        "test-1:oWDaGUCvaadgZRIHtKjoEOMQKS72oU7exBtfIwns2jukDXyugTe8sHXWR3WlYGxLqM1pPE2wsRgFre8V37tHzg==";
     const NIX_PUBLIC: &str = "test-1:pA18roE3vLB11kd1pWBsS6jNaTxNsLEYBa3vFd+7R84=";
 
     #[test]
@@ -198,10 +178,7 @@ mod tests {
         let secret = SecretKey::generate("cache.example-1").unwrap();
         let again = SecretKey::parse(&secret.to_nix_string()).unwrap();
         assert_eq!(again.public(), secret.public());
-        assert!(
-            format!("{secret:?}").len() < 40,
-            "Debug must not print the secret"
-        );
+        assert!(format!("{secret:?}").len() < 40, "Debug must not print the secret");
     }
 
     #[track_caller]
@@ -214,13 +191,7 @@ mod tests {
         check_refused("nokey", KeyError::MissingName);
         check_refused(":AAAA", KeyError::BadName);
         check_refused("a:!!!", KeyError::Base64);
-        check_refused(
-            "a:AAAA",
-            KeyError::Length {
-                got: 3,
-                expected: 32,
-            },
-        );
+        check_refused("a:AAAA", KeyError::Length { got: 3, expected: 32 });
     }
 
     #[test]

@@ -122,19 +122,12 @@ impl NarFileName {
         if stem.is_empty() || stem.len() > 128 || !is_nixbase32(stem) {
             return Err(err());
         }
-        Ok(Self {
-            name: s.to_owned(),
-            compression,
-        })
+        Ok(Self { name: s.to_owned(), compression })
     }
 
     /// The canonical name for a file with this SHA-256 and compression.
     pub fn for_file_hash(digest: &[u8; 32], compression: Compression) -> Self {
-        let name = format!(
-            "{}.nar{}",
-            super::nixbase32(digest),
-            compression.extension()
-        );
+        let name = format!("{}.nar{}", super::nixbase32(digest), compression.extension());
         Self { name, compression }
     }
 
@@ -186,9 +179,7 @@ mod tests {
 
     #[track_caller]
     fn check_nar(input: &str, expected: Option<(&str, Compression)>) {
-        let got = NarFileName::parse(input)
-            .ok()
-            .map(|n| (n.stem().to_owned(), n.compression()));
+        let got = NarFileName::parse(input).ok().map(|n| (n.stem().to_owned(), n.compression()));
         assert_eq!(got, expected.map(|(s, c)| (s.to_owned(), c)), "{input:?}");
     }
 

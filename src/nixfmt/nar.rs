@@ -46,18 +46,11 @@ struct Hashing<R> {
 
 impl<R: Read> Hashing<R> {
     fn new(inner: R) -> Self {
-        Self {
-            inner,
-            hasher: Sha256::new(),
-            size: 0,
-        }
+        Self { inner, hasher: Sha256::new(), size: 0 }
     }
 
     fn finish(self) -> NarDigest {
-        NarDigest {
-            sha256: self.hasher.finalize().into(),
-            size: self.size,
-        }
+        NarDigest { sha256: self.hasher.finalize().into(), size: self.size }
     }
 }
 
@@ -74,21 +67,13 @@ impl<R: Read> Read for Hashing<R> {
 /// and size of the decompressed NAR (what `NarHash`/`NarSize` claim) and of the bytes as
 /// stored (`FileHash`/`FileSize`). The NAR grammar is checked on the way, so a hostile or
 /// truncated archive is refused, never stored.
-pub fn verify_nar(
-    reader: impl Read,
-    compression: Compression,
-) -> Result<(NarDigest, NarDigest), VerifyError> {
+pub fn verify_nar(reader: impl Read, compression: Compression) -> Result<(NarDigest, NarDigest), VerifyError> {
     let mut file = Hashing::new(reader);
     let nar = {
-        let decompress_err = |source| VerifyError::Decompress {
-            compression: compression.as_str(),
-            source,
-        };
+        let decompress_err = |source| VerifyError::Decompress { compression: compression.as_str(), source };
         let decoder: Box<dyn Read + '_> = match compression {
             Compression::None => Box::new(&mut file),
-            Compression::Zstd => {
-                Box::new(zstd::stream::read::Decoder::new(&mut file).map_err(decompress_err)?)
-            }
+            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut file).map_err(decompress_err)?),
             Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(&mut file)),
         };
         let mut nar = BufReader::with_capacity(256 * 1024, Hashing::new(decoder));
@@ -111,10 +96,7 @@ fn classify(e: nix_archive::nar::Error, compression: Compression) -> VerifyError
         nix_archive::nar::Error::Io(io)
             if io.kind() == io::ErrorKind::Other || io.kind() == io::ErrorKind::InvalidData =>
         {
-            VerifyError::Decompress {
-                compression: compression.as_str(),
-                source: io,
-            }
+            VerifyError::Decompress { compression: compression.as_str(), source: io }
         }
         nix_archive::nar::Error::Io(io) => VerifyError::Read(io),
         other => VerifyError::Malformed(other.to_string()),
@@ -133,17 +115,8 @@ mod tests {
 
     fn sample_nar() -> Vec<u8> {
         let children = [
-            NamedNode {
-                name: b"bin",
-                node: Node::Regular {
-                    executable: true,
-                    contents: b"#!/bin/sh\n",
-                },
-            },
-            NamedNode {
-                name: b"link",
-                node: Node::Symlink { target: b"bin" },
-            },
+            NamedNode { name: b"bin", node: Node::Regular { executable: true, contents: b"#!/bin/sh\n" } },
+            NamedNode { name: b"link", node: Node::Symlink { target: b"bin" } },
         ];
         let mut nar = Vec::new();
         encode_tree(&mut nar, &Node::Directory(&children)).unwrap();
@@ -151,10 +124,7 @@ mod tests {
     }
 
     fn sha(bytes: &[u8]) -> NarDigest {
-        NarDigest {
-            sha256: Sha256::digest(bytes).into(),
-            size: bytes.len() as u64,
-        }
+        NarDigest { sha256: Sha256::digest(bytes).into(), size: bytes.len() as u64 }
     }
 
     #[test]
@@ -162,14 +132,8 @@ mod tests {
         let nar = sample_nar();
         let zst = zstd::encode_all(&nar[..], 3).unwrap();
         let mut xz = Vec::new();
-        xz2::write::XzEncoder::new(&mut xz, 6)
-            .write_all(&nar)
-            .unwrap();
-        for (file, compression) in [
-            (&nar, Compression::None),
-            (&zst, Compression::Zstd),
-            (&xz, Compression::Xz),
-        ] {
+        xz2::write::XzEncoder::new(&mut xz, 6).write_all(&nar).unwrap();
+        for (file, compression) in [(&nar, Compression::None), (&zst, Compression::Zstd), (&xz, Compression::Xz)] {
             let (n, f) = verify_nar(&file[..], compression).unwrap();
             assert_eq!(n, sha(&nar), "{compression:?}");
             assert_eq!(f, sha(file), "{compression:?}");
@@ -179,16 +143,10 @@ mod tests {
     #[test]
     fn refuses_truncated_and_corrupt_archives() {
         let nar = sample_nar();
-        assert!(matches!(
-            verify_nar(&nar[..nar.len() - 8], Compression::None),
-            Err(VerifyError::Malformed(_))
-        ));
+        assert!(matches!(verify_nar(&nar[..nar.len() - 8], Compression::None), Err(VerifyError::Malformed(_))));
         let mut bad = nar.clone();
         bad[0] ^= 1;
-        assert!(matches!(
-            verify_nar(&bad[..], Compression::None),
-            Err(VerifyError::Malformed(_))
-        ));
+        assert!(matches!(verify_nar(&bad[..], Compression::None), Err(VerifyError::Malformed(_))));
         let zst = zstd::encode_all(&nar[..], 3).unwrap();
         assert!(verify_nar(&zst[..zst.len() / 2], Compression::Zstd).is_err());
         assert!(verify_nar(&b"garbage"[..], Compression::Xz).is_err());

@@ -25,10 +25,7 @@ pub enum NarInfoError {
 }
 
 fn field(field: &'static str, reason: impl ToString) -> NarInfoError {
-    NarInfoError::Field {
-        field,
-        reason: reason.to_string(),
-    }
+    NarInfoError::Field { field, reason: reason.to_string() }
 }
 
 /// What `berth push` claims about a path before its NAR arrives; verified against the NAR.
@@ -94,21 +91,9 @@ impl PathInfo {
     pub fn from_claim(claim: &PathClaim, file: &NarFileInfo) -> Result<Self, NarInfoError> {
         let path = parse_path("path", &claim.path)?;
         let nar_hash = NixHash::parse(&claim.nar_hash).map_err(|e| field("narHash", e))?;
-        let references = claim
-            .references
-            .iter()
-            .map(|r| parse_path("references", r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let deriver = claim
-            .deriver
-            .as_deref()
-            .map(|d| parse_path("deriver", d))
-            .transpose()?;
-        let ca = claim
-            .ca
-            .as_deref()
-            .map(|c| CAHash::parse(c).map_err(|e| field("ca", e)))
-            .transpose()?;
+        let references = claim.references.iter().map(|r| parse_path("references", r)).collect::<Result<Vec<_>, _>>()?;
+        let deriver = claim.deriver.as_deref().map(|d| parse_path("deriver", d)).transpose()?;
+        let ca = claim.ca.as_deref().map(|c| CAHash::parse(c).map_err(|e| field("ca", e))).transpose()?;
         let signatures = claim
             .signatures
             .iter()
@@ -143,10 +128,7 @@ impl PathInfo {
     pub fn sha256_nar_hash(&self) -> Result<[u8; 32], NarInfoError> {
         match self.inner.nar_hash() {
             NixHash::Sha256(d) => Ok(*d),
-            other => Err(field(
-                "NarHash",
-                format!("{} is not sha256", other.algorithm()),
-            )),
+            other => Err(field("NarHash", format!("{} is not sha256", other.algorithm()))),
         }
     }
 
@@ -157,14 +139,9 @@ impl PathInfo {
 
     /// The NAR file this narinfo points at, which must be `nar/<file>` in this cache.
     pub fn nar_file(&self) -> Result<NarFileName, NarInfoError> {
-        let name = self
-            .inner
-            .url()
-            .strip_prefix("nar/")
-            .ok_or_else(|| field("URL", "must be nar/<file>"))?;
+        let name = self.inner.url().strip_prefix("nar/").ok_or_else(|| field("URL", "must be nar/<file>"))?;
         let file = NarFileName::parse(name).map_err(|e| field("URL", e))?;
-        let declared = Compression::parse(self.inner.compression().as_str())
-            .map_err(|e| field("Compression", e))?;
+        let declared = Compression::parse(self.inner.compression().as_str()).map_err(|e| field("Compression", e))?;
         if declared != file.compression() {
             return Err(field("Compression", "does not match the URL's suffix"));
         }
@@ -187,20 +164,12 @@ impl PathInfo {
     /// References other than the path itself (which a path may reference freely).
     pub fn foreign_references(&self) -> impl Iterator<Item = StorePathHash> + '_ {
         let own = self.store_path();
-        self.inner
-            .references()
-            .iter()
-            .filter(move |r| *r != own)
-            .map(StorePathHash::of)
+        self.inner.references().iter().filter(move |r| *r != own).map(StorePathHash::of)
     }
 
     /// All references as basenames (`hash-name`), as the index stores them.
     pub fn reference_basenames(&self) -> Vec<String> {
-        self.inner
-            .references()
-            .iter()
-            .map(StorePath::to_basename)
-            .collect()
+        self.inner.references().iter().map(StorePath::to_basename).collect()
     }
 
     /// The deriver's basename, if any.
@@ -216,39 +185,28 @@ impl PathInfo {
     /// Whether any signature verifies against one of `keys`.
     pub fn has_valid_signature(&self, keys: &[PublicKey]) -> bool {
         let trusted: Vec<_> = keys.iter().map(PublicKey::trusted).collect();
-        self.inner
-            .has_valid_signature(&StoreDir::default(), &trusted)
+        self.inner.has_valid_signature(&StoreDir::default(), &trusted)
     }
 
     /// Signs with `key`, replacing an older signature by a key of the same name and keeping
     /// everyone else's (a client's own signatures stay valid: the fingerprint is the same).
     pub fn signed(self, key: &SecretKey) -> Self {
         let signature = key.sign_nix(self.fingerprint().as_bytes());
-        let mut signatures: Vec<_> = self
-            .inner
-            .signatures()
-            .iter()
-            .filter(|s| s.key_name != key.name())
-            .cloned()
-            .collect();
+        let mut signatures: Vec<_> =
+            self.inner.signatures().iter().filter(|s| s.key_name != key.name()).cloned().collect();
         signatures.push(signature);
         let old = &self.inner;
-        let inner = NarInfo::builder(
-            old.store_path().clone(),
-            old.url(),
-            old.nar_hash().clone(),
-            old.nar_size(),
-        )
-        .compression(old.compression().clone())
-        .file_hash(old.file_hash().cloned())
-        .file_size(old.file_size())
-        .references(old.references().iter().cloned())
-        .deriver(old.deriver().cloned())
-        .content_address(old.content_address().cloned())
-        .signatures(signatures)
-        .extensions(old.extensions().iter().cloned())
-        .build()
-        .expect("rebuilding a valid narinfo with one more valid signature cannot fail");
+        let inner = NarInfo::builder(old.store_path().clone(), old.url(), old.nar_hash().clone(), old.nar_size())
+            .compression(old.compression().clone())
+            .file_hash(old.file_hash().cloned())
+            .file_size(old.file_size())
+            .references(old.references().iter().cloned())
+            .deriver(old.deriver().cloned())
+            .content_address(old.content_address().cloned())
+            .signatures(signatures)
+            .extensions(old.extensions().iter().cloned())
+            .build()
+            .expect("rebuilding a valid narinfo with one more valid signature cannot fail");
         Self { inner }
     }
 
@@ -304,10 +262,7 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
         let info = PathInfo::parse(text.as_bytes()).unwrap();
         assert!(info.nar_file().is_err());
         let text = UPLOADED.replace("Compression: xz", "Compression: zstd");
-        assert!(PathInfo::parse(text.as_bytes())
-            .unwrap()
-            .nar_file()
-            .is_err());
+        assert!(PathInfo::parse(text.as_bytes()).unwrap().nar_file().is_err());
     }
 
     #[test]
@@ -337,10 +292,7 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
         NarSize: 18488
         References: 3n58xw4373jp0ljirf06d8077j15pc4j-glibc-2.37-8
         ");
-        let bad = PathClaim {
-            path: "/nix/store/../etc".into(),
-            ..claim
-        };
+        let bad = PathClaim { path: "/nix/store/../etc".into(), ..claim };
         assert!(PathInfo::from_claim(&bad, &file).is_err());
     }
 }

@@ -51,10 +51,7 @@ pub struct Client {
 impl Client {
     /// A client for the server at `server` (`http(s)://host[:port][/prefix]`).
     pub fn new(server: &str, token: Option<String>) -> Result<Self, PushError> {
-        let url_err = |reason: &str| PushError::ServerUrl {
-            url: server.to_owned(),
-            reason: reason.to_owned(),
-        };
+        let url_err = |reason: &str| PushError::ServerUrl { url: server.to_owned(), reason: reason.to_owned() };
         let parsed = reqwest::Url::parse(server).map_err(|e| url_err(&e.to_string()))?;
         if !matches!(parsed.scheme(), "http" | "https") {
             return Err(url_err("expected an http:// or https:// URL"));
@@ -64,19 +61,13 @@ impl Client {
             .connect_timeout(Duration::from_secs(30))
             .build()
             .map_err(|e| url_err(&chain(&e)))?;
-        Ok(Self {
-            http,
-            base: server.trim_end_matches('/').to_owned(),
-            token,
-        })
+        Ok(Self { http, base: server.trim_end_matches('/').to_owned(), token })
     }
 
     /// The subset of `paths` the server does not hold yet (in no particular order).
     pub async fn missing(&self, paths: &[String]) -> Result<Vec<String>, PushError> {
         let context = "checking which paths the server is missing";
-        let request = self
-            .post("/api/v1/paths/missing")
-            .json(&MissingRequest { paths });
+        let request = self.post("/api/v1/paths/missing").json(&MissingRequest { paths });
         let response = self.send(request, context).await?;
         let body: MissingResponse = response.json().await.map_err(|e| protocol(context, &e))?;
         Ok(body.missing)
@@ -85,10 +76,7 @@ impl Client {
     /// Uploads one framed path (see `frame`); `path` only names it in errors.
     pub async fn upload(&self, path: &str, body: Body) -> Result<UploadStatus, PushError> {
         let context = format!("uploading {path}");
-        let request = self
-            .post("/api/v1/paths")
-            .header(header::CONTENT_TYPE, CONTENT_TYPE)
-            .body(body);
+        let request = self.post("/api/v1/paths").header(header::CONTENT_TYPE, CONTENT_TYPE).body(body);
         let response = self.send(request, &context).await?;
         let body: UploadResponse = response.json().await.map_err(|e| protocol(&context, &e))?;
         Ok(body.status)
@@ -103,22 +91,12 @@ impl Client {
     }
 
     /// Sends `request` and turns transport failures and error statuses into [`PushError`]s.
-    async fn send(
-        &self,
-        request: reqwest::RequestBuilder,
-        context: &str,
-    ) -> Result<Response, PushError> {
+    async fn send(&self, request: reqwest::RequestBuilder, context: &str) -> Result<Response, PushError> {
         let response = request.send().await.map_err(|e| {
             if e.is_connect() || e.is_timeout() {
-                PushError::Unreachable {
-                    url: self.base.clone(),
-                    reason: root_cause(&e),
-                }
+                PushError::Unreachable { url: self.base.clone(), reason: root_cause(&e) }
             } else {
-                PushError::Transport {
-                    context: context.to_owned(),
-                    reason: chain(&e),
-                }
+                PushError::Transport { context: context.to_owned(), reason: chain(&e) }
             }
         })?;
         let status = response.status();
@@ -127,17 +105,10 @@ impl Client {
         }
         let (code, message) = error_body(response).await;
         Err(match status {
-            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => PushError::Unauthorized {
-                status: status.as_u16(),
-                message,
-                token_given: self.token.is_some(),
-            },
-            _ => PushError::Server {
-                context: context.to_owned(),
-                status: status.as_u16(),
-                code,
-                message,
-            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                PushError::Unauthorized { status: status.as_u16(), message, token_given: self.token.is_some() }
+            }
+            _ => PushError::Server { context: context.to_owned(), status: status.as_u16(), code, message },
         })
     }
 }
@@ -145,31 +116,17 @@ impl Client {
 /// The `code` and `message` of an error response, or the best description available when the
 /// body is not berth's JSON (a proxy's HTML page, an empty body).
 async fn error_body(response: Response) -> (String, String) {
-    let reason = response
-        .status()
-        .canonical_reason()
-        .unwrap_or("error")
-        .to_owned();
+    let reason = response.status().canonical_reason().unwrap_or("error").to_owned();
     let text = response.text().await.unwrap_or_default();
     match serde_json::from_str::<ErrorBody>(&text) {
         Ok(body) => (body.code, body.message),
         Err(_) if text.trim().is_empty() => (String::new(), reason),
-        Err(_) => (
-            String::new(),
-            text.trim()
-                .chars()
-                .take(200)
-                .collect::<String>()
-                .replace('\n', " "),
-        ),
+        Err(_) => (String::new(), text.trim().chars().take(200).collect::<String>().replace('\n', " ")),
     }
 }
 
 fn protocol(context: &str, e: &reqwest::Error) -> PushError {
-    PushError::Protocol {
-        context: context.to_owned(),
-        reason: chain(e),
-    }
+    PushError::Protocol { context: context.to_owned(), reason: chain(e) }
 }
 
 /// The innermost source of an error: for a failed connection, the one line that says why
@@ -204,14 +161,8 @@ mod tests {
 
     #[test]
     fn refuses_urls_that_are_not_http() {
-        assert!(matches!(
-            Client::new("ftp://cache", None),
-            Err(PushError::ServerUrl { .. })
-        ));
-        assert!(matches!(
-            Client::new("cache.example.org", None),
-            Err(PushError::ServerUrl { .. })
-        ));
+        assert!(matches!(Client::new("ftp://cache", None), Err(PushError::ServerUrl { .. })));
+        assert!(matches!(Client::new("cache.example.org", None), Err(PushError::ServerUrl { .. })));
         let client = Client::new("https://cache.example.org/berth/", None).unwrap();
         assert_eq!(client.base, "https://cache.example.org/berth");
     }
@@ -233,8 +184,7 @@ mod tests {
 
     #[test]
     fn chain_joins_distinct_sources() {
-        let refused =
-            || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "connection refused");
         let outer = Wrapper("error sending request", Some(refused()));
         assert_eq!(chain(&outer), "error sending request: connection refused");
         let repeats = Wrapper("tcp connect: connection refused", Some(refused()));

@@ -29,13 +29,9 @@ pub enum FrameError {
 
 /// The bytes that precede the compressed NAR: the length prefix and the claim's JSON.
 pub fn header(claim: &PathClaim) -> Result<Bytes, FrameError> {
-    let encode = |reason: String| FrameError::Encode {
-        path: claim.path.clone(),
-        reason,
-    };
+    let encode = |reason: String| FrameError::Encode { path: claim.path.clone(), reason };
     let json = serde_json::to_vec(claim).map_err(|e| encode(e.to_string()))?;
-    let len = u32::try_from(json.len())
-        .map_err(|_| encode("claim over the 4 GiB frame limit".to_owned()))?;
+    let len = u32::try_from(json.len()).map_err(|_| encode("claim over the 4 GiB frame limit".to_owned()))?;
     let mut out = BytesMut::with_capacity(4 + json.len());
     out.put_u32(len);
     out.put_slice(&json);

@@ -92,9 +92,7 @@ pub enum PushError {
     #[error(transparent)]
     Nix(#[from] NixError),
     /// An argument is neither a store path nor a symlink to one.
-    #[error(
-        "{arg} is not in the Nix store (expected a path under {STORE_DIR}/ or a symlink to one)"
-    )]
+    #[error("{arg} is not in the Nix store (expected a path under {STORE_DIR}/ or a symlink to one)")]
     NotInStore {
         /// The argument as given.
         arg: String,
@@ -175,27 +173,16 @@ pub async fn run(opts: PushOptions) -> Result<PushReport, PushError> {
     let start = Instant::now();
     let root = upload::on_disk_root(opts.store.as_deref())?;
     let client = Client::new(&opts.server, opts.token.clone())?;
-    let paths = opts
-        .paths
-        .iter()
-        .map(|arg| store_path_of(arg))
-        .collect::<Result<Vec<_>, _>>()?;
+    let paths = opts.paths.iter().map(|arg| store_path_of(arg)).collect::<Result<Vec<_>, _>>()?;
     let mut report = PushReport::default();
     if !paths.is_empty() {
         let closure = nix::path_info_closure(&paths, opts.store.as_deref()).await?;
         let all: Vec<String> = closure.iter().map(|c| c.path.clone()).collect();
         let missing: HashSet<String> = client.missing(&all).await?.into_iter().collect();
-        let to_upload: Vec<PathClaim> = closure
-            .into_iter()
-            .filter(|c| missing.contains(&c.path))
-            .collect();
+        let to_upload: Vec<PathClaim> = closure.into_iter().filter(|c| missing.contains(&c.path)).collect();
         report.considered = all.len();
         report.already_present = all.len() - to_upload.len();
-        let settings = Settings {
-            root: &root,
-            jobs: opts.jobs.max(1),
-            level: opts.compression_level,
-        };
+        let settings = Settings { root: &root, jobs: opts.jobs.max(1), level: opts.compression_level };
         upload_all(&client, to_upload, &settings, &mut report).await?;
     }
     report.elapsed = start.elapsed();
@@ -227,13 +214,7 @@ async fn upload_all(
             let Some(claim) = schedule.next_ready() else {
                 break;
             };
-            running.push(upload::upload(
-                client,
-                claim,
-                settings.root,
-                settings.level,
-                counters.clone(),
-            ));
+            running.push(upload::upload(client, claim, settings.root, settings.level, counters.clone()));
         }
         if running.is_empty() {
             debug_assert!(schedule.is_done(), "acyclic by nix::topo_sort");
@@ -267,9 +248,7 @@ async fn upload_all(
 /// The store path an argument names: a store path (a file inside one names the path itself)
 /// or a symlink (chain) to one, like `./result`.
 fn store_path_of(arg: &str) -> Result<String, PushError> {
-    let not_in_store = || PushError::NotInStore {
-        arg: arg.to_owned(),
-    };
+    let not_in_store = || PushError::NotInStore { arg: arg.to_owned() };
     // Links are followed one at a time, and only until they reach the store: a store path
     // may itself be a symlink to another, and with a chroot store the target does not exist
     // on this machine at all.
@@ -308,10 +287,7 @@ mod tests {
         std::os::unix::fs::symlink(LEAF, &link).unwrap();
         std::os::unix::fs::symlink("result", dir.path().join("relative")).unwrap();
         assert_eq!(store_path_of(link.to_str().unwrap()).unwrap(), LEAF);
-        assert_eq!(
-            store_path_of(dir.path().join("relative").to_str().unwrap()).unwrap(),
-            LEAF
-        );
+        assert_eq!(store_path_of(dir.path().join("relative").to_str().unwrap()).unwrap(), LEAF);
         for bad in [
             "/nix/store",
             "/nix/store/",
@@ -321,10 +297,7 @@ mod tests {
             "/etc/hosts",
             "relative",
         ] {
-            assert!(
-                matches!(store_path_of(bad), Err(PushError::NotInStore { .. })),
-                "{bad}"
-            );
+            assert!(matches!(store_path_of(bad), Err(PushError::NotInStore { .. })), "{bad}");
         }
     }
 

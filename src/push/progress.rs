@@ -23,14 +23,7 @@ impl Progress {
     /// Progress over `total` uploads whose bytes are counted in `counters`.
     pub fn new(total: usize, counters: Arc<Counters>) -> Self {
         let tty = std::io::stderr().is_terminal();
-        Self {
-            tty,
-            total,
-            done: 0,
-            start: Instant::now(),
-            counters,
-            drawn: false,
-        }
+        Self { tty, total, done: 0, start: Instant::now(), counters, drawn: false }
     }
 
     /// Whether the updating line is shown (and so worth redrawing periodically).
@@ -115,13 +108,9 @@ mod tests {
 
     #[test]
     fn formats_bytes() {
-        for (n, expected) in [
-            (0, "0 B"),
-            (1023, "1023 B"),
-            (1024, "1.0 KiB"),
-            (12_897_484, "12.3 MiB"),
-            (1 << 40, "1.0 TiB"),
-        ] {
+        for (n, expected) in
+            [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (12_897_484, "12.3 MiB"), (1 << 40, "1.0 TiB")]
+        {
             assert_eq!(bytes(n), expected, "{n}");
         }
     }

@@ -25,19 +25,11 @@ pub struct Schedule {
 impl Schedule {
     /// Plans the upload of `claims` (the missing paths); ties keep the order given.
     pub fn new(claims: Vec<PathClaim>) -> Self {
-        let index: HashMap<String, usize> = claims
-            .iter()
-            .enumerate()
-            .map(|(i, c)| (c.path.clone(), i))
-            .collect();
+        let index: HashMap<String, usize> = claims.iter().enumerate().map(|(i, c)| (c.path.clone(), i)).collect();
         let mut waiting = vec![0; claims.len()];
         let mut referrers = vec![Vec::new(); claims.len()];
         for (i, claim) in claims.iter().enumerate() {
-            let mut refs: Vec<usize> = claim
-                .references
-                .iter()
-                .filter_map(|r| index.get(r).copied())
-                .collect();
+            let mut refs: Vec<usize> = claim.references.iter().filter_map(|r| index.get(r).copied()).collect();
             refs.sort_unstable();
             refs.dedup();
             for r in refs.into_iter().filter(|&r| r != i) {
@@ -47,15 +39,7 @@ impl Schedule {
         }
         let ready = (0..claims.len()).filter(|&i| waiting[i] == 0).collect();
         let done = vec![false; claims.len()];
-        Self {
-            claims: claims.into_iter().map(Some).collect(),
-            waiting,
-            referrers,
-            index,
-            ready,
-            done,
-            finished: 0,
-        }
+        Self { claims: claims.into_iter().map(Some).collect(), waiting, referrers, index, ready, done, finished: 0 }
     }
 
     /// The next path whose references are all uploaded, if any; each path is returned once.
@@ -104,9 +88,7 @@ mod tests {
     }
 
     fn drain(schedule: &mut Schedule) -> Vec<String> {
-        std::iter::from_fn(|| schedule.next_ready())
-            .map(|c| c.path)
-            .collect()
+        std::iter::from_fn(|| schedule.next_ready()).map(|c| c.path).collect()
     }
 
     /// Runs the plan in waves (everything ready starts, then all of it finishes) and returns
@@ -131,34 +113,18 @@ mod tests {
     fn paths_wait_for_their_missing_references() {
         check(&[], &[]);
         check(&[("a", &[]), ("b", &[])], &[&["a", "b"]]);
-        check(
-            &[("c", &[]), ("b", &["c"]), ("a", &["b", "c"])],
-            &[&["c"], &["b"], &["a"]],
-        );
+        check(&[("c", &[]), ("b", &["c"]), ("a", &["b", "c"])], &[&["c"], &["b"], &["a"]]);
         // References already in the cache (not in the set) and self-references do not wait.
+        check(&[("a", &["a", "/nix/store/present"]), ("b", &["a"])], &[&["a"], &["b"]]);
         check(
-            &[("a", &["a", "/nix/store/present"]), ("b", &["a"])],
-            &[&["a"], &["b"]],
-        );
-        check(
-            &[
-                ("base", &[]),
-                ("l", &["base"]),
-                ("r", &["base"]),
-                ("top", &["l", "r"]),
-                ("solo", &[]),
-            ],
+            &[("base", &[]), ("l", &["base"]), ("r", &["base"]), ("top", &["l", "r"]), ("solo", &[])],
             &[&["base", "solo"], &["l", "r"], &["top"]],
         );
     }
 
     #[test]
     fn a_referrer_waits_for_every_reference() {
-        let mut schedule = Schedule::new(vec![
-            claim("l", &[]),
-            claim("r", &[]),
-            claim("top", &["l", "r"]),
-        ]);
+        let mut schedule = Schedule::new(vec![claim("l", &[]), claim("r", &[]), claim("top", &["l", "r"])]);
         assert_eq!(drain(&mut schedule), ["l", "r"]);
         schedule.finished("l");
         assert_eq!(drain(&mut schedule), Vec::<String>::new());

@@ -42,28 +42,13 @@ pub async fn upload(
     }
     let (nar, dump) = compressed_nar(on_disk, level, counters);
     let body = futures::stream::once(async move { Ok(header) }).chain(nar);
-    let response = client
-        .upload(&claim.path, reqwest::Body::wrap_stream(body))
-        .await;
-    let dumped = dump
-        .await
-        .unwrap_or_else(|e| Err(DumpFailure::Failed(format!("NAR thread failed: {e}"))));
+    let response = client.upload(&claim.path, reqwest::Body::wrap_stream(body)).await;
+    let dumped = dump.await.unwrap_or_else(|e| Err(DumpFailure::Failed(format!("NAR thread failed: {e}"))));
     match (response, dumped) {
-        (_, Err(DumpFailure::Failed(reason))) => Err(PushError::Dump {
-            path: claim.path,
-            reason,
-        }),
-        (Ok(status), Ok(compressed)) => Ok(Uploaded {
-            claim,
-            status,
-            compressed,
-        }),
+        (_, Err(DumpFailure::Failed(reason))) => Err(PushError::Dump { path: claim.path, reason }),
+        (Ok(status), Ok(compressed)) => Ok(Uploaded { claim, status, compressed }),
         // The server answered before reading the whole NAR; only `present` makes sense then.
-        (Ok(status), Err(DumpFailure::Cancelled)) => Ok(Uploaded {
-            claim,
-            status,
-            compressed: 0,
-        }),
+        (Ok(status), Err(DumpFailure::Cancelled)) => Ok(Uploaded { claim, status, compressed: 0 }),
         (Err(e), _) => Err(e),
     }
 }
@@ -86,13 +71,7 @@ mod tests {
     #[test]
     fn store_roots() {
         assert_eq!(on_disk_root(None).unwrap(), PathBuf::from("/"));
-        assert_eq!(
-            on_disk_root(Some("/tmp/chroot")).unwrap(),
-            PathBuf::from("/tmp/chroot")
-        );
-        assert!(matches!(
-            on_disk_root(Some("s3://bucket")),
-            Err(PushError::UnsupportedStore(_))
-        ));
+        assert_eq!(on_disk_root(Some("/tmp/chroot")).unwrap(), PathBuf::from("/tmp/chroot"));
+        assert!(matches!(on_disk_root(Some("s3://bucket")), Err(PushError::UnsupportedStore(_))));
     }
 }

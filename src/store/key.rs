@@ -44,12 +44,7 @@ mod tests {
     fn layout_is_the_binary_cache_layout() {
         let h = StorePathHash::parse("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl").unwrap();
         let n = NarFileName::for_file_hash(&[0; 32], Compression::Zstd);
-        let keys = [
-            ObjectKey::CacheInfo,
-            ObjectKey::NarInfo(h.clone()),
-            ObjectKey::Listing(h),
-            ObjectKey::Nar(n),
-        ];
+        let keys = [ObjectKey::CacheInfo, ObjectKey::NarInfo(h.clone()), ObjectKey::Listing(h), ObjectKey::Nar(n)];
         let paths: Vec<_> = keys.iter().map(ObjectKey::as_path).collect();
         insta::assert_debug_snapshot!(paths, @r#"
         [

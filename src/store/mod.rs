@@ -12,8 +12,7 @@ use std::{ops::Range, path::PathBuf, sync::Arc};
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{
-    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore,
-    PutPayload, WriteMultipart,
+    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart,
 };
 
 pub use key::ObjectKey;
@@ -79,51 +78,31 @@ impl Store {
     /// Opens `file:///dir` (created if missing) or `memory://` (tests).
     pub fn open(url: &str) -> Result<Self, StoreError> {
         if url == "memory://" {
-            return Ok(Self {
-                inner: Arc::new(InMemory::new()),
-                local_root: None,
-            });
+            return Ok(Self { inner: Arc::new(InMemory::new()), local_root: None });
         }
-        let dir = url
-            .strip_prefix("file://")
-            .filter(|d| d.starts_with('/'))
-            .ok_or_else(|| StoreError::BadUrl(url.into()))?;
+        let dir =
+            url.strip_prefix("file://").filter(|d| d.starts_with('/')).ok_or_else(|| StoreError::BadUrl(url.into()))?;
         let root = PathBuf::from(dir);
         std::fs::create_dir_all(root.join("nar"))?;
         std::fs::create_dir_all(root.join("tmp"))?;
         let fs = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Self {
-            inner: Arc::new(fs),
-            local_root: Some(root),
-        })
+        Ok(Self { inner: Arc::new(fs), local_root: Some(root) })
     }
 
     /// Writes a small object atomically and durably.
     pub async fn put(&self, key: &ObjectKey, bytes: Bytes) -> Result<(), StoreError> {
-        self.inner
-            .put(&path(key), PutPayload::from_bytes(bytes))
-            .await?;
+        self.inner.put(&path(key), PutPayload::from_bytes(bytes)).await?;
         self.sync(key).await
     }
 
     /// Reads an object, or a range of it; `None` when it does not exist.
-    pub async fn get(
-        &self,
-        key: &ObjectKey,
-        range: Option<ByteRange>,
-    ) -> Result<Option<ObjectBody>, StoreError> {
+    pub async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<Option<ObjectBody>, StoreError> {
         let range = range.map(|r| match r {
-            ByteRange::From {
-                start,
-                end: Some(end),
-            } => GetRange::Bounded(start..end.saturating_add(1)),
+            ByteRange::From { start, end: Some(end) } => GetRange::Bounded(start..end.saturating_add(1)),
             ByteRange::From { start, end: None } => GetRange::Offset(start),
             ByteRange::Suffix(n) => GetRange::Suffix(n),
         });
-        let options = GetOptions {
-            range,
-            ..Default::default()
-        };
+        let options = GetOptions { range, ..Default::default() };
         match self.inner.get_opts(&path(key), options).await {
             Ok(result) => Ok(Some(ObjectBody {
                 range: result.range.clone(),
@@ -131,9 +110,7 @@ impl Store {
                 stream: result.into_stream().map_err(StoreError::from).boxed(),
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(object_store::Error::Generic { source, .. })
-                if source.to_string().contains("range") =>
-            {
+            Err(object_store::Error::Generic { source, .. }) if source.to_string().contains("range") => {
                 Err(StoreError::Range)
             }
             Err(e) => Err(e.into()),
@@ -171,11 +148,7 @@ impl Store {
     pub async fn start_upload(&self) -> Result<Upload, StoreError> {
         let staging = ObjectKey::Staging(uuid::Uuid::new_v4());
         let upload = self.inner.put_multipart(&path(&staging)).await?;
-        Ok(Upload {
-            store: self.clone(),
-            staging,
-            writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE),
-        })
+        Ok(Upload { store: self.clone(), staging, writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE) })
     }
 
     /// Deletes staging objects left behind by a crash. Run at start-up, before serving.
@@ -196,12 +169,7 @@ impl Store {
             .map_err(|e| std::io::Error::other(e.to_string()))?;
         }
         let prefix = Path::from("tmp");
-        let stale: Vec<_> = self
-            .inner
-            .list(Some(&prefix))
-            .map_ok(|m| m.location)
-            .try_collect()
-            .await?;
+        let stale: Vec<_> = self.inner.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
         for location in &stale {
             self.inner.delete(location).await?;
         }
@@ -250,9 +218,7 @@ impl Upload {
         let (from, to) = (path(&self.staging), path(key));
         match self.store.inner.rename_if_not_exists(&from, &to).await {
             Ok(()) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                self.store.inner.delete(&from).await?
-            }
+            Err(object_store::Error::AlreadyExists { .. }) => self.store.inner.delete(&from).await?,
             Err(e) => return Err(e.into()),
         }
         self.store.sync(key).await

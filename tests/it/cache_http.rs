@@ -21,12 +21,7 @@ fn fixture(args: &[&str]) -> Fixture {
     let s = Scratch::new();
     let server = Server::start(&s.path("data"), args);
     let push = server.token("push");
-    Fixture {
-        s,
-        server,
-        push,
-        client: http(),
-    }
+    Fixture { s, server, push, client: http() }
 }
 
 impl Fixture {
@@ -35,13 +30,7 @@ impl Fixture {
     }
 
     fn put(&self, path: &str, body: Vec<u8>) -> (StatusCode, String) {
-        let r = self
-            .client
-            .put(self.url(path))
-            .bearer_auth(&self.push)
-            .body(body)
-            .send()
-            .unwrap();
+        let r = self.client.put(self.url(path)).bearer_auth(&self.push).body(body).send().unwrap();
         (r.status(), r.text().unwrap())
     }
 
@@ -75,63 +64,26 @@ fn hash_of(path: &str) -> &str {
 #[test]
 fn cache_info_and_lookups() {
     let f = fixture(&[]);
-    let info = f
-        .client
-        .get(f.url("nix-cache-info"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
-    assert_eq!(
-        info,
-        "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n"
-    );
+    let info = f.client.get(f.url("nix-cache-info")).send().unwrap().text().unwrap();
+    assert_eq!(info, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
     let on_disk = std::fs::read_to_string(f.server.data_dir.join("cache/nix-cache-info")).unwrap();
-    assert_eq!(
-        on_disk, info,
-        "the storage directory is itself a binary cache"
-    );
+    assert_eq!(on_disk, info, "the storage directory is itself a binary cache");
 
-    let miss = f
-        .client
-        .get(f.url("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo"))
-        .send()
-        .unwrap();
+    let miss = f.client.get(f.url("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo")).send().unwrap();
     assert_eq!(miss.status(), StatusCode::NOT_FOUND);
     assert!(miss.headers().contains_key("x-request-id"));
-    let head = f
-        .client
-        .head(f.url("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo"))
-        .send()
-        .unwrap();
+    let head = f.client.head(f.url("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo")).send().unwrap();
     assert_eq!(head.status(), StatusCode::NOT_FOUND);
-    for bad in [
-        "short.narinfo",
-        "0c6kzph7l0dcbqmjknjmggwd3ggi7mre.narinfo",
-        "nar/..%2f..%2fetc%2fpasswd",
-        "nar/x.nar.gz",
-    ] {
+    for bad in
+        ["short.narinfo", "0c6kzph7l0dcbqmjknjmggwd3ggi7mre.narinfo", "nar/..%2f..%2fetc%2fpasswd", "nar/x.nar.gz"]
+    {
         let r = f.client.get(f.url(bad)).send().unwrap();
         assert_eq!(r.status(), StatusCode::BAD_REQUEST, "{bad}");
-        assert!(
-            r.text().unwrap().contains("\"message\""),
-            "{bad}: a one-line reason"
-        );
+        assert!(r.text().unwrap().contains("\"message\""), "{bad}: a one-line reason");
     }
-    let r = f
-        .client
-        .get(f.url("nar/0000000000000000000000000000000000000000000000000000.nar.xz"))
-        .send()
-        .unwrap();
-    assert_eq!(
-        r.status(),
-        StatusCode::NOT_FOUND,
-        "a missing NAR is 404, never 5xx"
-    );
-    assert_eq!(
-        f.client.get(f.url("healthz")).send().unwrap().status(),
-        StatusCode::OK
-    );
+    let r = f.client.get(f.url("nar/0000000000000000000000000000000000000000000000000000.nar.xz")).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a missing NAR is 404, never 5xx");
+    assert_eq!(f.client.get(f.url("healthz")).send().unwrap().status(), StatusCode::OK);
 }
 
 #[test]
@@ -140,63 +92,30 @@ fn nars_serve_with_ranges_and_immutable_caching() {
     let (path, nar) = f.simple_path("ranges");
     let name = nar_name(&nar);
     assert_eq!(f.put(&format!("nar/{name}"), nar.clone()).0, StatusCode::OK);
-    let (status, body) = f.put(
-        &format!("{}.narinfo", hash_of(&path)),
-        narinfo(&path, &name, &nar, "").into_bytes(),
-    );
+    let (status, body) = f.put(&format!("{}.narinfo", hash_of(&path)), narinfo(&path, &name, &nar, "").into_bytes());
     assert_eq!(status, StatusCode::OK, "{body}");
 
     let full = f.client.get(f.url(&format!("nar/{name}"))).send().unwrap();
     assert_eq!(full.headers()["accept-ranges"], "bytes");
-    assert!(full.headers()["cache-control"]
-        .to_str()
-        .unwrap()
-        .contains("immutable"));
+    assert!(full.headers()["cache-control"].to_str().unwrap().contains("immutable"));
     assert_eq!(full.bytes().unwrap(), nar);
-    let part = f
-        .client
-        .get(f.url(&format!("nar/{name}")))
-        .header("range", "bytes=8-15")
-        .send()
-        .unwrap();
+    let part = f.client.get(f.url(&format!("nar/{name}"))).header("range", "bytes=8-15").send().unwrap();
     assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(
-        part.headers()["content-range"],
-        format!("bytes 8-15/{}", nar.len())
-    );
+    assert_eq!(part.headers()["content-range"], format!("bytes 8-15/{}", nar.len()));
     assert_eq!(part.bytes().unwrap(), nar[8..16]);
-    let tail = f
-        .client
-        .get(f.url(&format!("nar/{name}")))
-        .header("range", "bytes=-4")
-        .send()
-        .unwrap();
+    let tail = f.client.get(f.url(&format!("nar/{name}"))).header("range", "bytes=-4").send().unwrap();
     assert_eq!(tail.bytes().unwrap(), nar[nar.len() - 4..]);
-    let beyond = f
-        .client
-        .get(f.url(&format!("nar/{name}")))
-        .header("range", format!("bytes={}-", nar.len()))
-        .send()
-        .unwrap();
+    let beyond =
+        f.client.get(f.url(&format!("nar/{name}"))).header("range", format!("bytes={}-", nar.len())).send().unwrap();
     assert_eq!(beyond.status(), StatusCode::RANGE_NOT_SATISFIABLE);
     let head = f.client.head(f.url(&format!("nar/{name}"))).send().unwrap();
     assert_eq!(head.status(), StatusCode::OK);
     assert_eq!(head.headers()["content-length"], nar.len().to_string());
 
-    let text = f
-        .client
-        .get(f.url(&format!("{}.narinfo", hash_of(&path))))
-        .send()
-        .unwrap();
+    let text = f.client.get(f.url(&format!("{}.narinfo", hash_of(&path)))).send().unwrap();
     assert_eq!(text.headers()["content-type"], "text/x-nix-narinfo");
     assert!(text.text().unwrap().contains("Sig: "));
-    let metrics = f
-        .client
-        .get(f.url("metrics"))
-        .send()
-        .unwrap()
-        .text()
-        .unwrap();
+    let metrics = f.client.get(f.url("metrics")).send().unwrap().text().unwrap();
     assert!(metrics.contains("berth_narinfo_hits_total 1"), "{metrics}");
 }
 
@@ -213,32 +132,13 @@ fn corrupt_or_truncated_nars_are_refused_and_leave_nothing() {
         assert!(body.contains("not a valid NAR"), "{body}");
     }
     // A NAR uploaded under a name that is not its hash is refused as well.
-    let (status, _) = f.put(
-        "nar/0000000000000000000000000000000000000000000000000000.nar",
-        nar.clone(),
-    );
+    let (status, _) = f.put("nar/0000000000000000000000000000000000000000000000000000.nar", nar.clone());
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert_eq!(
-        std::fs::read_dir(f.server.data_dir.join("cache/nar"))
-            .unwrap()
-            .count(),
-        0
-    );
-    assert_eq!(
-        std::fs::read_dir(f.server.data_dir.join("cache/tmp"))
-            .unwrap()
-            .count(),
-        0
-    );
-    let (status, body) = f.put(
-        &format!("{}.narinfo", hash_of(&path)),
-        narinfo(&path, &nar_name(&nar), &nar, "").into_bytes(),
-    );
-    assert_eq!(
-        status,
-        StatusCode::BAD_REQUEST,
-        "a narinfo whose NAR never arrived: {body}"
-    );
+    assert_eq!(std::fs::read_dir(f.server.data_dir.join("cache/nar")).unwrap().count(), 0);
+    assert_eq!(std::fs::read_dir(f.server.data_dir.join("cache/tmp")).unwrap().count(), 0);
+    let (status, body) =
+        f.put(&format!("{}.narinfo", hash_of(&path)), narinfo(&path, &nar_name(&nar), &nar, "").into_bytes());
+    assert_eq!(status, StatusCode::BAD_REQUEST, "a narinfo whose NAR never arrived: {body}");
     assert!(body.contains("has not been uploaded"), "{body}");
 }
 
@@ -256,29 +156,15 @@ fn a_narinfo_that_lies_about_its_nar_is_never_published() {
     assert!(body.contains("mismatch"), "{body}");
     // References a path the cache does not have.
     let dangling = narinfo(&path, &name, &nar, &other_path["/nix/store/".len()..]);
-    let (status, body) = f.put(
-        &format!("{}.narinfo", hash_of(&path)),
-        dangling.into_bytes(),
-    );
+    let (status, body) = f.put(&format!("{}.narinfo", hash_of(&path)), dangling.into_bytes());
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(body.contains("references not in the cache"), "{body}");
     // Uploaded under another path's name.
-    let (status, _) = f.put(
-        &format!("{}.narinfo", hash_of(&other_path)),
-        narinfo(&path, &name, &nar, "").into_bytes(),
-    );
+    let (status, _) = f.put(&format!("{}.narinfo", hash_of(&other_path)), narinfo(&path, &name, &nar, "").into_bytes());
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    let r = f
-        .client
-        .get(f.url(&format!("{}.narinfo", hash_of(&path))))
-        .send()
-        .unwrap();
+    let r = f.client.get(f.url(&format!("{}.narinfo", hash_of(&path)))).send().unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
-    assert!(!f
-        .server
-        .data_dir
-        .join(format!("cache/{}.narinfo", hash_of(&path)))
-        .exists());
+    assert!(!f.server.data_dir.join(format!("cache/{}.narinfo", hash_of(&path))).exists());
 }
 
 #[test]
@@ -292,45 +178,16 @@ fn a_private_cache_needs_a_read_token() {
     let anonymous = client.get(&url).send().unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     assert!(anonymous.headers().contains_key("www-authenticate"));
+    assert_eq!(client.get(&url).bearer_auth("berth_wrong").send().unwrap().status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(client.get(&url).bearer_auth(server.token("read")).send().unwrap().status(), StatusCode::OK);
     assert_eq!(
-        client
-            .get(&url)
-            .bearer_auth("berth_wrong")
-            .send()
-            .unwrap()
-            .status(),
-        StatusCode::UNAUTHORIZED
-    );
-    assert_eq!(
-        client
-            .get(&url)
-            .bearer_auth(server.token("read"))
-            .send()
-            .unwrap()
-            .status(),
-        StatusCode::OK
-    );
-    assert_eq!(
-        client
-            .get(&url)
-            .basic_auth("nix", Some(server.token("host:web-1")))
-            .send()
-            .unwrap()
-            .status(),
+        client.get(&url).basic_auth("nix", Some(server.token("host:web-1"))).send().unwrap().status(),
         StatusCode::OK
     );
     let ci = server.token("ci");
-    assert_eq!(
-        client.get(&url).bearer_auth(&ci).send().unwrap().status(),
-        StatusCode::FORBIDDEN
-    );
+    assert_eq!(client.get(&url).bearer_auth(&ci).send().unwrap().status(), StatusCode::FORBIDDEN);
     let missing = format!("{}/api/v1/paths/missing", server.url);
-    let r = client
-        .post(&missing)
-        .bearer_auth(&ci)
-        .json(&serde_json::json!({"paths": []}))
-        .send()
-        .unwrap();
+    let r = client.post(&missing).bearer_auth(&ci).json(&serde_json::json!({"paths": []})).send().unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN, "a ci token cannot push");
 }
 
@@ -344,8 +201,7 @@ fn expect_100_continue_is_answered_before_the_body() {
     let (_, nar) = f.simple_path("expect");
     let address = f.server.url.trim_start_matches("http://");
     let mut tcp = std::net::TcpStream::connect(address).unwrap();
-    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-        .unwrap();
+    tcp.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
     let head = format!(
         "PUT /nar/{} HTTP/1.1\r\nHost: {address}\r\nAuthorization: Bearer {}\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         nar_name(&nar),
@@ -363,9 +219,5 @@ fn expect_100_continue_is_answered_before_the_body() {
     tcp.write_all(&nar).unwrap();
     let mut rest = [0u8; 15];
     tcp.read_exact(&mut rest).unwrap();
-    assert!(
-        String::from_utf8_lossy(&rest).contains("200 OK"),
-        "{:?}",
-        String::from_utf8_lossy(&rest)
-    );
+    assert!(String::from_utf8_lossy(&rest).contains("200 OK"), "{:?}", String::from_utf8_lossy(&rest));
 }

@@ -47,7 +47,9 @@ const FLAKE: &str = r#"{
         inherit host common;
         marker = builtins.readFile (./hosts + "/${host}.txt");
         broken = if files ? "${host}.broken" then "1" else "";
+        pause = if files ? "${host}.sleep" then builtins.readFile (./hosts + "/${host}.sleep") else "0";
       } ''
+        sleep "$pause"
         if [ -n "$broken" ]; then
           echo "error: host $host is broken on purpose" >&2
           exit 1
@@ -175,6 +177,11 @@ impl Fleet {
         } else if flag.exists() {
             fs::remove_file(flag).unwrap();
         }
+    }
+
+    /// Makes `host`'s build take `seconds` longer (for tests that interrupt a build).
+    pub fn set_slow(&self, host: &str, seconds: u32) {
+        fs::write(self.host_file(host, "sleep"), seconds.to_string()).unwrap();
     }
 
     /// Commits the whole work tree on `branch` and returns the commit's full hash. Switches to

@@ -9,6 +9,10 @@ use std::{
     time::Duration,
 };
 
+/// Nix settings for every test process: offline, flakes on, no remembered misses.
+pub const NIX_OFFLINE: &str =
+    "substituters =\nexperimental-features = nix-command flakes\nnarinfo-cache-negative-ttl = 0\nwarn-dirty = false";
+
 /// The berth binary under test.
 pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
@@ -17,22 +21,14 @@ pub fn berth_bin() -> &'static str {
 /// Fails loudly when a program a test needs is missing.
 #[track_caller]
 pub fn require(program: &str) {
-    let found = Command::new("sh")
-        .args(["-c", &format!("command -v {program}")])
-        .output()
-        .map(|o| o.status.success());
-    assert!(
-        found.unwrap_or(false),
-        "`{program}` is required by this test: run scripts/test.sh, which installs it"
-    );
+    let found = Command::new("sh").args(["-c", &format!("command -v {program}")]).output().map(|o| o.status.success());
+    assert!(found.unwrap_or(false), "`{program}` is required by this test: run scripts/test.sh, which installs it");
 }
 
 /// Runs a command and returns its output, panicking with its stderr when it fails.
 #[track_caller]
 pub fn run_ok(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed ({}):\n{}\n{}",
@@ -46,10 +42,7 @@ pub fn run_ok(cmd: &mut Command) -> Output {
 /// stdout of a successful command, trimmed.
 #[track_caller]
 pub fn stdout_of(cmd: &mut Command) -> String {
-    String::from_utf8(run_ok(cmd).stdout)
-        .unwrap()
-        .trim()
-        .to_owned()
+    String::from_utf8(run_ok(cmd).stdout).unwrap().trim().to_owned()
 }
 
 /// A scratch directory with a private Nix cache directory, so Nix's remembered narinfo
@@ -61,9 +54,7 @@ pub struct Scratch {
 impl Scratch {
     pub fn new() -> Self {
         require("nix");
-        Self {
-            dir: tempfile::tempdir().unwrap(),
-        }
+        Self { dir: tempfile::tempdir().unwrap() }
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -73,12 +64,7 @@ impl Scratch {
     /// A `nix`/`nix-store`/`nix-build` command: offline, flakes on, private cache dir.
     pub fn nix(&self, program: &str) -> Command {
         let mut cmd = Command::new(program);
-        cmd.env("XDG_CACHE_HOME", self.path("xdg-cache"))
-            .env(
-                "NIX_CONFIG",
-                "substituters =\nexperimental-features = nix-command flakes\nnarinfo-cache-negative-ttl = 0\nwarn-dirty = false",
-            )
-            .env_remove("NIX_REMOTE");
+        cmd.env("XDG_CACHE_HOME", self.path("xdg-cache")).env("NIX_CONFIG", NIX_OFFLINE).env_remove("NIX_REMOTE");
         cmd
     }
 
@@ -101,10 +87,7 @@ in mk "berth-test-top" "mkdir -p $out; echo ${{mid}} ${{lib}} > $out/refs; echo 
 
     /// Every path of the closure of `path`.
     pub fn closure(&self, path: &str) -> Vec<String> {
-        stdout_of(self.nix("nix-store").args(["-qR", path]))
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        stdout_of(self.nix("nix-store").args(["-qR", path])).lines().map(str::to_owned).collect()
     }
 
     /// The NarHash of `path` as recorded in `store` (None: the system store).
@@ -119,22 +102,12 @@ in mk "berth-test-top" "mkdir -p $out; echo ${{mid}} ${{lib}} > $out/refs; echo 
     /// A netrc file granting `token` for 127.0.0.1.
     pub fn netrc(&self, token: &str) -> PathBuf {
         let file = self.path("netrc");
-        std::fs::write(
-            &file,
-            format!("machine 127.0.0.1\nlogin berth\npassword {token}\n"),
-        )
-        .unwrap();
+        std::fs::write(&file, format!("machine 127.0.0.1\nlogin berth\npassword {token}\n")).unwrap();
         file
     }
 
     /// `nix copy --from url --to <fresh chroot store>` trusting only `trusted_key`.
-    pub fn substitute(
-        &self,
-        url: &str,
-        path: &str,
-        trusted_key: &str,
-        store_name: &str,
-    ) -> (Output, PathBuf) {
+    pub fn substitute(&self, url: &str, path: &str, trusted_key: &str, store_name: &str) -> (Output, PathBuf) {
         let store = self.path(store_name);
         // A fresh Nix cache directory: Nix remembers the narinfos it uploaded itself (without
         // berth's signature) and would check those instead of what the server serves.
@@ -166,6 +139,9 @@ impl Server {
             .arg(data_dir)
             .args(args)
             .env("BERTH_LOG", "warn")
+            // The server runs nix (builds, closure queries): offline, with its own cache dir.
+            .env("NIX_CONFIG", NIX_OFFLINE)
+            .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
@@ -185,20 +161,13 @@ impl Server {
         // Keep draining stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         let url = url.expect("berth serve exited before listening");
-        Self {
-            child,
-            url,
-            public_key: public_key.expect("public key line"),
-            data_dir: data_dir.to_owned(),
-        }
+        Self { child, url, public_key: public_key.expect("public key line"), data_dir: data_dir.to_owned() }
     }
 
     /// `berth token create --scope SCOPE` against this server's data directory.
     pub fn token(&self, scope: &str) -> String {
         stdout_of(
-            Command::new(berth_bin())
-                .args(["token", "create", "--scope", scope, "--data-dir"])
-                .arg(&self.data_dir),
+            Command::new(berth_bin()).args(["token", "create", "--scope", scope, "--data-dir"]).arg(&self.data_dir),
         )
     }
 
@@ -224,8 +193,5 @@ impl Drop for Server {
 
 /// A blocking HTTP client for tests.
 pub fn http() -> reqwest::blocking::Client {
-    reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(120))
-        .build()
-        .unwrap()
+    reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
 }

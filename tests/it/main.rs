@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod builds;
 mod cache_http;
 mod cli;
 mod consistency;

@@ -13,25 +13,12 @@ fn nix_copy_upload_then_substitute() {
     let server = Server::start(&s.path("data"), &[]);
     let top = s.build_closure("nix-copy");
     let netrc = s.netrc(&server.token("push"));
-    run_ok(
-        s.nix("nix")
-            .args(["copy", "--option", "netrc-file"])
-            .arg(&netrc)
-            .args(["--to", &server.url, &top]),
-    );
+    run_ok(s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &server.url, &top]));
 
     let (out, store) = s.substitute(&server.url, &top, &server.public_key, "client");
-    assert!(
-        out.status.success(),
-        "substitution failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "substitution failed: {}", String::from_utf8_lossy(&out.stderr));
     for path in s.closure(&top) {
-        assert_eq!(
-            s.nar_hash(&path, Some(&store)),
-            s.nar_hash(&path, None),
-            "{path}"
-        );
+        assert_eq!(s.nar_hash(&path, Some(&store)), s.nar_hash(&path, None), "{path}");
     }
 }
 
@@ -44,19 +31,10 @@ fn nix_copy_other_compressions_and_twice() {
     let netrc = s.netrc(&server.token("push"));
     for compression in ["zstd", "none", "zstd"] {
         let url = format!("{}?compression={compression}", server.url);
-        run_ok(
-            s.nix("nix")
-                .args(["copy", "--option", "netrc-file"])
-                .arg(&netrc)
-                .args(["--to", &url, &top]),
-        );
+        run_ok(s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &url, &top]));
     }
     let (out, _) = s.substitute(&server.url, &top, &server.public_key, "client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Substitution fails when the client trusts another key: berth's signature is what counts.
@@ -66,12 +44,7 @@ fn substitution_needs_berths_key() {
     let server = Server::start(&s.path("data"), &[]);
     let top = s.build_closure("wrong-key");
     let netrc = s.netrc(&server.token("push"));
-    run_ok(
-        s.nix("nix")
-            .args(["copy", "--option", "netrc-file"])
-            .arg(&netrc)
-            .args(["--to", &server.url, &top]),
-    );
+    run_ok(s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &server.url, &top]));
     let other = "other-1:pA18roE3vLB11kd1pWBsS6jNaTxNsLEYBa3vFd+7R84=";
     let (out, _) = s.substitute(&server.url, &top, other, "client");
     assert!(!out.status.success());
@@ -84,17 +57,9 @@ fn upload_without_push_token_is_refused() {
     let s = Scratch::new();
     let server = Server::start(&s.path("data"), &[]);
     let top = s.build_closure("no-token");
-    let out = s
-        .nix("nix")
-        .args(["copy", "--to", &server.url, &top])
-        .output()
-        .unwrap();
+    let out = s.nix("nix").args(["copy", "--to", &server.url, &top]).output().unwrap();
     assert!(!out.status.success());
-    assert!(
-        String::from_utf8_lossy(&out.stderr).contains("401"),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
     let netrc = s.netrc(&server.token("read"));
     let out = s
         .nix("nix")
@@ -105,16 +70,10 @@ fn upload_without_push_token_is_refused() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("403"));
-    let nars = std::fs::read_dir(server.data_dir.join("cache/nar"))
-        .unwrap()
-        .count();
+    let nars = std::fs::read_dir(server.data_dir.join("cache/nar")).unwrap().count();
     assert_eq!(nars, 0, "nothing stored");
     let hash = &top["/nix/store/".len()..][..32];
-    let status = http()
-        .get(format!("{}/{hash}.narinfo", server.url))
-        .send()
-        .unwrap()
-        .status();
+    let status = http().get(format!("{}/{hash}.narinfo", server.url)).send().unwrap().status();
     assert_eq!(status, 404);
 }
 
@@ -127,28 +86,16 @@ fn berth_push_then_substitute() {
     let token = server.token("push");
     let push = || {
         let mut cmd = Command::new(berth_bin());
-        cmd.args(["push", "--server", &server.url, &top])
-            .env("BERTH_TOKEN", &token);
+        cmd.args(["push", "--server", &server.url, &top]).env("BERTH_TOKEN", &token);
         cmd
     };
     run_ok(&mut push());
     let again = run_ok(&mut push());
-    assert!(
-        String::from_utf8_lossy(&again.stderr).contains("already"),
-        "a second push uploads nothing"
-    );
+    assert!(String::from_utf8_lossy(&again.stderr).contains("already"), "a second push uploads nothing");
     let (out, store) = s.substitute(&server.url, &top, &server.public_key, "client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     for path in s.closure(&top) {
-        assert_eq!(
-            s.nar_hash(&path, Some(&store)),
-            s.nar_hash(&path, None),
-            "{path}"
-        );
+        assert_eq!(s.nar_hash(&path, Some(&store)), s.nar_hash(&path, None), "{path}");
     }
 }
 
@@ -172,16 +119,9 @@ fn a_large_path_streams_in_bounded_memory() {
             .env("BERTH_TOKEN", server.token("push")),
     );
     let (out, _) = s.substitute(&server.url, &path, &server.public_key, "client");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let peak = server.peak_rss_kib();
     eprintln!("server peak RSS: {} MiB", peak / 1024);
-    assert!(
-        peak < 100 * 1024,
-        "server peak RSS {peak} KiB is over 100 MiB"
-    );
+    assert!(peak < 100 * 1024, "server peak RSS {peak} KiB is over 100 MiB");
     run_ok(s.nix("nix-store").args(["--delete", &path]));
 }

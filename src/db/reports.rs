@@ -1,0 +1,127 @@
+//! What hosts report about their deployments, and each host's resulting status.
+
+use super::{now, on_pool, Db, DbError};
+
+/// One report from a host's agent.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub struct ReportRow {
+    /// Generation the report is about.
+    pub generation: i64,
+    /// `downloading`, `activating`, `healthy`, `confirmed`, `rolled_back`, `failed`, `needs_reboot`.
+    pub phase: String,
+    /// One line.
+    pub message: Option<String>,
+    /// Last lines of output.
+    pub log_tail: Option<String>,
+    /// How long the phase took.
+    pub duration_ms: Option<i64>,
+    /// When it arrived.
+    #[serde(default)]
+    pub created_at: i64,
+}
+
+/// A host's reported status.
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct HostStatus {
+    /// The generation the host last confirmed.
+    pub active_generation: Option<i64>,
+    /// The last phase it reported.
+    pub phase: Option<String>,
+    /// The last failure it reported.
+    pub last_error: Option<String>,
+    /// When it last polled or reported.
+    pub last_seen: Option<i64>,
+}
+
+impl Db {
+    /// Records a report and updates the host's status: `confirmed` makes the generation
+    /// active (or `active` overrides it: the generation a rolled-back host runs again).
+    pub async fn add_report(&self, host: &str, report: &ReportRow, active: Option<i64>) -> Result<(), DbError> {
+        let t = now();
+        let failed = matches!(report.phase.as_str(), "rolled_back" | "failed");
+        let active = active.or((report.phase == "confirmed").then_some(report.generation));
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "INSERT INTO reports (host, generation, phase, message, log_tail, duration_ms, created_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(host).bind(report.generation).bind(&report.phase).bind(&report.message).bind(&report.log_tail)
+            .bind(report.duration_ms).bind(t).execute(&mut *tx).await?;
+            sqlx::query(
+                "UPDATE hosts SET phase = $1, last_seen = $2,
+                    active_generation = COALESCE($3, active_generation),
+                    last_error = CASE WHEN $4 THEN $5 WHEN $1 = 'confirmed' THEN NULL ELSE last_error END
+                 WHERE name = $6",
+            )
+            .bind(&report.phase).bind(t).bind(active).bind(failed).bind(&report.message).bind(host)
+            .execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
+    /// Marks a host as seen now (it polled for its manifest).
+    pub async fn touch_host(&self, host: &str) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE hosts SET last_seen = $1 WHERE name = $2").bind(now()).bind(host).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// A host's status.
+    pub async fn host_status(&self, host: &str) -> Result<HostStatus, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT active_generation, phase, last_error, last_seen FROM hosts WHERE name = $1",
+        ).bind(host).fetch_optional(pool).await?.unwrap_or_default()))
+    }
+
+    /// A host's reports, newest first.
+    pub async fn reports(&self, host: &str, limit: i64) -> Result<Vec<ReportRow>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT generation, phase, message, log_tail, duration_ms, created_at FROM reports
+             WHERE host = $1 ORDER BY id DESC LIMIT $2",
+        ).bind(host).bind(limit).fetch_all(pool).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::{test_db, NewGeneration};
+
+    fn report(generation: i64, phase: &str, message: Option<&str>) -> ReportRow {
+        ReportRow {
+            generation,
+            phase: phase.into(),
+            message: message.map(Into::into),
+            log_tail: None,
+            duration_ms: None,
+            created_at: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn reports_move_the_host_status() {
+        let db = test_db().await;
+        let g = NewGeneration {
+            host: "a",
+            repository: "fleet",
+            store_path: "/nix/store/x",
+            commit_sha: "c",
+            branch: "main",
+            build_id: None,
+        };
+        db.add_generation(&g).await.unwrap();
+        db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();
+        let status = db.host_status("a").await.unwrap();
+        assert_eq!((status.active_generation, status.phase.as_deref()), (Some(1), Some("confirmed")));
+        db.add_report("a", &report(2, "rolled_back", Some("health check failed")), Some(1)).await.unwrap();
+        let status = db.host_status("a").await.unwrap();
+        assert_eq!(status.active_generation, Some(1));
+        assert_eq!(status.last_error.as_deref(), Some("health check failed"));
+        assert_eq!(db.reports("a", 10).await.unwrap().len(), 2);
+        db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
+        assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+    }
+}

@@ -1,0 +1,149 @@
+//! PURE: deploy manifests. For every generation the server issues a manifest that only its
+//! host needs: host, generation number, store path, commit, branch, build, time. It is signed
+//! with the deploy key (ed25519, separate from the cache key). The signature covers the exact
+//! bytes of the manifest's JSON text, which travels as a string, so no canonical form is
+//! needed. An agent accepts a manifest only when the signature verifies with its configured
+//! deploy public key, it names this host, and it is newer than what the host applied: a
+//! replayed old manifest can never roll a host back (an admin rollback is a new generation).
+
+use serde::{Deserialize, Serialize};
+
+use crate::nixfmt::{PublicKey, SecretKey, StorePath};
+
+/// Why an agent refuses a manifest.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ManifestError {
+    /// No valid signature by the deploy key.
+    #[error("manifest signature does not verify with the deploy public key {0}")]
+    BadSignature(String),
+    /// Signed, but not valid manifest JSON.
+    #[error("malformed manifest: {0}")]
+    Malformed(String),
+    /// For another host.
+    #[error("manifest is for host {got:?}, this is {expected:?}")]
+    WrongHost {
+        /// This host.
+        expected: String,
+        /// The manifest's host.
+        got: String,
+    },
+    /// Not newer than what was applied (a replay).
+    #[error("manifest generation {got} is not newer than the applied generation {applied}")]
+    NotNewer {
+        /// The manifest's generation.
+        got: u64,
+        /// The host's applied generation.
+        applied: u64,
+    },
+}
+
+/// What one generation of one host is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Format version, for future changes.
+    pub version: u32,
+    /// The host it is for.
+    pub host: String,
+    /// Its generation number (strictly increasing per host).
+    pub generation: u64,
+    /// The system toplevel to activate.
+    pub store_path: String,
+    /// The commit it was built from.
+    pub commit: String,
+    /// The branch that deployed it.
+    pub branch: String,
+    /// The build that made it (none for an admin rollback).
+    pub build_id: Option<i64>,
+    /// When the generation was made (Unix seconds).
+    pub created_at: i64,
+}
+
+/// A manifest as served: its JSON text and the deploy key's signature of that text.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedManifest {
+    /// The manifest's JSON text; the signed bytes.
+    pub manifest: String,
+    /// `keyname:base64(ed25519 signature)`.
+    pub signature: String,
+}
+
+impl Manifest {
+    /// Signs the manifest with the deploy key.
+    pub fn sign(&self, key: &SecretKey) -> SignedManifest {
+        let manifest = serde_json::to_string(self).expect("a manifest always serialises");
+        let signature = key.sign(manifest.as_bytes());
+        SignedManifest { manifest, signature }
+    }
+}
+
+impl SignedManifest {
+    /// Verifies and parses, checking it is for `host` and newer than `applied`.
+    pub fn open(&self, key: &PublicKey, host: &str, applied: Option<u64>) -> Result<Manifest, ManifestError> {
+        if !key.verify(self.manifest.as_bytes(), &self.signature) {
+            return Err(ManifestError::BadSignature(key.name().to_owned()));
+        }
+        let manifest: Manifest =
+            serde_json::from_str(&self.manifest).map_err(|e| ManifestError::Malformed(e.to_string()))?;
+        if manifest.version != 1 {
+            return Err(ManifestError::Malformed(format!("unsupported version {}", manifest.version)));
+        }
+        if manifest.store_path.parse::<StorePath>().is_err() {
+            return Err(ManifestError::Malformed(format!("{:?} is not a store path", manifest.store_path)));
+        }
+        if manifest.host != host {
+            return Err(ManifestError::WrongHost { expected: host.to_owned(), got: manifest.host });
+        }
+        if let Some(applied) = applied.filter(|a| manifest.generation <= *a) {
+            return Err(ManifestError::NotNewer { got: manifest.generation, applied });
+        }
+        Ok(manifest)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn manifest(host: &str, generation: u64) -> Manifest {
+        Manifest {
+            version: 1,
+            host: host.into(),
+            generation,
+            store_path: "/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-nixos-system-web".into(),
+            commit: "0".repeat(40),
+            branch: "main".into(),
+            build_id: Some(3),
+            created_at: 1_795_887_131,
+        }
+    }
+
+    #[test]
+    fn a_signed_manifest_opens_for_its_host_only_and_only_forward() {
+        let key = SecretKey::generate("deploy-1").unwrap();
+        let signed = manifest("web", 5).sign(&key);
+        assert_eq!(signed.open(&key.public(), "web", Some(4)).unwrap(), manifest("web", 5));
+        assert_eq!(signed.open(&key.public(), "web", None).unwrap().generation, 5);
+        assert_eq!(
+            signed.open(&key.public(), "db", None).unwrap_err(),
+            ManifestError::WrongHost { expected: "db".into(), got: "web".into() }
+        );
+        assert_eq!(
+            signed.open(&key.public(), "web", Some(5)).unwrap_err(),
+            ManifestError::NotNewer { got: 5, applied: 5 }
+        );
+        let other = SecretKey::generate("deploy-1").unwrap();
+        assert!(matches!(signed.open(&other.public(), "web", None), Err(ManifestError::BadSignature(_))));
+    }
+
+    #[test]
+    fn tampering_breaks_the_signature() {
+        let key = SecretKey::generate("deploy-1").unwrap();
+        let mut signed = manifest("web", 5).sign(&key);
+        signed.manifest = signed.manifest.replace("\"generation\":5", "\"generation\":6");
+        assert!(matches!(signed.open(&key.public(), "web", None), Err(ManifestError::BadSignature(_))));
+        let unsigned = SignedManifest { manifest: signed.manifest.clone(), signature: String::new() };
+        assert!(matches!(unsigned.open(&key.public(), "web", None), Err(ManifestError::BadSignature(_))));
+    }
+}

@@ -1,0 +1,178 @@
+//! The deployment side of the API: a host long-polls for its signed manifest and reports
+//! what it did (its `host:<name>` token allows nothing else); an admin rolls a host back.
+
+use std::time::Duration;
+
+use axum::{
+    extract::{Path, Query, State},
+    http::{HeaderMap, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use serde::Deserialize;
+
+use super::{auth, error::ApiError};
+use crate::{
+    app::AppState,
+    auth::{valid_host_name, Scope},
+    db::{GenerationRow, NewGeneration, ReportRow},
+    deploy::{manifest_of, rollback},
+    nixfmt::{StorePath, StorePathHash},
+};
+
+/// Phases an agent may report.
+const PHASES: &[&str] = &["downloading", "activating", "healthy", "confirmed", "rolled_back", "failed", "needs_reboot"];
+
+fn host_name(name: &str) -> Result<(), ApiError> {
+    if valid_host_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("invalid host name".into()))
+    }
+}
+
+/// `?after=N&timeout=S`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestQuery {
+    /// The generation the host applied last.
+    after: Option<i64>,
+    /// Seconds to hold the request (default 30, at most 60).
+    timeout: Option<u64>,
+}
+
+/// `GET /api/v1/hosts/{name}/manifest`: the newest generation's signed manifest when it is
+/// newer than `after`; otherwise held until one is made or the timeout passes (204).
+pub async fn manifest(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(query): Query<ManifestQuery>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    host_name(&name)?;
+    auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(query.timeout.unwrap_or(30).min(60));
+    let after = query.after.unwrap_or(0);
+    loop {
+        // Registered before the check, so a generation made in between is not missed.
+        let made = state.deploys.notified();
+        tokio::pin!(made);
+        made.as_mut().enable();
+        if let Some(g) = state.db.latest_generation(&name).await?.filter(|g| g.number > after) {
+            state.db.touch_host(&name).await?;
+            return Ok(Json(manifest_of(&g).sign(&state.deploy_key)).into_response());
+        }
+        tokio::select! {
+            _ = &mut made => {}
+            // Another replica may have made it: look again now and then.
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = tokio::time::sleep_until(deadline) => {
+                state.db.touch_host(&name).await?;
+                return Ok(StatusCode::NO_CONTENT.into_response());
+            }
+        }
+    }
+}
+
+/// `POST /api/v1/hosts/{name}/reports` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportRequest {
+    generation: i64,
+    phase: String,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    log_tail: Option<String>,
+    #[serde(default)]
+    duration_ms: Option<i64>,
+    /// The generation the host runs now (after a rollback: the previous one).
+    #[serde(default)]
+    active_generation: Option<i64>,
+}
+
+fn clip(s: Option<String>, max: usize) -> Option<String> {
+    s.map(|s| if s.len() <= max { s } else { s[s.len() - max..].to_owned() }.replace('\0', ""))
+}
+
+/// `POST /api/v1/hosts/{name}/reports`.
+pub async fn report(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(r): Json<ReportRequest>,
+) -> Result<StatusCode, ApiError> {
+    host_name(&name)?;
+    auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    if !PHASES.contains(&r.phase.as_str()) {
+        return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", PHASES.join(", "))));
+    }
+    if state.db.generation(&name, r.generation).await?.is_none() {
+        return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));
+    }
+    let message = clip(r.message, 1000).map(|m| m.lines().next().unwrap_or_default().to_owned());
+    let row = ReportRow {
+        generation: r.generation,
+        phase: r.phase,
+        message,
+        log_tail: clip(r.log_tail, 64 * 1024),
+        duration_ms: r.duration_ms,
+        created_at: 0,
+    };
+    tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
+    state.db.add_report(&name, &row, r.active_generation).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/v1/hosts/{name}/reports`: the newest 100.
+pub async fn reports(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<Json<Vec<ReportRow>>, ApiError> {
+    host_name(&name)?;
+    auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    Ok(Json(state.db.reports(&name, 100).await?))
+}
+
+/// `POST /api/v1/hosts/{name}/rollback` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RollbackRequest {
+    /// The generation to go back to (default: the one before what the host runs).
+    #[serde(default)]
+    to: Option<i64>,
+}
+
+/// `POST /api/v1/hosts/{name}/rollback` (admin): a new generation with an older system.
+pub async fn rollback(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<RollbackRequest>,
+) -> Result<(StatusCode, Json<GenerationRow>), ApiError> {
+    host_name(&name)?;
+    auth::require(&state, &headers, Scope::Admin).await?;
+    let repository = state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
+    let history = state.db.generations(&name).await?;
+    let active = state.db.host_status(&name).await?.active_generation;
+    let target = rollback::target(&history, request.to, active).map_err(ApiError::BadRequest)?;
+    let path: StorePath = target.store_path.parse().map_err(|_| ApiError::Internal("stored path unparsable".into()))?;
+    if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
+        return Err(ApiError::BadRequest(format!("generation {}'s system is no longer in the cache", target.number)));
+    }
+    let branch = format!("rollback-to-{}", target.number);
+    let g = NewGeneration {
+        host: &name,
+        repository: &repository,
+        store_path: &target.store_path,
+        commit_sha: &target.commit_sha,
+        branch: &branch,
+        build_id: None,
+    };
+    let number = state.db.add_generation(&g).await?;
+    state.deploys.notify_waiters();
+    tracing::info!(host = %name, number, to = target.number, "rollback");
+    let made = state.db.generation(&name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))?;
+    Ok((StatusCode::CREATED, Json(made)))
+}

@@ -97,7 +97,8 @@ pub async fn list(api: &Api) -> Result<String, ClientError> {
 
 /// `berth rollback NAME [--to N]`: the new generation, as one line.
 pub async fn rollback(api: &Api, name: &str, to: Option<i64>) -> Result<String, ClientError> {
-    let made: Generation = api.post(&format!("/api/v1/hosts/{name}/rollback"), &serde_json::json!({ "to": to })).await?;
+    let made: Generation =
+        api.post(&format!("/api/v1/hosts/{name}/rollback"), &serde_json::json!({ "to": to })).await?;
     Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
 }
 

@@ -7,7 +7,7 @@ use crate::db::GenerationRow;
 /// Picks the generation to roll back to: `to` when given, otherwise the newest generation
 /// older than the one the host runs (`active`, or the newest when nothing is confirmed).
 /// `generations` is newest first.
-pub fn target<'a>(generations: &'a [GenerationRow], to: Option<i64>, active: Option<i64>) -> Result<&'a GenerationRow, String> {
+pub fn target(generations: &[GenerationRow], to: Option<i64>, active: Option<i64>) -> Result<&GenerationRow, String> {
     let newest = generations.first().ok_or("the host has no generations")?;
     match to {
         Some(n) => generations.iter().find(|g| g.number == n).ok_or_else(|| format!("the host has no generation {n}")),

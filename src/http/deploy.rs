@@ -153,7 +153,8 @@ pub async fn rollback(
 ) -> Result<(StatusCode, Json<GenerationRow>), ApiError> {
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Admin).await?;
-    let repository = state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
+    let repository =
+        state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
     let history = state.db.generations(&name).await?;
     let active = state.db.host_status(&name).await?.active_generation;
     let target = rollback::target(&history, request.to, active).map_err(ApiError::BadRequest)?;
@@ -173,6 +174,7 @@ pub async fn rollback(
     let number = state.db.add_generation(&g).await?;
     state.deploys.notify_waiters();
     tracing::info!(host = %name, number, to = target.number, "rollback");
-    let made = state.db.generation(&name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))?;
+    let made =
+        state.db.generation(&name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))?;
     Ok((StatusCode::CREATED, Json(made)))
 }

@@ -15,15 +15,15 @@ use crate::{fleet::*, harness::*};
 const WEBHOOK_SECRET: &str = "webhook-secret-for-tests";
 
 /// A berth server configured with the fleet's repository, and tokens.
-struct BuildHost {
-    s: Scratch,
-    fleet: Fleet,
-    server: Server,
-    ci: String,
-    admin: String,
+pub struct BuildHost {
+    pub s: Scratch,
+    pub fleet: Fleet,
+    pub server: Server,
+    pub ci: String,
+    pub admin: String,
 }
 
-fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
+pub fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
     let s = Scratch::new();
     let fleet = Fleet::new(&s, hosts);
     let secret = s.path("webhook-secret");
@@ -45,12 +45,12 @@ fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
 }
 
 impl BuildHost {
-    fn api(&self, path: &str) -> String {
+    pub fn api(&self, path: &str) -> String {
         format!("{}/api/v1/{path}", self.server.url)
     }
 
     /// `berth build submit --wait`, as CI runs it: (succeeded, stdout = log, stderr = status).
-    fn submit_wait(&self, commit: &str, branch: &str) -> (bool, String, String) {
+    pub fn submit_wait(&self, commit: &str, branch: &str) -> (bool, String, String) {
         // Bounded: a hung build fails the test instead of hanging the suite.
         let out = Command::new("timeout")
             .args(["300", berth_bin()])
@@ -78,7 +78,7 @@ impl BuildHost {
         panic!("build {id} did not end");
     }
 
-    fn generations(&self, host: &str) -> Vec<Value> {
+    pub fn generations(&self, host: &str) -> Vec<Value> {
         let r = http().get(self.api(&format!("hosts/{host}/generations"))).bearer_auth(&self.admin).send().unwrap();
         if r.status() == StatusCode::NOT_FOUND {
             return vec![];

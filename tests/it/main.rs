@@ -7,5 +7,6 @@ mod builds;
 mod cache_http;
 mod cli;
 mod consistency;
+mod deploy_api;
 mod fleet;
 mod nix_client;

@@ -55,8 +55,11 @@ install_missing() {
   fi
 }
 install_missing
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 have cargo || { echo "bench: cargo is needed (see scripts/deps.sh)" >&2; exit 1; }
 
+awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l > 0.5) }' \
+  && log "warning: load average $LOAD_BEFORE before the run: other work on this machine makes figures noisy"
 log "building berth (release)"
 cargo build --release --quiet
 BERTH=$ROOT/target/release/berth
@@ -143,7 +146,6 @@ mkdir -p "$WORK/small"
   }'
 )
 nix-store "${NIXOPT[@]}" --add "$WORK/small"/* >"$WORK/small.list"
-rm -rf "$WORK/small"
 { echo '['; sed 's/.*/"&"/' "$WORK/small.list"; echo ']'; } >"$WORK/small-list.nix"
 cat >"$WORK/closure.nix" <<'EOF'
 { listFile, name }:
@@ -164,7 +166,6 @@ mkdir -p "$WORK/big"
 head -c $((BIG_MIB << 20)) /dev/zero \
   | openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:berth-bench 2>/dev/null >"$WORK/big/berth-bench-big-${BIG_MIB}m"
 BIG_PATH=$(nix-store "${NIXOPT[@]}" --add "$WORK/big/berth-bench-big-${BIG_MIB}m")
-rm -rf "$WORK/big"
 
 # Sizes: total NAR bytes of the closure and of the big path.
 nar_bytes() { nix-store "${NIXOPT[@]}" --query --size "$@" | awk '{ s += $1 } END { print s }'; }
@@ -320,15 +321,21 @@ B_WRK_N=$(wrk_dl "$NGINX_URL/$NAR_URL")
 
 stop_pid "$NGINX_PID"
 stop_pid "$SERVE_PID"
-rm -rf "$SERVE_DIR"
 
 # ---------------------------------------------------------------------------------------
-# c. Ingest into an empty cache, REPS times each; the median wall time counts.
+# c. Ingest into an empty cache, REPS times each, the contenders taking turns; the median
+# wall time counts.
+#
+# Nothing is deleted until the end of the run: on ext4 without a journal (this kind of VM),
+# creating a file right after many were deleted scans the recently freed inodes first and
+# costs several times more, which would charge one contender for the previous one's cleanup.
+RUN=0
 # ingest_once KIND PATHS...: prints the wall time in seconds.
 ingest_once() {
-  local kind=$1 dir=$WORK/ingest t0 t1
+  local kind=$1 dir t0 t1
   shift
-  rm -rf "$dir" "$dir.out" "$dir.err" "$dir.push"
+  RUN=$((RUN + 1))
+  dir=$WORK/ingest-$RUN
   mkdir -p "$dir"
   case $kind in
     file)
@@ -360,24 +367,28 @@ ingest_once() {
   local got
   got=$(find "$dir/cache" -maxdepth 1 -name '*.narinfo' | wc -l)
   [ "$got" -ge "$want" ] || { echo "bench: $kind stored $got narinfos, expected $want" >&2; exit 1; }
-  rm -rf "$dir"
   awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f\n", b - a }'
 }
 
-# ingest KIND PATHS...: median wall time over REPS runs.
+# ingest NAME PATHS...: REPS rounds of (file, push, nixhttp); each time is appended to
+# $WORK/times-NAME-KIND.
 ingest() {
-  local i
-  for i in $(seq "$REPS"); do ingest_once "$@"; done | median
+  local name=$1 i kind
+  shift
+  for i in $(seq "$REPS"); do
+    for kind in file push nixhttp; do
+      ingest_once "$kind" "$@" >>"$WORK/times-$name-$kind"
+    done
+  done
 }
+med() { median <"$WORK/times-$1"; }
 
-log "c. ingest of the big path (${BIG_MIB} MiB), $REPS run(s) each"
-C_BIG_FILE=$(ingest file "$BIG_PATH")
-C_BIG_PUSH=$(ingest push "$BIG_PATH")
-C_BIG_HTTP=$(ingest nixhttp "$BIG_PATH")
-log "c. ingest of the closure ($CLOSURE_PATHS paths), $REPS run(s) each"
-C_CL_FILE=$(ingest file "$ROOT_PATH")
-C_CL_PUSH=$(ingest push "$ROOT_PATH")
-C_CL_HTTP=$(ingest nixhttp "$ROOT_PATH")
+log "c. ingest of the big path (${BIG_MIB} MiB), $REPS round(s)"
+ingest big "$BIG_PATH"
+C_BIG_FILE=$(med big-file) C_BIG_PUSH=$(med big-push) C_BIG_HTTP=$(med big-nixhttp)
+log "c. ingest of the closure ($CLOSURE_PATHS paths), $REPS round(s)"
+ingest closure "$ROOT_PATH"
+C_CL_FILE=$(med closure-file) C_CL_PUSH=$(med closure-push) C_CL_HTTP=$(med closure-nixhttp)
 
 mbs() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f\n", n / 1e6 / t }'; }
 pps() { awk -v n="$1" -v t="$2" 'BEGIN { printf "%.0f\n", n / t }'; }
@@ -435,6 +446,9 @@ CPU=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
 GIT_REV=$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)
 git -C "$ROOT" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null || GIT_REV="$GIT_REV + uncommitted changes"
 mkdir -p "$(dirname "$DOC")"
+# Hand-written notes (profiles, analysis) after this marker survive a re-run.
+NOTES_MARK='<!-- notes: kept across runs of benches/load.sh -->'
+NOTES=$(sed -n "\|^$NOTES_MARK|,\$p" "$DOC" 2>/dev/null || true)
 cat >"$DOC" <<EOF
 # Benchmarks
 
@@ -501,5 +515,7 @@ $MICRO
 | nginx | $(nginx -v 2>&1 | sed 's|.*/||') |
 | wrk | $(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }') |
 | curl | $(curl --version | head -n 1 | awk '{ print $2 }') |
+| load average (1, 5, 15 min) | $LOAD_BEFORE before the run, $(cut -d' ' -f1-3 /proc/loadavg) after |
 EOF
+if [ -n "$NOTES" ]; then printf '\n%s\n' "$NOTES" >>"$DOC"; fi
 log "wrote $DOC"

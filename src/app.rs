@@ -60,6 +60,10 @@ pub struct AppState {
     pub deploy_key: Arc<SecretKey>,
     /// Wakes manifest long-polls when a generation is made.
     pub deploys: Arc<tokio::sync::Notify>,
+    /// Publications hold it for reading, retention for writing (see `gc::run`).
+    pub publish_gate: Arc<tokio::sync::RwLock<()>>,
+    /// Held while a collection runs: one at a time.
+    pub gc_running: Arc<tokio::sync::Mutex<()>>,
     /// Every public key clients should trust (current first, then previous ones).
     pub public_keys: Arc<Vec<PublicKey>>,
     /// Protocol settings.
@@ -93,6 +97,8 @@ impl AppState {
             signing_key: Arc::new(key),
             deploy_key: Arc::new(deploy_key),
             deploys: Arc::default(),
+            publish_gate: Arc::default(),
+            gc_running: Arc::default(),
             public_keys: Arc::new(public_keys),
             cache: Arc::new(config.cache.clone()),
             metrics: Arc::default(),
@@ -100,6 +106,11 @@ impl AppState {
             builds: Queue::default(),
         };
         Ok((state, origin))
+    }
+
+    /// Where ingest publishes.
+    pub fn cache(&self) -> crate::ingest::Cache<'_> {
+        crate::ingest::Cache { store: &self.store, db: &self.db, key: &self.signing_key, gate: &self.publish_gate }
     }
 
     /// The `nix.conf` lines a client needs to use this cache at `url`.
@@ -175,7 +186,10 @@ pub async fn serve(
         }
     }
     let stop = tokio_util::sync::CancellationToken::new();
-    let workers = crate::build::worker::spawn(state.clone(), stop.clone());
+    let mut workers = crate::build::worker::spawn(state.clone(), stop.clone());
+    if let Some(every) = state.config.gc_schedule {
+        workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
+    }
     let stop_on_shutdown = stop.clone();
     let shutdown = async move {
         shutdown.await;
@@ -188,4 +202,17 @@ pub async fn serve(
     }
     db.close().await;
     served
+}
+
+/// Runs a collection every `every` until `stop`.
+async fn scheduled_gc(state: AppState, every: std::time::Duration, stop: tokio_util::sync::CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        if let Err(e) = crate::gc::collect(&state, &state.config.retention, false).await {
+            tracing::error!(error = %e, "scheduled garbage collection failed");
+        }
+    }
 }

@@ -85,6 +85,16 @@ impl Api {
         response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))
     }
 
+    /// `PUT path` with a JSON body; no answer body expected.
+    pub async fn put<B: Serialize>(&self, path: &str, body: &B) -> Result<(), ClientError> {
+        self.send(self.request(Method::PUT, path).json(body)).await.map(drop)
+    }
+
+    /// `DELETE path`.
+    pub async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.send(self.request(Method::DELETE, path)).await.map(drop)
+    }
+
     /// `GET path` as a byte stream (build logs).
     pub async fn stream(
         &self,

@@ -73,6 +73,26 @@ pub struct RawConfig {
     /// The fleet configuration repositories berth builds.
     #[serde(default)]
     pub repositories: Vec<RawRepository>,
+    /// What garbage collection keeps, and when it runs by itself.
+    #[serde(default)]
+    pub retention: RawRetention,
+}
+
+/// `[retention]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    /// Generations kept per host. Default 5.
+    pub keep_last: Option<usize>,
+    /// Per-host overrides of `keep_last`.
+    #[serde(default)]
+    pub keep_last_per_host: std::collections::HashMap<String, usize>,
+    /// Also keep every generation younger than this many days.
+    pub keep_newer_than_days: Option<u64>,
+    /// Seconds a fresh upload is kept although nothing references it yet. Default 3600.
+    pub grace_period_secs: Option<u64>,
+    /// Run a collection every this many seconds. Default: never (run `berth gc`).
+    pub schedule_secs: Option<u64>,
 }
 
 /// `[builder]`.
@@ -235,6 +255,10 @@ pub struct Config {
     pub builder: BuilderConfig,
     /// Repositories, by name.
     pub repositories: Vec<Repository>,
+    /// The retention policy.
+    pub retention: crate::gc::Policy,
+    /// How often collections run by themselves.
+    pub gc_schedule: Option<std::time::Duration>,
 }
 
 impl Config {
@@ -328,6 +352,22 @@ impl RawConfig {
             }
             repositories.push(repo);
         }
+        if self.retention.keep_last == Some(0) || self.retention.keep_last_per_host.values().any(|n| *n == 0) {
+            return Err(invalid(
+                "retention.keep_last",
+                "must be at least 1: a host always keeps its newest generation".into(),
+            ));
+        }
+        if let Some(bad) = self.retention.keep_last_per_host.keys().find(|h| !crate::auth::valid_host_name(h)) {
+            return Err(invalid("retention.keep_last_per_host", format!("{bad:?} is not a host name")));
+        }
+        let retention = crate::gc::Policy {
+            keep_last: self.retention.keep_last.unwrap_or(5),
+            keep_last_per_host: self.retention.keep_last_per_host,
+            keep_newer_than: self.retention.keep_newer_than_days.map(|d| d as i64 * 86_400),
+            grace_period: self.retention.grace_period_secs.unwrap_or(3600) as i64,
+        };
+        let gc_schedule = self.retention.schedule_secs.map(|s| std::time::Duration::from_secs(s.max(60)));
         Ok(Config {
             listen,
             data_dir,
@@ -339,6 +379,8 @@ impl RawConfig {
             cache,
             builder,
             repositories,
+            retention,
+            gc_schedule,
         })
     }
 }

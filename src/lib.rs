@@ -10,6 +10,7 @@ pub mod config;
 pub mod db;
 pub mod deploy;
 pub mod dump;
+pub mod gc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;

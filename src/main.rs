@@ -90,6 +90,33 @@ enum Command {
         #[arg(long)]
         to: Option<i64>,
     },
+    /// Prune old generations and delete what no kept generation, pin or fresh upload needs.
+    Gc {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Generations kept per host for this run (default: the server's policy).
+        #[arg(long)]
+        keep: Option<usize>,
+        /// Print the plan without deleting anything.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Keep a store path's closure in the cache under a name (like a GC root).
+    Pin {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Pin name.
+        name: String,
+        /// Store path.
+        path: String,
+    },
+    /// Remove a named pin.
+    Unpin {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Pin name.
+        name: String,
+    },
     /// Push the closures of store paths to a berth cache.
     Push {
         #[command(flatten)]
@@ -241,6 +268,20 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Token { action } => token(action).await,
         Command::Build { action } => build(action).await,
+        Command::Gc { client, keep, dry_run } => {
+            print!("{}", berth::cmd::gc::collect(&client.api()?, keep, dry_run).await?);
+            Ok(())
+        }
+        Command::Pin { client, name, path } => {
+            berth::cmd::gc::pin(&client.api()?, &name, &path).await?;
+            println!("pinned {name} -> {path}");
+            Ok(())
+        }
+        Command::Unpin { client, name } => {
+            berth::cmd::gc::unpin(&client.api()?, &name).await?;
+            println!("unpinned {name}");
+            Ok(())
+        }
         Command::Rollback { client, name, to } => {
             if !berth::auth::valid_host_name(&name) {
                 bail!("invalid host name {name:?}");

@@ -23,6 +23,10 @@ pub struct Metrics {
     pub uploads_rejected: AtomicU64,
     /// Requests refused for missing or wrong tokens.
     pub auth_refusals: AtomicU64,
+    /// Paths deleted by garbage collection.
+    pub gc_paths_deleted: AtomicU64,
+    /// NAR bytes freed by garbage collection.
+    pub gc_bytes_freed: AtomicU64,
 }
 
 impl Metrics {
@@ -42,6 +46,8 @@ impl Metrics {
             ("berth_paths_published_total", "store paths newly published", &self.paths_published),
             ("berth_uploads_rejected_total", "uploads refused or failed", &self.uploads_rejected),
             ("berth_auth_refusals_total", "requests refused for a missing or wrong token", &self.auth_refusals),
+            ("berth_gc_paths_deleted_total", "paths deleted by garbage collection", &self.gc_paths_deleted),
+            ("berth_gc_bytes_freed_total", "NAR bytes freed by garbage collection", &self.gc_bytes_freed),
         ];
         let mut out = String::new();
         for (name, help, value) in counters {

@@ -57,8 +57,7 @@ pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, Publ
         }
         let level = state.cache.compression_level;
         let (nar, dumping) = compressed_nar(PathBuf::from(&claim.path), level, Arc::new(Counters::default()));
-        let result =
-            ingest::ingest_claimed(&state.store, &state.db, &state.signing_key, claim, nar, Compression::Zstd).await;
+        let result = ingest::ingest_claimed(state.cache(), claim, nar, Compression::Zstd).await;
         if let Ok(Err(DumpFailure::Failed(reason))) = dumping.await {
             return Err(PublishError::Dump { path: claim.path.clone(), reason });
         }

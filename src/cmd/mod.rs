@@ -2,6 +2,7 @@
 //! requests through [`crate::client::Api`], output as plain text for people and scripts.
 
 pub mod build;
+pub mod gc;
 pub mod hosts;
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (no time-zone database needed).

@@ -102,6 +102,17 @@ const MIGRATIONS: &[&str] = &[
         created_at BIGINT NOT NULL
     );
     CREATE INDEX reports_host ON reports (host, id);",
+    // 4: retention: named pins, and object deletions a collection still owes.
+    "CREATE TABLE pins (
+        name TEXT PRIMARY KEY,
+        store_path TEXT NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE gc_pending (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (kind, name)
+    );",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -4,6 +4,7 @@
 //! TEXT and BIGINT columns) and run on whichever pool is open.
 
 mod builds;
+mod gc;
 mod generations;
 mod migrations;
 mod paths;
@@ -18,6 +19,7 @@ use sqlx::{
 };
 
 pub use builds::{BuildHostRow, BuildRow};
+pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use paths::{NarFileRow, PathRow};
 pub use reports::{HostStatus, ReportRow};

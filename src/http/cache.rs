@@ -93,10 +93,9 @@ pub async fn put_top_level(
             if info.hash() != hash {
                 return Err(ApiError::BadRequest(format!("narinfo for {} uploaded as {hash}.narinfo", info.hash())));
             }
-            let outcome =
-                ingest::publish(&state.store, &state.db, &state.signing_key, info).await.inspect_err(|_| {
-                    Metrics::add(&state.metrics.uploads_rejected, 1);
-                })?;
+            let outcome = ingest::publish(state.cache(), info).await.inspect_err(|_| {
+                Metrics::add(&state.metrics.uploads_rejected, 1);
+            })?;
             if outcome == ingest::Published::New {
                 Metrics::add(&state.metrics.paths_published, 1);
                 tracing::info!(%hash, "published");

@@ -25,6 +25,9 @@ pub enum ApiError {
     /// Nothing at this address.
     #[error("{0}")]
     NotFound(String),
+    /// The request conflicts with work in progress.
+    #[error("{0}")]
+    Conflict(String),
     /// A `Range` outside the object.
     #[error("range not satisfiable (object has {0} bytes)")]
     RangeNotSatisfiable(u64),
@@ -43,6 +46,7 @@ impl ApiError {
             Self::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),

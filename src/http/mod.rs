@@ -7,6 +7,7 @@ mod builds;
 mod cache;
 mod deploy;
 mod error;
+mod gc;
 mod hosts;
 mod ops;
 mod push;
@@ -20,7 +21,7 @@ use axum::{
     http::HeaderValue,
     middleware::{self, Next},
     response::Response,
-    routing::{get, post},
+    routing::{get, post, put},
     serve::ListenerExt,
     Router,
 };
@@ -52,6 +53,9 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(crate::webhook::MAX_BODY_BYTES)),
         )
+        .route("/api/v1/gc", post(gc::collect))
+        .route("/api/v1/pins", get(gc::pins))
+        .route("/api/v1/pins/{name}", put(gc::pin).delete(gc::unpin))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })

@@ -104,7 +104,7 @@ where
     if !absent.is_empty() {
         return Err(ingest::IngestError::MissingReferences(absent).into());
     }
-    Ok(ingest::ingest_claimed(&state.store, &state.db, &state.signing_key, claim, nar, Compression::Zstd).await?)
+    Ok(ingest::ingest_claimed(state.cache(), claim, nar, Compression::Zstd).await?)
 }
 
 /// Splits the framed body into the claim and the stream of NAR bytes that follow it.

@@ -142,8 +142,25 @@ pub enum Published {
     AlreadyPresent,
 }
 
+/// Where ingest publishes: storage, the index, the cache key, and the publish gate that
+/// retention holds for writing while it decides and deletes (see `gc::run`).
+#[derive(Clone, Copy)]
+pub struct Cache<'a> {
+    /// NARs and narinfos.
+    pub store: &'a Store,
+    /// The index.
+    pub db: &'a Db,
+    /// The cache signing key.
+    pub key: &'a SecretKey,
+    /// Held for reading while a path is checked and published.
+    pub gate: &'a tokio::sync::RwLock<()>,
+}
+
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
-pub async fn publish(store: &Store, db: &Db, key: &SecretKey, info: PathInfo) -> Result<Published, IngestError> {
+pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
+    let Cache { store, db, key, gate } = cache;
+    // Retention cannot plan or delete while this publication checks and indexes.
+    let _gate = gate.read().await;
     let file = info.nar_file()?;
     let row = db.nar_file(file.as_str()).await?.ok_or_else(|| IngestError::NarMissing(file.url()))?;
     check("NarHash", sha256_nix_string(&info.sha256_nar_hash()?), &row.nar_hash)?;
@@ -153,6 +170,10 @@ pub async fn publish(store: &Store, db: &Db, key: &SecretKey, info: PathInfo) ->
     }
     if let Some(declared) = info.file_size() {
         check("FileSize", declared.to_string(), &row.file_size.to_string())?;
+    }
+    // The record may outlive the object when retention deleted it under us: check the bytes.
+    if store.head(&ObjectKey::Nar(file.clone())).await?.is_none() {
+        return Err(IngestError::NarMissing(file.url()));
     }
     let hash = info.hash();
     if db.narinfo(hash.as_str()).await?.is_some() {
@@ -200,9 +221,7 @@ pub async fn missing_references(db: &Db, info: &PathInfo) -> Result<(), IngestEr
 
 /// Ingests a claimed path whose NAR arrives as `body` (berth's push API and the builder).
 pub async fn ingest_claimed<S, E>(
-    store: &Store,
-    db: &Db,
-    key: &SecretKey,
+    cache: Cache<'_>,
     claim: &nixfmt::PathClaim,
     body: S,
     compression: Compression,
@@ -211,12 +230,12 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let row = receive_nar(store, db, body, compression, None).await?;
+    let row = receive_nar(cache.store, cache.db, body, compression, None).await?;
     let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
     let file_sha256 = parse_sha256(&row.file_hash);
     let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };
     let info = PathInfo::from_claim(claim, &file)?;
-    publish(store, db, key, info).await
+    publish(cache, info).await
 }
 
 fn parse_sha256(s: &str) -> [u8; 32] {

@@ -11,17 +11,19 @@ use crate::nixfmt::{PathClaim, PublicKey};
 const A: &str = "/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-a";
 const B: &str = "/nix/store/3n58xw4373jp0ljirf06d8077j15pc4j-b";
 
-struct Cache {
+struct TestCache {
     store: Store,
     db: Db,
     key: SecretKey,
+    gate: tokio::sync::RwLock<()>,
 }
 
-async fn cache() -> Cache {
-    Cache {
+async fn cache() -> TestCache {
+    TestCache {
         store: Store::open("memory://").unwrap(),
         db: crate::db::test_db().await,
         key: SecretKey::generate("t-1").unwrap(),
+        gate: Default::default(),
     }
 }
 
@@ -49,10 +51,14 @@ fn body(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + U
     stream::iter(chunks)
 }
 
-impl Cache {
+impl TestCache {
+    fn target(&self) -> Cache<'_> {
+        Cache { store: &self.store, db: &self.db, key: &self.key, gate: &self.gate }
+    }
+
     async fn push(&self, claim: &PathClaim, nar: &[u8]) -> Result<Published, IngestError> {
         let zst = zstd::encode_all(nar, 3).unwrap();
-        ingest_claimed(&self.store, &self.db, &self.key, claim, body(zst), Compression::Zstd).await
+        ingest_claimed(self.target(), claim, body(zst), Compression::Zstd).await
     }
 
     async fn visible(&self, path: &str) -> Option<String> {

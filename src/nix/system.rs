@@ -199,6 +199,12 @@ impl SystemRoot {
         std::fs::read_link(self.physical(Path::new("/run/booted-system"))).ok()
     }
 
+    /// The system running now (`/run/current-system`), if known and a store path.
+    pub fn current_system(&self) -> Option<String> {
+        let target = std::fs::read_link(self.physical(Path::new("/run/current-system"))).ok()?;
+        target.to_str().filter(|t| check_output_path(t).is_ok()).map(str::to_owned)
+    }
+
     /// The boot files of the toplevel `toplevel` (logical).
     pub fn boot_files(&self, toplevel: &Path) -> BootFiles {
         let link = |name: &str| std::fs::read_link(self.physical(&toplevel.join(name))).ok();
@@ -348,10 +354,11 @@ mod tests {
         assert_eq!(std::fs::read_link(&physical).unwrap(), Path::new("system-2-link"));
 
         assert_eq!(system.boot_files(Path::new(&a)).kernel.unwrap().to_str().unwrap().rsplit('-').next(), Some("a"));
-        assert_eq!(system.booted_system(), None);
+        assert_eq!((system.booted_system(), system.current_system()), (None, None));
         std::fs::create_dir_all(root.join("run")).unwrap();
         std::os::unix::fs::symlink(&a, root.join("run/booted-system")).unwrap();
-        assert_eq!(system.booted_system(), Some(PathBuf::from(&a)));
+        std::os::unix::fs::symlink(&b, root.join("run/current-system")).unwrap();
+        assert_eq!((system.booted_system(), system.current_system()), (Some(PathBuf::from(&a)), Some(b)));
     }
 
     #[tokio::test]

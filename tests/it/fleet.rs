@@ -18,6 +18,8 @@ use crate::harness::{require, run_ok, stdout_of, Scratch};
 
 /// The variable that `bin/switch-to-configuration` appends `<host> <args…>` lines to.
 pub const ACTIVATION_LOG_ENV: &str = "BERTH_TEST_ACTIVATION_LOG";
+/// The flag file that a "network-cutting" generation's activation creates (see `NetCut`).
+pub const NETWORK_FLAG_ENV: &str = "BERTH_TEST_NETWORK_FLAG";
 
 /// The flake. `builtins.currentSystem` is refused in pure evaluation, so the system comes from
 /// `system.txt`; `salt.txt` makes every fleet's store paths its own, so tests never share
@@ -48,6 +50,9 @@ const FLAKE: &str = r#"{
         marker = builtins.readFile (./hosts + "/${host}.txt");
         broken = if files ? "${host}.broken" then "1" else "";
         pause = if files ? "${host}.sleep" then builtins.readFile (./hosts + "/${host}.sleep") else "0";
+        switchfail = if files ? "${host}.switchfail" then "1" else "";
+        cutnet = if files ? "${host}.cutnet" then "1" else "";
+        switchpause = if files ? "${host}.switchpause" then builtins.readFile (./hosts + "/${host}.switchpause") else "0";
       } ''
         sleep "$pause"
         if [ -n "$broken" ]; then
@@ -62,6 +67,15 @@ const FLAKE: &str = r#"{
         # Records the activation for tests; a real system would switch here.
         if [ -n "\$BERTH_TEST_ACTIVATION_LOG" ]; then
           echo "$host \$*" >> "\$BERTH_TEST_ACTIVATION_LOG"
+        fi
+        # A generation made with set_cuts_network cuts the test network; any other restores it.
+        if [ -n "\$BERTH_TEST_NETWORK_FLAG" ]; then
+          if [ -n "$cutnet" ]; then touch "\$BERTH_TEST_NETWORK_FLAG"; else rm -f "\$BERTH_TEST_NETWORK_FLAG"; fi
+        fi
+        if [ "\$1" = test ]; then sleep $switchpause; fi
+        if [ -n "$switchfail" ]; then
+          echo "error: activation of $host fails on purpose" >&2
+          exit 1
         fi
         exit 0
         EOS
@@ -176,6 +190,31 @@ impl Fleet {
             fs::write(flag, "").unwrap();
         } else if flag.exists() {
             fs::remove_file(flag).unwrap();
+        }
+    }
+
+    /// Makes `host`'s `switch-to-configuration` fail (exit 1), or not.
+    pub fn set_switch_fails(&self, host: &str, fails: bool) {
+        self.flag(host, "switchfail", fails.then_some(""));
+    }
+
+    /// Makes `host`'s activation cut the test network (create `$BERTH_TEST_NETWORK_FLAG`),
+    /// or not (a generation without it removes the flag when activated).
+    pub fn set_cuts_network(&self, host: &str, cuts: bool) {
+        self.flag(host, "cutnet", cuts.then_some(""));
+    }
+
+    /// Makes `host`'s `switch-to-configuration test` take `seconds` (0: no pause).
+    pub fn set_switch_pause(&self, host: &str, seconds: u32) {
+        self.flag(host, "switchpause", (seconds > 0).then(|| seconds.to_string()).as_deref());
+    }
+
+    fn flag(&self, host: &str, ext: &str, content: Option<&str>) {
+        let file = self.host_file(host, ext);
+        match content {
+            Some(text) => fs::write(file, text).unwrap(),
+            None if file.exists() => fs::remove_file(file).unwrap(),
+            None => {}
         }
     }
 

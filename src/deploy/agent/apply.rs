@@ -46,8 +46,15 @@ impl Agent {
             Ok(previous) => previous,
             Err(e) => return Progress::Retry(format!("cannot read the profile {}: {e}", self.opts.profile.display())),
         };
-        let activation = self.opts.activation;
-        let pending = Pending { generation, store_path: path.into(), previous, activation, attempts: 1, started_at: now() };
+        let pending = Pending {
+            generation,
+            store_path: path.into(),
+            previous,
+            running: self.system.current_system(),
+            activation: self.opts.activation,
+            attempts: 1,
+            started_at: now(),
+        };
         self.state.pending = Some(pending.clone());
         self.state.download_failures = None;
         if let Err(e) = self.save() {
@@ -71,12 +78,16 @@ impl Agent {
             return self.roll_back(&pending, why, tail, started).await;
         }
         if !trial.is_empty() {
-            let checked = health::check(&self.system, &self.server, &self.opts.health, before.as_deref(), &mut tail).await;
+            let checked =
+                health::check(&self.system, &self.server, &self.opts.health, before.as_deref(), &mut tail).await;
             if let Err(why) = checked {
                 return self.roll_back(&pending, why, tail, started).await;
             }
-            self.report(with_tail(Report::new(generation, Phase::Healthy, "health checks passed", Some(started)), &tail))
-                .await;
+            self.report(with_tail(
+                Report::new(generation, Phase::Healthy, "health checks passed", Some(started)),
+                &tail,
+            ))
+            .await;
         }
         if let Err(why) = self.run_steps(&plan::commit(mode, path), &mut tail).await {
             return self.roll_back(&pending, why, tail, started).await;
@@ -87,14 +98,16 @@ impl Agent {
     /// Records and reports a deploy that succeeded, and whether it needs a reboot.
     async fn confirm(&mut self, pending: &Pending, tail: &LogTail, started: Instant) -> Settled {
         let (generation, path) = (pending.generation, pending.store_path.clone());
-        let settled = Settled { generation, store_path: path.clone(), ending: Ending::Confirmed, reason: None, at: now() };
+        let settled =
+            Settled { generation, store_path: path.clone(), ending: Ending::Confirmed, reason: None, at: now() };
         self.state.settle(settled.clone());
         let needs_reboot = self.needs_reboot(pending.activation, &path);
         self.state.needs_reboot = needs_reboot.then(|| path.clone());
         // A failed save leaves `pending` on disk: a restart re-applies this same generation,
         // which is harmless; the next turn saves again first.
         let _ = self.save();
-        let mut report = with_tail(Report::new(generation, Phase::Confirmed, &format!("{path} confirmed"), Some(started)), tail);
+        let mut report =
+            with_tail(Report::new(generation, Phase::Confirmed, &format!("{path} confirmed"), Some(started)), tail);
         report.active_generation = Some(generation);
         self.report(report).await;
         if needs_reboot {
@@ -140,7 +153,8 @@ impl Agent {
         if !give_up {
             return Progress::Retry(why);
         }
-        let settled = Settled { generation, store_path: path.into(), ending: Ending::Failed, reason: Some(why), at: now() };
+        let settled =
+            Settled { generation, store_path: path.into(), ending: Ending::Failed, reason: Some(why), at: now() };
         self.state.settle(settled.clone());
         let _ = self.save();
         Progress::Settled(settled)
@@ -171,7 +185,7 @@ impl Agent {
     }
 
     /// Whether `path`, just confirmed, needs a reboot to run fully.
-    fn needs_reboot(&self, mode: super::Activation, path: &str) -> bool {
+    pub(super) fn needs_reboot(&self, mode: super::Activation, path: &str) -> bool {
         let new = self.system.boot_files(Path::new(path));
         let booted = self.system.booted_system();
         let booted_files = booted.as_deref().map(|b| self.system.boot_files(b));

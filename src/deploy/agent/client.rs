@@ -74,11 +74,6 @@ impl Server {
         Ok(Self { http, base: base.to_owned(), host: host.to_owned(), token })
     }
 
-    /// The server's base URL.
-    pub fn url(&self) -> &str {
-        &self.base
-    }
-
     /// The host's newest manifest if its generation is above `after`, waiting up to `hold` for
     /// one to appear; `None` when none did.
     pub async fn manifest(&self, after: Option<u64>, hold: Duration) -> Result<Option<SignedManifest>, ClientError> {
@@ -191,7 +186,12 @@ mod tests {
 
     #[tokio::test]
     async fn long_polls_the_manifest() {
-        let (url, mut requests) = canned(vec![manifest(), empty(), response("403 Forbidden", r#"{"code":"forbidden","message":"not for this host"}"#)]).await;
+        let (url, mut requests) = canned(vec![
+            manifest(),
+            empty(),
+            response("403 Forbidden", r#"{"code":"forbidden","message":"not for this host"}"#),
+        ])
+        .await;
         let server = server(&url);
         let hold = Duration::from_secs(30);
         let signed = server.manifest(Some(4), hold).await.unwrap().unwrap();
@@ -216,7 +216,9 @@ mod tests {
         server.report(&Report::new(3, Phase::Healthy, "ok", None)).await.unwrap();
         let request = requests.recv().await.unwrap();
         assert!(request.starts_with("POST /api/v1/hosts/web/reports HTTP/1.1\r\n"), "{request}");
-        assert!(request.ends_with(r#""phase":"healthy","message":"ok","log_tail":null,"duration_ms":null,"active_generation":null}"#));
+        assert!(request.ends_with(
+            r#""phase":"healthy","message":"ok","log_tail":null,"duration_ms":null,"active_generation":null}"#
+        ));
 
         server.healthz(Duration::from_secs(1)).await.unwrap();
         let request = requests.recv().await.unwrap();

@@ -128,7 +128,7 @@ pub struct HealthOptions {
 
 /// The host token; its `Debug` prints nothing.
 #[derive(Clone)]
-pub struct Token(String);
+pub struct Token(pub(super) String);
 
 impl Token {
     /// The secret, for the `Authorization` header only.
@@ -223,7 +223,10 @@ impl AgentOptions {
             health: health(raw.health_checks, raw.check_system_running, raw.health_timeout_secs)?,
             activation_timeout: seconds("activation_timeout_secs", raw.activation_timeout_secs, 600)?,
             reboot: reboot(raw.reboot.unwrap_or_default(), raw.reboot_window.as_deref())?,
-            reboot_command: command("reboot_command", raw.reboot_command.unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]))?,
+            reboot_command: command(
+                "reboot_command",
+                raw.reboot_command.unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
+            )?,
             once: cli.once,
         })
     }
@@ -254,7 +257,11 @@ fn read_token(path: &Path) -> Result<Token, ConfigError> {
     Ok(Token(token.to_owned()))
 }
 
-fn health(commands: Vec<Vec<String>>, system_running: Option<bool>, timeout: Option<u64>) -> Result<HealthOptions, ConfigError> {
+fn health(
+    commands: Vec<Vec<String>>,
+    system_running: Option<bool>,
+    timeout: Option<u64>,
+) -> Result<HealthOptions, ConfigError> {
     let commands = commands.into_iter().map(|c| command("health_checks", c)).collect::<Result<_, _>>()?;
     let timeout = seconds("health_timeout_secs", timeout, 60)?;
     Ok(HealthOptions { commands, check_system_running: system_running.unwrap_or(true), timeout })
@@ -375,7 +382,8 @@ mod tests {
         assert!(missing(AgentCli { token_file: None, ..cli(dir.path()) }).contains("--token-file"));
         assert!(missing(AgentCli { host: Some("a.b".into()), ..cli(dir.path()) }).contains("host"));
         assert!(missing(AgentCli { server: Some("ftp://x".into()), ..cli(dir.path()) }).contains("server"));
-        assert!(missing(AgentCli { deploy_public_key: Some("nope".into()), ..cli(dir.path()) }).contains("deploy_public_key"));
+        assert!(missing(AgentCli { deploy_public_key: Some("nope".into()), ..cli(dir.path()) })
+            .contains("deploy_public_key"));
         let empty = dir.path().join("empty");
         std::fs::write(&empty, "\n").unwrap();
         assert!(missing(AgentCli { token_file: Some(empty), ..cli(dir.path()) }).contains("one token"));

@@ -23,6 +23,8 @@ mod reboot;
 mod recover;
 mod report;
 pub mod state;
+#[cfg(test)]
+mod tests;
 mod window;
 
 use std::path::PathBuf;
@@ -43,6 +45,8 @@ use state::{Ending, Settled, State};
 
 /// How long the server may hold a manifest request.
 const POLL_HOLD: Duration = Duration::from_secs(30);
+/// The least time between two polls that found nothing.
+const MIN_POLL_INTERVAL: Duration = Duration::from_secs(1);
 /// With `--once`: how many times the server is tried before giving up.
 const ONCE_TRIES: u32 = 3;
 
@@ -163,6 +167,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<Outc
         }
         agent.flush().await;
         let hold = if once { Duration::ZERO } else { POLL_HOLD };
+        let began = std::time::Instant::now();
         let hitch = match agent.turn(hold, &shutdown).await {
             Ok(Turn::Resumed(settled)) => {
                 (failures, outcome) = (0, settled);
@@ -173,13 +178,23 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<Outc
                 outcome = settled;
                 break;
             }
-            Ok(_) => {
+            Ok(Turn::Idle) => {
+                // A server (or proxy) that answers at once instead of holding the request
+                // must not turn the long poll into a busy loop.
+                failures = 0;
+                pause(&shutdown, MIN_POLL_INTERVAL.saturating_sub(began.elapsed())).await;
+                continue;
+            }
+            Ok(Turn::Deployed(_)) => {
                 failures = 0;
                 continue;
             }
             Err(hitch) => hitch,
         };
         failures += 1;
+        // A deploy that could not start (the cache lacks the path, the disk is full) is given
+        // time to heal before it counts another failed attempt.
+        let least = if matches!(hitch, Hitch::Retry(_)) { window::BACKOFF_CAP } else { Duration::ZERO };
         match (once, hitch) {
             (true, Hitch::State(source)) => return Err(AgentError::State { path: agent.opts.state_dir, source }),
             (true, Hitch::Server(e)) if failures >= ONCE_TRIES => return Err(e.into()),
@@ -190,13 +205,17 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<Outc
             (_, Hitch::Retry(reason)) => warn!("will retry: {reason}"),
             (_, Hitch::Refused(reason)) => error!("refused the server's manifest: {reason}"),
         }
-        let wait = window::backoff(failures, window::jitter());
-        tokio::select! {
-            () = tokio::time::sleep(wait) => {}
-            () = shutdown.cancelled() => {}
-        }
+        pause(&shutdown, window::backoff(failures, window::jitter()).max(least)).await;
     }
     Ok(agent.finish(outcome).await)
+}
+
+/// Sleeps for `wait`, or until the shutdown.
+async fn pause(shutdown: &CancellationToken, wait: Duration) {
+    tokio::select! {
+        () = tokio::time::sleep(wait) => {}
+        () = shutdown.cancelled() => {}
+    }
 }
 
 impl Agent {
@@ -240,7 +259,11 @@ impl Agent {
         };
         self.refused = None;
         match self.deploy(&manifest).await {
-            apply::Progress::Settled(settled) => Ok(Turn::Deployed((&settled).into())),
+            apply::Progress::Settled(settled) => {
+                // A host on a timer (`--once`) reboots in the same run.
+                self.maybe_reboot().await;
+                Ok(Turn::Deployed((&settled).into()))
+            }
             apply::Progress::Retry(why) => Err(Hitch::Retry(why)),
         }
     }

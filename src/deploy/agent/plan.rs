@@ -7,7 +7,7 @@
 
 use crate::nix::system::{BootFiles, SwitchAction};
 
-use super::config::Activation;
+use super::config::{Activation, RebootPolicy};
 
 /// How many times a deploy is started before a leftover `pending` record is rolled back:
 /// the first run and one retry. The retry covers an agent restarted by the activation itself
@@ -47,25 +47,32 @@ pub fn commit(activation: Activation, new: &str) -> Vec<Step> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoPrevious;
 
-/// The steps that return the host to `previous` (the profile's target before the deploy)
-/// after a failure, given what the profile points at now.
+/// The steps that return the host, after a failure, to what booted before (`previous`, the
+/// profile's target then) and what ran before (`running`, `/run/current-system` then, when
+/// known; otherwise `previous`), given what the profile points at now.
 ///
 /// The running system is re-activated with `switch-to-configuration test`, not `switch`:
 /// `switch` would also reinstall the bootloader, which in the usual case was never touched
-/// (the profile is set only after the checks pass), so `test` restores exactly the state a
-/// reboot would, without one more bootloader write that could itself fail halfway. Only when
-/// the profile did move (a failure in or after the commit steps, or an agent that died there)
-/// are the profile and the bootloader restored first, with `boot`.
-pub fn rollback(activation: Activation, previous: Option<&str>, profile_now: Option<&str>) -> Result<Vec<Step>, NoPrevious> {
+/// (the profile is set only after the checks pass), so `test` restores exactly the state
+/// before the deploy, without one more bootloader write that could itself fail halfway. Only
+/// when the profile did move (a failure in or after the commit steps, or an agent that died
+/// there) are the profile and the bootloader restored first, with `boot`. `test` mode never
+/// touches them, not even on the way back.
+pub fn rollback(
+    activation: Activation,
+    previous: Option<&str>,
+    running: Option<&str>,
+    profile_now: Option<&str>,
+) -> Result<Vec<Step>, NoPrevious> {
     let mut steps = Vec::new();
-    if profile_now != previous {
+    if activation != Activation::Test && profile_now != previous {
         let previous = previous.ok_or(NoPrevious)?;
         steps.push(Step::SetProfile(previous.to_owned()));
         steps.push(Step::Activate(previous.to_owned(), SwitchAction::Boot));
     }
     if activation != Activation::Boot {
-        let previous = previous.ok_or(NoPrevious)?;
-        steps.push(Step::Activate(previous.to_owned(), SwitchAction::Test));
+        let running = running.or(previous).ok_or(NoPrevious)?;
+        steps.push(Step::Activate(running.to_owned(), SwitchAction::Test));
     }
     Ok(steps)
 }
@@ -115,17 +122,23 @@ pub fn system_state(before: Option<&str>, after: &str) -> Verdict {
 /// (unless it is the booted system); `switch` when its kernel, initrd or kernel modules differ
 /// from the booted system's (as NixOS's `system.autoUpgrade` decides); `test` never (it does
 /// not change what boots). Without a known booted system (not NixOS) nothing is claimed.
-pub fn needs_reboot(
-    activation: Activation,
-    new: (&str, &BootFiles),
-    booted: Option<(&str, &BootFiles)>,
-) -> bool {
+pub fn needs_reboot(activation: Activation, new: (&str, &BootFiles), booted: Option<(&str, &BootFiles)>) -> bool {
     match (activation, booted) {
         (Activation::Test, _) | (Activation::Switch, None) => false,
         (Activation::Boot, None) => true,
         (Activation::Boot, Some((path, _))) => path != new.0,
         (Activation::Switch, Some((_, files))) => files != new.1,
     }
+}
+
+/// Whether to reboot now, for the confirmed system `needed` that still differs from the booted
+/// one: only when the policy allows, inside its window, and never twice for the same system (a
+/// host whose reboot did not bring up the new kernel must not reboot in a loop).
+pub fn reboot_now(policy: &RebootPolicy, unix_secs: u64, needed: Option<&str>, rebooted_for: Option<&str>) -> bool {
+    let RebootPolicy::WhenNeeded { window } = policy else {
+        return false;
+    };
+    needed.is_some() && needed != rebooted_for && window.map_or(true, |w| w.is_open(unix_secs))
 }
 
 #[cfg(test)]
@@ -154,39 +167,71 @@ mod tests {
     }
 
     #[track_caller]
-    fn check_rollback(mode: Activation, previous: Option<&str>, now: Option<&str>, expected: Result<Vec<Step>, NoPrevious>) {
-        assert_eq!(rollback(mode, previous, now), expected);
+    fn check_rollback(
+        mode: Activation,
+        (previous, running, now): (Option<&str>, Option<&str>, Option<&str>),
+        expected: Result<Vec<Step>, NoPrevious>,
+    ) {
+        assert_eq!(rollback(mode, previous, running, now), expected);
     }
 
     #[test]
     fn rollback_steps() {
+        const RUN: &str = "/nix/store/22222222222222222222222222222222-tested-by-hand";
         let restore = || vec![Step::SetProfile(OLD.into()), activate(OLD, Boot)];
         // The usual case: the checks failed, nothing permanent happened.
-        check_rollback(A::Switch, Some(OLD), Some(OLD), Ok(vec![activate(OLD, Test)]));
+        check_rollback(A::Switch, (Some(OLD), Some(OLD), Some(OLD)), Ok(vec![activate(OLD, Test)]));
+        check_rollback(A::Switch, (Some(OLD), None, Some(OLD)), Ok(vec![activate(OLD, Test)]));
+        // Something else ran than what boots: each goes back to what it was.
+        check_rollback(A::Switch, (Some(OLD), Some(RUN), Some(OLD)), Ok(vec![activate(RUN, Test)]));
         // The commit ran (or the agent died in it): profile and bootloader back first.
-        check_rollback(A::Switch, Some(OLD), Some(NEW), Ok([restore(), vec![activate(OLD, Test)]].concat()));
-        check_rollback(A::Boot, Some(OLD), Some(NEW), Ok(restore()));
-        check_rollback(A::Boot, Some(OLD), Some(OLD), Ok(vec![]));
-        check_rollback(A::Test, Some(OLD), Some(OLD), Ok(vec![activate(OLD, Test)]));
+        check_rollback(A::Switch, (Some(OLD), None, Some(NEW)), Ok([restore(), vec![activate(OLD, Test)]].concat()));
+        check_rollback(A::Boot, (Some(OLD), Some(OLD), Some(NEW)), Ok(restore()));
+        check_rollback(A::Boot, (Some(OLD), Some(OLD), Some(OLD)), Ok(vec![]));
+        // `test` mode never touches the profile.
+        check_rollback(A::Test, (Some(OLD), Some(RUN), Some(NEW)), Ok(vec![activate(RUN, Test)]));
         // A first deploy has nothing to return to.
-        check_rollback(A::Switch, None, None, Err(NoPrevious));
-        check_rollback(A::Boot, None, Some(NEW), Err(NoPrevious));
-        check_rollback(A::Boot, None, None, Ok(vec![]));
+        check_rollback(A::Switch, (None, None, None), Err(NoPrevious));
+        check_rollback(A::Test, (None, None, None), Err(NoPrevious));
+        check_rollback(A::Boot, (None, None, Some(NEW)), Err(NoPrevious));
+        check_rollback(A::Boot, (None, None, None), Ok(vec![]));
+        check_rollback(A::Switch, (None, Some(RUN), None), Ok(vec![activate(RUN, Test)]));
     }
 
     #[test]
     fn a_pending_deploy_is_retried_once() {
-        assert_eq!([resume(0), resume(1), resume(2), resume(7)], [Resume::Retry, Resume::Retry, Resume::RollBack, Resume::RollBack]);
+        assert_eq!(
+            [resume(0), resume(1), resume(2), resume(7)],
+            [Resume::Retry, Resume::Retry, Resume::RollBack, Resume::RollBack]
+        );
     }
 
     #[test]
     fn system_state_verdicts() {
         assert_eq!(system_state(None, "running"), Verdict::Pass);
         assert_eq!(system_state(Some("running"), "starting"), Verdict::Wait);
-        assert_eq!(system_state(Some("running"), "degraded"), Verdict::Fail("systemctl is-system-running: degraded".into()));
+        assert_eq!(
+            system_state(Some("running"), "degraded"),
+            Verdict::Fail("systemctl is-system-running: degraded".into())
+        );
         assert_eq!(system_state(None, "degraded"), Verdict::Fail("systemctl is-system-running: degraded".into()));
         assert_eq!(system_state(Some("degraded"), "degraded"), Verdict::Pass);
         assert!(matches!(system_state(None, "maintenance"), Verdict::Fail(_)));
+    }
+
+    #[test]
+    fn reboots_once_per_system_inside_the_window() {
+        let window = Some("02:00-04:00".parse().unwrap());
+        let (night, day) = (1_767_225_600 + 3 * 3600, 1_767_225_600 + 12 * 3600);
+        let anytime = RebootPolicy::WhenNeeded { window: None };
+        let nightly = RebootPolicy::WhenNeeded { window };
+        assert!(reboot_now(&anytime, day, Some(NEW), None));
+        assert!(reboot_now(&anytime, day, Some(NEW), Some(OLD)));
+        assert!(!reboot_now(&anytime, day, Some(NEW), Some(NEW)));
+        assert!(!reboot_now(&anytime, day, None, None));
+        assert!(reboot_now(&nightly, night, Some(NEW), None));
+        assert!(!reboot_now(&nightly, day, Some(NEW), None));
+        assert!(!reboot_now(&RebootPolicy::Never, night, Some(NEW), None));
     }
 
     #[test]

@@ -56,8 +56,11 @@ pub struct Pending {
     pub generation: u64,
     /// Its toplevel.
     pub store_path: String,
-    /// What the profile pointed at before: where a rollback returns.
+    /// What the profile pointed at before: where a rollback returns the boot default.
     pub previous: Option<String>,
+    /// What ran before (`/run/current-system`), when known: where a rollback returns the
+    /// running system (usually the same as `previous`).
+    pub running: Option<String>,
     /// The mode it is activated in.
     pub activation: Activation,
     /// How many times activation was started (1 on the first run).
@@ -127,7 +130,7 @@ impl State {
         count
     }
 
-    /// The generation number of `store_path` if it is the active one.
+    /// The generation number of `store_path` if it is the last confirmed one.
     pub fn active_generation_of(&self, store_path: Option<&str>) -> Option<u64> {
         self.active.as_ref().filter(|a| Some(a.store_path.as_str()) == store_path).map(|a| a.generation)
     }
@@ -199,6 +202,7 @@ mod tests {
             generation: 2,
             store_path: "/nix/store/2".into(),
             previous: Some("/nix/store/1".into()),
+            running: None,
             activation: Activation::Switch,
             attempts: 1,
             started_at: 1_767_225_600,

@@ -1,0 +1,8 @@
+//! Retention: the admin's prune. `plan` (pure) decides; `run` applies, one collection at a
+//! time, in an order that keeps the cache consistent at every instant.
+
+pub mod plan;
+pub mod run;
+
+pub use plan::{Plan, Policy};
+pub use run::{collect, GcError, GcReport};

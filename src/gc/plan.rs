@@ -1,0 +1,280 @@
+//! PURE: the garbage-collection planner. Given a snapshot of the index and a retention
+//! policy, decide which generations to drop, which paths and NAR files to delete, and how
+//! many bytes that frees. No I/O, no async: tested (and benchmarked) without storage.
+//!
+//! What is kept: per host the last N generations, every generation newer than the age
+//! limit, and — whatever N says — the generation the host reports active and the newest
+//! (desired) one; every named pin; every path pushed within the grace period that no dropped
+//! generation reaches (a push in flight, a build not finished); and the whole closure of all
+//! of these, following references.
+
+use std::collections::{HashMap, HashSet};
+
+/// One published path, as the planner sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathEntry {
+    /// Store-path hash part.
+    pub hash: String,
+    /// Its NAR file.
+    pub nar_file: String,
+    /// The NAR file's size.
+    pub file_size: u64,
+    /// When it was published (Unix seconds).
+    pub created_at: i64,
+    /// Hash parts of the paths it references (itself excluded).
+    pub references: Vec<String>,
+}
+
+/// One generation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationEntry {
+    /// Host.
+    pub host: String,
+    /// Number.
+    pub number: i64,
+    /// Hash part of its toplevel.
+    pub root: String,
+    /// When it was made.
+    pub created_at: i64,
+}
+
+/// Everything the planner needs, read from the index at one moment.
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Every published path.
+    pub paths: Vec<PathEntry>,
+    /// Every generation.
+    pub generations: Vec<GenerationEntry>,
+    /// Per host, the generation it reports active.
+    pub active: HashMap<String, i64>,
+    /// Hash parts of pinned store paths.
+    pub pins: Vec<String>,
+    /// NAR files received but referenced by no path: (name, size, received at).
+    pub loose_nar_files: Vec<(String, u64, i64)>,
+    /// The time of the snapshot.
+    pub now: i64,
+}
+
+/// The retention policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Policy {
+    /// Generations kept per host (at least 1).
+    pub keep_last: usize,
+    /// Per-host overrides of `keep_last`.
+    pub keep_last_per_host: HashMap<String, usize>,
+    /// Also keep every generation younger than this many seconds.
+    pub keep_newer_than: Option<i64>,
+    /// Seconds during which a fresh upload is kept even when nothing references it.
+    pub grace_period: i64,
+}
+
+/// What a collection will do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// (host, number) of each generation dropped.
+    pub drop_generations: Vec<(String, i64)>,
+    /// Hash parts of the paths to delete.
+    pub delete_paths: Vec<String>,
+    /// NAR files to delete (no kept path uses them).
+    pub delete_nar_files: Vec<String>,
+    /// Sum of the deleted NAR files' sizes.
+    pub bytes_freed: u64,
+    /// Paths kept.
+    pub kept_paths: usize,
+}
+
+/// Computes the plan. Deterministic: outputs are sorted.
+pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
+    let (kept_generations, dropped) = split_generations(snapshot, policy);
+    let by_hash: HashMap<&str, &PathEntry> = snapshot.paths.iter().map(|p| (p.hash.as_str(), p)).collect();
+
+    // Paths reachable only from dropped generations lose the grace period's protection.
+    let dropped_roots: Vec<&str> = dropped.iter().map(|g| g.root.as_str()).collect();
+    let dropped_closure = closure(&by_hash, dropped_roots);
+    let mut roots: Vec<&str> = kept_generations.iter().map(|g| g.root.as_str()).collect();
+    roots.extend(snapshot.pins.iter().map(String::as_str));
+    let fresh = snapshot.now - policy.grace_period;
+    roots.extend(
+        snapshot
+            .paths
+            .iter()
+            .filter(|p| p.created_at > fresh && !dropped_closure.contains(p.hash.as_str()))
+            .map(|p| p.hash.as_str()),
+    );
+    let kept = closure(&by_hash, roots);
+
+    let mut delete_paths: Vec<String> =
+        snapshot.paths.iter().filter(|p| !kept.contains(p.hash.as_str())).map(|p| p.hash.clone()).collect();
+    delete_paths.sort();
+    let kept_files: HashSet<&str> =
+        snapshot.paths.iter().filter(|p| kept.contains(p.hash.as_str())).map(|p| p.nar_file.as_str()).collect();
+    let mut files: HashMap<&str, u64> = HashMap::new();
+    for p in snapshot.paths.iter().filter(|p| !kept.contains(p.hash.as_str())) {
+        if !kept_files.contains(p.nar_file.as_str()) {
+            files.insert(&p.nar_file, p.file_size);
+        }
+    }
+    for (name, size, received) in &snapshot.loose_nar_files {
+        if *received <= fresh && !kept_files.contains(name.as_str()) {
+            files.insert(name, *size);
+        }
+    }
+    let mut delete_nar_files: Vec<String> = files.keys().map(|f| f.to_string()).collect();
+    delete_nar_files.sort();
+    let mut drop_generations: Vec<(String, i64)> = dropped.iter().map(|g| (g.host.clone(), g.number)).collect();
+    drop_generations.sort();
+    Plan { drop_generations, delete_paths, bytes_freed: files.values().sum(), delete_nar_files, kept_paths: kept.len() }
+}
+
+/// Splits generations into kept and dropped by the per-host rules.
+fn split_generations<'a>(
+    snapshot: &'a Snapshot,
+    policy: &Policy,
+) -> (Vec<&'a GenerationEntry>, Vec<&'a GenerationEntry>) {
+    let mut by_host: HashMap<&str, Vec<&GenerationEntry>> = HashMap::new();
+    for g in &snapshot.generations {
+        by_host.entry(&g.host).or_default().push(g);
+    }
+    let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+    for (host, mut generations) in by_host {
+        generations.sort_by_key(|g| std::cmp::Reverse(g.number));
+        let keep_last = policy.keep_last_per_host.get(host).copied().unwrap_or(policy.keep_last).max(1);
+        let active = snapshot.active.get(host).copied();
+        for (i, g) in generations.into_iter().enumerate() {
+            let young = policy.keep_newer_than.is_some_and(|age| g.created_at > snapshot.now - age);
+            if i < keep_last || young || Some(g.number) == active {
+                kept.push(g);
+            } else {
+                dropped.push(g);
+            }
+        }
+    }
+    (kept, dropped)
+}
+
+/// Every path reachable from `roots` (roots missing from the index are ignored).
+fn closure<'a>(by_hash: &HashMap<&'a str, &'a PathEntry>, roots: Vec<&'a str>) -> HashSet<&'a str> {
+    let mut seen: HashSet<&str> = HashSet::new();
+    let mut stack = roots;
+    while let Some(hash) = stack.pop() {
+        let Some(entry) = by_hash.get(hash) else { continue };
+        if seen.insert(entry.hash.as_str()) {
+            stack.extend(entry.references.iter().map(String::as_str));
+        }
+    }
+    seen
+}
+
+/// The plan as text (for `--dry-run`, logs and snapshots).
+pub fn render(plan: &Plan) -> String {
+    let mut out = format!(
+        "drop {} generation(s), delete {} path(s) and {} NAR file(s), free {} bytes; keep {} path(s)\n",
+        plan.drop_generations.len(),
+        plan.delete_paths.len(),
+        plan.delete_nar_files.len(),
+        plan.bytes_freed,
+        plan.kept_paths
+    );
+    for (host, number) in &plan.drop_generations {
+        out += &format!("  drop {host} generation {number}\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DAY: i64 = 86_400;
+
+    fn path(hash: &str, refs: &[&str], created_at: i64) -> PathEntry {
+        PathEntry {
+            hash: hash.into(),
+            nar_file: format!("{hash}.nar.zst"),
+            file_size: 100,
+            created_at,
+            references: refs.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+
+    fn generation(host: &str, number: i64, root: &str) -> GenerationEntry {
+        GenerationEntry { host: host.into(), number, root: root.into(), created_at: number }
+    }
+
+    fn policy(keep_last: usize) -> Policy {
+        Policy { keep_last, keep_last_per_host: HashMap::new(), keep_newer_than: None, grace_period: DAY }
+    }
+
+    /// Three generations of host `a` sharing `lib`; a fresh unreferenced push; an old
+    /// orphan; a pin.
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            paths: vec![
+                path("lib", &[], 0),
+                path("old-lib", &[], 0),
+                path("sys1", &["lib", "old-lib"], 1),
+                path("sys2", &["lib"], 2),
+                path("sys3", &["lib"], 3),
+                path("orphan", &[], 0),
+                path("pinned", &[], 0),
+                path("fresh", &["old-lib"], 10 * DAY),
+            ],
+            generations: vec![generation("a", 1, "sys1"), generation("a", 2, "sys2"), generation("a", 3, "sys3")],
+            active: HashMap::new(),
+            pins: vec!["pinned".into()],
+            loose_nar_files: vec![("loose.nar".into(), 7, 0), ("new-loose.nar".into(), 7, 10 * DAY)],
+            now: 10 * DAY,
+        }
+    }
+
+    #[test]
+    fn keeps_the_last_n_and_their_closures() {
+        let plan = plan(&snapshot(), &policy(2));
+        insta::assert_snapshot!(render(&plan), @r"
+        drop 1 generation(s), delete 2 path(s) and 3 NAR file(s), free 207 bytes; keep 6 path(s)
+          drop a generation 1
+        ");
+        assert_eq!(plan.delete_paths, ["orphan", "sys1"], "old-lib survives: a fresh push references it");
+        assert!(plan.delete_nar_files.contains(&"loose.nar".to_string()));
+        assert!(!plan.delete_nar_files.contains(&"new-loose.nar".to_string()), "a fresh upload is in its grace period");
+    }
+
+    #[test]
+    fn the_active_generation_survives_whatever_n_says() {
+        let mut s = snapshot();
+        s.active.insert("a".into(), 1);
+        let plan = plan(&s, &policy(1));
+        assert_eq!(plan.drop_generations, [("a".to_string(), 2)]);
+        assert!(!plan.delete_paths.contains(&"sys1".to_string()));
+        assert!(plan.delete_paths.contains(&"sys2".to_string()));
+    }
+
+    #[test]
+    fn a_dropped_generation_is_not_protected_by_the_grace_period() {
+        let mut s = snapshot();
+        s.now = 3; // everything is "fresh"
+        let plan = plan(&s, &policy(1));
+        assert!(plan.delete_paths.contains(&"sys1".to_string()) && plan.delete_paths.contains(&"sys2".to_string()));
+        assert!(!plan.delete_paths.contains(&"orphan".to_string()), "a fresh unreferenced upload stays");
+        assert!(!plan.delete_paths.contains(&"lib".to_string()), "shared with the kept generation");
+    }
+
+    #[test]
+    fn per_host_overrides_and_age() {
+        let mut p = policy(1);
+        p.keep_last_per_host.insert("a".into(), 3);
+        assert!(plan(&snapshot(), &p).drop_generations.is_empty());
+        let mut p = policy(1);
+        p.keep_newer_than = Some(10 * DAY - 1); // generations 2 and 3 are younger
+        assert_eq!(plan(&snapshot(), &p).drop_generations, [("a".to_string(), 1)]);
+    }
+
+    #[test]
+    fn a_shared_nar_file_is_kept_while_one_user_remains() {
+        let mut s = snapshot();
+        s.paths.iter_mut().find(|p| p.hash == "sys1").unwrap().nar_file = "sys3.nar.zst".into();
+        let plan = plan(&s, &policy(2));
+        assert!(plan.delete_paths.contains(&"sys1".to_string()));
+        assert!(!plan.delete_nar_files.contains(&"sys3.nar.zst".to_string()));
+    }
+}

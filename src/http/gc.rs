@@ -1,0 +1,115 @@
+//! Retention over HTTP (admin): `POST /api/v1/gc` runs (or plans) a collection; named pins
+//! keep closures that are not hosts.
+
+use axum::{
+    extract::{Path, State},
+    http::{HeaderMap, StatusCode},
+    Json,
+};
+use serde::Deserialize;
+
+use super::{auth, error::ApiError};
+use crate::{
+    app::AppState,
+    auth::Scope,
+    db::PinRow,
+    gc::{self, GcError, GcReport},
+    nixfmt::{StorePath, StorePathHash},
+};
+
+/// `POST /api/v1/gc` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GcRequest {
+    /// Generations kept per host for this run (default: the configured policy).
+    #[serde(default)]
+    keep: Option<usize>,
+    /// Only print the plan.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl From<GcError> for ApiError {
+    fn from(e: GcError) -> Self {
+        match e {
+            GcError::Busy => ApiError::Conflict(e.to_string()),
+            GcError::Db(e) => e.into(),
+            GcError::Store(e) => e.into(),
+        }
+    }
+}
+
+/// `POST /api/v1/gc`.
+pub async fn collect(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Json(request): Json<GcRequest>,
+) -> Result<Json<GcReport>, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    let mut policy = state.config.retention.clone();
+    if let Some(keep) = request.keep {
+        if keep == 0 {
+            return Err(ApiError::BadRequest("keep must be at least 1".into()));
+        }
+        policy.keep_last = keep;
+        policy.keep_last_per_host.clear();
+    }
+    Ok(Json(gc::collect(&state, &policy, request.dry_run).await?))
+}
+
+fn pin_name(name: &str) -> Result<(), ApiError> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::BadRequest("pin names are 1-64 letters, digits, '-', '_', '.'".into()))
+    }
+}
+
+/// `PUT /api/v1/pins/{name}` body.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PinRequest {
+    /// The store path whose closure the pin keeps.
+    store_path: String,
+}
+
+/// `PUT /api/v1/pins/{name}`: keep this path's closure (like a GC root).
+pub async fn pin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    Json(request): Json<PinRequest>,
+) -> Result<StatusCode, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    pin_name(&name)?;
+    let path: StorePath = request.store_path.parse().map_err(|e| ApiError::BadRequest(format!("store_path: {e}")))?;
+    if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
+        return Err(ApiError::BadRequest(format!("{} is not in the cache", request.store_path)));
+    }
+    state.db.set_pin(&name, &path.to_absolute_path()).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /api/v1/pins/{name}`.
+pub async fn unpin(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Result<StatusCode, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    pin_name(&name)?;
+    if state.db.remove_pin(&name).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::NotFound(format!("no pin {name}")))
+    }
+}
+
+/// `GET /api/v1/pins`.
+pub async fn pins(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<PinRow>>, ApiError> {
+    auth::require(&state, &headers, Scope::Admin).await?;
+    Ok(Json(state.db.pins().await?))
+}

@@ -117,6 +117,37 @@ enum Command {
         /// Pin name.
         name: String,
     },
+    /// Run the host agent: pull this host's signed generations, activate, check, confirm or
+    /// roll back, and report.
+    Agent {
+        /// TOML file with every agent setting (flags win over it).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The berth server.
+        #[arg(long, env = "BERTH_SERVER")]
+        server: Option<String>,
+        /// This host's name.
+        #[arg(long)]
+        host: Option<String>,
+        /// File holding this host's token (scope host:<name>).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The deploy public key manifests must be signed with (`name:base64`).
+        #[arg(long)]
+        deploy_public_key: Option<String>,
+        /// The system profile (default /nix/var/nix/profiles/system).
+        #[arg(long)]
+        profile: Option<PathBuf>,
+        /// A Nix store URI or chroot directory for every nix command (default: the system store).
+        #[arg(long)]
+        store: Option<String>,
+        /// Where the agent keeps its state (default /var/lib/berth-agent).
+        #[arg(long)]
+        state_dir: Option<PathBuf>,
+        /// Apply what is pending or new, then exit (non-zero when the deploy failed).
+        #[arg(long)]
+        once: bool,
+    },
     /// Push the closures of store paths to a berth cache.
     Push {
         #[command(flatten)]
@@ -268,6 +299,23 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Token { action } => token(action).await,
         Command::Build { action } => build(action).await,
+        Command::Agent { config, server, host, token_file, deploy_public_key, profile, store, state_dir, once } => {
+            use berth::deploy::agent::{self, AgentCli, AgentOptions};
+            let cli = AgentCli { config, server, host, token_file, deploy_public_key, profile, store, state_dir, once };
+            let options = AgentOptions::load(cli)?;
+            let stop = tokio_util::sync::CancellationToken::new();
+            let on_signal = stop.clone();
+            tokio::spawn(async move {
+                shutdown_signal().await;
+                on_signal.cancel();
+            });
+            let outcome = agent::run(options, stop).await?;
+            if !outcome.is_success() {
+                eprintln!("berth agent: {outcome:?}");
+                std::process::exit(1);
+            }
+            Ok(())
+        }
         Command::Gc { client, keep, dry_run } => {
             print!("{}", berth::cmd::gc::collect(&client.api()?, keep, dry_run).await?);
             Ok(())

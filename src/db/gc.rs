@@ -1,7 +1,8 @@
-//! Retention's view of the index: a snapshot for the planner, the one transaction that
-//! forgets what a plan deletes (and records the objects still to delete), and pins.
+//! Retention's view of the index: a snapshot for the planner, the one transaction that reads
+//! it, plans and forgets what the plan deletes (recording the objects still to delete), what
+//! the build host's GC roots are still needed for, and pins.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use super::{now, on_pool, Db, DbError};
 use crate::gc::plan::{GenerationEntry, PathEntry, Plan, Snapshot};
@@ -33,33 +34,75 @@ struct RawSnapshot {
     generations: Vec<(String, i64, String, i64)>,
     active: Vec<(String, i64)>,
     pins: Vec<String>,
+    building: Vec<String>,
     loose: Vec<(String, i64, i64)>,
 }
 
-impl Db {
-    /// Reads everything the planner needs.
-    pub async fn gc_snapshot(&self) -> Result<Snapshot, DbError> {
-        let raw: RawSnapshot = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            RawSnapshot {
-                paths: sqlx::query_as("SELECT hash, nar_file, file_size, created_at FROM paths").fetch_all(&mut *tx).await?,
-                refs: sqlx::query_as("SELECT referrer, reference FROM refs").fetch_all(&mut *tx).await?,
-                generations: sqlx::query_as("SELECT host, number, store_path, created_at FROM generations")
-                    .fetch_all(&mut *tx)
-                    .await?,
-                active: sqlx::query_as("SELECT name, active_generation FROM hosts WHERE active_generation IS NOT NULL")
-                    .fetch_all(&mut *tx)
-                    .await?,
-                pins: sqlx::query_scalar("SELECT store_path FROM pins").fetch_all(&mut *tx).await?,
-                loose: sqlx::query_as(
-                    "SELECT name, file_size, created_at FROM nar_files f
-                     WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_file = f.name)",
-                )
-                .fetch_all(&mut *tx)
+/// Reads a `RawSnapshot` inside the transaction `$tx` (either dialect).
+macro_rules! read_snapshot {
+    ($tx:ident) => {
+        RawSnapshot {
+            paths: sqlx::query_as("SELECT hash, nar_file, file_size, created_at FROM paths")
+                .fetch_all(&mut *$tx)
                 .await?,
-            }
-        });
-        let RawSnapshot { paths, refs, generations, active, pins, loose } = raw;
+            refs: sqlx::query_as("SELECT referrer, reference FROM refs").fetch_all(&mut *$tx).await?,
+            generations: sqlx::query_as("SELECT host, number, store_path, created_at FROM generations")
+                .fetch_all(&mut *$tx)
+                .await?,
+            active: sqlx::query_as("SELECT name, active_generation FROM hosts WHERE active_generation IS NOT NULL")
+                .fetch_all(&mut *$tx)
+                .await?,
+            pins: sqlx::query_scalar("SELECT store_path FROM pins").fetch_all(&mut *$tx).await?,
+            building: sqlx::query_scalar(
+                "SELECT h.store_path FROM build_hosts h JOIN builds b ON b.id = h.build_id
+                 WHERE b.state IN ('queued', 'running') AND h.store_path IS NOT NULL",
+            )
+            .fetch_all(&mut *$tx)
+            .await?,
+            loose: sqlx::query_as(
+                "SELECT name, file_size, created_at FROM nar_files f
+                 WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.nar_file = f.name)",
+            )
+            .fetch_all(&mut *$tx)
+            .await?,
+        }
+    };
+}
+
+/// Applies `$plan` inside the transaction `$tx` (either dialect).
+macro_rules! apply_plan {
+    ($tx:ident, $plan:expr) => {{
+        let plan: &Plan = $plan;
+        for (host, number) in &plan.drop_generations {
+            sqlx::query("DELETE FROM generations WHERE host = $1 AND number = $2")
+                .bind(host)
+                .bind(number)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for hash in &plan.delete_paths {
+            sqlx::query("DELETE FROM refs WHERE referrer = $1").bind(hash).execute(&mut *$tx).await?;
+            sqlx::query("DELETE FROM paths WHERE hash = $1").bind(hash).execute(&mut *$tx).await?;
+            sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(PENDING_NARINFO)
+                .bind(hash)
+                .execute(&mut *$tx)
+                .await?;
+        }
+        for file in &plan.delete_nar_files {
+            sqlx::query("DELETE FROM nar_files WHERE name = $1").bind(file).execute(&mut *$tx).await?;
+            sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+                .bind(PENDING_NAR)
+                .bind(file)
+                .execute(&mut *$tx)
+                .await?;
+        }
+    }};
+}
+
+impl RawSnapshot {
+    fn into_snapshot(self) -> Snapshot {
+        let RawSnapshot { paths, refs, generations, active, pins, building, loose } = self;
         let mut references: HashMap<String, Vec<String>> = HashMap::new();
         for (referrer, reference) in refs {
             let target = hash_of(&reference);
@@ -67,7 +110,7 @@ impl Db {
                 references.entry(referrer).or_default().push(target);
             }
         }
-        Ok(Snapshot {
+        Snapshot {
             paths: paths
                 .into_iter()
                 .map(|(hash, nar_file, file_size, created_at)| PathEntry {
@@ -89,39 +132,75 @@ impl Db {
                 .collect(),
             active: active.into_iter().collect(),
             pins: pins.iter().map(|p| hash_of(p)).collect(),
+            building: building.iter().map(|p| hash_of(p)).collect(),
             loose_nar_files: loose.into_iter().map(|(n, s, t)| (n, s as u64, t)).collect(),
             now: now(),
-        })
+        }
+    }
+}
+
+impl Db {
+    /// Reads everything the planner needs, in one read transaction (for dry runs: by the
+    /// time a plan made from it would be applied, the index may have changed).
+    pub async fn gc_snapshot(&self) -> Result<Snapshot, DbError> {
+        let raw = on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            read_snapshot!(tx)
+        });
+        Ok(raw.into_snapshot())
     }
 
-    /// Applies a plan to the index in one transaction: generations dropped, paths and their
-    /// references forgotten (so they vanish from HTTP at once), NAR file records removed, and
-    /// the objects to delete recorded in `gc_pending`. Returns the dropped generations'
-    /// (host, build id).
-    pub async fn gc_commit(&self, plan: &Plan) -> Result<Vec<(String, Option<i64>)>, DbError> {
+    /// Reads the snapshot, lets `decide` plan from it, and applies the plan to the index, all
+    /// in one write transaction: generations dropped, paths and their references forgotten
+    /// (so they vanish from HTTP at once), NAR file records removed, and the objects to
+    /// delete recorded in `gc_pending`. Returns the plan applied.
+    ///
+    /// Why one transaction: generations, pins and builds are recorded without the publish
+    /// gate, so a plan made from an earlier read could delete the system a generation
+    /// recorded meanwhile points at (a build that found an old system still in the cache).
+    /// The transaction takes the write lock before it reads (SQLite: a first write; PostgreSQL:
+    /// the tables the plan depends on, locked against writers), so every writer waits for the
+    /// commit and then sees the plan's result; readers are never blocked.
+    pub async fn gc_apply(&self, decide: impl FnOnce(&Snapshot) -> Plan) -> Result<Plan, DbError> {
+        match self {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                // A write (of nothing) takes SQLite's write lock before the first read.
+                sqlx::query("DELETE FROM gc_pending WHERE 1 = 0").execute(&mut *tx).await?;
+                let plan = decide(&read_snapshot!(tx).into_snapshot());
+                apply_plan!(tx, &plan);
+                tx.commit().await?;
+                Ok(plan)
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                sqlx::query(
+                    "LOCK TABLE paths, refs, nar_files, generations, hosts, pins, build_hosts, gc_pending
+                     IN SHARE ROW EXCLUSIVE MODE",
+                )
+                .execute(&mut *tx)
+                .await?;
+                let plan = decide(&read_snapshot!(tx).into_snapshot());
+                apply_plan!(tx, &plan);
+                tx.commit().await?;
+                Ok(plan)
+            }
+        }
+    }
+
+    /// What the build host's GC roots may still be needed for, read in one transaction: the
+    /// builds that have ended (a build in flight may still record generations from its
+    /// roots), and the toplevels of all generations. Builds are read first: a build that
+    /// ended before that read recorded its generations before it ended.
+    pub async fn gc_root_needs(&self) -> Result<(HashSet<i64>, HashSet<String>), DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            let mut released = Vec::new();
-            for (host, number) in &plan.drop_generations {
-                let build: Option<Option<i64>> = sqlx::query_scalar("DELETE FROM generations WHERE host = $1 AND number = $2 RETURNING build_id")
-                    .bind(host).bind(number).fetch_optional(&mut *tx).await?;
-                if let Some(build) = build {
-                    released.push((host.clone(), build));
-                }
-            }
-            for hash in &plan.delete_paths {
-                sqlx::query("DELETE FROM refs WHERE referrer = $1").bind(hash).execute(&mut *tx).await?;
-                sqlx::query("DELETE FROM paths WHERE hash = $1").bind(hash).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(PENDING_NARINFO).bind(hash).execute(&mut *tx).await?;
-            }
-            for file in &plan.delete_nar_files {
-                sqlx::query("DELETE FROM nar_files WHERE name = $1").bind(file).execute(&mut *tx).await?;
-                sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                    .bind(PENDING_NAR).bind(file).execute(&mut *tx).await?;
-            }
-            tx.commit().await?;
-            Ok(released)
+            let ended: Vec<i64> = sqlx::query_scalar("SELECT id FROM builds WHERE state NOT IN ('queued', 'running')")
+                .fetch_all(&mut *tx)
+                .await?;
+            let toplevels: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT store_path FROM generations").fetch_all(&mut *tx).await?;
+            Ok((ended.into_iter().collect(), toplevels.into_iter().collect()))
         })
     }
 
@@ -166,5 +245,152 @@ impl Db {
     /// Every pin.
     pub async fn pins(&self) -> Result<Vec<PinRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as("SELECT name, store_path, created_at FROM pins ORDER BY name").fetch_all(pool).await?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::db::{test_db, BuildHostRow, NarFileRow, NewGeneration, PathRow};
+    use crate::gc::{plan, Policy};
+
+    const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+
+    fn hash(c: char) -> String {
+        c.to_string().repeat(32)
+    }
+
+    fn store_path(c: char) -> String {
+        format!("/nix/store/{}-sys-{c}", hash(c))
+    }
+
+    fn nar_file(c: char) -> String {
+        format!("{}.nar.zst", hash(c))
+    }
+
+    /// Publishes path `c` (its NAR file, then its row) referencing `refs`.
+    async fn publish(db: &Db, c: char, refs: &[char]) {
+        let (file, digest) = (nar_file(c), "sha256:0".to_string());
+        let row =
+            NarFileRow { name: file.clone(), file_hash: digest.clone(), file_size: 10, nar_hash: digest, nar_size: 10 };
+        db.insert_nar_file(&row).await.unwrap();
+        let basename = |c: char| store_path(c)["/nix/store/".len()..].to_owned();
+        db.insert_path(&PathRow {
+            hash: hash(c),
+            store_path: basename(c),
+            nar_file: file,
+            nar_hash: row.nar_hash,
+            nar_size: 10,
+            file_size: 10,
+            deriver: None,
+            narinfo: format!("StorePath: {}\n", store_path(c)),
+            references: refs.iter().map(|r| basename(*r)).collect(),
+        })
+        .await
+        .unwrap();
+    }
+
+    async fn generation(db: &Db, c: char) -> i64 {
+        let g = NewGeneration {
+            host: "h",
+            repository: "fleet",
+            store_path: &store_path(c),
+            commit_sha: SHA,
+            branch: "main",
+            build_id: None,
+        };
+        db.add_generation(&g).await.unwrap()
+    }
+
+    fn keep(n: usize) -> Policy {
+        Policy { keep_last: n, keep_last_per_host: HashMap::new(), keep_newer_than: None, grace_period: 0 }
+    }
+
+    /// Host `h` has run `a` then `b`, both referencing `l`.
+    async fn two_generations(db: &Db) {
+        publish(db, 'l', &[]).await;
+        publish(db, 'a', &['l']).await;
+        publish(db, 'b', &['l']).await;
+        assert_eq!((generation(db, 'a').await, generation(db, 'b').await), (1, 2));
+    }
+
+    #[tokio::test]
+    async fn a_plan_is_applied_in_one_transaction_and_its_deletions_are_left_pending() {
+        let db = test_db().await;
+        two_generations(&db).await;
+        let plan = db.gc_apply(|s| plan::plan(s, &keep(1))).await.unwrap();
+        assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
+        assert_eq!((plan.delete_paths, plan.delete_nar_files), (vec![hash('a')], vec![nar_file('a')]));
+        assert_eq!(db.generations("h").await.unwrap().iter().map(|g| g.number).collect::<Vec<_>>(), [2]);
+        assert!(db.narinfo(&hash('a')).await.unwrap().is_none(), "gone from HTTP at once");
+        assert!(db.narinfo(&hash('l')).await.unwrap().is_some());
+        assert!(db.nar_file(&nar_file('a')).await.unwrap().is_none());
+        let pending = db.gc_pending(10).await.unwrap();
+        assert_eq!(pending, [(PENDING_NARINFO.into(), hash('a')), (PENDING_NAR.into(), nar_file('a'))]);
+        assert!(db.gc_snapshot().await.unwrap().paths.iter().all(|p| !p.references.contains(&hash('a'))));
+    }
+
+    #[tokio::test]
+    async fn a_build_in_flight_keeps_the_old_system_it_built_again() {
+        let db = test_db().await;
+        two_generations(&db).await;
+        // A revert: the build produced `a` again, found it in the cache, and has not recorded
+        // its generation yet.
+        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+        db.claim_build("w").await.unwrap().unwrap();
+        let row = BuildHostRow {
+            host: "h".into(),
+            state: "publishing".into(),
+            store_path: Some(store_path('a')),
+            error: None,
+            generation: None,
+            started_at: None,
+            finished_at: None,
+        };
+        db.set_build_host(id, &row).await.unwrap();
+        assert_eq!(db.gc_snapshot().await.unwrap().building, [hash('a')]);
+        let (ended, _) = db.gc_root_needs().await.unwrap();
+        assert!(!ended.contains(&id), "its roots are needed while it runs");
+
+        let plan = db.gc_apply(|s| plan::plan(s, &keep(1))).await.unwrap();
+        assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
+        assert!(plan.delete_paths.is_empty(), "{:?}", plan.delete_paths);
+        assert!(db.narinfo(&hash('a')).await.unwrap().is_some());
+
+        assert_eq!(generation(&db, 'a').await, 3);
+        db.finish_build(id, "succeeded", None).await.unwrap();
+        assert!(db.gc_snapshot().await.unwrap().building.is_empty());
+        let (ended, toplevels) = db.gc_root_needs().await.unwrap();
+        assert!(ended.contains(&id));
+        assert_eq!(toplevels, [store_path('a'), store_path('b')].into_iter().collect());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_writer_waits_while_a_plan_is_made_and_applied() {
+        // A file, not memory: writers wait on SQLite's lock as in production.
+        let dir = tempfile::tempdir().unwrap();
+        let db = Db::open(&format!("sqlite://{}", dir.path().join("db.sqlite").display())).await.unwrap();
+        two_generations(&db).await;
+        let (planning, planned) = tokio::sync::oneshot::channel();
+        let writer = {
+            let db = db.clone();
+            tokio::spawn(async move {
+                planned.await.unwrap();
+                let started = Instant::now();
+                db.set_pin("p", &store_path('a')).await.unwrap();
+                started.elapsed()
+            })
+        };
+        db.gc_apply(|s| {
+            planning.send(()).unwrap();
+            std::thread::sleep(Duration::from_millis(300)); // a long plan
+            plan::plan(s, &keep(1))
+        })
+        .await
+        .unwrap();
+        let waited = writer.await.unwrap();
+        assert!(waited >= Duration::from_millis(250), "the pin was written during the plan ({waited:?})");
     }
 }

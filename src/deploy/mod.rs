@@ -1,6 +1,7 @@
 //! Deployments: signed per-host manifests (pure), and the host agent that pulls, verifies,
 //! activates, checks and confirms or rolls back.
 
+pub mod agent;
 pub mod manifest;
 pub mod rollback;
 

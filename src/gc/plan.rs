@@ -4,9 +4,10 @@
 //!
 //! What is kept: per host the last N generations, every generation newer than the age
 //! limit, and — whatever N says — the generation the host reports active and the newest
-//! (desired) one; every named pin; every path pushed within the grace period that no dropped
-//! generation reaches (a push in flight, a build not finished); and the whole closure of all
-//! of these, following references.
+//! (desired) one; every named pin; the toplevel of every build still in flight (it is about
+//! to become a generation, and may be an old system built again); every path pushed within
+//! the grace period that no dropped generation reaches (a push in flight); and the whole
+//! closure of all of these, following references.
 
 use std::collections::{HashMap, HashSet};
 
@@ -49,6 +50,8 @@ pub struct Snapshot {
     pub active: HashMap<String, i64>,
     /// Hash parts of pinned store paths.
     pub pins: Vec<String>,
+    /// Hash parts of the toplevels of builds still in flight (built, not yet generations).
+    pub building: Vec<String>,
     /// NAR files received but referenced by no path: (name, size, received at).
     pub loose_nar_files: Vec<(String, u64, i64)>,
     /// The time of the snapshot.
@@ -93,6 +96,9 @@ pub fn plan(snapshot: &Snapshot, policy: &Policy) -> Plan {
     let dropped_closure = closure(&by_hash, dropped_roots);
     let mut roots: Vec<&str> = kept_generations.iter().map(|g| g.root.as_str()).collect();
     roots.extend(snapshot.pins.iter().map(String::as_str));
+    // A build publishes its closure, then records generations: a path it found already in
+    // the cache (an old system built again, say) must not go in between.
+    roots.extend(snapshot.building.iter().map(String::as_str));
     let fresh = snapshot.now - policy.grace_period;
     roots.extend(
         snapshot
@@ -222,6 +228,7 @@ mod tests {
             generations: vec![generation("a", 1, "sys1"), generation("a", 2, "sys2"), generation("a", 3, "sys3")],
             active: HashMap::new(),
             pins: vec!["pinned".into()],
+            building: vec![],
             loose_nar_files: vec![("loose.nar".into(), 7, 0), ("new-loose.nar".into(), 7, 10 * DAY)],
             now: 10 * DAY,
         }
@@ -257,6 +264,17 @@ mod tests {
         assert!(plan.delete_paths.contains(&"sys1".to_string()) && plan.delete_paths.contains(&"sys2".to_string()));
         assert!(!plan.delete_paths.contains(&"orphan".to_string()), "a fresh unreferenced upload stays");
         assert!(!plan.delete_paths.contains(&"lib".to_string()), "shared with the kept generation");
+    }
+
+    #[test]
+    fn a_build_in_flight_keeps_the_old_system_it_built_again() {
+        // A revert: the build in flight produced generation 1's system again, found it in the
+        // cache, and has not recorded its generation yet.
+        let mut s = snapshot();
+        s.building.push("sys1".into());
+        let plan = plan(&s, &policy(2));
+        assert_eq!(plan.drop_generations, [("a".to_string(), 1)]);
+        assert!(!plan.delete_paths.contains(&"sys1".to_string()), "{:?}", plan.delete_paths);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The collector: applies a plan so that a client never sees a narinfo whose NAR (or whose
-//! references) are gone, and so that a push running meanwhile is never damaged.
+//! references) are gone, and so that a push or build running meanwhile is never damaged.
 //!
 //! How concurrent pushes stay safe: `ingest::publish` holds the *publish gate* for reading
 //! while it checks a narinfo's references and NAR and indexes it; the collector holds it for
@@ -7,16 +7,25 @@
 //! again while it deletes each batch of objects, re-checking under the gate that no
 //! publication brought them back. So a path is published either before the snapshot (and
 //! is planned with its references) or after the commit (and then finds a deleted reference
-//! missing and is refused, never half-published). Objects are deleted narinfo first, NAR
-//! second; deletions owed by an interrupted run are in `gc_pending` and finished first by
-//! the next one.
+//! missing and is refused, never half-published). A NAR uploaded but not yet published is
+//! kept by the grace period.
+//!
+//! How concurrent builds stay safe: generations, pins and builds are recorded without the
+//! gate, so the snapshot is read, planned and applied in one write transaction
+//! (`Db::gc_apply`): a generation recorded meanwhile waits for the commit. The toplevel of
+//! a build in flight is a root, so a build that found its system already in the cache (an
+//! old system built again) does not lose it before it records the generation.
+//!
+//! Objects are deleted narinfo first, NAR second; deletions owed by an interrupted run are
+//! in `gc_pending` and finished first by the next one. The build host's GC roots that no
+//! generation needs any more are released by every run (so a run killed before it released
+//! them is made good by the next).
 
 use std::time::Instant;
 
-use super::plan::{self, Plan, Policy};
+use super::plan::{self, Policy};
 use crate::{
     app::AppState,
-    build::worker::gc_root,
     db::{DbError, PENDING_NAR, PENDING_NARINFO},
     metrics::Metrics,
     nixfmt::{NarFileName, StorePathHash},
@@ -55,6 +64,10 @@ pub struct GcReport {
     pub bytes_freed: u64,
     /// Paths kept.
     pub paths_kept: usize,
+    /// Objects (narinfos, NARs) an interrupted collection still owed, deleted first.
+    pub resumed_deletions: usize,
+    /// GC roots released on the build host.
+    pub gc_roots_released: usize,
     /// How long it took.
     pub duration_ms: u64,
     /// The plan as text.
@@ -65,40 +78,25 @@ pub struct GcReport {
 pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result<GcReport, GcError> {
     let _one = state.gc_running.try_lock().map_err(|_| GcError::Busy)?;
     let started = Instant::now();
+    let mut report = GcReport { dry_run, ..GcReport::default() };
     if !dry_run {
-        finish_pending(state).await?;
+        report.resumed_deletions = finish_pending(state).await?;
     }
     let plan = {
         let _gate = state.publish_gate.write().await;
-        let snapshot = state.db.gc_snapshot().await?;
-        let plan = plan::plan(&snapshot, policy);
-        if !dry_run {
-            let released = state.db.gc_commit(&plan).await?;
-            release_roots(state, &released).await;
+        if dry_run {
+            plan::plan(&state.db.gc_snapshot().await?, policy)
+        } else {
+            state.db.gc_apply(|snapshot| plan::plan(snapshot, policy)).await?
         }
-        plan
     };
     if !dry_run {
+        report.gc_roots_released = release_roots(state).await?;
         finish_pending(state).await?;
         Metrics::add(&state.metrics.gc_paths_deleted, plan.delete_paths.len() as u64);
         Metrics::add(&state.metrics.gc_bytes_freed, plan.bytes_freed);
     }
-    let report = report(plan, dry_run, started);
-    tracing::info!(
-        dry_run,
-        generations = report.dropped_generations.len(),
-        paths = report.paths_deleted,
-        nar_files = report.nar_files_deleted,
-        bytes = report.bytes_freed,
-        ms = report.duration_ms,
-        "garbage collection"
-    );
-    Ok(report)
-}
-
-fn report(plan: Plan, dry_run: bool, started: Instant) -> GcReport {
-    GcReport {
-        dry_run,
+    let report = GcReport {
         summary: plan::render(&plan),
         paths_deleted: plan.delete_paths.len(),
         nar_files_deleted: plan.delete_nar_files.len(),
@@ -106,17 +104,31 @@ fn report(plan: Plan, dry_run: bool, started: Instant) -> GcReport {
         paths_kept: plan.kept_paths,
         dropped_generations: plan.drop_generations,
         duration_ms: started.elapsed().as_millis() as u64,
-    }
+        ..report
+    };
+    tracing::info!(
+        dry_run,
+        generations = report.dropped_generations.len(),
+        paths = report.paths_deleted,
+        nar_files = report.nar_files_deleted,
+        bytes = report.bytes_freed,
+        resumed = report.resumed_deletions,
+        gc_roots = report.gc_roots_released,
+        ms = report.duration_ms,
+        "garbage collection"
+    );
+    Ok(report)
 }
 
 /// Deletes the objects the index no longer references, a batch per hold of the gate,
-/// skipping any that a publication brought back meanwhile.
-async fn finish_pending(state: &AppState) -> Result<(), GcError> {
+/// skipping any that a publication brought back meanwhile. Returns how many were due.
+async fn finish_pending(state: &AppState) -> Result<usize, GcError> {
+    let mut done = 0;
     loop {
         let _gate = state.publish_gate.write().await;
         let batch = state.db.gc_pending(BATCH).await?;
         if batch.is_empty() {
-            return Ok(());
+            return Ok(done);
         }
         for (kind, name) in batch {
             match kind.as_str() {
@@ -125,6 +137,7 @@ async fn finish_pending(state: &AppState) -> Result<(), GcError> {
                 _ => {}
             }
             state.db.gc_pending_done(&kind, &name).await?;
+            done += 1;
         }
     }
 }
@@ -148,16 +161,39 @@ async fn delete_nar(state: &AppState, name: &str) -> Result<(), GcError> {
     Ok(())
 }
 
-/// Removes the build host's GC roots of dropped generations, so its own Nix store can be
-/// collected too (`nix-collect-garbage`).
-async fn release_roots(state: &AppState, released: &[(String, Option<i64>)]) {
-    for (host, build) in released {
-        let Some(build) = build else { continue };
-        let root = gc_root(&state.config.data_dir, host, *build);
-        match tokio::fs::remove_file(&root).await {
-            Ok(()) => tracing::info!(root = %root.display(), "released GC root"),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(root = %root.display(), error = %e, "cannot release GC root"),
+/// Releases the build host's GC roots (`gcroots/<host>/build-<id>`, see `build::worker::gc_root`)
+/// that no generation needs, so its own Nix store can be collected too (`nix-collect-garbage`).
+/// A root is kept while its build is in flight or while it points at the toplevel of a
+/// generation still recorded (of any host: a rollback generation has no build of its own);
+/// roots of builds that made no generation (an unchanged host rebuilt) go with the system
+/// they point at. Returns how many were released.
+async fn release_roots(state: &AppState) -> Result<usize, GcError> {
+    let dir = state.config.data_dir.join("gcroots");
+    let (ended, toplevels) = state.db.gc_root_needs().await?;
+    let mut released = 0;
+    let Ok(mut hosts) = tokio::fs::read_dir(&dir).await else { return Ok(0) };
+    while let Ok(Some(host)) = hosts.next_entry().await {
+        let Ok(mut roots) = tokio::fs::read_dir(host.path()).await else { continue };
+        while let Ok(Some(root)) = roots.next_entry().await {
+            let name = root.file_name();
+            let build = name.to_str().and_then(|n| n.strip_prefix("build-")).and_then(|id| id.parse::<i64>().ok());
+            if !build.is_some_and(|id| ended.contains(&id)) {
+                continue; // in flight, or not a root berth made
+            }
+            let root = root.path();
+            let Ok(target) = tokio::fs::read_link(&root).await else { continue };
+            if target.to_str().is_some_and(|t| toplevels.contains(t)) {
+                continue;
+            }
+            match tokio::fs::remove_file(&root).await {
+                Ok(()) => {
+                    released += 1;
+                    tracing::info!(root = %root.display(), "released GC root");
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => tracing::warn!(root = %root.display(), error = %e, "cannot release GC root"),
+            }
         }
     }
+    Ok(released)
 }

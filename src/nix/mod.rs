@@ -8,6 +8,8 @@
 //! - [`store`]: `nix path-info` and the dependency order of a closure (the push client);
 //! - [`git`]: berth's bare mirror of each repository, commit signatures, ancestry;
 //! - [`flake`]: the hosts of a fleet flake and the build of each host's toplevel;
+//! - [`system`]: what the host agent runs: realise, the system profile,
+//!   `switch-to-configuration`, health commands, reboot;
 //! - `args` (private): commit hashes, URLs, host names and paths, checked before they reach
 //!   a command line;
 //! - `process` (private): long-running commands whose stderr is streamed, with a timeout that

@@ -196,11 +196,11 @@ pub fn http() -> reqwest::blocking::Client {
     reqwest::blocking::Client::builder().timeout(Duration::from_secs(120)).build().unwrap()
 }
 
-/// A TCP proxy in front of a server that refuses every connection while a flag file exists:
-/// the "network" an activation can cut (see the test fleet's `set_cuts_network`).
+/// A TCP proxy in front of a server that refuses every connection while a flag file exists,
+/// and breaks open ones when it appears: the "network" an activation can cut (see the test
+/// fleet's `set_cuts_network`).
 pub struct NetCut {
     pub url: String,
-    pub flag: PathBuf,
 }
 
 impl NetCut {
@@ -208,26 +208,44 @@ impl NetCut {
         let target = target_url.trim_start_matches("http://").to_owned();
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let cut = flag.clone();
+        let flag = std::sync::Arc::new(flag);
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
-                if cut.exists() {
+                if flag.exists() {
                     continue; // dropped: the connection is closed at once
                 }
                 let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
-                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
-                let (mut c1, mut s1) = (client, server);
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut c1, &mut s1);
-                    let _ = s1.shutdown(std::net::Shutdown::Write);
-                });
-                std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
-                    let _ = c2.shutdown(std::net::Shutdown::Write);
-                });
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let (f1, f2) = (flag.clone(), flag.clone());
+                std::thread::spawn(move || pipe(client, server, &f1));
+                std::thread::spawn(move || pipe(s2, c2, &f2));
             }
         });
-        Self { url, flag }
+        Self { url }
     }
+}
+
+/// Copies `from` to `to` until either closes or the flag appears (then both are shut).
+fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, flag: &Path) {
+    use std::io::{Read, Write};
+    from.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if flag.exists() {
+            break;
+        }
+        match from.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if to.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break,
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
 }

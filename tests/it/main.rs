@@ -3,10 +3,12 @@
 
 mod harness;
 
+mod agent;
 mod builds;
 mod cache_http;
 mod cli;
 mod consistency;
 mod deploy_api;
 mod fleet;
+mod gc;
 mod nix_client;

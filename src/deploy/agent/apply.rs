@@ -67,7 +67,7 @@ impl Agent {
     /// From the pending record on: trial, checks, commit, confirm (or roll back).
     pub(super) async fn activate(&mut self, pending: Pending, mut tail: LogTail, started: Instant) -> Settled {
         let (generation, path, mode) = (pending.generation, pending.store_path.as_str(), pending.activation);
-        let message = format!("activating {path} ({mode:?}, attempt {})", pending.attempts);
+        let message = format!("activating {path} ({} mode, attempt {})", mode.as_str(), pending.attempts);
         self.report(Report::new(generation, Phase::Activating, &message, Some(started))).await;
         let before = match self.opts.health.check_system_running {
             true => self.system.system_state().await.ok(),

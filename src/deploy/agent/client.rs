@@ -98,8 +98,17 @@ impl Server {
     }
 
     /// `GET /healthz`, within `limit` (at most the usual short timeout).
+    ///
+    /// Always on a new connection: a network change often spares established connections
+    /// (connection tracking keeps them) while new ones fail, and new ones are what the agent
+    /// will need to learn of its next generation.
     pub async fn healthz(&self, limit: Duration) -> Result<(), ClientError> {
-        let request = self.http.get(format!("{}/healthz", self.base)).timeout(limit.min(SHORT_TIMEOUT));
+        let fresh = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .build()
+            .map_err(|e| ClientError::Transport { url: self.base.clone(), reason: root_cause(&e) })?;
+        let request = fresh.get(format!("{}/healthz", self.base)).timeout(limit.min(SHORT_TIMEOUT));
         self.send(request).await.map(drop)
     }
 

@@ -92,6 +92,17 @@ pub enum Activation {
     Test,
 }
 
+impl Activation {
+    /// The name used in the configuration.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Switch => "switch",
+            Self::Boot => "boot",
+            Self::Test => "test",
+        }
+    }
+}
+
 /// The `reboot` key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]

@@ -65,11 +65,7 @@ impl Api {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| text.chars().take(200).collect());
+        let message = error_message(&response.text().await.unwrap_or_default());
         Err(ClientError::Server { status, message })
     }
 
@@ -108,7 +104,17 @@ impl Api {
     }
 }
 
-fn root_cause(e: &dyn std::error::Error) -> String {
+/// The one-line reason of an error answer: its JSON `message` (every berth error has one), or
+/// the start of the body from anything else (a proxy's error page).
+pub fn error_message(body: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
+        .unwrap_or_else(|| body.chars().take(200).collect())
+}
+
+/// The innermost cause of an error (reqwest nests the useful part).
+pub fn root_cause(e: &dyn std::error::Error) -> String {
     let mut cause = e;
     while let Some(next) = cause.source() {
         cause = next;

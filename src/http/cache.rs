@@ -135,18 +135,24 @@ pub async fn get_nar(
     let stream =
         body.stream.inspect_ok(move |chunk: &Bytes| Metrics::add(&metrics.nar_bytes_served, chunk.len() as u64));
     let length = body.range.end - body.range.start;
-    let mut response = Response::new(Body::from_stream(stream));
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, length.into());
+    let mut response = nar_response(Body::from_stream(stream), length);
     if wanted.is_some() {
         *response.status_mut() = StatusCode::PARTIAL_CONTENT;
         let value = format!("bytes {}-{}/{}", body.range.start, body.range.end.saturating_sub(1), body.size);
         response.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ascii"));
     }
     Ok(response)
+}
+
+/// A NAR answer's headers: type, length, ranges, and caching (NAR files never change).
+fn nar_response(body: Body, length: u64) -> Response {
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CONTENT_LENGTH, length.into());
+    response
 }
 
 /// `HEAD /nar/<file>`: existence and size without opening the object.
@@ -158,12 +164,7 @@ pub async fn head_nar(
     auth::require_read(&state, &headers).await?;
     let key = ObjectKey::Nar(nar_name(&file)?);
     let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
-    let mut response = Response::new(Body::empty());
-    let h = response.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-nix-nar"));
-    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CONTENT_LENGTH, size.into());
-    Ok(response)
+    Ok(nar_response(Body::empty(), size))
 }
 
 /// `PUT /nar/<file>`: a NAR from `nix copy`, verified while it streams in.

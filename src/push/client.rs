@@ -7,6 +7,7 @@ use reqwest::{header, Body, Response, StatusCode};
 
 use super::frame::CONTENT_TYPE;
 use super::PushError;
+use crate::client::root_cause;
 
 /// What the server did with an uploaded path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
@@ -127,16 +128,6 @@ async fn error_body(response: Response) -> (String, String) {
 
 fn protocol(context: &str, e: &reqwest::Error) -> PushError {
     PushError::Protocol { context: context.to_owned(), reason: chain(e) }
-}
-
-/// The innermost source of an error: for a failed connection, the one line that says why
-/// ("tcp connect error: Connection refused") without reqwest's layers around it.
-fn root_cause(e: &dyn std::error::Error) -> String {
-    let mut cause = e;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }
 
 /// An error and its sources on one line (`a: b: c`), skipping a source whose text is already

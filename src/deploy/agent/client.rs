@@ -119,11 +119,7 @@ impl Server {
             return Ok(response);
         }
         let status = response.status().as_u16();
-        let text = response.text().await.unwrap_or_default();
-        let message = serde_json::from_str::<serde_json::Value>(&text)
-            .ok()
-            .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_owned))
-            .unwrap_or_else(|| text.chars().take(200).collect());
+        let message = crate::client::error_message(&response.text().await.unwrap_or_default());
         Err(ClientError::Status { status, message })
     }
 }

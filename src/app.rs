@@ -70,6 +70,8 @@ pub struct AppState {
     pub cache: Arc<CacheConfig>,
     /// Counters for `/metrics`.
     pub metrics: Arc<Metrics>,
+    /// Published narinfos in memory.
+    pub narinfos: Arc<crate::narinfo_cache::NarinfoCache>,
     /// The whole validated configuration (repositories, builder settings, data directory).
     pub config: Arc<Config>,
     /// Wakes build workers and cancels running builds.
@@ -102,6 +104,7 @@ impl AppState {
             public_keys: Arc::new(public_keys),
             cache: Arc::new(config.cache.clone()),
             metrics: Arc::default(),
+            narinfos: Arc::default(),
             config: Arc::new(config.clone()),
             builds: Queue::default(),
         };

@@ -14,6 +14,7 @@ pub mod gc;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod narinfo_cache;
 pub mod nix;
 pub mod nixfmt;
 pub mod push;

@@ -69,7 +69,41 @@ macro_rules! read_snapshot {
     };
 }
 
-/// Applies `$plan` inside the transaction `$tx` (either dialect).
+/// Rows per multi-row statement: well under either dialect's limit on bound parameters.
+const CHUNK: usize = 500;
+
+/// Runs `$prefix ($column IN (…))` for `$values`, a chunk at a time, on `$ex`.
+macro_rules! delete_in {
+    ($ex:expr, $prefix:literal, $values:expr) => {
+        for chunk in $values.chunks(CHUNK) {
+            let mut q = sqlx::QueryBuilder::new($prefix);
+            q.push(" IN (");
+            let mut list = q.separated(", ");
+            for v in chunk {
+                list.push_bind(v);
+            }
+            q.push(")");
+            q.build().execute(&mut *$ex).await?;
+        }
+    };
+}
+
+/// Records `$names` of `$kind` in `gc_pending`, a chunk at a time, on `$ex`.
+macro_rules! add_pending {
+    ($ex:expr, $kind:expr, $names:expr) => {
+        for chunk in $names.chunks(CHUNK) {
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO gc_pending (kind, name) ");
+            q.push_values(chunk, |mut row, name| {
+                row.push_bind($kind).push_bind(name);
+            });
+            q.push(" ON CONFLICT DO NOTHING");
+            q.build().execute(&mut *$ex).await?;
+        }
+    };
+}
+
+/// Applies `$plan` inside the transaction `$tx` (either dialect), a chunk of rows per
+/// statement: a plan of 100,000 paths is a few hundred statements, not half a million.
 macro_rules! apply_plan {
     ($tx:ident, $plan:expr) => {{
         let plan: &Plan = $plan;
@@ -80,23 +114,11 @@ macro_rules! apply_plan {
                 .execute(&mut *$tx)
                 .await?;
         }
-        for hash in &plan.delete_paths {
-            sqlx::query("DELETE FROM refs WHERE referrer = $1").bind(hash).execute(&mut *$tx).await?;
-            sqlx::query("DELETE FROM paths WHERE hash = $1").bind(hash).execute(&mut *$tx).await?;
-            sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(PENDING_NARINFO)
-                .bind(hash)
-                .execute(&mut *$tx)
-                .await?;
-        }
-        for file in &plan.delete_nar_files {
-            sqlx::query("DELETE FROM nar_files WHERE name = $1").bind(file).execute(&mut *$tx).await?;
-            sqlx::query("INSERT INTO gc_pending (kind, name) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-                .bind(PENDING_NAR)
-                .bind(file)
-                .execute(&mut *$tx)
-                .await?;
-        }
+        delete_in!($tx, "DELETE FROM refs WHERE referrer", plan.delete_paths);
+        delete_in!($tx, "DELETE FROM paths WHERE hash", plan.delete_paths);
+        add_pending!($tx, PENDING_NARINFO, plan.delete_paths);
+        delete_in!($tx, "DELETE FROM nar_files WHERE name", plan.delete_nar_files);
+        add_pending!($tx, PENDING_NAR, plan.delete_nar_files);
     }};
 }
 
@@ -211,20 +233,53 @@ impl Db {
         ).bind(limit).fetch_all(pool).await?))
     }
 
-    /// Marks a pending deletion done.
-    pub async fn gc_pending_done(&self, kind: &str, name: &str) -> Result<(), DbError> {
+    /// Marks pending deletions (kind, name) done.
+    pub async fn gc_pending_done(&self, done: &[(String, String)]) -> Result<(), DbError> {
+        let mut by_kind: HashMap<&str, Vec<&str>> = HashMap::new();
+        for (kind, name) in done {
+            by_kind.entry(kind).or_default().push(name);
+        }
         on_pool!(self, pool => {
-            sqlx::query("DELETE FROM gc_pending WHERE kind = $1 AND name = $2").bind(kind).bind(name).execute(pool).await?;
+            let mut tx = pool.begin().await?;
+            for (kind, names) in &by_kind {
+                for chunk in names.chunks(CHUNK) {
+                    let mut q = sqlx::QueryBuilder::new("DELETE FROM gc_pending WHERE kind = ");
+                    q.push_bind(*kind).push(" AND name IN (");
+                    let mut list = q.separated(", ");
+                    for name in chunk {
+                        list.push_bind(*name);
+                    }
+                    q.push(")");
+                    q.build().execute(&mut *tx).await?;
+                }
+            }
+            tx.commit().await?;
             Ok(())
         })
     }
 
-    /// Whether a NAR file is in use again (received anew, or referenced by a path) since a
-    /// collection decided to delete it.
-    pub async fn nar_file_in_use(&self, name: &str) -> Result<bool, DbError> {
-        on_pool!(self, pool => Ok(sqlx::query_scalar::<_, i64>(
-            "SELECT 1 FROM nar_files WHERE name = $1 UNION ALL SELECT 1 FROM paths WHERE nar_file = $1 LIMIT 1",
-        ).bind(name).fetch_optional(pool).await?.is_some()))
+    /// Which of these NAR files are in use again (received anew, or referenced by a path)
+    /// since a collection decided to delete them.
+    pub async fn nar_files_in_use(&self, names: &[String]) -> Result<HashSet<String>, DbError> {
+        let mut found = HashSet::new();
+        for chunk in names.chunks(CHUNK) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT name FROM nar_files WHERE name IN (");
+                let mut list = q.separated(", ");
+                for name in chunk {
+                    list.push_bind(name);
+                }
+                q.push(") UNION SELECT nar_file FROM paths WHERE nar_file IN (");
+                let mut list = q.separated(", ");
+                for name in chunk {
+                    list.push_bind(name);
+                }
+                q.push(")");
+                let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
+                found.extend(rows);
+            });
+        }
+        Ok(found)
     }
 
     /// Adds or moves a named pin.

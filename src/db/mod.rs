@@ -69,7 +69,10 @@ impl Db {
                 // a lost row only hides a path whose objects were written before it.
                 .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(std::time::Duration::from_secs(10));
-            Db::Sqlite(SqlitePoolOptions::new().max_connections(8).connect_with(options).await?)
+            // No liveness check per checkout: a local file does not drop connections, and the
+            // check costs more than a narinfo lookup.
+            let pool = SqlitePoolOptions::new().max_connections(8).test_before_acquire(false);
+            Db::Sqlite(pool.connect_with(options).await?)
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Db::Postgres(PgPoolOptions::new().max_connections(16).connect(url).await?)
         } else {

@@ -23,6 +23,8 @@
 
 use std::time::Instant;
 
+use futures::{StreamExt, TryStreamExt};
+
 use super::plan::{self, Policy};
 use crate::{
     app::AppState,
@@ -34,6 +36,8 @@ use crate::{
 
 /// Objects deleted per hold of the publish gate.
 const BATCH: i64 = 500;
+/// Object deletions in flight at once.
+const DELETES_IN_FLIGHT: usize = 16;
 
 /// Why a collection did not run or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -121,7 +125,9 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
 }
 
 /// Deletes the objects the index no longer references, a batch per hold of the gate,
-/// skipping any that a publication brought back meanwhile. Returns how many were due.
+/// skipping any that a publication brought back meanwhile. Within a batch every narinfo goes
+/// before any NAR (and `gc_pending` hands out all narinfos before the first NAR). Returns how
+/// many deletions were due.
 async fn finish_pending(state: &AppState) -> Result<usize, GcError> {
     let mut done = 0;
     loop {
@@ -130,34 +136,34 @@ async fn finish_pending(state: &AppState) -> Result<usize, GcError> {
         if batch.is_empty() {
             return Ok(done);
         }
-        for (kind, name) in batch {
-            match kind.as_str() {
-                PENDING_NARINFO => delete_narinfo(state, &name).await?,
-                PENDING_NAR => delete_nar(state, &name).await?,
-                _ => {}
+        let names = |kind: &str| -> Vec<String> {
+            batch.iter().filter(|(k, _)| k == kind).map(|(_, name)| name.clone()).collect()
+        };
+        let (narinfos, nars) = (names(PENDING_NARINFO), names(PENDING_NAR));
+        let published = state.db.present(&narinfos).await?;
+        let mut keys = Vec::new();
+        for hash in narinfos.iter().filter(|h| !published.contains(*h)) {
+            if let Ok(hash) = StorePathHash::parse(hash) {
+                keys.push(ObjectKey::NarInfo(hash.clone()));
+                keys.push(ObjectKey::Listing(hash));
             }
-            state.db.gc_pending_done(&kind, &name).await?;
-            done += 1;
         }
+        delete_all(state, keys).await?;
+        let in_use = state.db.nar_files_in_use(&nars).await?;
+        let keys = nars.iter().filter(|n| !in_use.contains(*n)).filter_map(|n| NarFileName::parse(n).ok());
+        delete_all(state, keys.map(ObjectKey::Nar).collect()).await?;
+        state.db.gc_pending_done(&batch).await?;
+        done += batch.len();
     }
 }
 
-async fn delete_narinfo(state: &AppState, hash: &str) -> Result<(), GcError> {
-    let Ok(hash) = StorePathHash::parse(hash) else { return Ok(()) };
-    if state.db.narinfo(hash.as_str()).await?.is_some() {
-        return Ok(()); // published again since
-    }
-    state.store.delete(&ObjectKey::NarInfo(hash.clone())).await?;
-    state.store.delete(&ObjectKey::Listing(hash)).await?;
-    Ok(())
-}
-
-async fn delete_nar(state: &AppState, name: &str) -> Result<(), GcError> {
-    let Ok(file) = NarFileName::parse(name) else { return Ok(()) };
-    if state.db.nar_file_in_use(name).await? {
-        return Ok(()); // received again since
-    }
-    state.store.delete(&ObjectKey::Nar(file)).await?;
+/// Deletes objects, several at a time (object stores answer each in a round trip).
+async fn delete_all(state: &AppState, keys: Vec<ObjectKey>) -> Result<(), GcError> {
+    futures::stream::iter(keys)
+        .map(|key| async move { state.store.delete(&key).await })
+        .buffer_unordered(DELETES_IN_FLIGHT)
+        .try_collect::<()>()
+        .await?;
     Ok(())
 }
 

@@ -58,7 +58,7 @@ pub async fn get_top_level(
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
     match top_level(&file)? {
-        TopLevel::NarInfo(hash) => match state.db.narinfo(hash.as_str()).await? {
+        TopLevel::NarInfo(hash) => match narinfo(&state, &hash).await? {
             Some(text) => {
                 Metrics::add(&state.metrics.narinfo_hits, 1);
                 Ok(([(header::CONTENT_TYPE, "text/x-nix-narinfo")], text).into_response())
@@ -73,6 +73,17 @@ pub async fn get_top_level(
             None => Err(ApiError::NotFound(format!("no listing for {hash}"))),
         },
     }
+}
+
+/// A published narinfo, from memory when it was looked up recently.
+async fn narinfo(state: &AppState, hash: &StorePathHash) -> Result<Option<Bytes>, ApiError> {
+    if let Some(text) = state.narinfos.get(hash.as_str()) {
+        return Ok(Some(text));
+    }
+    let Some(text) = state.db.narinfo(hash.as_str()).await? else { return Ok(None) };
+    let text = Bytes::from(text);
+    state.narinfos.insert(hash.as_str(), text.clone());
+    Ok(Some(text))
 }
 
 /// `PUT /<hash>.narinfo` (publish, after its NAR) and `PUT /<hash>.ls` (store a listing).

@@ -76,6 +76,19 @@ pub async fn serve(
     axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
 }
 
+/// A request id unique to this process run: a random prefix drawn once, then a counter
+/// (a random id per request costs a system call on the hottest path).
+fn next_request_id() -> String {
+    use std::sync::{
+        atomic::{AtomicU64, Ordering},
+        OnceLock,
+    };
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = PREFIX.get_or_init(|| uuid::Uuid::new_v4().simple().to_string()[..12].to_owned());
+    format!("{prefix}-{:x}", COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
 async fn request_span(request: Request, next: Next) -> Response {
     let id = request
         .headers()
@@ -83,7 +96,7 @@ async fn request_span(request: Request, next: Next) -> Response {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 64 && v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
         .map(str::to_owned)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        .unwrap_or_else(next_request_id);
     let span = tracing::info_span!("request", id = %id, method = %request.method(), path = %request.uri().path());
     let mut response = next.run(request).instrument(span.clone()).await;
     span.in_scope(|| tracing::debug!(status = response.status().as_u16(), "done"));

@@ -21,8 +21,20 @@ pub enum NameError {
 /// Nix base32 alphabet: digits and lowercase letters without e, o, u, t.
 const NIXBASE32: &[u8] = b"0123456789abcdfghijklmnpqrsvwxyz";
 
+/// Membership table for [`NIXBASE32`], built at compile time (names are checked on every
+/// request).
+const IS_NIXBASE32: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < NIXBASE32.len() {
+        table[NIXBASE32[i] as usize] = true;
+        i += 1;
+    }
+    table
+};
+
 fn is_nixbase32(s: &str) -> bool {
-    s.bytes().all(|b| NIXBASE32.contains(&b))
+    s.bytes().all(|b| IS_NIXBASE32[b as usize])
 }
 
 /// The 32-character hash part of a store path: the key of a `<hash>.narinfo`.

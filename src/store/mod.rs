@@ -211,20 +211,47 @@ fn resolve(range: Option<ByteRange>, size: u64) -> Result<Range<u64>, StoreError
     Ok(r)
 }
 
-/// Large sequential reads straight from the file: object_store's local reader hands out
-/// 8 KiB chunks, one blocking-pool trip each, which caps a NAR download far below the disk.
+/// Large sequential reads straight from the file on a blocking thread, each chunk read
+/// directly into the buffer that is sent: object_store's local reader hands out 8 KiB chunks,
+/// one blocking-pool trip each, and tokio's file reader copies every chunk once more.
 async fn get_local(path: PathBuf, range: Option<ByteRange>) -> Result<Option<ObjectBody>, StoreError> {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let mut file = match tokio::fs::File::open(&path).await {
-        Ok(file) => file,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(e.into()),
-    };
-    let size = file.metadata().await?.len();
+    use std::io::{Read, Seek};
+    const CHUNK: u64 = 1 << 20;
+    let opened = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
+        Ok(file) => file.metadata().map(|m| Some((file, m.len()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    })
+    .await
+    .map_err(|e| std::io::Error::other(e.to_string()))??;
+    let Some((mut file, size)) = opened else { return Ok(None) };
     let range = resolve(range, size)?;
-    file.seek(std::io::SeekFrom::Start(range.start)).await?;
-    let reader = file.take(range.end - range.start);
-    let stream = tokio_util::io::ReaderStream::with_capacity(reader, 1 << 20).map_err(StoreError::from).boxed();
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
+    let (start, mut remaining) = (range.start, range.end - range.start);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
+            let _ = tx.blocking_send(Err(e.into()));
+            return;
+        }
+        while remaining > 0 {
+            let mut buf = bytes::BytesMut::zeroed(remaining.min(CHUNK) as usize);
+            let chunk = match file.read(&mut buf) {
+                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
+                Ok(n) => {
+                    buf.truncate(n);
+                    remaining -= n as u64;
+                    Ok(buf.freeze())
+                }
+                Err(e) => Err(e.into()),
+            };
+            let failed = chunk.is_err();
+            // The receiver is gone when the client went away: stop reading.
+            if tx.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    });
+    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
     Ok(Some(ObjectBody { range, size, stream }))
 }
 

@@ -65,7 +65,7 @@ impl Db {
         hosts: &str,
     ) -> Result<(i64, bool), DbError> {
         on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
+            let mut tx = pool.begin_with(super::write_begin(pool)).await?;
             let existing: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM builds WHERE repository = $1 AND commit_sha = $2 AND branch = $3 AND hosts = $4
                  AND state IN ('queued', 'running', 'succeeded') ORDER BY id DESC LIMIT 1",

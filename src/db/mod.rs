@@ -100,6 +100,27 @@ fn create_parent_dir(url: &str) -> Result<(), DbError> {
     }
 }
 
+/// How a transaction that reads before it writes must begin. SQLite's default (deferred)
+/// transaction fails at once with "database is locked" when it upgrades to writing after
+/// another connection wrote; `BEGIN IMMEDIATE` takes the write lock first (and waits for it).
+pub(crate) trait WriteBegin {
+    /// The statement.
+    const BEGIN: &'static str;
+}
+
+impl WriteBegin for SqlitePool {
+    const BEGIN: &'static str = "BEGIN IMMEDIATE";
+}
+
+impl WriteBegin for PgPool {
+    const BEGIN: &'static str = "BEGIN";
+}
+
+/// [`WriteBegin::BEGIN`] for `pool`'s dialect.
+pub(crate) fn write_begin<P: WriteBegin>(_: &P) -> &'static str {
+    P::BEGIN
+}
+
 /// Seconds since the Unix epoch, as stored in every `*_at` column.
 pub fn now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)

@@ -22,6 +22,9 @@ const LIMIT: usize = 64 << 20;
 #[derive(Debug, Default)]
 pub struct NarinfoCache {
     inner: RwLock<Inner>,
+    /// Bumped by every deletion: a lookup that read the index before a deletion must not
+    /// put what it read into the cache after it.
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -37,9 +40,18 @@ impl NarinfoCache {
         inner.entries.get(hash).filter(|(_, at)| at.elapsed() < TTL).map(|(text, _)| text.clone())
     }
 
-    /// Remembers a published narinfo.
-    pub fn insert(&self, hash: &str, text: Bytes) {
+    /// The current epoch: take it before reading the index, hand it to [`Self::insert`].
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Remembers a published narinfo read from the index in `epoch`, unless a deletion
+    /// happened since.
+    pub fn insert(&self, epoch: u64, hash: &str, text: Bytes) {
         let mut inner = self.inner.write().expect("not poisoned");
+        if self.epoch() != epoch {
+            return;
+        }
         if inner.bytes + text.len() > LIMIT {
             inner.entries.clear();
             inner.bytes = 0;
@@ -50,11 +62,14 @@ impl NarinfoCache {
         }
     }
 
-    /// Forgets `hash` (its path was deleted).
-    pub fn remove(&self, hash: &str) {
+    /// Forgets deleted paths (after their index rows are gone).
+    pub fn forget<'a>(&self, hashes: impl IntoIterator<Item = &'a String>) {
         let mut inner = self.inner.write().expect("not poisoned");
-        if let Some((old, _)) = inner.entries.remove(hash) {
-            inner.bytes -= old.len();
+        self.epoch.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        for hash in hashes {
+            if let Some((old, _)) = inner.entries.remove(hash.as_str()) {
+                inner.bytes -= old.len();
+            }
         }
     }
 }
@@ -67,19 +82,28 @@ mod tests {
     fn remembers_until_removed() {
         let cache = NarinfoCache::default();
         assert_eq!(cache.get("a"), None);
-        cache.insert("a", Bytes::from_static(b"StorePath: a"));
+        cache.insert(cache.epoch(), "a", Bytes::from_static(b"StorePath: a"));
         assert_eq!(cache.get("a").unwrap(), &b"StorePath: a"[..]);
-        cache.remove("a");
+        cache.forget(&["a".to_string()]);
         assert_eq!(cache.get("a"), None);
         assert_eq!(cache.inner.read().unwrap().bytes, 0);
+    }
+
+    #[test]
+    fn a_lookup_that_raced_a_deletion_is_not_cached() {
+        let cache = NarinfoCache::default();
+        let before = cache.epoch();
+        cache.forget(&["a".to_string()]);
+        cache.insert(before, "a", Bytes::from_static(b"stale"));
+        assert_eq!(cache.get("a"), None);
     }
 
     #[test]
     fn stays_within_its_bound() {
         let cache = NarinfoCache::default();
         let big = Bytes::from(vec![b'x'; LIMIT / 2 + 1]);
-        cache.insert("a", big.clone());
-        cache.insert("b", big);
+        cache.insert(cache.epoch(), "a", big.clone());
+        cache.insert(cache.epoch(), "b", big);
         assert!(cache.inner.read().unwrap().bytes <= LIMIT);
         assert_eq!(cache.get("a"), None, "cleared to make room");
         assert!(cache.get("b").is_some());

@@ -91,7 +91,10 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
         if dry_run {
             plan::plan(&state.db.gc_snapshot().await?, policy)
         } else {
-            state.db.gc_apply(|snapshot| plan::plan(snapshot, policy)).await?
+            let plan = state.db.gc_apply(|snapshot| plan::plan(snapshot, policy)).await?;
+            // After the commit: a lookup that read the old index cannot cache it any more.
+            state.narinfos.forget(&plan.delete_paths);
+            plan
         }
     };
     if !dry_run {

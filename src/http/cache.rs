@@ -80,9 +80,10 @@ async fn narinfo(state: &AppState, hash: &StorePathHash) -> Result<Option<Bytes>
     if let Some(text) = state.narinfos.get(hash.as_str()) {
         return Ok(Some(text));
     }
+    let epoch = state.narinfos.epoch();
     let Some(text) = state.db.narinfo(hash.as_str()).await? else { return Ok(None) };
     let text = Bytes::from(text);
-    state.narinfos.insert(hash.as_str(), text.clone());
+    state.narinfos.insert(epoch, hash.as_str(), text.clone());
     Ok(Some(text))
 }
 

@@ -12,3 +12,4 @@ mod deploy_api;
 mod fleet;
 mod gc;
 mod nix_client;
+mod nix_files;

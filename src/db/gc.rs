@@ -38,14 +38,22 @@ struct RawSnapshot {
     loose: Vec<(String, i64, i64)>,
 }
 
-/// Reads a `RawSnapshot` inside the transaction `$tx` (either dialect).
+/// Each path's references, as hash parts separated by spaces, per dialect (`refs` holds
+/// basenames, see `ingest::publish`). One row per referrer: reading half a million rows one
+/// by one takes four times as long.
+const SQLITE_REFS: &str = "SELECT referrer, group_concat(substr(reference, 1, 32), ' ') FROM refs GROUP BY referrer";
+/// See [`SQLITE_REFS`].
+const POSTGRES_REFS: &str = "SELECT referrer, string_agg(substr(reference, 1, 32), ' ') FROM refs GROUP BY referrer";
+
+/// Reads a `RawSnapshot` inside the transaction `$tx` (either dialect; `$refs` is its
+/// references query).
 macro_rules! read_snapshot {
-    ($tx:ident) => {
+    ($tx:ident, $refs:expr) => {
         RawSnapshot {
             paths: sqlx::query_as("SELECT hash, nar_file, file_size, created_at FROM paths")
                 .fetch_all(&mut *$tx)
                 .await?,
-            refs: sqlx::query_as("SELECT referrer, reference FROM refs").fetch_all(&mut *$tx).await?,
+            refs: sqlx::query_as($refs).fetch_all(&mut *$tx).await?,
             generations: sqlx::query_as("SELECT host, number, store_path, created_at FROM generations")
                 .fetch_all(&mut *$tx)
                 .await?,
@@ -103,7 +111,9 @@ macro_rules! add_pending {
 }
 
 /// Applies `$plan` inside the transaction `$tx` (either dialect), a chunk of rows per
-/// statement: a plan of 100,000 paths is a few hundred statements, not half a million.
+/// statement: a plan of 100,000 paths is a few hundred statements, not half a million. The
+/// deleted paths' references are forgotten afterwards (`gc_forget_references`): that is
+/// most of the work, and it need not hold the lock.
 macro_rules! apply_plan {
     ($tx:ident, $plan:expr) => {{
         let plan: &Plan = $plan;
@@ -114,7 +124,6 @@ macro_rules! apply_plan {
                 .execute(&mut *$tx)
                 .await?;
         }
-        delete_in!($tx, "DELETE FROM refs WHERE referrer", plan.delete_paths);
         delete_in!($tx, "DELETE FROM paths WHERE hash", plan.delete_paths);
         add_pending!($tx, PENDING_NARINFO, plan.delete_paths);
         delete_in!($tx, "DELETE FROM nar_files WHERE name", plan.delete_nar_files);
@@ -125,13 +134,14 @@ macro_rules! apply_plan {
 impl RawSnapshot {
     fn into_snapshot(self) -> Snapshot {
         let RawSnapshot { paths, refs, generations, active, pins, building, loose } = self;
-        let mut references: HashMap<String, Vec<String>> = HashMap::new();
-        for (referrer, reference) in refs {
-            let target = hash_of(&reference);
-            if target != referrer {
-                references.entry(referrer).or_default().push(target);
-            }
-        }
+        let mut references: HashMap<String, Vec<String>> = refs
+            .into_iter()
+            .map(|(referrer, targets)| {
+                let targets = targets.split(' ').filter(|t| !t.is_empty() && *t != referrer).map(str::to_owned);
+                let targets = targets.collect();
+                (referrer, targets)
+            })
+            .collect();
         Snapshot {
             paths: paths
                 .into_iter()
@@ -165,16 +175,22 @@ impl Db {
     /// Reads everything the planner needs, in one read transaction (for dry runs: by the
     /// time a plan made from it would be applied, the index may have changed).
     pub async fn gc_snapshot(&self) -> Result<Snapshot, DbError> {
-        let raw = on_pool!(self, pool => {
-            let mut tx = pool.begin().await?;
-            read_snapshot!(tx)
-        });
+        let raw = match self {
+            Db::Sqlite(pool) => {
+                let mut tx = pool.begin().await?;
+                read_snapshot!(tx, SQLITE_REFS)
+            }
+            Db::Postgres(pool) => {
+                let mut tx = pool.begin().await?;
+                read_snapshot!(tx, POSTGRES_REFS)
+            }
+        };
         Ok(raw.into_snapshot())
     }
 
     /// Reads the snapshot, lets `decide` plan from it, and applies the plan to the index, all
-    /// in one write transaction: generations dropped, paths and their references forgotten
-    /// (so they vanish from HTTP at once), NAR file records removed, and the objects to
+    /// in one write transaction: generations dropped, paths forgotten (so they vanish from
+    /// HTTP at once), NAR file records removed, and the objects to
     /// delete recorded in `gc_pending`. Returns the plan applied.
     ///
     /// Why one transaction: generations, pins and builds are recorded without the publish
@@ -189,7 +205,7 @@ impl Db {
                 let mut tx = pool.begin().await?;
                 // A write (of nothing) takes SQLite's write lock before the first read.
                 sqlx::query("DELETE FROM gc_pending WHERE 1 = 0").execute(&mut *tx).await?;
-                let plan = decide(&read_snapshot!(tx).into_snapshot());
+                let plan = decide(&read_snapshot!(tx, SQLITE_REFS).into_snapshot());
                 apply_plan!(tx, &plan);
                 tx.commit().await?;
                 Ok(plan)
@@ -202,7 +218,7 @@ impl Db {
                 )
                 .execute(&mut *tx)
                 .await?;
-                let plan = decide(&read_snapshot!(tx).into_snapshot());
+                let plan = decide(&read_snapshot!(tx, POSTGRES_REFS).into_snapshot());
                 apply_plan!(tx, &plan);
                 tx.commit().await?;
                 Ok(plan)
@@ -256,6 +272,18 @@ impl Db {
             tx.commit().await?;
             Ok(())
         })
+    }
+
+    /// Forgets the references of up to `limit` paths that are no longer indexed; returns how
+    /// many rows went (0: none left). Safe without the publish gate: a path published again
+    /// meanwhile is indexed, and its references are then left alone.
+    pub async fn gc_forget_references(&self, limit: i64) -> Result<u64, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "DELETE FROM refs WHERE referrer IN (
+                 SELECT DISTINCT r.referrer FROM refs r
+                 WHERE NOT EXISTS (SELECT 1 FROM paths p WHERE p.hash = r.referrer) LIMIT $1)
+             AND NOT EXISTS (SELECT 1 FROM paths p WHERE p.hash = refs.referrer)",
+        ).bind(limit).execute(pool).await?.rows_affected()))
     }
 
     /// Which of these NAR files are in use again (received anew, or referenced by a path)
@@ -384,7 +412,25 @@ mod tests {
         assert!(db.nar_file(&nar_file('a')).await.unwrap().is_none());
         let pending = db.gc_pending(10).await.unwrap();
         assert_eq!(pending, [(PENDING_NARINFO.into(), hash('a')), (PENDING_NAR.into(), nar_file('a'))]);
-        assert!(db.gc_snapshot().await.unwrap().paths.iter().all(|p| !p.references.contains(&hash('a'))));
+        let snapshot = db.gc_snapshot().await.unwrap();
+        assert_eq!(snapshot.paths.iter().map(|p| p.references.len()).sum::<usize>(), 1, "b -> l");
+        let refs_of_a = || async {
+            let Db::Sqlite(pool) = &db else { unreachable!() };
+            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refs WHERE referrer = $1")
+                .bind(hash('a'))
+                .fetch_one(pool)
+                .await
+                .unwrap();
+            n
+        };
+        assert_eq!(refs_of_a().await, 1, "forgotten afterwards");
+        assert_eq!(db.gc_forget_references(10).await.unwrap(), 1);
+        assert_eq!(refs_of_a().await, 0);
+        assert_eq!(db.gc_forget_references(10).await.unwrap(), 0, "b's and l's stay");
+        let in_use = db.nar_files_in_use(&[nar_file('a'), nar_file('b')]).await.unwrap();
+        assert_eq!(in_use, [nar_file('b')].into_iter().collect());
+        db.gc_pending_done(&pending).await.unwrap();
+        assert!(db.gc_pending(10).await.unwrap().is_empty());
     }
 
     #[tokio::test]

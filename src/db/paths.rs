@@ -91,12 +91,13 @@ impl Db {
         Ok(found)
     }
 
-    /// Records a verified NAR file (idempotent).
+    /// Records a verified NAR file (idempotent). Receiving it again renews its time, so the
+    /// grace period protects it until its narinfo arrives.
     pub async fn insert_nar_file(&self, row: &NarFileRow) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query(
                 "INSERT INTO nar_files (name, file_hash, file_size, nar_hash, nar_size, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO NOTHING",
+                 VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (name) DO UPDATE SET created_at = excluded.created_at",
             )
             .bind(&row.name).bind(&row.file_hash).bind(row.file_size).bind(&row.nar_hash).bind(row.nar_size)
             .bind(super::now()).execute(pool).await?;

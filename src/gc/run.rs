@@ -17,9 +17,10 @@
 //! old system built again) does not lose it before it records the generation.
 //!
 //! Objects are deleted narinfo first, NAR second; deletions owed by an interrupted run are
-//! in `gc_pending` and finished first by the next one. The build host's GC roots that no
-//! generation needs any more are released by every run (so a run killed before it released
-//! them is made good by the next).
+//! in `gc_pending` and finished first by the next one. The deleted paths' reference rows go
+//! last, a chunk per statement without the gate (the snapshot ignores them meanwhile). The
+//! build host's GC roots that no generation needs any more are released by every run (so a
+//! run killed before it released them is made good by the next).
 
 use std::time::Instant;
 
@@ -36,6 +37,8 @@ use crate::{
 
 /// Objects deleted per hold of the publish gate.
 const BATCH: i64 = 500;
+/// Deleted paths whose reference rows are dropped per statement (outside the gate).
+const FORGET_REFERENCES: i64 = 5_000;
 /// Object deletions in flight at once.
 const DELETES_IN_FLIGHT: usize = 16;
 
@@ -100,6 +103,7 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
     if !dry_run {
         report.gc_roots_released = release_roots(state).await?;
         finish_pending(state).await?;
+        while state.db.gc_forget_references(FORGET_REFERENCES).await? > 0 {}
         Metrics::add(&state.metrics.gc_paths_deleted, plan.delete_paths.len() as u64);
         Metrics::add(&state.metrics.gc_bytes_freed, plan.bytes_freed);
     }

@@ -133,21 +133,28 @@ fn assert_substitutes(s: &Scratch, server: &Server, store_path: &str, store_name
     assert_eq!(s.nar_hash(store_path, Some(&store)), s.nar_hash(store_path, None), "{store_path}");
 }
 
-/// A host's generations, oldest first: (number, toplevel, build id).
-fn generations(b: &BuildHost, host: &str) -> Vec<(i64, String, i64)> {
-    let mut all: Vec<(i64, String, i64)> = b
+/// A host's generations, oldest first.
+fn generations(b: &BuildHost, host: &str) -> Vec<Generation> {
+    let mut all: Vec<Generation> = b
         .generations(host)
         .iter()
-        .map(|g| {
-            (
-                g["number"].as_i64().unwrap(),
-                g["store_path"].as_str().unwrap().to_owned(),
-                g["build_id"].as_i64().unwrap(),
-            )
+        .map(|g| Generation {
+            number: g["number"].as_i64().unwrap(),
+            toplevel: g["store_path"].as_str().unwrap().to_owned(),
+            build: g["build_id"].as_i64(),
         })
         .collect();
-    all.sort();
+    all.sort_by_key(|g| g.number);
     all
+}
+
+/// One generation, as the API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Generation {
+    number: i64,
+    toplevel: String,
+    /// The build that made it (none for a rollback).
+    build: Option<i64>,
 }
 
 /// Commits the fleet's work tree on main and builds it, which must succeed.
@@ -158,9 +165,9 @@ fn deploy(b: &BuildHost, message: &str) {
     assert!(ok, "{log}\n{status}");
 }
 
-/// The GC root the build host keeps for `host`'s toplevel from build `id`.
-fn gc_root(b: &BuildHost, host: &str, id: i64) -> PathBuf {
-    b.server.data_dir.join("gcroots").join(host).join(format!("build-{id}"))
+/// The GC root the build host keeps for the toplevel of `host`'s generation `g`.
+fn gc_root(b: &BuildHost, host: &str, g: &Generation) -> PathBuf {
+    b.server.data_dir.join("gcroots").join(host).join(format!("build-{}", g.build.unwrap()))
 }
 
 /// `count` small store paths that reference nothing, added to the local store.
@@ -187,11 +194,11 @@ fn pruning_to_the_last_two_generations_keeps_them_whole_and_frees_the_rest() {
     b.fleet.set_host("beta", "two");
     deploy(&b, "third");
     let (alpha, beta) = (generations(&b, "alpha"), generations(&b, "beta"));
-    assert_eq!(alpha.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2, 3]);
-    assert_eq!(beta.iter().map(|g| g.0).collect::<Vec<_>>(), [1, 2]);
-    let dropped = &alpha[0].1;
-    let common = s_closure(&b, dropped).into_iter().find(|p| p.ends_with("-berth-fleet-common")).unwrap();
-    assert!(s_closure(&b, &alpha[2].1).contains(&common), "the dropped and the kept generations share it");
+    assert_eq!(alpha.iter().map(|g| g.number).collect::<Vec<_>>(), [1, 2, 3]);
+    assert_eq!(beta.iter().map(|g| g.number).collect::<Vec<_>>(), [1, 2]);
+    let dropped = &alpha[0].toplevel;
+    let common = b.s.closure(dropped).into_iter().find(|p| p.ends_with("-berth-fleet-common")).unwrap();
+    assert!(b.s.closure(&alpha[2].toplevel).contains(&common), "the dropped and the kept generations share it");
     let dropped_nar = nar_of(&cache, dropped);
     let dropped_size = std::fs::metadata(&dropped_nar).unwrap().len();
     let before = objects(&cache);
@@ -203,6 +210,7 @@ fn pruning_to_the_last_two_generations_keeps_them_whole_and_frees_the_rest() {
     assert_eq!(dry["dry_run"], true);
     assert_eq!(objects(&cache), before, "a dry run deletes nothing");
     assert_eq!(generations(&b, "alpha").len(), 3);
+    assert!(gc_root(&b, "alpha", &alpha[0]).exists());
 
     // The collection does what the dry run said: alpha's generation 1 goes, with the one path
     // only it needed; everything else stays.
@@ -211,8 +219,7 @@ fn pruning_to_the_last_two_generations_keeps_them_whole_and_frees_the_rest() {
         assert_eq!(report[key], dry[key], "{key}: the dry run said what the collection did");
     }
     assert_eq!(report["dropped_generations"], json!([["alpha", 1]]));
-    assert_eq!(report["paths_deleted"], 1);
-    assert_eq!(report["nar_files_deleted"], 1);
+    assert_eq!((report["paths_deleted"].as_u64(), report["nar_files_deleted"].as_u64()), (Some(1), Some(1)));
     assert_eq!(report["bytes_freed"], dropped_size);
     assert_eq!(generations(&b, "alpha"), alpha[1..]);
     assert_eq!(generations(&b, "beta"), beta, "beta has only two");
@@ -222,32 +229,38 @@ fn pruning_to_the_last_two_generations_keeps_them_whole_and_frees_the_rest() {
 
     // Nothing else remains: the cache holds exactly the closures of the kept generations, and
     // each of them substitutes whole into a fresh store.
-    let kept: Vec<&String> = alpha[1..].iter().chain(&beta).map(|g| &g.1).collect();
-    let wanted: BTreeSet<String> = kept.iter().flat_map(|p| s_closure(&b, p)).map(|p| hash_of(&p)).collect();
+    let kept: Vec<&String> = alpha[1..].iter().chain(&beta).map(|g| &g.toplevel).collect();
+    let wanted: BTreeSet<String> = kept.iter().flat_map(|p| b.s.closure(p)).map(|p| hash_of(&p)).collect();
     assert_eq!(narinfo_files(&cache), wanted);
     assert_eq!(nar_files(&cache).len(), wanted.len());
     assert_consistent(&cache);
     assert_index_consistent(&b.server.data_dir);
+    let orphans = "SELECT referrer, reference FROM refs WHERE referrer NOT IN (SELECT hash FROM paths)";
+    assert_eq!(index_rows(&b.server.data_dir, orphans), [], "the dropped system's references are forgotten");
     for (i, toplevel) in kept.iter().enumerate() {
         assert_substitutes(&b.s, &b.server, toplevel, &format!("client-{i}"));
     }
 
-    // The build host released the GC root of the dropped generation only.
-    assert!(!gc_root(&b, "alpha", alpha[0].2).exists(), "the dropped generation's root is released");
-    for (host, generation) in [("alpha", &alpha[1]), ("alpha", &alpha[2]), ("beta", &beta[0]), ("beta", &beta[1])] {
-        let root = gc_root(&b, host, generation.2);
-        assert_eq!(std::fs::read_link(&root).unwrap(), Path::new(&generation.1), "{}", root.display());
+    // The build host released the GC root of the dropped generation, and only that one.
+    assert_eq!(report["gc_roots_released"], 1);
+    assert!(!gc_root(&b, "alpha", &alpha[0]).exists(), "the dropped generation's root is released");
+    for (host, g) in [("alpha", &alpha[1]), ("alpha", &alpha[2]), ("beta", &beta[0]), ("beta", &beta[1])] {
+        let root = gc_root(&b, host, g);
+        assert_eq!(std::fs::read_link(&root).unwrap(), Path::new(&g.toplevel), "{}", root.display());
     }
 
     // A second collection finds nothing more to do.
     let again = gc(&b.server.url, &b.admin, Some(2), false);
-    assert_eq!((again["paths_deleted"].as_u64(), again["nar_files_deleted"].as_u64()), (Some(0), Some(0)));
+    let counts = ["paths_deleted", "nar_files_deleted", "gc_roots_released"].map(|k| again[k].as_u64().unwrap());
+    assert_eq!(counts, [0, 0, 0], "{again}");
 
     // Later the admin keeps only the newest. Every GC root left on the build host points at a
-    // kept system, so its own Nix store can free the dropped ones.
+    // kept system (beta's unchanged rebuild goes with the generation it rebuilt), so its own
+    // Nix store can free the dropped ones.
     let report = gc(&b.server.url, &b.admin, Some(1), false);
     assert_eq!(report["dropped_generations"], json!([["alpha", 2], ["beta", 1]]));
-    let kept = [&alpha[2].1, &beta[1].1];
+    assert_eq!(report["gc_roots_released"], 3, "alpha's build 2, beta's builds 1 and 2");
+    let kept = [&alpha[2].toplevel, &beta[1].toplevel];
     for host in ["alpha", "beta"] {
         for root in std::fs::read_dir(b.server.data_dir.join("gcroots").join(host)).unwrap() {
             let root = root.unwrap().path();
@@ -255,13 +268,8 @@ fn pruning_to_the_last_two_generations_keeps_them_whole_and_frees_the_rest() {
             assert!(kept.iter().any(|k| target == Path::new(k)), "{} still roots {}", root.display(), target.display());
         }
     }
-    run_ok(b.s.nix("nix-store").args(["--delete", &alpha[0].1, &alpha[1].1, &beta[0].1]));
+    run_ok(b.s.nix("nix-store").args(["--delete", &alpha[0].toplevel, &alpha[1].toplevel, &beta[0].toplevel]));
     assert_consistent(&cache);
-}
-
-/// The closure of a path in the local store (the build host's Nix store is the test's).
-fn s_closure(b: &BuildHost, store_path: &str) -> Vec<String> {
-    b.s.closure(store_path)
 }
 
 #[test]
@@ -275,22 +283,34 @@ fn the_generation_a_host_runs_survives_whatever_keep_says() {
     let alpha = generations(&b, "alpha");
     // The host confirmed generation 1 and never moved on (its agent is stuck, say).
     let host = b.server.token("host:alpha");
-    let r = http()
-        .post(b.api("hosts/alpha/reports"))
-        .bearer_auth(&host)
-        .json(&json!({"generation": 1, "phase": "confirmed"}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let confirm = |generation: i64| {
+        let body = json!({"generation": generation, "phase": "confirmed"});
+        let r = http().post(b.api("hosts/alpha/reports")).bearer_auth(&host).json(&body).send().unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    };
+    confirm(1);
 
     let report = gc(&b.server.url, &b.admin, Some(1), false);
     assert_eq!(report["dropped_generations"], json!([["alpha", 2]]), "the newest and the active one stay");
     assert_eq!(generations(&b, "alpha"), [alpha[0].clone(), alpha[2].clone()]);
-    assert_eq!(narinfo_status(&b.server.url, &alpha[1].1), StatusCode::NOT_FOUND);
-    assert_substitutes(&b.s, &b.server, &alpha[0].1, "active");
-    assert_substitutes(&b.s, &b.server, &alpha[2].1, "newest");
-    assert!(!gc_root(&b, "alpha", alpha[1].2).exists());
-    assert!(gc_root(&b, "alpha", alpha[0].2).exists() && gc_root(&b, "alpha", alpha[2].2).exists());
+    assert_eq!(narinfo_status(&b.server.url, &alpha[1].toplevel), StatusCode::NOT_FOUND);
+    assert_substitutes(&b.s, &b.server, &alpha[0].toplevel, "active");
+    assert_substitutes(&b.s, &b.server, &alpha[2].toplevel, "newest");
+    assert!(!gc_root(&b, "alpha", &alpha[1]).exists());
+    assert!(gc_root(&b, "alpha", &alpha[0]).exists() && gc_root(&b, "alpha", &alpha[2]).exists());
+
+    // The host moves to generation 3, then the admin rolls it back to generation 1's system: a
+    // new generation 4 without a build of its own. Generation 1 can go now, not its system.
+    confirm(3);
+    let r = http().post(b.api("hosts/alpha/rollback")).bearer_auth(&b.admin).json(&json!({"to": 1})).send().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let report = gc(&b.server.url, &b.admin, Some(1), false);
+    assert_eq!(report["dropped_generations"], json!([["alpha", 1]]));
+    assert_eq!(report["paths_deleted"], 0, "generation 4 runs generation 1's system");
+    let now: Vec<(i64, String)> = generations(&b, "alpha").into_iter().map(|g| (g.number, g.toplevel)).collect();
+    assert_eq!(now, [(3, alpha[2].toplevel.clone()), (4, alpha[0].toplevel.clone())]);
+    assert!(gc_root(&b, "alpha", &alpha[0]).exists(), "the root of the build that made the rolled-back system stays");
+    assert_substitutes(&b.s, &b.server, &alpha[0].toplevel, "rolled-back");
     assert_consistent(&b.server.data_dir.join("cache"));
 }
 
@@ -423,16 +443,17 @@ fn a_collector_killed_midway_leaves_a_consistent_cache_and_a_rerun_finishes_the_
     assert_eq!(narinfo_files(&cache).len(), 0);
     assert_consistent(&cache);
     assert_index_consistent(&data);
-    // The deletions still owed are recorded (one more when the kill fell between deleting a
-    // NAR and recording it done).
+    // The deletions still owed are recorded.
     let pending = index_rows(&data, "SELECT kind, name FROM gc_pending");
-    assert!(pending.len() >= left && pending.iter().all(|(kind, _)| kind == "nar"), "{left} left: {pending:?}");
+    let owed: BTreeSet<String> = pending.iter().filter(|(kind, _)| kind == "nar").map(|(_, n)| n.clone()).collect();
+    assert!(nar_files(&cache).is_subset(&owed), "every NAR left is owed: {pending:?}");
 
     // After a restart nothing is served, and the next collection first finishes the job.
     let server = Server::start(&data, &args);
     assert!(paths.iter().all(|p| narinfo_status(&server.url, p) == StatusCode::NOT_FOUND));
     let report = gc(&server.url, &admin, None, false);
     assert_eq!(report["paths_deleted"], 0, "{}", report["summary"]);
+    assert_eq!(report["resumed_deletions"], pending.len(), "{report}");
     assert_eq!(nar_files(&cache).len(), 0, "the NARs the killed run owed are deleted");
     assert!(index_rows(&data, "SELECT kind, name FROM gc_pending").is_empty());
     assert_consistent(&cache);

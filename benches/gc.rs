@@ -27,21 +27,9 @@ const GENERATIONS: usize = 20;
 const PACKAGES_PER_HOST: usize = 300;
 const CHANGED_PER_GENERATION: usize = 10;
 
-/// A small deterministic PRNG (xorshift64*), so the data set is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// A store-path hash part and a NAR file name (valid nix-base32) for path number `i`.
 fn names(i: usize) -> (String, String) {

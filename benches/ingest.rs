@@ -19,24 +19,9 @@ use berth::nixfmt::{dump_path, verify_nar, Compression};
 use nix_archive::nar::{encode_tree, NamedNode, Node};
 use sha2::{Digest, Sha256};
 
-/// A small deterministic PRNG (xorshift64*), so the data set is the same on every run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-
-    fn fill(&mut self, buf: &mut [u8]) {
-        for chunk in buf.chunks_mut(8) {
-            let v = self.next().to_le_bytes();
-            chunk.copy_from_slice(&v[..chunk.len()]);
-        }
-    }
-}
+#[path = "support/rng.rs"]
+mod rng;
+use rng::Rng;
 
 /// File contents of a store-path-like tree: a mix of incompressible blobs (think compressed
 /// assets, already-packed data) and repetitive text (scripts, headers, ELF string tables),

@@ -95,10 +95,12 @@ where
     } else {
         match store.get_bytes(&ObjectKey::BuildLog(id)).await? {
             Some(bytes) => Some(bytes),
+            // A worker claims a build a moment before it opens the log: follow it anyway.
+            None if running().await => None,
             None => return Ok(None),
         }
     };
-    let state = Follow { local, offset: 0, stored, done: false, store, id };
+    let state = Follow { local, offset: 0, stored, done: false, seen: false, store, id };
     Ok(Some(futures::stream::unfold((state, running), |(mut s, running)| async move {
         let next = s.next(&running).await?;
         Some((next, (s, running)))
@@ -110,6 +112,8 @@ struct Follow {
     offset: u64,
     stored: Option<Bytes>,
     done: bool,
+    /// The running log file has been opened at least once.
+    seen: bool,
     store: Store,
     id: i64,
 }
@@ -131,6 +135,9 @@ impl Follow {
                 Ok(None) => tokio::time::sleep(Duration::from_millis(200)).await,
                 // The build ended and `finish` moved the log to the store (it stores before
                 // it removes): send what was written after our last read.
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !self.seen && running().await => {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {
                     self.done = true;
                     return self.rest_from_store().await;
@@ -151,6 +158,7 @@ impl Follow {
 
     async fn read_more(&mut self) -> io::Result<Option<Bytes>> {
         let mut file = fs::File::open(&self.local).await?;
+        self.seen = true;
         file.seek(io::SeekFrom::Start(self.offset)).await?;
         let mut buf = Vec::new();
         (&mut file).take(1 << 20).read_to_end(&mut buf).await?;

@@ -313,12 +313,7 @@ impl Worker {
             };
             let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
             self.state.deploys.notify_waiters();
-            if let Some(mut row) =
-                db.build_hosts(build.id).await.map_err(|e| e.to_string())?.into_iter().find(|r| &r.host == host)
-            {
-                row.generation = Some(number);
-                let _ = db.set_build_host(build.id, &row).await;
-            }
+            let _ = db.set_build_host_generation(build.id, host, number).await;
             log.line(format!("[{host}] generation {number}: {path}"));
             made.push(format!("{host}#{number}"));
         }

@@ -5,7 +5,10 @@ use std::{io::Write, time::Duration};
 use futures::StreamExt;
 use serde::Deserialize;
 
-use crate::client::{Api, ClientError};
+use crate::{
+    client::{Api, ClientError},
+    db::BuildHostRow,
+};
 
 /// What the API says about a build (the fields the commands show).
 #[derive(Debug, Deserialize)]
@@ -25,22 +28,7 @@ pub struct Build {
     /// Signed-commit gate.
     pub signature: Option<String>,
     /// Per host.
-    pub hosts: Vec<BuildHost>,
-}
-
-/// One host of a build.
-#[derive(Debug, Deserialize)]
-pub struct BuildHost {
-    /// Host.
-    pub host: String,
-    /// State.
-    pub state: String,
-    /// Toplevel.
-    pub store_path: Option<String>,
-    /// Error.
-    pub error: Option<String>,
-    /// Generation made.
-    pub generation: Option<i64>,
+    pub hosts: Vec<BuildHostRow>,
 }
 
 impl Build {
@@ -139,19 +127,23 @@ mod tests {
             reason: Some("1 of 2 hosts failed: b".into()),
             signature: Some("signed by alice@example.org".into()),
             hosts: vec![
-                BuildHost {
+                BuildHostRow {
                     host: "a".into(),
                     state: "succeeded".into(),
                     store_path: Some("/nix/store/x-a".into()),
                     error: None,
                     generation: Some(2),
+                    started_at: None,
+                    finished_at: None,
                 },
-                BuildHost {
+                BuildHostRow {
                     host: "b".into(),
                     state: "failed".into(),
                     store_path: None,
                     error: Some("boom\ntail".into()),
                     generation: None,
+                    started_at: None,
+                    finished_at: None,
                 },
             ],
         };

@@ -1,53 +1,10 @@
 //! `berth hosts` and `berth hosts history NAME`.
 
-use serde::Deserialize;
-
 use super::timestamp;
-use crate::client::{Api, ClientError};
-
-/// A generation as the API shows it.
-#[derive(Debug, Deserialize)]
-pub struct Generation {
-    /// Number.
-    pub number: i64,
-    /// Toplevel.
-    pub store_path: String,
-    /// Commit.
-    pub commit_sha: String,
-    /// Branch.
-    pub branch: String,
-    /// Build.
-    pub build_id: Option<i64>,
-    /// When.
-    pub created_at: i64,
-}
-
-/// What a host last reported.
-#[derive(Debug, Default, Deserialize)]
-pub struct Status {
-    /// The generation it confirmed last.
-    pub active_generation: Option<i64>,
-    /// Its last phase.
-    pub phase: Option<String>,
-    /// Its last failure.
-    pub last_error: Option<String>,
-    /// Its last contact.
-    pub last_seen: Option<i64>,
-}
-
-/// A host as the API shows it.
-#[derive(Debug, Deserialize)]
-pub struct Host {
-    /// Name.
-    pub name: String,
-    /// Repository.
-    pub repository: String,
-    /// Newest (desired) generation.
-    pub latest: Option<Generation>,
-    /// What it reported.
-    #[serde(default)]
-    pub status: Status,
-}
+use crate::{
+    client::{Api, ClientError},
+    db::{GenerationRow as Generation, HostRow as Host},
+};
 
 /// The table `berth hosts` prints: desired and current generation, state, last contact,
 /// last error.

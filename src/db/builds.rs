@@ -33,7 +33,7 @@ pub struct BuildRow {
 }
 
 /// One host of a build.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct BuildHostRow {
     /// Host name.
     pub host: String,
@@ -178,6 +178,15 @@ impl Db {
             )
             .bind(id).bind(&row.host).bind(&row.state).bind(&row.store_path).bind(&row.error)
             .bind(row.generation).bind(row.started_at).bind(row.finished_at).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Records the generation a build made for one of its hosts.
+    pub async fn set_build_host_generation(&self, id: i64, host: &str, generation: i64) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE build_hosts SET generation = $1 WHERE build_id = $2 AND host = $3")
+                .bind(generation).bind(id).bind(host).execute(pool).await?;
             Ok(())
         })
     }

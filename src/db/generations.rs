@@ -3,7 +3,7 @@
 use super::{now, on_pool, Db, DbError};
 
 /// One generation of one host.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct GenerationRow {
     /// Host name.
     pub host: String,
@@ -22,7 +22,7 @@ pub struct GenerationRow {
 }
 
 /// A host and its newest generation.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostRow {
     /// Host name.
     pub name: String,

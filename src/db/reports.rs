@@ -21,7 +21,7 @@ pub struct ReportRow {
 }
 
 /// A host's reported status.
-#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct HostStatus {
     /// The generation the host last confirmed.
     pub active_generation: Option<i64>,

@@ -151,18 +151,9 @@ pub async fn log(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
         async move { matches!(db.build(id).await, Ok(Some(b)) if b.state == BuildState::Running.as_str()) }
     };
     let dir = state.config.data_dir.join("logs");
-    // A worker claims a build a moment before it opens the build's log: wait for it.
-    let mut waited = 0;
-    let stream = loop {
-        match crate::build::log::read(state.store.clone(), &dir, id, running.clone()).await? {
-            Some(stream) => break stream,
-            None if waited < 50 && running().await => {
-                waited += 1;
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            None => return Err(ApiError::NotFound(format!("build {id} has no log"))),
-        }
-    };
+    let stream = crate::build::log::read(state.store.clone(), &dir, id, running)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("build {id} has no log")))?;
     let mut response = Response::new(Body::from_stream(stream));
     response.headers_mut().insert(header::CONTENT_TYPE, "text/plain; charset=utf-8".parse().expect("valid"));
     Ok(response)

@@ -12,6 +12,7 @@
 let
   cfg = config.services.berth.agent;
   render = import ./render.nix;
+  shared = import ./options.nix { inherit lib pkgs; };
   format = pkgs.formats.toml { };
 
   unit = "berth-agent.service";
@@ -38,16 +39,7 @@ in
   options.services.berth.agent = {
     enable = lib.mkEnableOption "the berth agent, which deploys the generations a berth server builds for this host";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalMD "berth built from the source this module comes from (`nixos-module/package.nix`)";
-      example = lib.literalExpression "pkgs.berth";
-      description = ''
-        The berth package. The default builds berth from the source this module comes from,
-        with this system's nixpkgs: the same derivation as `pkgs.berth` from the berth overlay.
-      '';
-    };
+    inherit (shared) package;
 
     server = lib.mkOption {
       type = lib.types.strMatching "https?://[^[:space:]?#]+";

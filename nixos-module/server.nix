@@ -11,6 +11,7 @@
 let
   cfg = config.services.berth.server;
   render = import ./render.nix;
+  shared = import ./options.nix { inherit lib pkgs; };
   format = pkgs.formats.toml { };
 
   unit = "berth.service";
@@ -151,16 +152,7 @@ in
   options.services.berth.server = {
     enable = lib.mkEnableOption "berth, the build host, signed Nix binary cache and deployment server";
 
-    package = lib.mkOption {
-      type = lib.types.package;
-      default = pkgs.callPackage ./package.nix { };
-      defaultText = lib.literalMD "berth built from the source this module comes from (`nixos-module/package.nix`)";
-      example = lib.literalExpression "pkgs.berth";
-      description = ''
-        The berth package. The default builds berth from the source this module comes from,
-        with this system's nixpkgs: the same derivation as `pkgs.berth` from the berth overlay.
-      '';
-    };
+    inherit (shared) package;
 
     settings = lib.mkOption {
       type = lib.types.submodule {

@@ -20,3 +20,9 @@ pub mod nixfmt;
 pub mod push;
 pub mod store;
 pub mod webhook;
+
+/// Real PostgreSQL and S3 servers for the unit tests (shared with the integration tests).
+#[cfg(test)]
+#[path = "../tests/support/servers.rs"]
+pub(crate) mod test_servers;
+

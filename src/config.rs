@@ -103,7 +103,8 @@ pub struct RawBuilder {
     pub parallel_hosts: Option<usize>,
     /// Seconds one host's build may take before it is killed. Default 7200.
     pub timeout_secs: Option<u64>,
-    /// Builds run at the same time by this server. Default 1.
+    /// Builds run at the same time by this server. Default 1; 0 for a replica that only
+    /// serves while others build.
     pub concurrent_builds: Option<usize>,
     /// Seconds without a heartbeat after which a running build counts as interrupted (its
     /// worker died) and is run again or failed. Default 60.
@@ -197,6 +198,12 @@ pub struct RawCache {
     pub require_read_token: Option<bool>,
     /// zstd level for NARs the server compresses itself (builds). Default 3.
     pub compression_level: Option<i32>,
+    /// How NARs are served: `"stream"` (default: through berth), `"presigned"` (a redirect
+    /// to a presigned URL of the S3 bucket), or a base URL (`https://cdn.example.org/cache`:
+    /// a redirect to `<base>/nar/<file>`, e.g. a CDN in front of the bucket).
+    pub nar_redirect: Option<String>,
+    /// How long a presigned NAR URL stays valid, in seconds. Default 600.
+    pub presigned_url_ttl_secs: Option<u64>,
 }
 
 /// Settings of the binary-cache protocol.
@@ -210,6 +217,20 @@ pub struct CacheConfig {
     pub require_read_token: bool,
     /// zstd level.
     pub compression_level: i32,
+    /// How NAR downloads are answered.
+    pub nar_redirect: NarRedirect,
+}
+
+/// How NAR downloads are answered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NarRedirect {
+    /// berth streams the bytes.
+    #[default]
+    Stream,
+    /// A redirect to a presigned URL of the bucket, valid this long.
+    Presigned(std::time::Duration),
+    /// A redirect to `<base>/nar/<file>` (a CDN or a public bucket).
+    BaseUrl(String),
 }
 
 /// Where the signing key comes from.
@@ -306,8 +327,8 @@ impl RawConfig {
         let listen = listen.parse().map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
         let data_dir = absolute(self.data_dir.unwrap_or_else(default_data_dir));
         let storage = self.storage.unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
-        if !(storage.starts_with("file:///") || storage == "memory://") {
-            return Err(invalid("storage", format!("{storage:?}: expected file:///absolute/dir")));
+        if !(storage.starts_with("file:///") || storage.starts_with("s3://") || storage == "memory://") {
+            return Err(invalid("storage", format!("{storage:?}: expected file:///absolute/dir or s3://bucket/prefix?…")));
         }
         let database = self.database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
         if !(database.starts_with("sqlite:")
@@ -337,11 +358,13 @@ impl RawConfig {
             want_mass_query: self.cache.want_mass_query.unwrap_or(true),
             require_read_token: self.cache.require_read_token.unwrap_or(false),
             compression_level: level,
+            nar_redirect: nar_redirect(&self.cache, &storage)?,
         };
         let builder = BuilderConfig {
             parallel_hosts: positive("builder.parallel_hosts", self.builder.parallel_hosts.unwrap_or(2))?,
             timeout: std::time::Duration::from_secs(self.builder.timeout_secs.unwrap_or(7200).max(1)),
-            concurrent_builds: positive("builder.concurrent_builds", self.builder.concurrent_builds.unwrap_or(1))?,
+            // 0: a replica that only serves (others build).
+            concurrent_builds: self.builder.concurrent_builds.unwrap_or(1),
             stale_after: std::time::Duration::from_secs(self.builder.stale_after_secs.unwrap_or(60).max(3)),
         };
         let mut repositories: Vec<Repository> = Vec::new();
@@ -382,6 +405,23 @@ impl RawConfig {
             retention,
             gc_schedule,
         })
+    }
+}
+
+fn nar_redirect(cache: &RawCache, storage: &str) -> Result<NarRedirect, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { key: "cache.nar_redirect", reason };
+    let ttl = std::time::Duration::from_secs(cache.presigned_url_ttl_secs.unwrap_or(600).clamp(1, 7 * 86_400));
+    match cache.nar_redirect.as_deref() {
+        None | Some("stream") => Ok(NarRedirect::Stream),
+        Some("presigned") if storage.starts_with("s3://") => Ok(NarRedirect::Presigned(ttl)),
+        Some("presigned") => Err(invalid("\"presigned\" needs an s3:// storage".into())),
+        Some(base) if base.starts_with("https://") || base.starts_with("http://") => {
+            if base.contains(['?', '#']) || base.chars().any(char::is_whitespace) {
+                return Err(invalid(format!("{base:?}: a base URL has no query, fragment or spaces")));
+            }
+            Ok(NarRedirect::BaseUrl(base.trim_end_matches('/').to_owned()))
+        }
+        Some(other) => Err(invalid(format!("{other:?}: use \"stream\", \"presigned\" or an https:// base URL"))),
     }
 }
 
@@ -504,6 +544,20 @@ mod tests {
         assert!(parse("storage = \"ftp://x\"").is_err());
         assert!(parse("[cache]\ncompression_level = 99").is_err());
         assert!(parse("previous_public_keys = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn nar_redirects_are_checked_against_the_storage() {
+        assert_eq!(parse("").unwrap().cache.nar_redirect, NarRedirect::Stream);
+        let err = parse("[cache]\nnar_redirect = \"presigned\"").unwrap_err().to_string();
+        assert!(err.contains("needs an s3:// storage"), "{err}");
+        let s3 = "storage = \"s3://bucket/cache?region=eu-west-1\"\n[cache]\n";
+        let c = parse(&format!("{s3}nar_redirect = \"presigned\"\npresigned_url_ttl_secs = 60")).unwrap();
+        assert_eq!(c.cache.nar_redirect, NarRedirect::Presigned(std::time::Duration::from_secs(60)));
+        let c = parse("[cache]\nnar_redirect = \"https://cdn.example.org/cache/\"").unwrap();
+        assert_eq!(c.cache.nar_redirect, NarRedirect::BaseUrl("https://cdn.example.org/cache".into()));
+        assert!(parse("[cache]\nnar_redirect = \"https://cdn.example.org/?x=1\"").is_err());
+        assert!(parse("[cache]\nnar_redirect = \"sometimes\"").is_err());
     }
 
     #[test]

@@ -50,7 +50,7 @@ enum Command {
         /// The deploy key file that signs host manifests (`berth keygen` format).
         #[arg(long)]
         deploy_key_file: Option<PathBuf>,
-        /// Storage URL (`file:///dir`).
+        /// Storage URL (`file:///dir`, or `s3://bucket/prefix?endpoint=…&region=…`; see docs/storage.md).
         #[arg(long)]
         storage: Option<String>,
         /// Database URL (`sqlite:///file` or `postgres://…`).

@@ -13,6 +13,8 @@ pub struct Metrics {
     pub narinfo_misses: AtomicU64,
     /// NAR bytes sent to clients.
     pub nar_bytes_served: AtomicU64,
+    /// NAR downloads answered with a redirect to the bucket or a CDN.
+    pub nar_redirects: AtomicU64,
     /// NAR files received and verified.
     pub nars_received: AtomicU64,
     /// Compressed bytes received in verified NARs.
@@ -41,6 +43,7 @@ impl Metrics {
             ("berth_narinfo_hits_total", "narinfo lookups answered", &self.narinfo_hits),
             ("berth_narinfo_misses_total", "narinfo lookups for absent paths", &self.narinfo_misses),
             ("berth_nar_bytes_served_total", "NAR bytes sent to clients", &self.nar_bytes_served),
+            ("berth_nar_redirects_total", "NAR downloads redirected to the bucket or a CDN", &self.nar_redirects),
             ("berth_nars_received_total", "NAR files received and verified", &self.nars_received),
             ("berth_nar_bytes_received_total", "compressed NAR bytes received", &self.nar_bytes_received),
             ("berth_paths_published_total", "store paths newly published", &self.paths_published),

@@ -15,6 +15,7 @@ use super::{auth, error::ApiError, range};
 use crate::{
     app::AppState,
     auth::Scope,
+    config::NarRedirect,
     ingest,
     metrics::Metrics,
     nixfmt::{NarFileName, PathInfo, StorePathHash},
@@ -134,7 +135,11 @@ pub async fn get_nar(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let key = ObjectKey::Nar(nar_name(&file)?);
+    let name = nar_name(&file)?;
+    if state.cache.nar_redirect != NarRedirect::Stream {
+        return redirect_nar(&state, name).await;
+    }
+    let key = ObjectKey::Nar(name);
     let wanted = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(range::parse);
     if let Some(r) = wanted {
         let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
@@ -153,6 +158,29 @@ pub async fn get_nar(
         let value = format!("bytes {}-{}/{}", body.range.start, body.range.end.saturating_sub(1), body.size);
         response.headers_mut().insert(header::CONTENT_RANGE, HeaderValue::from_str(&value).expect("ascii"));
     }
+    Ok(response)
+}
+
+/// Sends the client to where the bucket (or a CDN in front of it) serves the NAR, when the
+/// NAR is recorded (so a missing one is our 404, not the bucket's). `Range` is the target's
+/// business: the client sends it again there.
+async fn redirect_nar(state: &AppState, name: NarFileName) -> Result<Response, ApiError> {
+    if state.db.nar_file(name.as_str()).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no NAR {name}")));
+    }
+    let (location, cache_control) = match &state.cache.nar_redirect {
+        NarRedirect::Presigned(ttl) => {
+            let url = state.store.presigned_get(&ObjectKey::Nar(name.clone()), *ttl).await?;
+            (url.ok_or_else(|| ApiError::NotFound(format!("no NAR {name}")))?, "private, no-store")
+        }
+        NarRedirect::BaseUrl(base) => (format!("{base}/nar/{name}"), IMMUTABLE),
+        NarRedirect::Stream => unreachable!("streamed NARs are not redirected"),
+    };
+    Metrics::add(&state.metrics.nar_redirects, 1);
+    let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();
+    let location = HeaderValue::from_str(&location).map_err(|e| ApiError::Internal(e.to_string()))?;
+    response.headers_mut().insert(header::LOCATION, location);
+    response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
     Ok(response)
 }
 

@@ -1,7 +1,10 @@
 //! Process-level integration tests: the real `berth` binary, the real Nix 2.8 client, real
-//! git and SQLite, all offline. A missing program fails the test loudly, never skips it.
+//! git, SQLite, PostgreSQL and S3 (SeaweedFS), all offline and started by the tests. A
+//! missing program fails the test loudly, never skips it.
 
 mod harness;
+#[path = "../support/servers.rs"]
+mod servers;
 
 mod agent;
 mod builds;
@@ -13,3 +16,4 @@ mod fleet;
 mod gc;
 mod nix_client;
 mod nix_files;
+mod replicas;

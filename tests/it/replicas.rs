@@ -1,0 +1,327 @@
+//! Scale-out, end to end: two `berth serve` replicas (the real binary) sharing one S3 bucket
+//! (a real SeaweedFS server, SigV4) and one PostgreSQL database (a throwaway real cluster),
+//! both started by the test process itself. What must happen once happens once; what one
+//! replica publishes the other serves; a replica killed mid-upload leaves the bucket
+//! consistent and the other replica serving.
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+use crate::{
+    fleet::{Fleet, Signing},
+    harness::*,
+    servers::{Postgres, Seaweed},
+};
+
+/// Two replicas on one bucket and one database, with a fleet repository both can build.
+struct Cluster {
+    s: Scratch,
+    fleet: Fleet,
+    a: Server,
+    b: Server,
+    storage: String,
+    admin: String,
+}
+
+/// The `storage` URL of a fresh bucket (under a prefix, as a shared bucket would be used).
+fn bucket_url(s: &Scratch) -> String {
+    let s3 = Seaweed::shared();
+    let credentials = s3.credentials_file(s.dir.path());
+    format!(
+        "s3://{}/cache?endpoint={}&region=us-east-1&credentials_file={}",
+        s3.new_bucket(),
+        s3.endpoint(),
+        credentials.display()
+    )
+}
+
+/// Generates a key pair with `berth keygen`; returns the secret key file.
+fn keygen(s: &Scratch, name: &str) -> PathBuf {
+    let (secret, public) = (s.path(&format!("{name}.secret")), s.path(&format!("{name}.public")));
+    run_ok(Command::new(berth_bin()).args(["keygen", "--name", name, "--secret-key-file"]).arg(&secret).arg("--public-key-file").arg(&public));
+    secret
+}
+
+impl Cluster {
+    /// `config_b` is appended to replica B's configuration only.
+    fn start(config_b: &str) -> Cluster {
+        let s = Scratch::new();
+        let fleet = Fleet::new(&s, &["alpha"]);
+        let storage = bucket_url(&s);
+        let database = Postgres::shared().new_database();
+        let shared = format!(
+            "storage = \"{storage}\"\ndatabase = \"{database}\"\nsigning_key_file = \"{}\"\ndeploy_key_file = \"{}\"\n",
+            keygen(&s, "replicated-cache-1").display(),
+            keygen(&s, "replicated-deploy-1").display(),
+        );
+        let repository = format!(
+            "[builder]\nstale_after_secs = 3\n\n[[repositories]]\nname = \"fleet\"\nurl = \"{}\"\nallowed_signers_file = \"{}\"\n",
+            fleet.url(),
+            fleet.allowed_signers().display()
+        );
+        let start = |name: &str, extra: &str| {
+            let config = s.path(&format!("{name}.toml"));
+            std::fs::write(&config, format!("{shared}{extra}\n{repository}")).unwrap();
+            Server::start(&s.path(name), &["--config", config.to_str().unwrap()])
+        };
+        let a = start("a", "");
+        let b = start("b", config_b);
+        assert_eq!(a.public_key, b.public_key, "replicas sign with one key");
+        let admin = token(&s, "a", "admin");
+        Cluster { s, fleet, a, b, storage, admin }
+    }
+
+    fn token(&self, scope: &str) -> String {
+        token(&self.s, "a", scope)
+    }
+}
+
+/// `berth token create` against the shared database (through a replica's configuration).
+fn token(s: &Scratch, replica: &str, scope: &str) -> String {
+    stdout_of(
+        Command::new(berth_bin())
+            .args(["token", "create", "--scope", scope, "--config"])
+            .arg(s.path(&format!("{replica}.toml")))
+            .arg("--data-dir")
+            .arg(s.path(replica)),
+    )
+}
+
+fn push(server: &Server, token: &str, path: &str) {
+    run_ok(Command::new(berth_bin()).args(["push", "--server", &server.url, path]).env("BERTH_TOKEN", token));
+}
+
+fn api(server: &Server, path: &str) -> String {
+    format!("{}/api/v1/{path}", server.url)
+}
+
+#[test]
+fn a_closure_pushed_through_one_replica_is_substituted_by_nix_from_the_other() {
+    let c = Cluster::start("");
+    let top = c.s.build_closure("replicas");
+    push(&c.a, &c.token("push"), &top);
+    let (out, store) = c.s.substitute(&c.b.url, &top, &c.b.public_key, "from-b");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for path in c.s.closure(&top) {
+        assert_eq!(c.s.nar_hash(&path, Some(&store)), c.s.nar_hash(&path, None));
+    }
+    // What B published is served by A, too (no replica-local state on the read path).
+    let other = c.s.build_closure("replicas-other");
+    push(&c.b, &c.token("push"), &other);
+    let (out, _) = c.s.substitute(&c.a.url, &other, &c.a.public_key, "from-a");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_build_runs_on_one_replica_and_a_long_poll_on_the_other_sees_its_generation() {
+    let c = Cluster::start("");
+    let host = c.token("host:alpha");
+    // An agent long-polls B; the build is submitted to A; both replicas' workers race for it.
+    let waiting = {
+        let (url, host) = (api(&c.b, "hosts/alpha/manifest?timeout=120"), host.clone());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let r = http().get(url).bearer_auth(host).send().unwrap();
+            (r.status(), r.text().unwrap(), started.elapsed())
+        })
+    };
+    let ci = c.token("ci");
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        c.fleet.set_host("alpha", &format!("v{n}"));
+        let commit = c.fleet.commit("main", &format!("change {n}"), Signing::Trusted);
+        let body = json!({"repository": "fleet", "commit": commit, "branch": "main"});
+        let target = if n % 2 == 0 { &c.a } else { &c.b };
+        let r: Value = http().post(api(target, "builds")).bearer_auth(&ci).json(&body).send().unwrap().json().unwrap();
+        ids.push(r["id"].as_i64().unwrap());
+    }
+    let (status, body, waited) = waiting.join().unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(waited < Duration::from_secs(110), "woken by a generation made on the other replica");
+
+    for id in &ids {
+        let build = wait_for_build(&c.b, &ci, *id);
+        assert_eq!(build["state"], "succeeded", "{build}");
+        assert_eq!(build["attempts"], 1, "claimed once: {build}");
+        // Exactly one replica built it: only its builder holds the build's GC root.
+        let roots = ["a", "b"]
+            .iter()
+            .filter(|r| c.s.path(r).join(format!("gcroots/alpha/build-{id}")).exists())
+            .count();
+        assert_eq!(roots, 1, "build {id} ran on exactly one replica");
+    }
+    let generations: Vec<Value> =
+        http().get(api(&c.a, "hosts/alpha/generations")).bearer_auth(&c.admin).send().unwrap().json().unwrap();
+    let mut numbers: Vec<i64> = generations.iter().map(|g| g["number"].as_i64().unwrap()).collect();
+    numbers.sort();
+    assert_eq!(numbers, [1, 2, 3], "one generation per build, numbers never collide");
+}
+
+fn wait_for_build(server: &Server, token: &str, id: i64) -> Value {
+    for _ in 0..900 {
+        let build: Value = http().get(api(server, &format!("builds/{id}"))).bearer_auth(token).send().unwrap().json().unwrap();
+        if ["succeeded", "failed", "cancelled"].contains(&build["state"].as_str().unwrap_or("")) {
+            return build;
+        }
+        thread::sleep(Duration::from_millis(200));
+    }
+    panic!("build {id} did not end");
+}
+
+#[test]
+fn a_collection_started_on_both_replicas_runs_once() {
+    let c = Cluster::start("");
+    let top = c.s.build_closure("replicas-gc");
+    push(&c.a, &c.token("push"), &top);
+    let gc = |server: &Server| {
+        let (url, admin) = (api(server, "gc"), c.admin.clone());
+        thread::spawn(move || {
+            let r = http().post(url).bearer_auth(admin).json(&json!({})).send().unwrap();
+            (r.status(), r.text().unwrap())
+        })
+    };
+    // Started on both at once: each either runs or is told one is running; never both at
+    // the same time (the second waits for nothing and changes nothing).
+    for _ in 0..5 {
+        let (ra, rb) = (gc(&c.a), gc(&c.b));
+        let results = [ra.join().unwrap(), rb.join().unwrap()];
+        for (status, body) in &results {
+            assert!([StatusCode::OK, StatusCode::CONFLICT].contains(status), "{status}: {body}");
+        }
+        assert!(results.iter().any(|(s, _)| *s == StatusCode::OK), "{results:?}");
+    }
+    // While a collection holds the database's lock (here: held from a third session, as a
+    // third replica would), neither replica starts one.
+    let database = std::fs::read_to_string(c.s.path("a.toml")).unwrap();
+    let url = database.lines().find_map(|l| l.strip_prefix("database = \"")).unwrap().trim_end_matches('"').to_owned();
+    let mut holder = Command::new("psql")
+        .arg(&url)
+        .args(["-qAt", "-c", &format!("SELECT pg_advisory_lock({}); SELECT pg_sleep(6);", berth::db::GC_LOCK_KEY)])
+        .spawn()
+        .unwrap();
+    thread::sleep(Duration::from_secs(2));
+    for server in [&c.a, &c.b] {
+        let (status, body) = gc(server).join().unwrap();
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("already running"), "{body}");
+    }
+    holder.wait().unwrap();
+    assert_eq!(gc(&c.b).join().unwrap().0, StatusCode::OK, "the lock is free again");
+    // Nothing a kept root reaches was lost.
+    let (out, _) = c.s.substitute(&c.b.url, &top, &c.b.public_key, "after-gc");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn killing_a_replica_mid_upload_leaves_the_bucket_consistent_and_the_other_serving() {
+    let mut c = Cluster::start("");
+    let push_token = c.token("push");
+    let small = c.s.build_closure("replicas-crash");
+    push(&c.a, &push_token, &small);
+
+    let big = big_path(&c.s, 200_000_000);
+    let before = bytes_read(&c.a);
+    let mut upload = Command::new(berth_bin())
+        .args(["push", "--server", &c.a.url, &big])
+        .env("BERTH_TOKEN", &push_token)
+        .spawn()
+        .unwrap();
+    // Kill A once the upload is under way: tens of megabytes have reached it.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while bytes_read(&c.a) < before + 30_000_000 {
+        assert!(Instant::now() < deadline, "the upload never got under way");
+        thread::sleep(Duration::from_millis(20));
+    }
+    c.a.kill();
+    let _ = upload.wait();
+
+    let hash = store_hash(&big);
+    let r = http().get(format!("{}/{hash}.narinfo", c.b.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "a path whose upload died is not visible");
+    let (out, _) = c.s.substitute(&c.b.url, &small, &c.b.public_key, "after-crash");
+    assert!(out.status.success(), "B still serves: {}", String::from_utf8_lossy(&out.stderr));
+    assert_bucket_consistent(&c.storage, &c.s.closure(&small));
+
+    // The same path pushed again through B completes, and is served.
+    push(&c.b, &push_token, &big);
+    let (out, _) = c.s.substitute(&c.b.url, &big, &c.b.public_key, "big");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_bucket_consistent(&c.storage, &[big]);
+}
+
+/// A store path holding `size` random bytes.
+fn big_path(s: &Scratch, size: u64) -> String {
+    let dir = s.path("big");
+    std::fs::create_dir(&dir).unwrap();
+    run_ok(
+        Command::new("head")
+            .args(["-c", &size.to_string(), "/dev/urandom"])
+            .stdout(std::fs::File::create(dir.join("blob")).unwrap()),
+    );
+    stdout_of(s.nix("nix-store").arg("--add").arg(&dir))
+}
+
+fn store_hash(path: &str) -> String {
+    Path::new(path).file_name().unwrap().to_str().unwrap()[..32].to_owned()
+}
+
+/// Bytes the server process has read so far (files and sockets alike).
+fn bytes_read(server: &Server) -> u64 {
+    let io = std::fs::read_to_string(format!("/proc/{}/io", server.child.id())).unwrap();
+    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().parse().unwrap()
+}
+
+/// Reads the bucket directly (through berth's storage layer, not a server): every narinfo
+/// of `paths` that exists names a NAR that exists, with the size the narinfo states.
+fn assert_bucket_consistent(storage: &str, paths: &[String]) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async {
+        let store = berth::store::Store::open(storage).unwrap();
+        for path in paths {
+            let hash = berth::nixfmt::StorePathHash::parse(&store_hash(path)).unwrap();
+            let Some(text) = store.get_bytes(&berth::store::ObjectKey::NarInfo(hash)).await.unwrap() else { continue };
+            let info = berth::nixfmt::PathInfo::parse(&text).unwrap();
+            let nar = berth::store::ObjectKey::Nar(info.nar_file().unwrap());
+            let size = store.head(&nar).await.unwrap();
+            assert!(size.is_some(), "{path}: narinfo visible without its NAR");
+            if let Some(declared) = info.file_size() {
+                assert_eq!(size, Some(declared), "{path}: NAR incomplete");
+            }
+        }
+    });
+}
+
+#[test]
+fn nars_are_redirected_to_presigned_bucket_urls_and_nix_follows() {
+    let c = Cluster::start("[cache]\nnar_redirect = \"presigned\"\n");
+    let top = c.s.build_closure("replicas-redirect");
+    push(&c.a, &c.token("push"), &top);
+    // B answers NAR requests with a redirect to a presigned URL; Nix follows it.
+    let (out, store) = c.s.substitute(&c.b.url, &top, &c.b.public_key, "redirected");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(c.s.nar_hash(&top, Some(&store)), c.s.nar_hash(&top, None));
+
+    let narinfo = http().get(format!("{}/{}.narinfo", c.b.url, store_hash(&top))).send().unwrap().text().unwrap();
+    let nar_url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap().to_owned();
+    let no_follow = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_follow.get(format!("{}/{nar_url}", c.b.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    let location = r.headers()["location"].to_str().unwrap().to_owned();
+    assert!(location.contains("X-Amz-Signature="), "{location}");
+    // The bucket itself refuses the same object without the signature.
+    let unsigned = location.split('?').next().unwrap();
+    assert_eq!(http().get(unsigned).send().unwrap().status(), StatusCode::FORBIDDEN);
+    // A missing NAR is a 404 from berth, not a redirect to nothing.
+    let missing = format!("{}/nar/{}.nar.zst", c.b.url, "0".repeat(52));
+    assert_eq!(no_follow.get(missing).send().unwrap().status(), StatusCode::NOT_FOUND);
+    // A streams the same NAR itself.
+    let r = no_follow.get(format!("{}/{nar_url}", c.a.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}

@@ -45,6 +45,8 @@
             hyperfine
             zstd
             openssh
+            postgresql
+            seaweedfs
           ];
         };
       });

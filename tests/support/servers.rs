@@ -169,7 +169,15 @@ impl Postgres {
     }
 }
 
+/// Debian's versioned directory (not on PATH), else wherever `initdb` is (`nix develop`).
 fn postgres_bindir() -> PathBuf {
+    let on_path = Command::new("sh").args(["-c", "command -v initdb"]).output();
+    if let Ok(out) = on_path.as_ref().filter(|o| o.status.success()) {
+        let initdb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if let Some(dir) = initdb.parent().filter(|d| d.join("postgres").exists()) {
+            return dir.to_owned();
+        }
+    }
     let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
         .map(|d| d.filter_map(|e| e.ok()).map(|e| e.path().join("bin")).filter(|b| b.join("initdb").exists()).collect())
         .unwrap_or_default();

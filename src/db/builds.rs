@@ -58,7 +58,9 @@ const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, r
 
 impl Db {
     /// Queues a build, unless the same repository, commit, branch and hosts are already
-    /// queued, running or built: then that build's id is returned and `false`.
+    /// queued, running or built: then that build's id is returned and `false`. Also when
+    /// two replicas receive the same request at once (a webhook delivered twice): they take
+    /// turns, and the second finds the first's build.
     pub async fn enqueue_build(
         &self,
         repository: &str,
@@ -68,6 +70,9 @@ impl Db {
     ) -> Result<(i64, bool), DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(super::write_begin(pool)).await?;
+            if let Some(lock) = super::lock_builds(pool) {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
             let existing: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM builds WHERE repository = $1 AND commit_sha = $2 AND branch = $3 AND hosts = $4
                  AND state IN ('queued', 'running', 'succeeded') ORDER BY id DESC LIMIT 1",
@@ -281,6 +286,30 @@ mod tests {
             assert_eq!(db.recent_builds(1).await.unwrap(), [build]);
             db.clear_build_hosts(id).await.unwrap();
             assert!(db.build_hosts(id).await.unwrap().is_empty());
+        }
+
+        /// The same request reaches two replicas at once, many times over: one build.
+        async fn concurrent_requests_on_two_replicas_queue_one_build(backend: Backend) {
+            const REQUESTS: usize = 12;
+            let database = backend.database().await;
+            let replicas = [database.open().await, database.open().await];
+            let start = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS));
+            let requests: Vec<_> = (0..REQUESTS)
+                .map(|n| {
+                    let (db, start) = (replicas[n % 2].clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        db.enqueue_build("fleet", SHA, "main", "").await.unwrap()
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for request in requests {
+                answers.push(request.await.unwrap());
+            }
+            let created: Vec<_> = answers.iter().filter(|(_, created)| *created).collect();
+            assert_eq!(created.len(), 1, "{answers:?}");
+            assert!(answers.iter().all(|(id, _)| *id == created[0].0), "{answers:?}");
         }
 
         /// Two replicas' workers claim at once: every claim gets a build, none twice. (A

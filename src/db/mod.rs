@@ -121,21 +121,33 @@ pub(crate) trait Dialect {
     /// get another row instead of waiting for (and then losing) the same one. SQLite has one
     /// writer at a time and no row locks: nothing to add.
     const SKIP_LOCKED: &'static str;
+    /// Run first in a write transaction that checks the `builds` table before inserting, so
+    /// that two such transactions take turns. SQLite's `BEGIN IMMEDIATE` does that already;
+    /// PostgreSQL's READ COMMITTED would let both check, then both insert. (The mode conflicts
+    /// with itself and with claims' row updates, which wait a moment; readers never do.)
+    const LOCK_BUILDS: Option<&'static str>;
 }
 
 impl Dialect for SqlitePool {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const SKIP_LOCKED: &'static str = "";
+    const LOCK_BUILDS: Option<&'static str> = None;
 }
 
 impl Dialect for PgPool {
     const BEGIN: &'static str = "BEGIN";
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+    const LOCK_BUILDS: Option<&'static str> = Some("LOCK TABLE builds IN SHARE ROW EXCLUSIVE MODE");
 }
 
 /// [`Dialect::BEGIN`] for `pool`'s dialect.
 pub(crate) fn write_begin<P: Dialect>(_: &P) -> &'static str {
     P::BEGIN
+}
+
+/// [`Dialect::LOCK_BUILDS`] for `pool`'s dialect.
+pub(crate) fn lock_builds<P: Dialect>(_: &P) -> Option<&'static str> {
+    P::LOCK_BUILDS
 }
 
 /// [`Dialect::SKIP_LOCKED`] for `pool`'s dialect.

@@ -186,7 +186,7 @@ async fn collect(fleet: &Fleet, expected: &Plan, runs: usize) {
     sqlx::query("VACUUM INTO $1").bind(copy.to_str().unwrap()).execute(pool).await.unwrap();
     let db = berth::db::Db::open(&format!("sqlite://{}", copy.display())).await.unwrap();
     let started = Instant::now();
-    let applied = db.gc_apply(|s| plan(s, &policy)).await.unwrap();
+    let applied = db.gc_apply(|s| plan(s, &policy), 0).await.unwrap();
     let apply = started.elapsed();
     assert_eq!(describe(&applied), describe(expected));
     line("gc_apply (read + plan + forget, one transaction)", 1, apply, apply);

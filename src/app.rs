@@ -11,7 +11,7 @@ use tokio::net::TcpListener;
 use crate::{
     build::Queue,
     config::{CacheConfig, Config, KeySource},
-    db::{Db, DbError},
+    db::{Db, DbError, PublishGate},
     metrics::Metrics,
     nixfmt::{KeyError, PublicKey, SecretKey},
     store::{ObjectKey, Store, StoreError},
@@ -60,9 +60,11 @@ pub struct AppState {
     pub deploy_key: Arc<SecretKey>,
     /// Wakes manifest long-polls when a generation is made.
     pub deploys: Arc<tokio::sync::Notify>,
-    /// Publications hold it for reading, retention for writing (see `gc::run`).
-    pub publish_gate: Arc<tokio::sync::RwLock<()>>,
-    /// Held while a collection runs: one at a time.
+    /// Publications hold it for reading, retention for writing (see `gc::run`); with
+    /// PostgreSQL it holds across replicas.
+    pub publish_gate: PublishGate,
+    /// Held while a collection runs: one at a time in this process (`Db::try_lock_collection`
+    /// makes it one across replicas).
     pub gc_running: Arc<tokio::sync::Mutex<()>>,
     /// Every public key clients should trust (current first, then previous ones).
     pub public_keys: Arc<Vec<PublicKey>>,
@@ -95,11 +97,11 @@ impl AppState {
         public_keys.extend(config.previous_public_keys.iter().cloned());
         let state = Self {
             store,
+            publish_gate: PublishGate::new(&db),
             db,
             signing_key: Arc::new(key),
             deploy_key: Arc::new(deploy_key),
             deploys: Arc::default(),
-            publish_gate: Arc::default(),
             gc_running: Arc::default(),
             public_keys: Arc::new(public_keys),
             cache: Arc::new(config.cache.clone()),

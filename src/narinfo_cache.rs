@@ -13,8 +13,9 @@ use std::{
 
 use bytes::Bytes;
 
-/// How long an entry is served without asking the index again.
-const TTL: Duration = Duration::from_secs(30);
+/// How long an entry is served without asking the index again. Retention counts on it: with
+/// replicas, a deleted path's NAR outlives this (see `gc::run`).
+pub const TTL: Duration = Duration::from_secs(30);
 /// The most narinfo bytes held (about 100,000 typical narinfos).
 const LIMIT: usize = 64 << 20;
 

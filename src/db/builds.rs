@@ -1,5 +1,7 @@
 //! The persistent build queue and per-host results. Claiming is one conditional UPDATE, so
-//! two workers (or two replicas) never run the same build.
+//! two workers (or two replicas) never run the same build; with PostgreSQL the row it picks
+//! is locked with `SKIP LOCKED`, so a worker that loses a race takes the next queued build
+//! instead of finding none.
 
 use super::{now, on_pool, Db, DbError};
 
@@ -56,7 +58,9 @@ const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, r
 
 impl Db {
     /// Queues a build, unless the same repository, commit, branch and hosts are already
-    /// queued, running or built: then that build's id is returned and `false`.
+    /// queued, running or built: then that build's id is returned and `false`. Also when
+    /// two replicas receive the same request at once (a webhook delivered twice): they take
+    /// turns, and the second finds the first's build.
     pub async fn enqueue_build(
         &self,
         repository: &str,
@@ -66,6 +70,9 @@ impl Db {
     ) -> Result<(i64, bool), DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(super::write_begin(pool)).await?;
+            if let Some(lock) = super::lock_builds(pool) {
+                sqlx::query(lock).execute(&mut *tx).await?;
+            }
             let existing: Option<i64> = sqlx::query_scalar(
                 "SELECT id FROM builds WHERE repository = $1 AND commit_sha = $2 AND branch = $3 AND hosts = $4
                  AND state IN ('queued', 'running', 'succeeded') ORDER BY id DESC LIMIT 1",
@@ -84,15 +91,24 @@ impl Db {
         })
     }
 
-    /// Takes the oldest queued build for `worker`, if any.
+    /// Takes the oldest queued build for `worker`, if any. `None` means no build is queued
+    /// that no one else is taking: concurrent claimers (other workers, other replicas) each
+    /// get a different build.
     pub async fn claim_build(&self, worker: &str) -> Result<Option<BuildRow>, DbError> {
-        let sql = format!(
-            "UPDATE builds SET state = 'running', claimed_by = $1, started_at = $2, heartbeat_at = $2,
-                    attempts = attempts + 1, reason = NULL
-             WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY id LIMIT 1) AND state = 'queued'
-             RETURNING {BUILD_COLUMNS}"
-        );
-        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(worker).bind(now()).fetch_optional(pool).await?))
+        on_pool!(self, pool => {
+            // PostgreSQL, READ COMMITTED: without SKIP LOCKED two claimers pick the same row,
+            // the second waits for the first's commit, re-checks `state = 'queued'`, and
+            // updates nothing although other builds are queued.
+            let sql = format!(
+                "UPDATE builds SET state = 'running', claimed_by = $1, started_at = $2, heartbeat_at = $2,
+                        attempts = attempts + 1, reason = NULL
+                 WHERE id = (SELECT id FROM builds WHERE state = 'queued' ORDER BY id LIMIT 1 {})
+                   AND state = 'queued'
+                 RETURNING {BUILD_COLUMNS}",
+                super::skip_locked(pool)
+            );
+            Ok(sqlx::query_as(&sql).bind(worker).bind(now()).fetch_optional(pool).await?)
+        })
     }
 
     /// Records that `worker` still runs build `id`; false when the build is no longer
@@ -202,47 +218,131 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    use crate::db::test_db;
+    use crate::db::testing::for_each_backend;
+    use crate::db::Db;
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
-    #[tokio::test]
-    async fn a_commit_is_queued_once_and_claimed_once() {
-        let db = test_db().await;
-        let (id, created) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
-        assert!(created);
-        assert_eq!(db.enqueue_build("fleet", SHA, "main", "").await.unwrap(), (id, false));
-        let (other, created) = db.enqueue_build("fleet", SHA, "test-a", "").await.unwrap();
-        assert!(created && other != id, "another branch is another build");
-        let claimed = db.claim_build("w1").await.unwrap().unwrap();
-        assert_eq!((claimed.id, claimed.state.as_str(), claimed.attempts), (id, "running", 1));
-        assert_eq!(db.claim_build("w2").await.unwrap().unwrap().id, other);
-        assert!(db.claim_build("w3").await.unwrap().is_none());
-        assert!(db.heartbeat_build(id, "w1").await.unwrap());
-        assert!(!db.heartbeat_build(id, "w2").await.unwrap());
-    }
+    for_each_backend! {
+        async fn a_commit_is_queued_once_and_claimed_once(db: Db) {
+            let (id, created) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+            assert!(created);
+            assert_eq!(db.enqueue_build("fleet", SHA, "main", "").await.unwrap(), (id, false));
+            let (other, created) = db.enqueue_build("fleet", SHA, "test-a", "").await.unwrap();
+            assert!(created && other != id, "another branch is another build");
+            let claimed = db.claim_build("w1").await.unwrap().unwrap();
+            assert_eq!((claimed.id, claimed.state.as_str(), claimed.attempts), (id, "running", 1));
+            assert_eq!(db.claim_build("w2").await.unwrap().unwrap().id, other);
+            assert!(db.claim_build("w3").await.unwrap().is_none());
+            assert!(db.heartbeat_build(id, "w1").await.unwrap());
+            assert!(!db.heartbeat_build(id, "w2").await.unwrap());
+        }
 
-    #[tokio::test]
-    async fn interrupted_builds_run_again_then_fail() {
-        let db = test_db().await;
-        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
-        db.claim_build("w1").await.unwrap();
-        let later = crate::db::now() + 10;
-        assert_eq!(db.recover_builds(later, 2).await.unwrap(), (1, 0));
-        assert_eq!(db.build(id).await.unwrap().unwrap().state, "queued");
-        db.claim_build("w1").await.unwrap();
-        assert_eq!(db.recover_builds(later, 2).await.unwrap(), (0, 1));
-        let build = db.build(id).await.unwrap().unwrap();
-        assert_eq!(build.state, "failed");
-        assert!(build.reason.unwrap().contains("interrupted 2 times"));
-    }
+        async fn interrupted_builds_run_again_then_fail(db: Db) {
+            let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+            db.claim_build("w1").await.unwrap();
+            let later = crate::db::now() + 10;
+            assert_eq!(db.recover_builds(later, 2).await.unwrap(), (1, 0));
+            assert_eq!(db.build(id).await.unwrap().unwrap().state, "queued");
+            db.claim_build("w1").await.unwrap();
+            assert_eq!(db.recover_builds(later, 2).await.unwrap(), (0, 1));
+            let build = db.build(id).await.unwrap().unwrap();
+            assert_eq!(build.state, "failed");
+            assert!(build.reason.unwrap().contains("interrupted 2 times"));
+        }
 
-    #[tokio::test]
-    async fn cancel_only_what_has_not_ended() {
-        let db = test_db().await;
-        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
-        assert!(db.cancel_build(id).await.unwrap());
-        assert!(!db.cancel_build(id).await.unwrap());
-        assert!(db.claim_build("w").await.unwrap().is_none(), "a cancelled build is never claimed");
+        async fn cancel_only_what_has_not_ended(db: Db) {
+            let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+            assert!(db.cancel_build(id).await.unwrap());
+            assert!(!db.cancel_build(id).await.unwrap());
+            assert!(db.claim_build("w").await.unwrap().is_none(), "a cancelled build is never claimed");
+        }
+
+        async fn build_hosts_record_results(db: Db) {
+            let (id, _) = db.enqueue_build("fleet", SHA, "main", "a b").await.unwrap();
+            db.set_build_signature(id, "unsigned").await.unwrap();
+            let mut row = crate::db::BuildHostRow {
+                host: "b".into(),
+                state: "building".into(),
+                store_path: None,
+                error: None,
+                generation: None,
+                started_at: Some(1),
+                finished_at: None,
+            };
+            db.set_build_host(id, &row).await.unwrap();
+            row.state = "succeeded".into();
+            row.store_path = Some("/nix/store/x".into());
+            db.set_build_host(id, &row).await.unwrap();
+            db.set_build_host(id, &crate::db::BuildHostRow { host: "a".into(), ..row.clone() }).await.unwrap();
+            db.set_build_host_generation(id, "b", 7).await.unwrap();
+            let hosts = db.build_hosts(id).await.unwrap();
+            assert_eq!(hosts.iter().map(|h| (h.host.as_str(), h.generation)).collect::<Vec<_>>(), [("a", None), ("b", Some(7))]);
+            assert_eq!(hosts[1].store_path.as_deref(), Some("/nix/store/x"));
+            db.claim_build("w").await.unwrap().unwrap();
+            db.finish_build(id, "succeeded", Some("done")).await.unwrap();
+            let build = db.build(id).await.unwrap().unwrap();
+            assert_eq!((build.state.as_str(), build.signature.as_deref()), ("succeeded", Some("unsigned")));
+            assert_eq!(db.recent_builds(1).await.unwrap(), [build]);
+            db.clear_build_hosts(id).await.unwrap();
+            assert!(db.build_hosts(id).await.unwrap().is_empty());
+        }
+
+        /// The same request reaches two replicas at once, many times over: one build.
+        async fn concurrent_requests_on_two_replicas_queue_one_build(backend: Backend) {
+            const REQUESTS: usize = 12;
+            let database = backend.database().await;
+            let replicas = [database.open().await, database.open().await];
+            let start = std::sync::Arc::new(tokio::sync::Barrier::new(REQUESTS));
+            let requests: Vec<_> = (0..REQUESTS)
+                .map(|n| {
+                    let (db, start) = (replicas[n % 2].clone(), start.clone());
+                    tokio::spawn(async move {
+                        start.wait().await;
+                        db.enqueue_build("fleet", SHA, "main", "").await.unwrap()
+                    })
+                })
+                .collect();
+            let mut answers = Vec::new();
+            for request in requests {
+                answers.push(request.await.unwrap());
+            }
+            let created: Vec<_> = answers.iter().filter(|(_, created)| *created).collect();
+            assert_eq!(created.len(), 1, "{answers:?}");
+            assert!(answers.iter().all(|(id, _)| *id == created[0].0), "{answers:?}");
+        }
+
+        /// Two replicas' workers claim at once: every claim gets a build, none twice. (A
+        /// lost race shows up in some rounds only: several rounds.)
+        async fn concurrent_claims_on_two_replicas_take_each_build_once(backend: Backend) {
+            const CLAIMERS: usize = 12;
+            const ROUNDS: usize = 10;
+            let database = backend.database().await;
+            let replicas = [database.open().await, database.open().await];
+            let mut claimed: Vec<i64> = Vec::new();
+            for round in 0..ROUNDS {
+                for n in 0..CLAIMERS {
+                    replicas[0].enqueue_build("fleet", SHA, &format!("b{round}-{n}"), "").await.unwrap();
+                }
+                let start = std::sync::Arc::new(tokio::sync::Barrier::new(CLAIMERS));
+                let claims: Vec<_> = (0..CLAIMERS)
+                    .map(|n| {
+                        let (db, start) = (replicas[n % 2].clone(), start.clone());
+                        tokio::spawn(async move {
+                            start.wait().await;
+                            db.claim_build(&format!("w{n}")).await.unwrap()
+                        })
+                    })
+                    .collect();
+                for claim in claims {
+                    let build = claim.await.unwrap();
+                    claimed.push(build.expect("a lost race takes the next build, not none").id);
+                }
+            }
+            claimed.sort();
+            claimed.dedup();
+            assert_eq!(claimed.len(), CLAIMERS * ROUNDS, "a build claimed twice");
+            assert!(replicas[1].claim_build("late").await.unwrap().is_none());
+        }
     }
 }

@@ -96,27 +96,30 @@ macro_rules! delete_in {
     };
 }
 
-/// Records `$names` of `$kind` in `gc_pending`, a chunk at a time, on `$ex`.
+/// Records `$names` of `$kind` in `gc_pending`, due at `$due`, a chunk at a time, on `$ex`.
+/// An object already pending (deleted, published again, deleted again) takes the new due
+/// time: a narinfo served since the first deletion may be cached until then.
 macro_rules! add_pending {
-    ($ex:expr, $kind:expr, $names:expr) => {
+    ($ex:expr, $kind:expr, $names:expr, $due:expr) => {
         for chunk in $names.chunks(CHUNK) {
-            let mut q = sqlx::QueryBuilder::new("INSERT INTO gc_pending (kind, name) ");
+            let mut q = sqlx::QueryBuilder::new("INSERT INTO gc_pending (kind, name, due_at) ");
             q.push_values(chunk, |mut row, name| {
-                row.push_bind($kind).push_bind(name);
+                row.push_bind($kind).push_bind(name).push_bind($due);
             });
-            q.push(" ON CONFLICT DO NOTHING");
+            q.push(" ON CONFLICT (kind, name) DO UPDATE SET due_at = excluded.due_at");
             q.build().execute(&mut *$ex).await?;
         }
     };
 }
 
-/// Applies `$plan` inside the transaction `$tx` (either dialect), a chunk of rows per
+/// Applies `$plan` inside the transaction `$tx` (either dialect; NAR deletions due at
+/// `$nar_due`), a chunk of rows per
 /// statement: a plan of 100,000 paths is a few hundred statements, not half a million. The
 /// deleted paths' references are forgotten afterwards (`gc_forget_references`): that is
 /// most of the work, and it need not hold the lock.
 macro_rules! apply_plan {
-    ($tx:ident, $plan:expr) => {{
-        let plan: &Plan = $plan;
+    ($tx:ident, $plan:expr, $nar_due:expr) => {{
+        let (plan, nar_due): (&Plan, i64) = ($plan, $nar_due);
         for (host, number) in &plan.drop_generations {
             sqlx::query("DELETE FROM generations WHERE host = $1 AND number = $2")
                 .bind(host)
@@ -125,9 +128,9 @@ macro_rules! apply_plan {
                 .await?;
         }
         delete_in!($tx, "DELETE FROM paths WHERE hash", plan.delete_paths);
-        add_pending!($tx, PENDING_NARINFO, plan.delete_paths);
+        add_pending!($tx, PENDING_NARINFO, plan.delete_paths, 0_i64);
         delete_in!($tx, "DELETE FROM nar_files WHERE name", plan.delete_nar_files);
-        add_pending!($tx, PENDING_NAR, plan.delete_nar_files);
+        add_pending!($tx, PENDING_NAR, plan.delete_nar_files, nar_due);
     }};
 }
 
@@ -191,7 +194,8 @@ impl Db {
     /// Reads the snapshot, lets `decide` plan from it, and applies the plan to the index, all
     /// in one write transaction: generations dropped, paths forgotten (so they vanish from
     /// HTTP at once), NAR file records removed, and the objects to
-    /// delete recorded in `gc_pending`. Returns the plan applied.
+    /// delete recorded in `gc_pending` (narinfos due at once, NAR files at `nar_due`).
+    /// Returns the plan applied.
     ///
     /// Why one transaction: generations, pins and builds are recorded without the publish
     /// gate, so a plan made from an earlier read could delete the system a generation
@@ -199,14 +203,14 @@ impl Db {
     /// The transaction takes the write lock before it reads (SQLite: a first write; PostgreSQL:
     /// the tables the plan depends on, locked against writers), so every writer waits for the
     /// commit and then sees the plan's result; readers are never blocked.
-    pub async fn gc_apply(&self, decide: impl FnOnce(&Snapshot) -> Plan) -> Result<Plan, DbError> {
+    pub async fn gc_apply(&self, decide: impl FnOnce(&Snapshot) -> Plan, nar_due: i64) -> Result<Plan, DbError> {
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
                 // A write (of nothing) takes SQLite's write lock before the first read.
                 sqlx::query("DELETE FROM gc_pending WHERE 1 = 0").execute(&mut *tx).await?;
                 let plan = decide(&read_snapshot!(tx, SQLITE_REFS).into_snapshot());
-                apply_plan!(tx, &plan);
+                apply_plan!(tx, &plan, nar_due);
                 tx.commit().await?;
                 Ok(plan)
             }
@@ -219,7 +223,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
                 let plan = decide(&read_snapshot!(tx, POSTGRES_REFS).into_snapshot());
-                apply_plan!(tx, &plan);
+                apply_plan!(tx, &plan, nar_due);
                 tx.commit().await?;
                 Ok(plan)
             }
@@ -242,11 +246,20 @@ impl Db {
         })
     }
 
-    /// Objects a collection still has to delete, narinfos first, at most `limit`.
-    pub async fn gc_pending(&self, limit: i64) -> Result<Vec<(String, String)>, DbError> {
+    /// Objects a collection still has to delete and may delete at `now`, narinfos first, at
+    /// most `limit`.
+    pub async fn gc_pending(&self, limit: i64, now: i64) -> Result<Vec<(String, String)>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT kind, name FROM gc_pending ORDER BY CASE kind WHEN 'narinfo' THEN 0 ELSE 1 END, name LIMIT $1",
-        ).bind(limit).fetch_all(pool).await?))
+            "SELECT kind, name FROM gc_pending WHERE due_at <= $2
+             ORDER BY CASE kind WHEN 'narinfo' THEN 0 ELSE 1 END, name LIMIT $1",
+        ).bind(limit).bind(now).fetch_all(pool).await?))
+    }
+
+    /// How many pending deletions are not due yet at `now`.
+    pub async fn gc_pending_deferred(&self, now: i64) -> Result<u64, DbError> {
+        let n: i64 = on_pool!(self, pool => sqlx::query_scalar("SELECT COUNT(*) FROM gc_pending WHERE due_at > $1")
+            .bind(now).fetch_one(pool).await?);
+        Ok(n as u64)
     }
 
     /// Marks pending deletions (kind, name) done.
@@ -336,7 +349,7 @@ mod tests {
     use std::time::{Duration, Instant};
 
     use super::*;
-    use crate::db::{test_db, BuildHostRow, NarFileRow, NewGeneration, PathRow};
+    use crate::db::{testing::for_each_backend, BuildHostRow, NarFileRow, NewGeneration, PathRow};
     use crate::gc::{plan, Policy};
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -399,73 +412,104 @@ mod tests {
         assert_eq!((generation(db, 'a').await, generation(db, 'b').await), (1, 2));
     }
 
-    #[tokio::test]
-    async fn a_plan_is_applied_in_one_transaction_and_its_deletions_are_left_pending() {
-        let db = test_db().await;
-        two_generations(&db).await;
-        let plan = db.gc_apply(|s| plan::plan(s, &keep(1))).await.unwrap();
-        assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
-        assert_eq!((plan.delete_paths, plan.delete_nar_files), (vec![hash('a')], vec![nar_file('a')]));
-        assert_eq!(db.generations("h").await.unwrap().iter().map(|g| g.number).collect::<Vec<_>>(), [2]);
-        assert!(db.narinfo(&hash('a')).await.unwrap().is_none(), "gone from HTTP at once");
-        assert!(db.narinfo(&hash('l')).await.unwrap().is_some());
-        assert!(db.nar_file(&nar_file('a')).await.unwrap().is_none());
-        let pending = db.gc_pending(10).await.unwrap();
-        assert_eq!(pending, [(PENDING_NARINFO.into(), hash('a')), (PENDING_NAR.into(), nar_file('a'))]);
-        let snapshot = db.gc_snapshot().await.unwrap();
-        assert_eq!(snapshot.paths.iter().map(|p| p.references.len()).sum::<usize>(), 1, "b -> l");
-        let refs_of_a = || async {
-            let Db::Sqlite(pool) = &db else { unreachable!() };
-            let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM refs WHERE referrer = $1")
-                .bind(hash('a'))
-                .fetch_one(pool)
-                .await
-                .unwrap();
-            n
-        };
-        assert_eq!(refs_of_a().await, 1, "forgotten afterwards");
-        assert_eq!(db.gc_forget_references(10).await.unwrap(), 1);
-        assert_eq!(refs_of_a().await, 0);
-        assert_eq!(db.gc_forget_references(10).await.unwrap(), 0, "b's and l's stay");
-        let in_use = db.nar_files_in_use(&[nar_file('a'), nar_file('b')]).await.unwrap();
-        assert_eq!(in_use, [nar_file('b')].into_iter().collect());
-        db.gc_pending_done(&pending).await.unwrap();
-        assert!(db.gc_pending(10).await.unwrap().is_empty());
-    }
+    for_each_backend! {
+        async fn a_plan_is_applied_in_one_transaction_and_its_deletions_are_left_pending(db: Db) {
+            two_generations(&db).await;
+            let t = now();
+            let plan = db.gc_apply(|s| plan::plan(s, &keep(1)), 0).await.unwrap();
+            assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
+            assert_eq!((plan.delete_paths, plan.delete_nar_files), (vec![hash('a')], vec![nar_file('a')]));
+            assert_eq!(db.generations("h").await.unwrap().iter().map(|g| g.number).collect::<Vec<_>>(), [2]);
+            assert!(db.narinfo(&hash('a')).await.unwrap().is_none(), "gone from HTTP at once");
+            assert!(db.narinfo(&hash('l')).await.unwrap().is_some());
+            assert!(db.nar_file(&nar_file('a')).await.unwrap().is_none());
+            let pending = db.gc_pending(10, t).await.unwrap();
+            assert_eq!(pending, [(PENDING_NARINFO.into(), hash('a')), (PENDING_NAR.into(), nar_file('a'))]);
+            assert_eq!(db.gc_pending_deferred(t).await.unwrap(), 0);
+            let snapshot = db.gc_snapshot().await.unwrap();
+            assert_eq!(snapshot.paths.iter().map(|p| p.references.len()).sum::<usize>(), 1, "b -> l");
+            let refs_of_a = || async {
+                let n: i64 = on_pool!(&db, pool => sqlx::query_scalar("SELECT COUNT(*) FROM refs WHERE referrer = $1")
+                    .bind(hash('a'))
+                    .fetch_one(pool)
+                    .await
+                    .unwrap());
+                n
+            };
+            assert_eq!(refs_of_a().await, 1, "forgotten afterwards");
+            assert_eq!(db.gc_forget_references(10).await.unwrap(), 1);
+            assert_eq!(refs_of_a().await, 0);
+            assert_eq!(db.gc_forget_references(10).await.unwrap(), 0, "b's and l's stay");
+            let in_use = db.nar_files_in_use(&[nar_file('a'), nar_file('b')]).await.unwrap();
+            assert_eq!(in_use, [nar_file('b')].into_iter().collect());
+            db.gc_pending_done(&pending).await.unwrap();
+            assert!(db.gc_pending(10, t).await.unwrap().is_empty());
+        }
 
-    #[tokio::test]
-    async fn a_build_in_flight_keeps_the_old_system_it_built_again() {
-        let db = test_db().await;
-        two_generations(&db).await;
-        // A revert: the build produced `a` again, found it in the cache, and has not recorded
-        // its generation yet.
-        let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
-        db.claim_build("w").await.unwrap().unwrap();
-        let row = BuildHostRow {
-            host: "h".into(),
-            state: "publishing".into(),
-            store_path: Some(store_path('a')),
-            error: None,
-            generation: None,
-            started_at: None,
-            finished_at: None,
-        };
-        db.set_build_host(id, &row).await.unwrap();
-        assert_eq!(db.gc_snapshot().await.unwrap().building, [hash('a')]);
-        let (ended, _) = db.gc_root_needs().await.unwrap();
-        assert!(!ended.contains(&id), "its roots are needed while it runs");
+        /// With replicas, a NAR's deletion waits until their cached narinfos have expired;
+        /// the narinfo's does not.
+        async fn nar_deletions_wait_until_due(db: Db) {
+            two_generations(&db).await;
+            let t = now();
+            db.gc_apply(|s| plan::plan(s, &keep(1)), t + 100).await.unwrap();
+            assert_eq!(db.gc_pending(10, t).await.unwrap(), [(PENDING_NARINFO.into(), hash('a'))]);
+            assert_eq!(db.gc_pending_deferred(t).await.unwrap(), 1);
+            let due = db.gc_pending(10, t + 100).await.unwrap();
+            assert_eq!(due, [(PENDING_NARINFO.into(), hash('a')), (PENDING_NAR.into(), nar_file('a'))]);
+            assert_eq!(db.gc_pending_deferred(t + 100).await.unwrap(), 0);
 
-        let plan = db.gc_apply(|s| plan::plan(s, &keep(1))).await.unwrap();
-        assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
-        assert!(plan.delete_paths.is_empty(), "{:?}", plan.delete_paths);
-        assert!(db.narinfo(&hash('a')).await.unwrap().is_some());
+            // Published again and deleted again before it was due: the later time holds.
+            publish(&db, 'a', &['l']).await;
+            let plan = db.gc_apply(|s| plan::plan(s, &keep(1)), t + 200).await.unwrap();
+            assert_eq!(plan.delete_nar_files, [nar_file('a')]);
+            assert_eq!(db.gc_pending(10, t + 100).await.unwrap(), [(PENDING_NARINFO.into(), hash('a'))]);
+            assert_eq!(db.gc_pending_deferred(t + 100).await.unwrap(), 1);
+        }
 
-        assert_eq!(generation(&db, 'a').await, 3);
-        db.finish_build(id, "succeeded", None).await.unwrap();
-        assert!(db.gc_snapshot().await.unwrap().building.is_empty());
-        let (ended, toplevels) = db.gc_root_needs().await.unwrap();
-        assert!(ended.contains(&id));
-        assert_eq!(toplevels, [store_path('a'), store_path('b')].into_iter().collect());
+        async fn a_build_in_flight_keeps_the_old_system_it_built_again(db: Db) {
+            two_generations(&db).await;
+            // A revert: the build produced `a` again, found it in the cache, and has not
+            // recorded its generation yet.
+            let (id, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+            db.claim_build("w").await.unwrap().unwrap();
+            let row = BuildHostRow {
+                host: "h".into(),
+                state: "publishing".into(),
+                store_path: Some(store_path('a')),
+                error: None,
+                generation: None,
+                started_at: None,
+                finished_at: None,
+            };
+            db.set_build_host(id, &row).await.unwrap();
+            assert_eq!(db.gc_snapshot().await.unwrap().building, [hash('a')]);
+            let (ended, _) = db.gc_root_needs().await.unwrap();
+            assert!(!ended.contains(&id), "its roots are needed while it runs");
+
+            let plan = db.gc_apply(|s| plan::plan(s, &keep(1)), 0).await.unwrap();
+            assert_eq!(plan.drop_generations, [("h".to_string(), 1)]);
+            assert!(plan.delete_paths.is_empty(), "{:?}", plan.delete_paths);
+            assert!(db.narinfo(&hash('a')).await.unwrap().is_some());
+
+            assert_eq!(generation(&db, 'a').await, 3);
+            db.finish_build(id, "succeeded", None).await.unwrap();
+            assert!(db.gc_snapshot().await.unwrap().building.is_empty());
+            let (ended, toplevels) = db.gc_root_needs().await.unwrap();
+            assert!(ended.contains(&id));
+            assert_eq!(toplevels, [store_path('a'), store_path('b')].into_iter().collect());
+        }
+
+        async fn pins_are_named(db: Db) {
+            db.set_pin("p", &store_path('a')).await.unwrap();
+            db.set_pin("p", &store_path('b')).await.unwrap();
+            db.set_pin("q", &store_path('a')).await.unwrap();
+            let pins = db.pins().await.unwrap();
+            assert_eq!(pins.iter().map(|p| (p.name.as_str(), p.store_path.clone())).collect::<Vec<_>>(),
+                [("p", store_path('b')), ("q", store_path('a'))]);
+            assert!(db.remove_pin("p").await.unwrap());
+            assert!(!db.remove_pin("p").await.unwrap());
+            assert_eq!(db.gc_snapshot().await.unwrap().pins, [hash('a')]);
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -484,11 +528,14 @@ mod tests {
                 started.elapsed()
             })
         };
-        db.gc_apply(|s| {
-            planning.send(()).unwrap();
-            std::thread::sleep(Duration::from_millis(300)); // a long plan
-            plan::plan(s, &keep(1))
-        })
+        db.gc_apply(
+            |s| {
+                planning.send(()).unwrap();
+                std::thread::sleep(Duration::from_millis(300)); // a long plan
+                plan::plan(s, &keep(1))
+            },
+            0,
+        )
         .await
         .unwrap();
         let waited = writer.await.unwrap();

@@ -55,23 +55,20 @@ pub struct NewGeneration<'a> {
 
 impl Db {
     /// Records a new generation and returns its number (one more than the host's newest).
-    /// Numbers never collide: the insert is retried when another writer took the number.
+    /// Numbers never collide, even between replicas: the host's row is locked first (an
+    /// upsert that changes nothing still locks the row it finds), so concurrent writers for
+    /// one host take turns, and each reads the number the previous one committed. (SQLite:
+    /// the upsert takes the database's write lock, which serializes all writers anyway.)
     pub async fn add_generation(&self, g: &NewGeneration<'_>) -> Result<i64, DbError> {
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            match self.try_add_generation(g).await {
-                Err(DbError::Sql(sqlx::Error::Database(e))) if e.is_unique_violation() && attempt < 5 => continue,
-                other => return other,
-            }
-        }
-    }
-
-    async fn try_add_generation(&self, g: &NewGeneration<'_>) -> Result<i64, DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
-            sqlx::query("INSERT INTO hosts (name, repository, created_at) VALUES ($1, $2, $3) ON CONFLICT (name) DO NOTHING")
-                .bind(g.host).bind(g.repository).bind(now()).execute(&mut *tx).await?;
+            sqlx::query(
+                "INSERT INTO hosts (name, repository, created_at) VALUES ($1, $2, $3)
+                 ON CONFLICT (name) DO UPDATE SET repository = hosts.repository",
+            )
+            .bind(g.host).bind(g.repository).bind(now()).execute(&mut *tx).await?;
+            // PostgreSQL, READ COMMITTED: this statement's snapshot is taken after the lock
+            // above was granted, so it sees the generation the previous holder committed.
             let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE host = $1")
                 .bind(g.host).fetch_one(&mut *tx).await?;
             sqlx::query(
@@ -139,7 +136,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::test_db;
+    use crate::db::testing::for_each_backend;
 
     fn generation<'a>(host: &'a str, path: &'a str) -> NewGeneration<'a> {
         NewGeneration {
@@ -152,17 +149,53 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn generations_are_numbered_per_host() {
-        let db = test_db().await;
-        assert_eq!(db.add_generation(&generation("a", "/nix/store/x")).await.unwrap(), 1);
-        assert_eq!(db.add_generation(&generation("a", "/nix/store/y")).await.unwrap(), 2);
-        assert_eq!(db.add_generation(&generation("b", "/nix/store/x")).await.unwrap(), 1);
-        assert_eq!(db.latest_generation("a").await.unwrap().unwrap().store_path, "/nix/store/y");
-        let hosts = db.hosts().await.unwrap();
-        assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
-        assert_eq!(db.generations("a").await.unwrap().len(), 2);
-        assert_eq!(db.last_deployed_commit("fleet", "main").await.unwrap().as_deref(), Some("c1"));
-        assert_eq!(db.last_deployed_commit("fleet", "test-a").await.unwrap(), None);
+    for_each_backend! {
+        async fn generations_are_numbered_per_host(db: Db) {
+            assert_eq!(db.add_generation(&generation("a", "/nix/store/x")).await.unwrap(), 1);
+            assert_eq!(db.add_generation(&generation("a", "/nix/store/y")).await.unwrap(), 2);
+            assert_eq!(db.add_generation(&generation("b", "/nix/store/x")).await.unwrap(), 1);
+            assert_eq!(db.latest_generation("a").await.unwrap().unwrap().store_path, "/nix/store/y");
+            assert_eq!(db.generation("a", 1).await.unwrap().unwrap().store_path, "/nix/store/x");
+            assert_eq!(db.generation("a", 3).await.unwrap(), None);
+            let hosts = db.hosts().await.unwrap();
+            assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+            assert_eq!(hosts[0].latest.as_ref().map(|g| g.number), Some(2));
+            assert_eq!(db.generations("a").await.unwrap().len(), 2);
+            assert_eq!(db.host_repository("a").await.unwrap().as_deref(), Some("fleet"));
+            assert!(db.host_exists("b").await.unwrap() && !db.host_exists("c").await.unwrap());
+            assert_eq!(db.last_deployed_commit("fleet", "main").await.unwrap().as_deref(), Some("c1"));
+            assert_eq!(db.last_deployed_commit("fleet", "test-a").await.unwrap(), None);
+        }
+
+        /// Two replicas make generations for one host at once (a build and a rollback, say):
+        /// numbers are distinct and consecutive, and none fails.
+        async fn concurrent_generations_on_two_replicas_never_collide(backend: Backend) {
+            const EACH: usize = 10;
+            let database = backend.database().await;
+            let replicas = [database.open().await, database.open().await];
+            // The host exists already, and does not yet: both paths of the upsert race.
+            for host in ["old", "new"] {
+                if host == "old" {
+                    replicas[0].add_generation(&generation(host, "/nix/store/x")).await.unwrap();
+                }
+                let start = std::sync::Arc::new(tokio::sync::Barrier::new(2 * EACH));
+                let tasks: Vec<_> = (0..2 * EACH)
+                    .map(|n| {
+                        let (db, start) = (replicas[n % 2].clone(), start.clone());
+                        tokio::spawn(async move {
+                            start.wait().await;
+                            db.add_generation(&generation(host, "/nix/store/y")).await.unwrap()
+                        })
+                    })
+                    .collect();
+                let mut numbers = Vec::new();
+                for task in tasks {
+                    numbers.push(task.await.unwrap());
+                }
+                numbers.sort();
+                let first = if host == "old" { 2 } else { 1 };
+                assert_eq!(numbers, (first..first + 2 * EACH as i64).collect::<Vec<_>>(), "host {host}");
+            }
+        }
     }
 }

@@ -113,6 +113,9 @@ const MIGRATIONS: &[&str] = &[
         name TEXT NOT NULL,
         PRIMARY KEY (kind, name)
     );",
+    // 5: when a pending deletion may run (Unix seconds; 0: at once). With replicas a NAR
+    // outlives every replica's cached narinfo for it (see `gc::run`).
+    "ALTER TABLE gc_pending ADD COLUMN due_at BIGINT NOT NULL DEFAULT 0;",
 ];
 
 fn serial(db: &Db) -> &'static str {

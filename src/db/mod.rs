@@ -6,9 +6,12 @@
 mod builds;
 mod gc;
 mod generations;
+mod locks;
 mod migrations;
 mod paths;
 mod reports;
+#[cfg(test)]
+pub(crate) mod testing;
 mod tokens;
 
 use std::str::FromStr;
@@ -21,6 +24,7 @@ use sqlx::{
 pub use builds::{BuildHostRow, BuildRow};
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
+pub use locks::{CollectionLock, GateGuard, PublishGate};
 pub use paths::{NarFileRow, PathRow};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;
@@ -82,6 +86,12 @@ impl Db {
         Ok(db)
     }
 
+    /// Whether other processes may share this database (PostgreSQL: replicas), so that
+    /// what one process caches or holds in memory is not all there is.
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
     /// Closes every connection (checkpoints SQLite's WAL).
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)
@@ -100,25 +110,49 @@ fn create_parent_dir(url: &str) -> Result<(), DbError> {
     }
 }
 
-/// How a transaction that reads before it writes must begin. SQLite's default (deferred)
-/// transaction fails at once with "database is locked" when it upgrades to writing after
-/// another connection wrote; `BEGIN IMMEDIATE` takes the write lock first (and waits for it).
-pub(crate) trait WriteBegin {
-    /// The statement.
+/// The few spellings the dialects do not share.
+pub(crate) trait Dialect {
+    /// How a transaction that reads before it writes must begin. SQLite's default (deferred)
+    /// transaction fails at once with "database is locked" when it upgrades to writing after
+    /// another connection wrote; `BEGIN IMMEDIATE` takes the write lock first (and waits for
+    /// it).
     const BEGIN: &'static str;
+    /// Appended to a `SELECT` that picks a row to update, so that concurrent pickers each
+    /// get another row instead of waiting for (and then losing) the same one. SQLite has one
+    /// writer at a time and no row locks: nothing to add.
+    const SKIP_LOCKED: &'static str;
+    /// Run first in a write transaction that checks the `builds` table before inserting, so
+    /// that two such transactions take turns. SQLite's `BEGIN IMMEDIATE` does that already;
+    /// PostgreSQL's READ COMMITTED would let both check, then both insert. (The mode conflicts
+    /// with itself and with claims' row updates, which wait a moment; readers never do.)
+    const LOCK_BUILDS: Option<&'static str>;
 }
 
-impl WriteBegin for SqlitePool {
+impl Dialect for SqlitePool {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
+    const SKIP_LOCKED: &'static str = "";
+    const LOCK_BUILDS: Option<&'static str> = None;
 }
 
-impl WriteBegin for PgPool {
+impl Dialect for PgPool {
     const BEGIN: &'static str = "BEGIN";
+    const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
+    const LOCK_BUILDS: Option<&'static str> = Some("LOCK TABLE builds IN SHARE ROW EXCLUSIVE MODE");
 }
 
-/// [`WriteBegin::BEGIN`] for `pool`'s dialect.
-pub(crate) fn write_begin<P: WriteBegin>(_: &P) -> &'static str {
+/// [`Dialect::BEGIN`] for `pool`'s dialect.
+pub(crate) fn write_begin<P: Dialect>(_: &P) -> &'static str {
     P::BEGIN
+}
+
+/// [`Dialect::LOCK_BUILDS`] for `pool`'s dialect.
+pub(crate) fn lock_builds<P: Dialect>(_: &P) -> Option<&'static str> {
+    P::LOCK_BUILDS
+}
+
+/// [`Dialect::SKIP_LOCKED`] for `pool`'s dialect.
+pub(crate) fn skip_locked<P: Dialect>(_: &P) -> &'static str {
+    P::SKIP_LOCKED
 }
 
 /// Seconds since the Unix epoch, as stored in every `*_at` column.

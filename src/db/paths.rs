@@ -116,6 +116,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::db::testing::for_each_backend;
 
     fn row(hash: &str, refs: &[&str]) -> PathRow {
         PathRow {
@@ -131,27 +132,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn publish_twice_keeps_the_first() {
-        let db = crate::db::test_db().await;
-        assert!(db.insert_path(&row("a", &["b-x"])).await.unwrap());
-        let mut second = row("a", &[]);
-        second.narinfo = "other".into();
-        assert!(!db.insert_path(&second).await.unwrap());
-        assert_eq!(db.narinfo("a").await.unwrap().unwrap(), "StorePath: /nix/store/a-x\n");
-        assert_eq!(db.narinfo("b").await.unwrap(), None);
-        let present = db.present(&["a".into(), "b".into()]).await.unwrap();
-        assert_eq!(present, HashSet::from(["a".to_string()]));
-    }
+    for_each_backend! {
+        async fn publish_twice_keeps_the_first(db: Db) {
+            assert!(db.insert_path(&row("a", &["b-x"])).await.unwrap());
+            let mut second = row("a", &[]);
+            second.narinfo = "other".into();
+            assert!(!db.insert_path(&second).await.unwrap());
+            assert_eq!(db.narinfo("a").await.unwrap().unwrap(), "StorePath: /nix/store/a-x\n");
+            assert_eq!(db.narinfo("b").await.unwrap(), None);
+            let present = db.present(&["a".into(), "b".into()]).await.unwrap();
+            assert_eq!(present, HashSet::from(["a".to_string()]));
+        }
 
-    #[tokio::test]
-    async fn nar_files_are_idempotent() {
-        let db = crate::db::test_db().await;
-        let f =
-            NarFileRow { name: "n.nar".into(), file_hash: "h".into(), file_size: 3, nar_hash: "h".into(), nar_size: 3 };
-        db.insert_nar_file(&f).await.unwrap();
-        db.insert_nar_file(&f).await.unwrap();
-        assert_eq!(db.nar_file("n.nar").await.unwrap(), Some(f));
-        assert_eq!(db.nar_file("m.nar").await.unwrap(), None);
+        async fn nar_files_are_idempotent(db: Db) {
+            let f =
+                NarFileRow { name: "n.nar".into(), file_hash: "h".into(), file_size: 3, nar_hash: "h".into(), nar_size: 3 };
+            db.insert_nar_file(&f).await.unwrap();
+            db.insert_nar_file(&f).await.unwrap();
+            assert_eq!(db.nar_file("n.nar").await.unwrap(), Some(f));
+            assert_eq!(db.nar_file("m.nar").await.unwrap(), None);
+        }
     }
 }

@@ -88,7 +88,7 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::db::{test_db, NewGeneration};
+    use crate::db::{testing::for_each_backend, NewGeneration};
 
     fn report(generation: i64, phase: &str, message: Option<&str>) -> ReportRow {
         ReportRow {
@@ -101,27 +101,27 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn reports_move_the_host_status() {
-        let db = test_db().await;
-        let g = NewGeneration {
-            host: "a",
-            repository: "fleet",
-            store_path: "/nix/store/x",
-            commit_sha: "c",
-            branch: "main",
-            build_id: None,
-        };
-        db.add_generation(&g).await.unwrap();
-        db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();
-        let status = db.host_status("a").await.unwrap();
-        assert_eq!((status.active_generation, status.phase.as_deref()), (Some(1), Some("confirmed")));
-        db.add_report("a", &report(2, "rolled_back", Some("health check failed")), Some(1)).await.unwrap();
-        let status = db.host_status("a").await.unwrap();
-        assert_eq!(status.active_generation, Some(1));
-        assert_eq!(status.last_error.as_deref(), Some("health check failed"));
-        assert_eq!(db.reports("a", 10).await.unwrap().len(), 2);
-        db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
-        assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+    for_each_backend! {
+        async fn reports_move_the_host_status(db: Db) {
+            let g = NewGeneration {
+                host: "a",
+                repository: "fleet",
+                store_path: "/nix/store/x",
+                commit_sha: "c",
+                branch: "main",
+                build_id: None,
+            };
+            db.add_generation(&g).await.unwrap();
+            db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();
+            let status = db.host_status("a").await.unwrap();
+            assert_eq!((status.active_generation, status.phase.as_deref()), (Some(1), Some("confirmed")));
+            db.add_report("a", &report(2, "rolled_back", Some("health check failed")), Some(1)).await.unwrap();
+            let status = db.host_status("a").await.unwrap();
+            assert_eq!(status.active_generation, Some(1));
+            assert_eq!(status.last_error.as_deref(), Some("health check failed"));
+            assert_eq!(db.reports("a", 10).await.unwrap().len(), 2);
+            db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
+            assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+        }
     }
 }

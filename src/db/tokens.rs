@@ -49,14 +49,16 @@ impl Db {
 
 #[cfg(test)]
 mod tests {
-    #[tokio::test]
-    async fn revoked_tokens_stop_working() {
-        let db = crate::db::test_db().await;
-        db.insert_token("id1", "hash1", "push", "laptop").await.unwrap();
-        assert_eq!(db.token_scope("hash1").await.unwrap().as_deref(), Some("push"));
-        assert!(db.revoke_token("id1").await.unwrap());
-        assert!(!db.revoke_token("id1").await.unwrap());
-        assert_eq!(db.token_scope("hash1").await.unwrap(), None);
-        assert!(db.list_tokens().await.unwrap()[0].revoked_at.is_some());
+    use crate::db::{testing::for_each_backend, Db};
+
+    for_each_backend! {
+        async fn revoked_tokens_stop_working(db: Db) {
+            db.insert_token("id1", "hash1", "push", "laptop").await.unwrap();
+            assert_eq!(db.token_scope("hash1").await.unwrap().as_deref(), Some("push"));
+            assert!(db.revoke_token("id1").await.unwrap());
+            assert!(!db.revoke_token("id1").await.unwrap());
+            assert_eq!(db.token_scope("hash1").await.unwrap(), None);
+            assert!(db.list_tokens().await.unwrap()[0].revoked_at.is_some());
+        }
     }
 }

@@ -16,6 +16,27 @@
 //! a build in flight is a root, so a build that found its system already in the cache (an
 //! old system built again) does not lose it before it records the generation.
 //!
+//! Replicas: with PostgreSQL several `berth serve` processes may share the index and the
+//! bucket. The publish gate is then also a database lock (`db::PublishGate`), so the above
+//! holds for publications on every replica; and one collection runs at a time across all of
+//! them (`Db::try_lock_collection`, besides the in-process `gc_running`).
+//!
+//! Why NAR deletions wait with replicas: a replica serves a narinfo from its in-memory cache
+//! for up to `narinfo_cache::TTL` after reading it, and only the collecting process forgets
+//! deleted paths at once. So for a while after the commit another replica may still hand a
+//! client the narinfo of a deleted path; the client then fetches the NAR, which must still
+//! be there — a narinfo served without its NAR is a broken substitution. Hence a NAR's
+//! deletion is due only `TTL + NAR_DELETION_MARGIN` after the commit: the margin covers a
+//! lookup that read the index just before the commit and cached what it read just after
+//! (the cache's epoch guard is per process too), the client's NAR request following its
+//! narinfo, and clocks of replicas that disagree by a few seconds. The narinfo *object* may
+//! go at once: HTTP serves narinfos from the index, never from the object, which only keeps
+//! the bucket readable as a plain binary cache — and there a missing narinfo is simply a
+//! miss. Deletions not yet due stay in `gc_pending` (counted in the report as
+//! `deferred_deletions`); the next collection (the schedule's, or the next `berth gc`)
+//! finishes them. SQLite belongs to one process, whose cache is forgotten at the commit:
+//! there every deletion is due at once.
+//!
 //! Objects are deleted narinfo first, NAR second; deletions owed by an interrupted run are
 //! in `gc_pending` and finished first by the next one. The deleted paths' reference rows go
 //! last, a chunk per statement without the gate (the snapshot ignores them meanwhile). The
@@ -29,8 +50,9 @@ use futures::{StreamExt, TryStreamExt};
 use super::plan::{self, Policy};
 use crate::{
     app::AppState,
-    db::{DbError, PENDING_NAR, PENDING_NARINFO},
+    db::{now, DbError, PENDING_NAR, PENDING_NARINFO},
     metrics::Metrics,
+    narinfo_cache,
     nixfmt::{NarFileName, StorePathHash},
     store::{ObjectKey, StoreError},
 };
@@ -41,6 +63,20 @@ const BATCH: i64 = 500;
 const FORGET_REFERENCES: i64 = 5_000;
 /// Object deletions in flight at once.
 const DELETES_IN_FLIGHT: usize = 16;
+/// Seconds a NAR outlives the narinfo caches of other replicas, beyond their TTL (see the
+/// module documentation).
+const NAR_DELETION_MARGIN: i64 = 30;
+
+/// When the NAR files a collection committing at `now` deletes may go: at once when one
+/// process serves the database (`shared` false), after every replica's cached narinfo for
+/// them has expired otherwise.
+fn nar_due(shared: bool, now: i64) -> i64 {
+    if shared {
+        now + narinfo_cache::TTL.as_secs() as i64 + NAR_DELETION_MARGIN
+    } else {
+        0
+    }
+}
 
 /// Why a collection did not run or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +109,9 @@ pub struct GcReport {
     pub paths_kept: usize,
     /// Objects (narinfos, NARs) an interrupted collection still owed, deleted first.
     pub resumed_deletions: usize,
+    /// NAR deletions left pending until other replicas' cached narinfos have expired
+    /// (PostgreSQL only); the next collection deletes them.
+    pub deferred_deletions: u64,
     /// GC roots released on the build host.
     pub gc_roots_released: usize,
     /// How long it took.
@@ -81,20 +120,30 @@ pub struct GcReport {
     pub summary: String,
 }
 
-/// Runs one collection with `policy`.
+/// Runs one collection with `policy`, unless one is running (in any process sharing the
+/// database).
 pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result<GcReport, GcError> {
     let _one = state.gc_running.try_lock().map_err(|_| GcError::Busy)?;
+    let lock = state.db.try_lock_collection().await?.ok_or(GcError::Busy)?;
+    let report = collect_alone(state, policy, dry_run).await;
+    lock.release().await;
+    report
+}
+
+/// [`collect`], holding the collection locks.
+async fn collect_alone(state: &AppState, policy: &Policy, dry_run: bool) -> Result<GcReport, GcError> {
     let started = Instant::now();
     let mut report = GcReport { dry_run, ..GcReport::default() };
     if !dry_run {
         report.resumed_deletions = finish_pending(state).await?;
     }
     let plan = {
-        let _gate = state.publish_gate.write().await;
+        let _gate = state.publish_gate.write().await?;
         if dry_run {
             plan::plan(&state.db.gc_snapshot().await?, policy)
         } else {
-            let plan = state.db.gc_apply(|snapshot| plan::plan(snapshot, policy)).await?;
+            let nar_due = nar_due(state.db.is_shared(), now());
+            let plan = state.db.gc_apply(|snapshot| plan::plan(snapshot, policy), nar_due).await?;
             // After the commit: a lookup that read the old index cannot cache it any more.
             state.narinfos.forget(&plan.delete_paths);
             plan
@@ -103,6 +152,7 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
     if !dry_run {
         report.gc_roots_released = release_roots(state).await?;
         finish_pending(state).await?;
+        report.deferred_deletions = state.db.gc_pending_deferred(now()).await?;
         while state.db.gc_forget_references(FORGET_REFERENCES).await? > 0 {}
         Metrics::add(&state.metrics.gc_paths_deleted, plan.delete_paths.len() as u64);
         Metrics::add(&state.metrics.gc_bytes_freed, plan.bytes_freed);
@@ -124,6 +174,7 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
         nar_files = report.nar_files_deleted,
         bytes = report.bytes_freed,
         resumed = report.resumed_deletions,
+        deferred = report.deferred_deletions,
         gc_roots = report.gc_roots_released,
         ms = report.duration_ms,
         "garbage collection"
@@ -131,15 +182,15 @@ pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result
     Ok(report)
 }
 
-/// Deletes the objects the index no longer references, a batch per hold of the gate,
-/// skipping any that a publication brought back meanwhile. Within a batch every narinfo goes
-/// before any NAR (and `gc_pending` hands out all narinfos before the first NAR). Returns how
-/// many deletions were due.
+/// Deletes the objects the index no longer references and that are due, a batch per hold of
+/// the gate, skipping any that a publication brought back meanwhile. Within a batch every
+/// narinfo goes before any NAR (and `gc_pending` hands out all due narinfos before the first
+/// NAR; a NAR is never due before its narinfo). Returns how many deletions were due.
 async fn finish_pending(state: &AppState) -> Result<usize, GcError> {
     let mut done = 0;
     loop {
-        let _gate = state.publish_gate.write().await;
-        let batch = state.db.gc_pending(BATCH).await?;
+        let _gate = state.publish_gate.write().await?;
+        let batch = state.db.gc_pending(BATCH, now()).await?;
         if batch.is_empty() {
             return Ok(done);
         }
@@ -209,4 +260,16 @@ async fn release_roots(state: &AppState) -> Result<usize, GcError> {
         }
     }
     Ok(released)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nar_deletions_wait_for_replicas_caches_only_when_shared() {
+        assert_eq!(nar_due(false, 1_000), 0, "one process: at once");
+        let due = nar_due(true, 1_000);
+        assert!(due > 1_000 + narinfo_cache::TTL.as_secs() as i64, "after every cached narinfo expired: {due}");
+    }
 }

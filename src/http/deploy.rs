@@ -156,7 +156,7 @@ pub async fn rollback(
     let repository =
         state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
     // Retention may not delete the target's system between the check and the new generation.
-    let _gate = state.publish_gate.read().await;
+    let _gate = state.publish_gate.read().await?;
     let history = state.db.generations(&name).await?;
     let active = state.db.host_status(&name).await?.active_generation;
     let target = rollback::target(&history, request.to, active).map_err(ApiError::BadRequest)?;

@@ -87,7 +87,7 @@ pub async fn pin(
     pin_name(&name)?;
     let path: StorePath = request.store_path.parse().map_err(|e| ApiError::BadRequest(format!("store_path: {e}")))?;
     // Retention may not delete the path between the check and the pin.
-    let _gate = state.publish_gate.read().await;
+    let _gate = state.publish_gate.read().await?;
     if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
         return Err(ApiError::BadRequest(format!("{} is not in the cache", request.store_path)));
     }

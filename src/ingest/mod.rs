@@ -17,7 +17,7 @@ mod channel;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
-use crate::db::{Db, DbError, NarFileRow, PathRow};
+use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
     self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
     VerifyError,
@@ -152,15 +152,16 @@ pub struct Cache<'a> {
     pub db: &'a Db,
     /// The cache signing key.
     pub key: &'a SecretKey,
-    /// Held for reading while a path is checked and published.
-    pub gate: &'a tokio::sync::RwLock<()>,
+    /// Held for reading while a path is checked and published (across replicas with
+    /// PostgreSQL).
+    pub gate: &'a PublishGate,
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
 pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
     let Cache { store, db, key, gate } = cache;
     // Retention cannot plan or delete while this publication checks and indexes.
-    let _gate = gate.read().await;
+    let _gate = gate.read().await?;
     let file = info.nar_file()?;
     let row = db.nar_file(file.as_str()).await?.ok_or_else(|| IngestError::NarMissing(file.url()))?;
     check("NarHash", sha256_nix_string(&info.sha256_nar_hash()?), &row.nar_hash)?;

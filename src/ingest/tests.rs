@@ -1,4 +1,4 @@
-//! Ingest against the in-memory store and an in-memory SQLite: the publication rules.
+//! Ingest against the in-memory store and each database: the publication rules.
 
 use bytes::Bytes;
 use futures::stream;
@@ -6,6 +6,7 @@ use nix_archive::nar::{encode_tree, Node};
 use sha2::{Digest, Sha256};
 
 use super::*;
+use crate::db::testing::for_each_backend;
 use crate::nixfmt::{PathClaim, PublicKey};
 
 const A: &str = "/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-a";
@@ -15,15 +16,15 @@ struct TestCache {
     store: Store,
     db: Db,
     key: SecretKey,
-    gate: tokio::sync::RwLock<()>,
+    gate: PublishGate,
 }
 
-async fn cache() -> TestCache {
+fn cache(db: Db) -> TestCache {
     TestCache {
         store: Store::open("memory://").unwrap(),
-        db: crate::db::test_db().await,
+        gate: PublishGate::new(&db),
+        db,
         key: SecretKey::generate("t-1").unwrap(),
-        gate: Default::default(),
     }
 }
 
@@ -66,60 +67,58 @@ impl TestCache {
     }
 }
 
-#[tokio::test]
-async fn a_closure_is_published_dependencies_first() {
-    let c = cache().await;
-    let (nar_a, nar_b) = (nar(b"a"), nar(b"b"));
-    let err = c.push(&claim(A, &nar_a, &[B]), &nar_a).await.unwrap_err();
-    assert!(matches!(err, IngestError::MissingReferences(ref m) if m.len() == 1), "{err}");
-    assert_eq!(c.visible(A).await, None);
-    assert_eq!(c.push(&claim(B, &nar_b, &[]), &nar_b).await.unwrap(), Published::New);
-    assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::New);
-    assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::AlreadyPresent);
-    let text = c.visible(A).await.unwrap();
-    let info = PathInfo::parse(text.as_bytes()).unwrap();
-    assert!(info.has_valid_signature(&[c.key.public()]));
-    let other: PublicKey = SecretKey::generate("t-1").unwrap().public();
-    assert!(!info.has_valid_signature(&[other]));
-    let object = c.store.get_bytes(&ObjectKey::NarInfo(info.hash())).await.unwrap().unwrap();
-    assert_eq!(object, text.as_bytes(), "the bucket holds the same narinfo the index serves");
-}
+for_each_backend! {
+    async fn a_closure_is_published_dependencies_first(db: Db) {
+        let c = cache(db);
+        let (nar_a, nar_b) = (nar(b"a"), nar(b"b"));
+        let err = c.push(&claim(A, &nar_a, &[B]), &nar_a).await.unwrap_err();
+        assert!(matches!(err, IngestError::MissingReferences(ref m) if m.len() == 1), "{err}");
+        assert_eq!(c.visible(A).await, None);
+        assert_eq!(c.push(&claim(B, &nar_b, &[]), &nar_b).await.unwrap(), Published::New);
+        assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::New);
+        assert_eq!(c.push(&claim(A, &nar_a, &[B, A]), &nar_a).await.unwrap(), Published::AlreadyPresent);
+        let text = c.visible(A).await.unwrap();
+        let info = PathInfo::parse(text.as_bytes()).unwrap();
+        assert!(info.has_valid_signature(&[c.key.public()]));
+        let other: PublicKey = SecretKey::generate("t-1").unwrap().public();
+        assert!(!info.has_valid_signature(&[other]));
+        let object = c.store.get_bytes(&ObjectKey::NarInfo(info.hash())).await.unwrap().unwrap();
+        assert_eq!(object, text.as_bytes(), "the bucket holds the same narinfo the index serves");
+    }
 
-#[tokio::test]
-async fn a_lying_claim_publishes_nothing() {
-    let c = cache().await;
-    let real = nar(b"real");
-    let mut lie = claim(A, &real, &[]);
-    lie.nar_size += 1;
-    assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarSize", .. }));
-    let lie = claim(A, &nar(b"other"), &[]);
-    assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarHash", .. }));
-    assert_eq!(c.visible(A).await, None);
-}
+    async fn a_lying_claim_publishes_nothing(db: Db) {
+        let c = cache(db);
+        let real = nar(b"real");
+        let mut lie = claim(A, &real, &[]);
+        lie.nar_size += 1;
+        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarSize", .. }));
+        let lie = claim(A, &nar(b"other"), &[]);
+        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarHash", .. }));
+        assert_eq!(c.visible(A).await, None);
+    }
 
-#[tokio::test]
-async fn a_corrupt_or_truncated_nar_leaves_nothing() {
-    let c = cache().await;
-    let real = nar(b"payload");
-    let zst = zstd::encode_all(&real[..], 3).unwrap();
-    let cut = zst[..zst.len() - 3].to_vec();
-    let err = receive_nar(&c.store, &c.db, body(cut), Compression::Zstd, None).await.unwrap_err();
-    assert!(matches!(err, IngestError::Verify(_)), "{err}");
-    let mut flipped = real.clone();
-    flipped[10] ^= 0xff;
-    assert!(receive_nar(&c.store, &c.db, body(flipped), Compression::None, None).await.is_err());
-    assert_eq!(c.store.sweep_staging().await.unwrap(), 0, "no staging object is left behind");
-}
+    async fn a_corrupt_or_truncated_nar_leaves_nothing(db: Db) {
+        let c = cache(db);
+        let real = nar(b"payload");
+        let zst = zstd::encode_all(&real[..], 3).unwrap();
+        let cut = zst[..zst.len() - 3].to_vec();
+        let err = receive_nar(&c.store, &c.db, body(cut), Compression::Zstd, None).await.unwrap_err();
+        assert!(matches!(err, IngestError::Verify(_)), "{err}");
+        let mut flipped = real.clone();
+        flipped[10] ^= 0xff;
+        assert!(receive_nar(&c.store, &c.db, body(flipped), Compression::None, None).await.is_err());
+        assert_eq!(c.store.sweep_staging().await.unwrap(), 0, "no staging object is left behind");
+    }
 
-#[tokio::test]
-async fn a_nix_upload_must_match_its_name() {
-    let c = cache().await;
-    let real = nar(b"x");
-    let wrong = NarFileName::for_file_hash(&[9; 32], Compression::None);
-    let err = receive_nar(&c.store, &c.db, body(real.clone()), Compression::None, Some(&wrong)).await.unwrap_err();
-    assert!(matches!(err, IngestError::NameMismatch { .. }));
-    let right = NarFileName::for_file_hash(&Sha256::digest(&real).into(), Compression::None);
-    let row = receive_nar(&c.store, &c.db, body(real), Compression::None, Some(&right)).await.unwrap();
-    assert_eq!(row.name, right.as_str());
-    assert!(c.store.head(&ObjectKey::Nar(right)).await.unwrap().is_some());
+    async fn a_nix_upload_must_match_its_name(db: Db) {
+        let c = cache(db);
+        let real = nar(b"x");
+        let wrong = NarFileName::for_file_hash(&[9; 32], Compression::None);
+        let err = receive_nar(&c.store, &c.db, body(real.clone()), Compression::None, Some(&wrong)).await.unwrap_err();
+        assert!(matches!(err, IngestError::NameMismatch { .. }));
+        let right = NarFileName::for_file_hash(&Sha256::digest(&real).into(), Compression::None);
+        let row = receive_nar(&c.store, &c.db, body(real), Compression::None, Some(&right)).await.unwrap();
+        assert_eq!(row.name, right.as_str());
+        assert!(c.store.head(&ObjectKey::Nar(right)).await.unwrap().is_some());
+    }
 }

@@ -25,7 +25,7 @@ use super::{Db, DbError};
 /// `pg_advisory_xact_lock*` key of the publish gate ("berth" + 1).
 const PUBLISH_GATE_KEY: i64 = 0x6265_7274_6801;
 /// `pg_try_advisory_lock` key held while a collection runs ("berth" + 2).
-const COLLECTION_KEY: i64 = 0x6265_7274_6802;
+pub const COLLECTION_KEY: i64 = 0x6265_7274_6802;
 /// Gate holders per process at once (a publication, rollback or pin each). They have a pool
 /// of their own: a holder needs the main pool's connections for its work, and holders
 /// filling the main pool would wait on each other for ever.

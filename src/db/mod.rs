@@ -24,7 +24,7 @@ use sqlx::{
 pub use builds::{BuildHostRow, BuildRow};
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
-pub use locks::{CollectionLock, GateGuard, PublishGate};
+pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use paths::{NarFileRow, PathRow};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;

@@ -203,7 +203,7 @@ fn a_collection_started_on_both_replicas_runs_once() {
     let url = database.lines().find_map(|l| l.strip_prefix("database = \"")).unwrap().trim_end_matches('"').to_owned();
     let mut holder = Command::new("psql")
         .arg(&url)
-        .args(["-qAt", "-c", &format!("SELECT pg_advisory_lock({}); SELECT pg_sleep(6);", berth::db::GC_LOCK_KEY)])
+        .args(["-qAt", "-c", &format!("SELECT pg_advisory_lock({}); SELECT pg_sleep(6);", berth::db::COLLECTION_KEY)])
         .spawn()
         .unwrap();
     thread::sleep(Duration::from_secs(2));

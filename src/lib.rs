@@ -25,4 +25,3 @@ pub mod webhook;
 #[cfg(test)]
 #[path = "../tests/support/servers.rs"]
 pub(crate) mod test_servers;
-

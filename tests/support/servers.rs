@@ -97,7 +97,8 @@ fn wait_until(what: &str, dir: &Path, timeout: Duration, mut ready: impl FnMut()
     while !ready() {
         if start.elapsed() > timeout {
             let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-            let tail: String = log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String =
+                log.lines().rev().take(30).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
             panic!("{what} did not start within {timeout:?}; its log ends:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -125,7 +126,8 @@ impl Postgres {
         if is_root() {
             let uid = user_id("postgres");
             std::os::unix::fs::chown(&dir, Some(uid), None).unwrap();
-            as_user = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"].map(String::from).to_vec();
+            as_user =
+                ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"].map(String::from).to_vec();
         }
         let data = dir.join("data");
         let mut initdb: Vec<String> = as_user.clone();
@@ -138,14 +140,20 @@ impl Postgres {
         server.extend([bin.join("postgres").display().to_string(), "-D".into(), data.display().to_string()]);
         server.extend(["-p".into(), port.to_string(), "-k".into(), dir.display().to_string()]);
         // A throwaway cluster: durability is not what is tested, and fsync costs seconds.
-        server.extend(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"].map(String::from));
+        server.extend(
+            ["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=300"].map(String::from),
+        );
         // SIGQUIT: PostgreSQL's immediate shutdown, which also frees its shared memory.
         spawn_watched(&server, "QUIT", &dir);
         wait_until("PostgreSQL", &dir, Duration::from_secs(30), || TcpStream::connect(("127.0.0.1", port)).is_ok());
         let pg = Postgres { port };
         let psql = program("psql");
         wait_until("PostgreSQL", &dir, Duration::from_secs(30), || {
-            Command::new(&psql).args(pg.psql_args("postgres")).args(["-c", "SELECT 1"]).output().is_ok_and(|o| o.status.success())
+            Command::new(&psql)
+                .args(pg.psql_args("postgres"))
+                .args(["-c", "SELECT 1"])
+                .output()
+                .is_ok_and(|o| o.status.success())
         });
         pg
     }
@@ -242,9 +250,7 @@ impl Seaweed {
         // SIGKILL: SeaweedFS takes seconds to stop otherwise, and its data is thrown away.
         spawn_watched(&argv, "KILL", &dir);
         let weed = Seaweed { s3_port: s3, filer_port: filer, dir };
-        wait_until("SeaweedFS filer", &weed.dir, Duration::from_secs(60), || {
-            http_status(filer, "GET", "/") != 0
-        });
+        wait_until("SeaweedFS filer", &weed.dir, Duration::from_secs(60), || http_status(filer, "GET", "/") != 0);
         wait_until("SeaweedFS S3", &weed.dir, Duration::from_secs(60), || http_status(s3, "GET", "/") != 0);
         weed
     }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::TryStreamExt;
-use object_store::path::Path;
+use object_store::{path::Path, PutMode, PutOptions};
 
 use super::{Backend, ByteRange, ObjectKey, Store, StoreError};
 use crate::nixfmt::{Compression, NarFileName, StorePathHash};
@@ -47,6 +47,7 @@ async fn contract(store: Store) {
     staged_uploads(&store).await;
     direct_uploads(&store).await;
     large_uploads(&store).await;
+    dropped_uploads(&store).await;
     create_only(&store).await;
     sweep(&store).await;
     assert_eq!(staging_count(&store).await, 0, "no staging objects remain");
@@ -124,6 +125,22 @@ async fn large_uploads(store: &Store) {
     }
 }
 
+/// An upload dropped mid-stream (the request future cancelled when the client went away)
+/// is aborted in the background.
+async fn dropped_uploads(store: &Store) {
+    let target = nar(10);
+    drop(self::upload(store, Some(&target), b"half a NAR").await);
+    drop(self::upload(store, None, b"half a NAR").await);
+    for _ in 0..100 {
+        if staging_count(store).await == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(staging_count(store).await, 0, "a dropped upload leaves nothing");
+    assert_eq!(store.head(&target).await.unwrap(), None);
+}
+
 async fn create_only(store: &Store) {
     let log = ObjectKey::BuildLog(1);
     assert!(store.put_new(&log, Bytes::from_static(b"first")).await.unwrap());
@@ -190,7 +207,20 @@ async fn s3_backend() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_with_conditional_writes() {
     let (url, _, _dir) = s3_url("&conditional_put=etag&copy_if_not_exists=multipart");
-    contract(Store::open(&url).unwrap()).await;
+    let store = Store::open(&url).unwrap();
+    contract(store.clone()).await;
+
+    // What SeaweedFS honours (4.48, recorded in docs/storage.md): `If-None-Match: *` on
+    // PutObject, and the conditional multipart completion behind copy_if_not_exists=multipart.
+    let (a, b) = (Path::from("probe/a"), Path::from("probe/b"));
+    store.inner.put(&a, Bytes::from_static(b"a").into()).await.unwrap();
+    store.inner.put(&b, Bytes::from_static(b"b").into()).await.unwrap();
+    let create = PutOptions { mode: PutMode::Create, ..Default::default() };
+    let put = store.inner.put_opts(&b, Bytes::from_static(b"c").into(), create).await;
+    assert!(matches!(put, Err(object_store::Error::AlreadyExists { .. })), "If-None-Match: {put:?}");
+    let copied = store.inner.copy_if_not_exists(&a, &b).await;
+    assert!(matches!(copied, Err(object_store::Error::AlreadyExists { .. })), "copy_if_not_exists: {copied:?}");
+    assert_eq!(store.inner.get(&b).await.unwrap().bytes().await.unwrap(), &b"b"[..]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,6 +24,8 @@ static WATCHDOGS: Mutex<Vec<ChildStdin>> = Mutex::new(Vec::new());
 /// Runs `argv` in the background, logging to `dir/log`; when this process exits, sends it
 /// `signal`, waits for it and removes `dir`. No shell string is built from the arguments: they
 /// reach the script as `"$@"`, the directory and signal as environment variables.
+// The watchdog is never waited for on purpose: it must outlive this process to clean up.
+#[allow(clippy::zombie_processes)]
 fn spawn_watched(argv: &[String], signal: &str, dir: &Path) {
     const SCRIPT: &str = r#""$@" >"$WATCH_DIR/log" 2>&1 </dev/null & pid=$!
 cat >/dev/null

@@ -43,12 +43,14 @@ impl Store {
     /// otherwise (or without a target) they are staged under `tmp/`. Either way nothing is
     /// visible under a real key until [`Upload::commit`].
     pub async fn start_upload(&self, target: Option<&ObjectKey>) -> Result<Upload, StoreError> {
-        let staging = match (&self.backend, target) {
-            (Backend::S3(_), Some(_)) => None,
-            _ => Some(ObjectKey::Staging(uuid::Uuid::new_v4())),
+        let (location, staging) = match (&self.backend, target) {
+            (Backend::S3(_), Some(target)) => (target.clone(), None),
+            _ => {
+                let staging = ObjectKey::Staging(uuid::Uuid::new_v4());
+                (staging.clone(), Some(staging))
+            }
         };
-        let location = staging.as_ref().or(target).expect("a direct upload has a target");
-        let upload = self.inner.put_multipart(&path(location)).await?;
+        let upload = self.inner.put_multipart(&path(&location)).await?;
         let parts = Parts { upload, buffer: PutPayloadMut::new(), in_flight: JoinSet::new() };
         Ok(Upload { store: self.clone(), target: target.cloned(), staging, parts: Some(parts) })
     }
@@ -79,12 +81,14 @@ impl Upload {
             self.discard().await;
             return Err(error);
         }
-        let mut parts = self.parts.take().expect("an upload commits once");
+        // The parts stay in `self` while they complete: if this future is dropped meanwhile
+        // (the client went away), `Drop` still aborts them.
+        let parts = self.parts.as_mut().expect("an upload commits once");
         if let Err(e) = parts.finish().await {
-            parts.abort().await;
-            remove_staging(&self.store, self.staging.as_ref()).await;
+            self.discard().await;
             return Err(e);
         }
+        self.parts = None;
         let Some(staging) = self.staging.clone() else {
             // Direct: completing the multipart upload published it.
             return Ok(());

@@ -327,9 +327,8 @@ impl RawConfig {
         let listen = listen.parse().map_err(|e| invalid("listen", format!("{listen:?}: {e}")))?;
         let data_dir = absolute(self.data_dir.unwrap_or_else(default_data_dir));
         let storage = self.storage.unwrap_or_else(|| format!("file://{}", data_dir.join("cache").display()));
-        if !(storage.starts_with("file:///") || storage.starts_with("s3://") || storage == "memory://") {
-            return Err(invalid("storage", format!("{storage:?}: expected file:///absolute/dir or s3://bucket/prefix?…")));
-        }
+        crate::store::StoreUrl::parse(&storage)
+            .map_err(|e| invalid("storage", format!("{e}; accepted: {}", crate::store::ACCEPTED_FORMS)))?;
         let database = self.database.unwrap_or_else(|| format!("sqlite://{}", data_dir.join("berth.sqlite").display()));
         if !(database.starts_with("sqlite:")
             || database.starts_with("postgres:")

@@ -71,7 +71,8 @@ impl BuildLog {
         tokio::time::sleep(Duration::from_millis(50)).await;
         let _ = self.writer.await;
         let bytes = fs::read(&self.path).await?;
-        store.put(&ObjectKey::BuildLog(id), Bytes::from(bytes)).await?;
+        // A log is written once; a retried finish finds it there and keeps it.
+        store.put_new(&ObjectKey::BuildLog(id), Bytes::from(bytes)).await?;
         fs::remove_file(&self.path).await?;
         Ok(())
     }

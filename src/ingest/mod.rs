@@ -79,7 +79,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut upload = store.start_upload().await?;
+    let mut upload = store.start_upload(expected.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
     let (tx, reader) = channel::pair();
     let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
     let streamed = stream_into(body, &mut upload, tx).await;

@@ -1,55 +1,111 @@
-//! Object storage for NARs and narinfos, through `object_store`. The only module that
-//! imports `object_store`. Writes are atomic (staged, then renamed) and, on a local
+//! Object storage for NARs and narinfos, through `object_store`: a local directory, memory
+//! (tests) or an S3-compatible bucket. The only module that imports `object_store`. Writes
+//! are atomic (staged then renamed, or a multipart upload completed) and, on a local
 //! directory, durable (fsynced) before they return: the publication order of `ingest`
-//! depends on it.
+//! depends on it. The layout is the standard binary-cache layout, under an optional prefix
+//! on S3, so the directory or bucket is itself a Nix cache.
 
 #[cfg(test)]
 mod contract;
+mod credentials;
 mod key;
+mod local;
+mod s3;
+mod upload;
+mod url;
 
-use std::{ops::Range, path::PathBuf, sync::Arc};
+use std::{path::PathBuf, sync::Arc, time::Duration};
 
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
 use object_store::{
-    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, PutPayload, WriteMultipart,
+    local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, PutMode, PutOptions,
+    PutPayload,
 };
 
-pub use key::ObjectKey;
-
-/// Multipart part size: S3's minimum. With two parts in flight, an upload holds at most
-/// ~10 MiB, however large the NAR.
-const PART_SIZE: usize = 5 << 20;
+pub use self::credentials::CredentialsError;
+pub use self::key::ObjectKey;
+pub use self::upload::Upload;
+pub use self::url::{StoreUrl, UrlError, ACCEPTED_FORMS};
 
 /// Storage failures. Display texts are for logs; clients see "internal error".
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// The storage URL is not one berth understands.
-    #[error("unsupported storage URL {0:?}: use file:///absolute/dir or memory://")]
-    BadUrl(String),
+    #[error("invalid storage URL: {0}; accepted forms: {forms}", forms = ACCEPTED_FORMS)]
+    BadUrl(#[from] UrlError),
+    /// The S3 credentials file cannot be used.
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
     /// The requested range lies outside the object.
     #[error("requested range not satisfiable")]
     Range,
+    /// An upload announced for one key was committed under another.
+    #[error("upload started for {target} cannot be committed as {key}")]
+    TargetMismatch {
+        /// The key given to `start_upload`.
+        target: String,
+        /// The key given to `commit`.
+        key: String,
+    },
+    /// The server refused the credentials or the request (HTTP 401/403).
+    #[error("object store denied access (check the credentials, region and bucket policy): {0}")]
+    Denied(object_store::Error),
     /// The backend failed.
     #[error("object store: {0}")]
-    Backend(#[from] object_store::Error),
+    Backend(object_store::Error),
     /// Local filesystem work (creating the root, fsync) failed.
     #[error("storage I/O: {0}")]
     Io(#[from] std::io::Error),
 }
 
+impl From<object_store::Error> for StoreError {
+    fn from(e: object_store::Error) -> Self {
+        match e {
+            object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. } => {
+                Self::Denied(e)
+            }
+            e if is_range_error(&e) => Self::Range,
+            e => Self::Backend(e),
+        }
+    }
+}
+
+/// An unsatisfiable range: object_store's own check (memory), or S3's HTTP 416, which it
+/// reports only as a generic error.
+fn is_range_error(e: &object_store::Error) -> bool {
+    let object_store::Error::Generic { source, .. } = e else { return false };
+    let text = source.to_string();
+    text.contains("416 Range Not Satisfiable") || text.contains("Wanted range starting at")
+}
+
 /// The object store with berth's key discipline. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     inner: Arc<dyn ObjectStore>,
-    /// Set for a local directory: lets writes be fsynced.
-    local_root: Option<PathBuf>,
+    backend: Backend,
+}
+
+/// What kind of storage `inner` is, with what each kind needs besides it.
+#[derive(Clone, Debug)]
+enum Backend {
+    Memory,
+    /// A local directory: writes are fsynced, reads bypass object_store.
+    Dir(PathBuf),
+    S3(Arc<s3::S3>),
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never the client itself: it holds the credentials.
+        f.debug_struct("Store").field("backend", &self.backend).finish_non_exhaustive()
+    }
 }
 
 /// An object's bytes (possibly a range of them) as a stream.
 pub struct ObjectBody {
     /// The bytes served.
-    pub range: Range<u64>,
+    pub range: std::ops::Range<u64>,
     /// The whole object's size.
     pub size: u64,
     /// The bytes.
@@ -75,18 +131,37 @@ fn path(key: &ObjectKey) -> Path {
 }
 
 impl Store {
-    /// Opens `file:///dir` (created if missing) or `memory://` (tests).
+    /// Opens a storage URL (see [`ACCEPTED_FORMS`] and `docs/storage.md`): `file:///dir`
+    /// (created if missing), `memory://` (tests) or `s3://bucket[/prefix][?…]`.
     pub fn open(url: &str) -> Result<Self, StoreError> {
-        if url == "memory://" {
-            return Ok(Self { inner: Arc::new(InMemory::new()), local_root: None });
+        let (inner, backend): (Arc<dyn ObjectStore>, _) = match StoreUrl::parse(url)? {
+            StoreUrl::Memory => (Arc::new(InMemory::new()), Backend::Memory),
+            StoreUrl::Dir(root) => {
+                std::fs::create_dir_all(root.join("nar"))?;
+                std::fs::create_dir_all(root.join("tmp"))?;
+                (Arc::new(LocalFileSystem::new_with_prefix(&root)?), Backend::Dir(root))
+            }
+            StoreUrl::S3(url) => {
+                let (inner, s3) = s3::open(&url)?;
+                (inner, Backend::S3(Arc::new(s3)))
+            }
+        };
+        Ok(Self { inner, backend })
+    }
+
+    /// `"memory"`, `"dir"` or `"s3"`, for logs and metrics.
+    pub fn backend_name(&self) -> &'static str {
+        match self.backend {
+            Backend::Memory => "memory",
+            Backend::Dir(_) => "dir",
+            Backend::S3(_) => "s3",
         }
-        let dir =
-            url.strip_prefix("file://").filter(|d| d.starts_with('/')).ok_or_else(|| StoreError::BadUrl(url.into()))?;
-        let root = PathBuf::from(dir);
-        std::fs::create_dir_all(root.join("nar"))?;
-        std::fs::create_dir_all(root.join("tmp"))?;
-        let fs = LocalFileSystem::new_with_prefix(&root)?;
-        Ok(Self { inner: Arc::new(fs), local_root: Some(root) })
+    }
+
+    /// Whether other replicas may share this storage (an S3 bucket): start-up must then
+    /// leave their uploads in progress alone.
+    pub fn is_shared(&self) -> bool {
+        matches!(self.backend, Backend::S3(_))
     }
 
     /// Writes a small object atomically and durably.
@@ -95,10 +170,30 @@ impl Store {
         self.sync(key).await
     }
 
+    /// Writes a small object unless `key` exists; `false` when it did (nothing written).
+    /// Atomic on a local directory, in memory, and on S3 with `conditional_put=etag`. Without
+    /// it (Garage ignores `If-None-Match`) it is a check then a put, which two writers racing
+    /// can both pass: use it only where either write is acceptable.
+    pub async fn put_new(&self, key: &ObjectKey, bytes: Bytes) -> Result<bool, StoreError> {
+        if matches!(&self.backend, Backend::S3(s3) if !s3.conditional_put) {
+            if self.head(key).await?.is_some() {
+                return Ok(false);
+            }
+            self.put(key, bytes).await?;
+            return Ok(true);
+        }
+        let options = PutOptions { mode: PutMode::Create, ..Default::default() };
+        match self.inner.put_opts(&path(key), PutPayload::from_bytes(bytes), options).await {
+            Ok(_) => self.sync(key).await.map(|()| true),
+            Err(object_store::Error::AlreadyExists { .. }) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
     /// Reads an object, or a range of it; `None` when it does not exist.
     pub async fn get(&self, key: &ObjectKey, range: Option<ByteRange>) -> Result<Option<ObjectBody>, StoreError> {
-        if let Some(root) = &self.local_root {
-            return get_local(root.join(key.as_path()), range).await;
+        if let Backend::Dir(root) = &self.backend {
+            return local::get_local(root.join(key.as_path()), range).await;
         }
         let range = range.map(|r| match r {
             ByteRange::From { start, end: Some(end) } => GetRange::Bounded(start..end.saturating_add(1)),
@@ -113,9 +208,6 @@ impl Store {
                 stream: result.into_stream().map_err(StoreError::from).boxed(),
             })),
             Err(object_store::Error::NotFound { .. }) => Ok(None),
-            Err(object_store::Error::Generic { source, .. }) if source.to_string().contains("range") => {
-                Err(StoreError::Range)
-            }
             Err(e) => Err(e.into()),
         }
     }
@@ -146,33 +238,33 @@ impl Store {
         }
     }
 
-    /// Starts receiving a large object under a staging key; nothing is visible under a real
-    /// key until [`Upload::commit`].
-    pub async fn start_upload(&self) -> Result<Upload, StoreError> {
-        let staging = ObjectKey::Staging(uuid::Uuid::new_v4());
-        let upload = self.inner.put_multipart(&path(&staging)).await?;
-        Ok(Upload { store: self.clone(), staging, writer: WriteMultipart::new_with_chunk_size(upload, PART_SIZE) })
+    /// A URL that fetches `key` without credentials for `expires`: `Some` on S3 (SigV4
+    /// query-string signature), `None` where there is nothing to sign (local, memory).
+    pub async fn presigned_get(&self, key: &ObjectKey, expires: Duration) -> Result<Option<String>, StoreError> {
+        match &self.backend {
+            Backend::S3(s3) => s3.presigned_get(&key.as_path(), expires).await.map(Some),
+            Backend::Memory | Backend::Dir(_) => Ok(None),
+        }
     }
 
-    /// Deletes staging objects left behind by a crash. Run at start-up, before serving.
+    /// Deletes staging objects left behind by a crash; run at start-up, before serving. A
+    /// local directory or memory belongs to this process: everything under `tmp/` goes. A
+    /// bucket may be shared by replicas: only staging objects older than a day go (an
+    /// interrupted multipart upload is not an object at all: a bucket lifecycle rule
+    /// `AbortIncompleteMultipartUpload` collects its parts).
     pub async fn sweep_staging(&self) -> Result<usize, StoreError> {
-        if let Some(root) = &self.local_root {
-            // A local multipart upload stages as `tmp/<uuid>#<n>`, which object_store's
-            // listing hides: sweep the directory itself.
-            let dir = root.join("tmp");
-            return tokio::task::spawn_blocking(move || {
-                let mut removed = 0;
-                for entry in std::fs::read_dir(&dir)? {
-                    std::fs::remove_file(entry?.path())?;
-                    removed += 1;
-                }
-                Ok(removed)
-            })
-            .await
-            .map_err(|e| std::io::Error::other(e.to_string()))?;
+        if let Backend::Dir(root) = &self.backend {
+            return local::sweep(root.join("tmp")).await;
         }
-        let prefix = Path::from("tmp");
-        let stale: Vec<_> = self.inner.list(Some(&prefix)).map_ok(|m| m.location).try_collect().await?;
+        let now = std::time::SystemTime::now();
+        let shared = self.is_shared();
+        let stale: Vec<Path> = self
+            .inner
+            .list(Some(&Path::from("tmp")))
+            .try_filter(|meta| futures::future::ready(!shared || s3::is_stale(meta.last_modified.into(), now)))
+            .map_ok(|meta| meta.location)
+            .try_collect()
+            .await?;
         for location in &stale {
             self.inner.delete(location).await?;
         }
@@ -181,116 +273,9 @@ impl Store {
 
     /// Makes a written object durable on a local directory (file, then its directory).
     async fn sync(&self, key: &ObjectKey) -> Result<(), StoreError> {
-        let Some(root) = &self.local_root else {
-            return Ok(());
-        };
-        let file = root.join(key.as_path());
-        tokio::task::spawn_blocking(move || {
-            std::fs::File::open(&file)?.sync_all()?;
-            if let Some(dir) = file.parent() {
-                std::fs::File::open(dir)?.sync_all()?;
-            }
-            Ok::<_, std::io::Error>(())
-        })
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))??;
-        Ok(())
-    }
-}
-
-/// The bytes `range` selects in an object of `size` bytes.
-fn resolve(range: Option<ByteRange>, size: u64) -> Result<Range<u64>, StoreError> {
-    let r = match range {
-        None => 0..size,
-        Some(ByteRange::From { start, end }) => start..end.map_or(size, |e| e.saturating_add(1).min(size)),
-        Some(ByteRange::Suffix(n)) => size.saturating_sub(n)..size,
-    };
-    if range.is_some() && r.start >= size {
-        return Err(StoreError::Range);
-    }
-    Ok(r)
-}
-
-/// Large sequential reads straight from the file on a blocking thread, each chunk read
-/// directly into the buffer that is sent: object_store's local reader hands out 8 KiB chunks,
-/// one blocking-pool trip each, and tokio's file reader copies every chunk once more.
-async fn get_local(path: PathBuf, range: Option<ByteRange>) -> Result<Option<ObjectBody>, StoreError> {
-    use std::io::{Read, Seek};
-    const CHUNK: u64 = 1 << 20;
-    let opened = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
-        Ok(file) => file.metadata().map(|m| Some((file, m.len()))),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    })
-    .await
-    .map_err(|e| std::io::Error::other(e.to_string()))??;
-    let Some((mut file, size)) = opened else { return Ok(None) };
-    let range = resolve(range, size)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
-    let (start, mut remaining) = (range.start, range.end - range.start);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
-            let _ = tx.blocking_send(Err(e.into()));
-            return;
+        match &self.backend {
+            Backend::Dir(root) => local::sync(root.join(key.as_path())).await,
+            Backend::Memory | Backend::S3(_) => Ok(()),
         }
-        while remaining > 0 {
-            let mut buf = bytes::BytesMut::zeroed(remaining.min(CHUNK) as usize);
-            let chunk = match file.read(&mut buf) {
-                Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
-                Ok(n) => {
-                    buf.truncate(n);
-                    remaining -= n as u64;
-                    Ok(buf.freeze())
-                }
-                Err(e) => Err(e.into()),
-            };
-            let failed = chunk.is_err();
-            // The receiver is gone when the client went away: stop reading.
-            if tx.blocking_send(chunk).is_err() || failed {
-                return;
-            }
-        }
-    });
-    let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx)).boxed();
-    Ok(Some(ObjectBody { range, size, stream }))
-}
-
-/// A large object being received. Dropped without commit, it leaves only a staging object
-/// that the next start-up sweeps.
-pub struct Upload {
-    store: Store,
-    staging: ObjectKey,
-    writer: WriteMultipart,
-}
-
-impl Upload {
-    /// Appends bytes; waits while too many parts are in flight (bounded memory).
-    pub async fn write(&mut self, bytes: &[u8]) -> Result<(), StoreError> {
-        self.writer.wait_for_capacity(2).await?;
-        self.writer.write(bytes);
-        Ok(())
-    }
-
-    /// Completes the upload and moves it to `key`, durably. If `key` already exists (the
-    /// same content pushed twice), the existing object is kept and the staging copy dropped.
-    pub async fn commit(self, key: &ObjectKey) -> Result<(), StoreError> {
-        self.writer.finish().await?;
-        let (from, to) = (path(&self.staging), path(key));
-        match self.store.inner.rename_if_not_exists(&from, &to).await {
-            Ok(()) => {}
-            Err(object_store::Error::AlreadyExists { .. }) => self.store.inner.delete(&from).await?,
-            Err(e) => return Err(e.into()),
-        }
-        self.store.sync(key).await
-    }
-
-    /// Abandons the upload and removes what was staged.
-    pub async fn abort(self) {
-        let staging = self.staging.clone();
-        let store = self.store.clone();
-        if self.writer.abort().await.is_err() {
-            let _ = store.delete(&staging).await;
-        }
-        let _ = store.delete(&staging).await;
     }
 }

@@ -45,7 +45,13 @@ fn bucket_url(s: &Scratch) -> String {
 /// Generates a key pair with `berth keygen`; returns the secret key file.
 fn keygen(s: &Scratch, name: &str) -> PathBuf {
     let (secret, public) = (s.path(&format!("{name}.secret")), s.path(&format!("{name}.public")));
-    run_ok(Command::new(berth_bin()).args(["keygen", "--name", name, "--secret-key-file"]).arg(&secret).arg("--public-key-file").arg(&public));
+    run_ok(
+        Command::new(berth_bin())
+            .args(["keygen", "--name", name, "--secret-key-file"])
+            .arg(&secret)
+            .arg("--public-key-file")
+            .arg(&public),
+    );
     secret
 }
 
@@ -151,10 +157,8 @@ fn a_build_runs_on_one_replica_and_a_long_poll_on_the_other_sees_its_generation(
         assert_eq!(build["state"], "succeeded", "{build}");
         assert_eq!(build["attempts"], 1, "claimed once: {build}");
         // Exactly one replica built it: only its builder holds the build's GC root.
-        let roots = ["a", "b"]
-            .iter()
-            .filter(|r| c.s.path(r).join(format!("gcroots/alpha/build-{id}")).exists())
-            .count();
+        let roots =
+            ["a", "b"].iter().filter(|r| c.s.path(r).join(format!("gcroots/alpha/build-{id}")).exists()).count();
         assert_eq!(roots, 1, "build {id} ran on exactly one replica");
     }
     let generations: Vec<Value> =
@@ -166,7 +170,8 @@ fn a_build_runs_on_one_replica_and_a_long_poll_on_the_other_sees_its_generation(
 
 fn wait_for_build(server: &Server, token: &str, id: i64) -> Value {
     for _ in 0..900 {
-        let build: Value = http().get(api(server, &format!("builds/{id}"))).bearer_auth(token).send().unwrap().json().unwrap();
+        let build: Value =
+            http().get(api(server, &format!("builds/{id}"))).bearer_auth(token).send().unwrap().json().unwrap();
         if ["succeeded", "failed", "cancelled"].contains(&build["state"].as_str().unwrap_or("")) {
             return build;
         }

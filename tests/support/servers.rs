@@ -182,7 +182,7 @@ impl Postgres {
 /// Debian's versioned directory (not on PATH), else wherever `initdb` is (`nix develop`).
 fn postgres_bindir() -> PathBuf {
     let on_path = Command::new("sh").args(["-c", "command -v initdb"]).output();
-    if let Ok(out) = on_path.as_ref().filter(|o| o.status.success()) {
+    if let Some(out) = on_path.ok().filter(|o| o.status.success()) {
         let initdb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         if let Some(dir) = initdb.parent().filter(|d| d.join("postgres").exists()) {
             return dir.to_owned();

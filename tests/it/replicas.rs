@@ -231,21 +231,26 @@ fn killing_a_replica_mid_upload_leaves_the_bucket_consistent_and_the_other_servi
     let small = c.s.build_closure("replicas-crash");
     push(&c.a, &push_token, &small);
 
-    let big = big_path(&c.s, 200_000_000);
-    let before = bytes_read(&c.a);
-    let mut upload = Command::new(berth_bin())
-        .args(["push", "--server", &c.a.url, &big])
-        .env("BERTH_TOKEN", &push_token)
-        .spawn()
-        .unwrap();
-    // Kill A once the upload is under way: tens of megabytes have reached it.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while bytes_read(&c.a) < before + 30_000_000 {
-        assert!(Instant::now() < deadline, "the upload never got under way");
-        thread::sleep(Duration::from_millis(20));
-    }
+    // Nix's upload of the big path's NAR, as `nix copy` sends it (`PUT /nar/<file hash>.nar`,
+    // the name known up front: a multipart upload straight to its final key), held after
+    // 40 MB (several 5 MiB parts are in the bucket) until A is killed.
+    let big = big_path(&c.s, 120_000_000);
+    let nar = c.s.path("big.nar");
+    run_ok(c.s.nix("nix-store").args(["--dump", &big]).stdout(std::fs::File::create(&nar).unwrap()));
+    let file_hash = stdout_of(c.s.nix("nix-hash").args(["--type", "sha256", "--flat", "--base32"]).arg(&nar));
+    let (sent, held) = (std::sync::mpsc::channel(), std::sync::mpsc::channel::<()>());
+    let body = HeldBody { file: std::fs::File::open(&nar).unwrap(), left: 40_000_000, sent: sent.0, held: held.1 };
+    let upload = {
+        let (url, token) = (format!("{}/nar/{file_hash}.nar", c.a.url), push_token.clone());
+        thread::spawn(move || http().put(url).bearer_auth(token).body(reqwest::blocking::Body::new(body)).send())
+    };
+    sent.1.recv_timeout(Duration::from_secs(60)).expect("40 MB sent");
+    thread::sleep(Duration::from_millis(500));
     c.a.kill();
-    let _ = upload.wait();
+    drop(held.0);
+    assert!(upload.join().unwrap().is_err(), "the upload died with its replica");
+    let nar_key = berth::store::ObjectKey::Nar(berth::nixfmt::NarFileName::parse(&format!("{file_hash}.nar")).unwrap());
+    assert_eq!(object_size(&c.storage, &nar_key), None, "an interrupted upload is never completed in the bucket");
 
     let hash = store_hash(&big);
     let r = http().get(format!("{}/{hash}.narinfo", c.b.url)).send().unwrap();
@@ -259,6 +264,35 @@ fn killing_a_replica_mid_upload_leaves_the_bucket_consistent_and_the_other_servi
     let (out, _) = c.s.substitute(&c.b.url, &big, &c.b.public_key, "big");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_bucket_consistent(&c.storage, &[big]);
+}
+
+/// An upload body that sends `left` bytes of `file`, says so on `sent`, then blocks until
+/// `held` is dropped, and fails.
+struct HeldBody {
+    file: std::fs::File,
+    left: u64,
+    sent: std::sync::mpsc::Sender<()>,
+    held: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for HeldBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            let _ = self.sent.send(());
+            let _ = self.held.recv();
+            return Err(std::io::Error::other("held body released"));
+        }
+        let len = buf.len().min(self.left as usize);
+        let n = self.file.read(&mut buf[..len])?;
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// The size of an object in the bucket, read directly (not through a server).
+fn object_size(storage: &str, key: &berth::store::ObjectKey) -> Option<u64> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(async { berth::store::Store::open(storage).unwrap().head(key).await.unwrap() })
 }
 
 /// A store path holding `size` random bytes.
@@ -275,12 +309,6 @@ fn big_path(s: &Scratch, size: u64) -> String {
 
 fn store_hash(path: &str) -> String {
     Path::new(path).file_name().unwrap().to_str().unwrap()[..32].to_owned()
-}
-
-/// Bytes the server process has read so far (files and sockets alike).
-fn bytes_read(server: &Server) -> u64 {
-    let io = std::fs::read_to_string(format!("/proc/{}/io", server.child.id())).unwrap();
-    io.lines().find_map(|l| l.strip_prefix("rchar: ")).unwrap().parse().unwrap()
 }
 
 /// Reads the bucket directly (through berth's storage layer, not a server): every narinfo

@@ -118,9 +118,15 @@ fn a_closure_pushed_through_one_replica_is_substituted_by_nix_from_the_other() {
     for path in c.s.closure(&top) {
         assert_eq!(c.s.nar_hash(&path, Some(&store)), c.s.nar_hash(&path, None));
     }
-    // What B published is served by A, too (no replica-local state on the read path).
+    // What Nix itself uploads through B (`PUT /nar/<name>`: multipart straight to the final
+    // key) is served by A, too (no replica-local state on the read path).
     let other = c.s.build_closure("replicas-other");
-    push(&c.b, &c.token("push"), &other);
+    let netrc = c.s.netrc(&c.token("push"));
+    run_ok(c.s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args([
+        "--to",
+        &format!("{}?compression=zstd", c.b.url),
+        &other,
+    ]));
     let (out, _) = c.s.substitute(&c.a.url, &other, &c.a.public_key, "from-a");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

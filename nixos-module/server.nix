@@ -113,6 +113,14 @@ let
       option = "deployKeyFile";
       path = cfg.deployKeyFile;
     }
+    ++ lib.optional (cfg.s3CredentialsFile != null) {
+      option = "s3CredentialsFile";
+      path = cfg.s3CredentialsFile;
+    }
+    ++ lib.optional (cfg.environmentFile != null) {
+      option = "environmentFile";
+      path = cfg.environmentFile;
+    }
     ++ lib.mapAttrsToList (name: path: {
       option = "webhookSecretFiles.${name}";
       inherit path;
@@ -121,6 +129,7 @@ let
   credentials =
     lib.optional (cfg.signingKeyFile != null) "signing-key:${toString cfg.signingKeyFile}"
     ++ lib.optional (cfg.deployKeyFile != null) "deploy-key:${toString cfg.deployKeyFile}"
+    ++ lib.optional (cfg.s3CredentialsFile != null) "s3-credentials:${toString cfg.s3CredentialsFile}"
     ++ lib.mapAttrsToList (
       name: path: "${render.webhookCredential name}:${toString path}"
     ) cfg.webhookSecretFiles;
@@ -267,6 +276,28 @@ in
       '';
     };
 
+    s3CredentialsFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = "/run/keys/berth-s3-credentials";
+      description = ''
+        An AWS shared-credentials file for an `s3://` storage (see docs/storage.md), as a path
+        outside the Nix store, passed as a credential. Refer to it in the storage URL as
+        `credentials_file=/run/credentials/berth.service/s3-credentials`.
+      '';
+    };
+
+    environmentFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = "/run/keys/berth-environment";
+      description = ''
+        A systemd `EnvironmentFile` (outside the Nix store) for secrets read from the
+        environment: `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` for an `s3://` storage,
+        `PGPASSWORD` for a `postgres://` database (see docs/scaling.md).
+      '';
+    };
+
     openFirewall = lib.mkOption {
       type = lib.types.bool;
       default = false;
@@ -408,6 +439,7 @@ in
         StateDirectoryMode = "0750";
         ReadWritePaths = writableDirs;
         LoadCredential = credentials;
+        EnvironmentFile = lib.mkIf (cfg.environmentFile != null) (toString cfg.environmentFile);
         UMask = "0077";
 
         # Hardening: the strictest set that still lets berth spawn nix and git, reach the Nix

@@ -86,6 +86,21 @@ pub struct S3Url {
 }
 
 impl S3Url {
+    /// A bucket (and prefix) with every query key at its default.
+    fn plain(bucket: String, prefix: Option<String>) -> Self {
+        S3Url {
+            bucket,
+            prefix,
+            endpoint: None,
+            region: None,
+            path_style: false,
+            credentials_file: None,
+            profile: None,
+            copy_if_not_exists: None,
+            conditional_put: ConditionalPut::None,
+        }
+    }
+
     /// Plain HTTP is allowed only when the endpoint asks for it.
     pub fn allow_http(&self) -> bool {
         self.endpoint.as_deref().is_some_and(|e| e.starts_with("http://"))
@@ -148,17 +163,7 @@ fn parse_s3(s: &str) -> Result<S3Url, UrlError> {
     }
     let bucket = bucket(host)?;
     let prefix = prefix(path)?;
-    let mut parsed = S3Url {
-        bucket,
-        prefix,
-        endpoint: None,
-        region: None,
-        path_style: false,
-        credentials_file: None,
-        profile: None,
-        copy_if_not_exists: None,
-        conditional_put: ConditionalPut::None,
-    };
+    let mut parsed = S3Url::plain(bucket, prefix);
     let mut seen: Vec<String> = Vec::new();
     let mut path_style = None;
     for (key, value) in ::url::form_urlencoded::parse(query.as_bytes()) {

@@ -12,17 +12,7 @@ fn check(input: &str, expected: Result<StoreUrl, &str>) {
 }
 
 fn s3(bucket: &str) -> S3Url {
-    S3Url {
-        bucket: bucket.into(),
-        prefix: None,
-        endpoint: None,
-        region: None,
-        path_style: false,
-        credentials_file: None,
-        profile: None,
-        copy_if_not_exists: None,
-        conditional_put: ConditionalPut::None,
-    }
+    S3Url::plain(bucket.into(), None)
 }
 
 #[test]

@@ -238,7 +238,7 @@ impl Seaweed {
         std::fs::write(dir.join("s3.json"), config).unwrap();
         let [master, volume, filer, s3] = [0; 4].map(|_| free_port(10000));
         let arg = |k: &str, v: String| format!("-{k}={v}");
-        let argv = vec![
+        let mut argv = vec![
             weed,
             "server".into(),
             arg("dir", dir.join("data").display().to_string()),
@@ -252,11 +252,16 @@ impl Seaweed {
             arg("s3.config", dir.join("s3.json").display().to_string()),
             arg("master.volumeSizeLimitMB", "256".into()),
             arg("volume.max", "32".into()),
-            // Side services on fixed default ports, which parallel test processes would share.
-            arg("s3.port.iceberg", "0".into()),
-            arg("s3.port.lance", "0".into()),
-            arg("master.telemetry", "false".into()),
         ];
+        // Side services on fixed default ports, which parallel test processes would share,
+        // and telemetry: turned off where this version has them (older ones refuse the flags).
+        let help = Command::new(&argv[0]).args(["server", "-h"]).output().map(|o| o.stderr).unwrap_or_default();
+        let help = String::from_utf8_lossy(&help);
+        for (flag, value) in [("s3.port.iceberg", "0"), ("s3.port.lance", "0"), ("master.telemetry", "false")] {
+            if help.contains(&format!("-{flag} ")) || help.contains(&format!("-{flag}\n")) {
+                argv.push(arg(flag, value.into()));
+            }
+        }
         // SIGKILL: SeaweedFS takes seconds to stop otherwise, and its data is thrown away.
         spawn_watched(&argv, "KILL", &dir);
         let weed = Seaweed { s3_port: s3, filer_port: filer, dir };

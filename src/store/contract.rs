@@ -205,6 +205,22 @@ async fn s3_backend() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn s3_staged_objects_over_the_copy_limit_are_streamed_into_place() {
+    // AWS CopyObject stops at 5 GiB; with the limit at 1 MiB an 11 MiB staged upload (a NAR
+    // named only after hashing, as `berth push` sends) takes the streamed path.
+    let (url, _, _dir) = s3_url("");
+    let store = Store::open(&url).unwrap().with_copy_limit(1 << 20);
+    let bytes = pattern(11 << 20);
+    let staged = upload(&store, None, &bytes).await;
+    staged.commit(&nar(42)).await.unwrap();
+    assert_eq!(read_all(&store, &nar(42), None).await.unwrap(), bytes, "byte-identical, in order");
+    assert_eq!(staging_count(&store).await, 0, "the staging object is gone");
+    // Committing the same content again over the existing object keeps it whole.
+    upload(&store, None, &bytes).await.commit(&nar(42)).await.unwrap();
+    assert_eq!(store.head(&nar(42)).await.unwrap(), Some(bytes.len() as u64));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn s3_backend_with_conditional_writes() {
     let (url, _, _dir) = s3_url("&conditional_put=etag&copy_if_not_exists=multipart");
     let store = Store::open(&url).unwrap();

@@ -130,6 +130,17 @@ fn path(key: &ObjectKey) -> Path {
     Path::from(key.as_path())
 }
 
+#[cfg(test)]
+impl Store {
+    /// The same S3 store with another copy limit (tests of the streamed commit path).
+    pub(crate) fn with_copy_limit(mut self, limit: u64) -> Self {
+        if let Backend::S3(s3) = &mut self.backend {
+            Arc::get_mut(s3).expect("a store fresh from open").copy_limit = limit;
+        }
+        self
+    }
+}
+
 impl Store {
     /// Opens a storage URL (see [`ACCEPTED_FORMS`] and `docs/storage.md`): `file:///dir`
     /// (created if missing), `memory://` (tests) or `s3://bucket[/prefix][?…]`.

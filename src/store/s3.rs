@@ -37,7 +37,13 @@ pub(super) struct S3 {
     pub(super) copy_if_not_exists: bool,
     /// `conditional_put=etag`: create-only puts send `If-None-Match: *`.
     pub(super) conditional_put: bool,
+    /// The largest staged object a server-side copy moves into place (AWS CopyObject takes
+    /// at most 5 GiB); larger ones are streamed through berth instead.
+    pub(super) copy_limit: u64,
 }
+
+/// AWS CopyObject's limit for one request.
+pub(super) const COPY_LIMIT: u64 = 5 << 30;
 
 impl std::fmt::Debug for S3 {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -129,6 +135,7 @@ pub(super) fn open(url: &S3Url) -> Result<(Arc<dyn ObjectStore>, S3), StoreError
         prefix: url.prefix.clone(),
         copy_if_not_exists: url.copy_if_not_exists.is_some(),
         conditional_put: url.conditional_put == ConditionalPut::ETag,
+        copy_limit: COPY_LIMIT,
     };
     Ok((store, s3))
 }

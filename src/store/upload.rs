@@ -188,21 +188,40 @@ impl Store {
             }
             return self.sync(key).await;
         };
-        // S3 has no rename: copy, then delete. AWS CopyObject copies at most 5 GiB in one
-        // request, so a staged object larger than that fails here (a NAR whose name is known
-        // up front, as with Nix's `PUT /nar/<name>`, is uploaded directly and never copied).
-        // Keys are content-addressed, so a plain copy over an existing key writes the same
-        // bytes; copy_if_not_exists merely saves the work.
-        let copied = if s3.copy_if_not_exists {
-            self.inner.copy_if_not_exists(&from, &to).await
+        // S3 has no rename: copy, then delete. Keys are content-addressed, so a plain copy
+        // over an existing key writes the same bytes; copy_if_not_exists merely saves the
+        // work. AWS CopyObject copies at most 5 GiB in one request: a larger staged object
+        // is streamed into a direct multipart upload instead (bounded memory, as any upload).
+        // A NAR whose name is known up front (Nix's `PUT /nar/<name>`) is never staged.
+        let size = self.head(staging).await?.ok_or_else(|| std::io::Error::other("staged object vanished"))?;
+        if size > s3.copy_limit {
+            self.stream_copy(staging, key).await?;
         } else {
-            self.inner.copy(&from, &to).await
-        };
-        match copied {
-            Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => {}
-            Err(e) => return Err(e.into()),
+            let copied = if s3.copy_if_not_exists {
+                self.inner.copy_if_not_exists(&from, &to).await
+            } else {
+                self.inner.copy(&from, &to).await
+            };
+            match copied {
+                Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => {}
+                Err(e) => return Err(e.into()),
+            }
         }
         self.inner.delete(&from).await?;
         Ok(())
+    }
+
+    /// Copies `from` to `key` through this process: read as a stream, written as a direct
+    /// upload (completed only when every byte arrived).
+    async fn stream_copy(&self, from: &ObjectKey, key: &ObjectKey) -> Result<(), StoreError> {
+        use futures::TryStreamExt;
+        let mut body = self.get(from, None).await?.ok_or_else(|| std::io::Error::other("staged object vanished"))?;
+        let mut upload = self.start_upload(Some(key)).await?;
+        while let Some(chunk) = body.stream.try_next().await? {
+            upload.write(&chunk).await?;
+        }
+        // Boxed: `commit` of a staged upload is what called this (a direct upload's
+        // commit does not come back here).
+        Box::pin(upload.commit(key)).await
     }
 }

@@ -216,8 +216,11 @@ async fn scheduled_gc(state: AppState, every: std::time::Duration, stop: tokio_u
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
-        if let Err(e) = crate::gc::collect(&state, &state.config.retention, false).await {
-            tracing::error!(error = %e, "scheduled garbage collection failed");
+        match crate::gc::collect(&state, &state.config.retention, false).await {
+            Ok(_) => {}
+            // Another replica's schedule (or an admin) got there first: its run is this one.
+            Err(crate::gc::GcError::Busy) => tracing::info!("scheduled garbage collection skipped: one is running"),
+            Err(e) => tracing::error!(error = %e, "scheduled garbage collection failed"),
         }
     }
 }

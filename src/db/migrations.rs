@@ -125,18 +125,61 @@ fn serial(db: &Db) -> &'static str {
     }
 }
 
-/// Brings the schema up to date.
+/// Brings the schema up to date. Replicas starting together take turns: each migration runs
+/// in a write transaction that first takes the migration lock (PostgreSQL: an advisory lock
+/// held by the transaction; SQLite: `BEGIN IMMEDIATE`) and re-reads the version under it, so
+/// a migration another replica applied meanwhile is skipped, not applied twice.
 pub async fn run(db: &Db) -> Result<(), DbError> {
     on_pool!(db, pool => {
-        sqlx::raw_sql("CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)").execute(pool).await?;
-        let current: Option<i64> = sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(pool).await?;
-        for (i, sql) in MIGRATIONS.iter().enumerate().skip(current.unwrap_or(0) as usize) {
-            let mut tx = pool.begin().await?;
+        let create = "CREATE TABLE IF NOT EXISTS schema_version (version BIGINT NOT NULL)";
+        let mut tx = pool.begin_with(super::write_begin(pool)).await?;
+        if let Some(lock) = super::lock_migrations(pool) {
+            sqlx::query(lock).bind(MIGRATION_LOCK_KEY).execute(&mut *tx).await?;
+        }
+        sqlx::raw_sql(create).execute(&mut *tx).await?;
+        tx.commit().await?;
+        for (i, sql) in MIGRATIONS.iter().enumerate() {
+            let version = i as i64 + 1;
+            let mut tx = pool.begin_with(super::write_begin(pool)).await?;
+            if let Some(lock) = super::lock_migrations(pool) {
+                sqlx::query(lock).bind(MIGRATION_LOCK_KEY).execute(&mut *tx).await?;
+            }
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(version) FROM schema_version").fetch_one(&mut *tx).await?;
+            if current.unwrap_or(0) >= version {
+                continue; // dropping `tx` rolls it back and releases the lock
+            }
             let sql = sql.replace("{serial}", serial(db));
             sqlx::raw_sql(&sql).execute(&mut *tx).await?;
-            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)").bind(i as i64 + 1).execute(&mut *tx).await?;
+            sqlx::query("INSERT INTO schema_version (version) VALUES ($1)").bind(version).execute(&mut *tx).await?;
             tx.commit().await?;
         }
         Ok(())
     })
+}
+
+/// `pg_advisory_xact_lock` key of schema migrations ("berth" + 3; see `locks.rs`).
+const MIGRATION_LOCK_KEY: i64 = 0x6265_7274_6803;
+
+#[cfg(test)]
+mod tests {
+    use crate::db::testing::for_each_backend;
+
+    for_each_backend! {
+        /// Four replicas starting at once on an empty database: all start, each migration
+        /// is applied once.
+        async fn replicas_starting_together_migrate_once(backend: Backend) {
+            let database = backend.database().await;
+            // Each open has its own pool; their migrations interleave at every await.
+            let opens = futures::future::join_all((0..4).map(|_| crate::db::Db::open(&database.url))).await;
+            for open in opens {
+                let db = open.unwrap_or_else(|e| panic!("a replica failed to start: {e}"));
+                crate::db::on_pool!(&db, pool => {
+                    let versions: Vec<i64> =
+                        sqlx::query_scalar("SELECT version FROM schema_version ORDER BY version").fetch_all(pool).await.unwrap();
+                    assert_eq!(versions, (1..=crate::db::migrations::MIGRATIONS.len() as i64).collect::<Vec<_>>());
+                });
+            }
+        }
+    }
 }

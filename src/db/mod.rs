@@ -126,18 +126,23 @@ pub(crate) trait Dialect {
     /// PostgreSQL's READ COMMITTED would let both check, then both insert. (The mode conflicts
     /// with itself and with claims' row updates, which wait a moment; readers never do.)
     const LOCK_BUILDS: Option<&'static str>;
+    /// Run first in each migration's transaction (bound to the migration lock's key), so
+    /// that replicas starting together take turns. SQLite's `BEGIN IMMEDIATE` suffices.
+    const LOCK_MIGRATIONS: Option<&'static str>;
 }
 
 impl Dialect for SqlitePool {
     const BEGIN: &'static str = "BEGIN IMMEDIATE";
     const SKIP_LOCKED: &'static str = "";
     const LOCK_BUILDS: Option<&'static str> = None;
+    const LOCK_MIGRATIONS: Option<&'static str> = None;
 }
 
 impl Dialect for PgPool {
     const BEGIN: &'static str = "BEGIN";
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
     const LOCK_BUILDS: Option<&'static str> = Some("LOCK TABLE builds IN SHARE ROW EXCLUSIVE MODE");
+    const LOCK_MIGRATIONS: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
 }
 
 /// [`Dialect::BEGIN`] for `pool`'s dialect.
@@ -148,6 +153,11 @@ pub(crate) fn write_begin<P: Dialect>(_: &P) -> &'static str {
 /// [`Dialect::LOCK_BUILDS`] for `pool`'s dialect.
 pub(crate) fn lock_builds<P: Dialect>(_: &P) -> Option<&'static str> {
     P::LOCK_BUILDS
+}
+
+/// [`Dialect::LOCK_MIGRATIONS`] for `pool`'s dialect.
+pub(crate) fn lock_migrations<P: Dialect>(_: &P) -> Option<&'static str> {
+    P::LOCK_MIGRATIONS
 }
 
 /// [`Dialect::SKIP_LOCKED`] for `pool`'s dialect.

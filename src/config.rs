@@ -217,16 +217,13 @@ pub struct CacheConfig {
     pub require_read_token: bool,
     /// zstd level.
     pub compression_level: i32,
-    /// How NAR downloads are answered.
-    pub nar_redirect: NarRedirect,
+    /// Where NAR downloads are redirected; `None`: berth streams the bytes.
+    pub nar_redirect: Option<NarRedirect>,
 }
 
-/// How NAR downloads are answered.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// Where NAR downloads are redirected.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NarRedirect {
-    /// berth streams the bytes.
-    #[default]
-    Stream,
     /// A redirect to a presigned URL of the bucket, valid this long.
     Presigned(std::time::Duration),
     /// A redirect to `<base>/nar/<file>` (a CDN or a public bucket).
@@ -407,18 +404,18 @@ impl RawConfig {
     }
 }
 
-fn nar_redirect(cache: &RawCache, storage: &str) -> Result<NarRedirect, ConfigError> {
+fn nar_redirect(cache: &RawCache, storage: &str) -> Result<Option<NarRedirect>, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid { key: "cache.nar_redirect", reason };
     let ttl = std::time::Duration::from_secs(cache.presigned_url_ttl_secs.unwrap_or(600).clamp(1, 7 * 86_400));
     match cache.nar_redirect.as_deref() {
-        None | Some("stream") => Ok(NarRedirect::Stream),
-        Some("presigned") if storage.starts_with("s3://") => Ok(NarRedirect::Presigned(ttl)),
+        None | Some("stream") => Ok(None),
+        Some("presigned") if storage.starts_with("s3://") => Ok(Some(NarRedirect::Presigned(ttl))),
         Some("presigned") => Err(invalid("\"presigned\" needs an s3:// storage".into())),
         Some(base) if base.starts_with("https://") || base.starts_with("http://") => {
             if base.contains(['?', '#']) || base.chars().any(char::is_whitespace) {
                 return Err(invalid(format!("{base:?}: a base URL has no query, fragment or spaces")));
             }
-            Ok(NarRedirect::BaseUrl(base.trim_end_matches('/').to_owned()))
+            Ok(Some(NarRedirect::BaseUrl(base.trim_end_matches('/').to_owned())))
         }
         Some(other) => Err(invalid(format!("{other:?}: use \"stream\", \"presigned\" or an https:// base URL"))),
     }
@@ -547,14 +544,14 @@ mod tests {
 
     #[test]
     fn nar_redirects_are_checked_against_the_storage() {
-        assert_eq!(parse("").unwrap().cache.nar_redirect, NarRedirect::Stream);
+        assert_eq!(parse("").unwrap().cache.nar_redirect, None);
         let err = parse("[cache]\nnar_redirect = \"presigned\"").unwrap_err().to_string();
         assert!(err.contains("needs an s3:// storage"), "{err}");
         let s3 = "storage = \"s3://bucket/cache?region=eu-west-1\"\n[cache]\n";
         let c = parse(&format!("{s3}nar_redirect = \"presigned\"\npresigned_url_ttl_secs = 60")).unwrap();
-        assert_eq!(c.cache.nar_redirect, NarRedirect::Presigned(std::time::Duration::from_secs(60)));
+        assert_eq!(c.cache.nar_redirect, Some(NarRedirect::Presigned(std::time::Duration::from_secs(60))));
         let c = parse("[cache]\nnar_redirect = \"https://cdn.example.org/cache/\"").unwrap();
-        assert_eq!(c.cache.nar_redirect, NarRedirect::BaseUrl("https://cdn.example.org/cache".into()));
+        assert_eq!(c.cache.nar_redirect, Some(NarRedirect::BaseUrl("https://cdn.example.org/cache".into())));
         assert!(parse("[cache]\nnar_redirect = \"https://cdn.example.org/?x=1\"").is_err());
         assert!(parse("[cache]\nnar_redirect = \"sometimes\"").is_err());
     }

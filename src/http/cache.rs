@@ -136,8 +136,8 @@ pub async fn get_nar(
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
     let name = nar_name(&file)?;
-    if state.cache.nar_redirect != NarRedirect::Stream {
-        return redirect_nar(&state, name).await;
+    if let Some(redirect) = &state.cache.nar_redirect {
+        return redirect_nar(&state, name, redirect).await;
     }
     let key = ObjectKey::Nar(name);
     let wanted = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(range::parse);
@@ -164,17 +164,16 @@ pub async fn get_nar(
 /// Sends the client to where the bucket (or a CDN in front of it) serves the NAR, when the
 /// NAR is recorded (so a missing one is our 404, not the bucket's). `Range` is the target's
 /// business: the client sends it again there.
-async fn redirect_nar(state: &AppState, name: NarFileName) -> Result<Response, ApiError> {
+async fn redirect_nar(state: &AppState, name: NarFileName, redirect: &NarRedirect) -> Result<Response, ApiError> {
     if state.db.nar_file(name.as_str()).await?.is_none() {
         return Err(ApiError::NotFound(format!("no NAR {name}")));
     }
-    let (location, cache_control) = match &state.cache.nar_redirect {
+    let (location, cache_control) = match redirect {
         NarRedirect::Presigned(ttl) => {
             let url = state.store.presigned_get(&ObjectKey::Nar(name.clone()), *ttl).await?;
             (url.ok_or_else(|| ApiError::NotFound(format!("no NAR {name}")))?, "private, no-store")
         }
         NarRedirect::BaseUrl(base) => (format!("{base}/nar/{name}"), IMMUTABLE),
-        NarRedirect::Stream => unreachable!("streamed NARs are not redirected"),
     };
     Metrics::add(&state.metrics.nar_redirects, 1);
     let mut response = StatusCode::TEMPORARY_REDIRECT.into_response();

@@ -75,6 +75,12 @@ let
       echo "usage: berth-token create --scope SCOPE [--description TEXT] | list | revoke ID" >&2
       exit 2
     fi
+    ${lib.optionalString (cfg.environmentFile != null) ''
+      # The service's environment (e.g. PGPASSWORD), as systemd's EnvironmentFile gives it.
+      set -a
+      . ${lib.escapeShellArg (toString cfg.environmentFile)}
+      set +a
+    ''}
     exec ${lib.getExe' pkgs.util-linux "runuser"} -u berth -- ${lib.getExe cfg.package} token "$@" --config ${adminConfigFile}
   '';
 

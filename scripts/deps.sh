@@ -44,9 +44,10 @@ berth_install_test_servers() {
   { have initdb && have postgres; } || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
   have psql || missing+=(postgresql-client)
   have setpriv || missing+=(util-linux)
+  # python3 also serves files as a stand-in CDN in a redirect test.
+  have python3 || missing+=(python3)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
-    have python3 || missing+=(python3)
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)
   fi
   if [ ${#missing[@]} -gt 0 ]; then apt_install "${missing[@]}"; fi

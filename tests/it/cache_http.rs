@@ -221,3 +221,62 @@ fn expect_100_continue_is_answered_before_the_body() {
     tcp.read_exact(&mut rest).unwrap();
     assert!(String::from_utf8_lossy(&rest).contains("200 OK"), "{:?}", String::from_utf8_lossy(&rest));
 }
+
+/// A static file server (Python's `http.server`) standing in for a CDN in front of the
+/// cache directory; killed on drop.
+struct StaticServer(std::process::Child);
+
+impl Drop for StaticServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn nar_downloads_redirect_to_a_cdn_base_url_and_nix_follows() {
+    require("python3");
+    let s = Scratch::new();
+    let data = s.path("data");
+    std::fs::create_dir_all(data.join("cache")).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let _cdn = StaticServer(
+        Command::new("python3")
+            .args(["-m", "http.server", &port.to_string(), "--bind", "127.0.0.1", "--directory"])
+            .arg(data.join("cache"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let cdn = format!("http://127.0.0.1:{port}");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let config = s.path("berth.toml");
+    std::fs::write(&config, format!("[cache]\nnar_redirect = \"{cdn}/\"\n")).unwrap();
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
+    let top = s.build_closure("cdn");
+    run_ok(
+        Command::new(berth_bin())
+            .args(["push", "--server", &server.url, &top])
+            .env("BERTH_TOKEN", server.token("push")),
+    );
+
+    let narinfo = http().get(format!("{}/{}.narinfo", server.url, hash_of(&top))).send().unwrap().text().unwrap();
+    let nar_url = narinfo.lines().find_map(|l| l.strip_prefix("URL: ")).unwrap().to_owned();
+    let no_follow = Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = no_follow.get(format!("{}/{nar_url}", server.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+    assert_eq!(r.headers()["location"], format!("{cdn}/{nar_url}"));
+    assert!(r.headers()["cache-control"].to_str().unwrap().contains("immutable"));
+    // Nix follows the redirects to the static server and gets every path of the closure.
+    let (out, store) = s.substitute(&server.url, &top, &server.public_key, "via-cdn");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.nar_hash(&top, Some(&store)), s.nar_hash(&top, None));
+    let redirects = http().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    assert!(!redirects.contains("berth_nar_redirects_total 0\n"), "counted: {redirects}");
+}

@@ -162,10 +162,12 @@ pub async fn get_nar(
 }
 
 /// Sends the client to where the bucket (or a CDN in front of it) serves the NAR, when the
-/// NAR is recorded (so a missing one is our 404, not the bucket's). `Range` is the target's
-/// business: the client sends it again there.
+/// NAR object exists (so a missing one is our 404, not the bucket's). The object, not the
+/// index: after a collection another replica may still serve a cached narinfo, whose NAR
+/// is kept (deferred) until that cache has expired. `Range` is the target's business: the
+/// client sends it again there.
 async fn redirect_nar(state: &AppState, name: NarFileName, redirect: &NarRedirect) -> Result<Response, ApiError> {
-    if state.db.nar_file(name.as_str()).await?.is_none() {
+    if state.store.head(&ObjectKey::Nar(name.clone())).await?.is_none() {
         return Err(ApiError::NotFound(format!("no NAR {name}")));
     }
     let (location, cache_control) = match redirect {

@@ -110,35 +110,39 @@ let
   port = render.listenPort cfg.settings.listen;
   usesGpg = lib.any (repository: repository ? gpg_home) cfg.settings.repositories;
 
-  secretFiles =
-    lib.optional (cfg.signingKeyFile != null) {
+  # Every secret file option once: each must lie outside the Nix store (assertions); all but
+  # the environment file reach berth as systemd credentials (LoadCredential).
+  credentialFiles = lib.filter (secret: secret.path != null) [
+    {
       option = "signingKeyFile";
+      credential = "signing-key";
       path = cfg.signingKeyFile;
     }
-    ++ lib.optional (cfg.deployKeyFile != null) {
+    {
       option = "deployKeyFile";
+      credential = "deploy-key";
       path = cfg.deployKeyFile;
     }
-    ++ lib.optional (cfg.s3CredentialsFile != null) {
+    {
       option = "s3CredentialsFile";
+      credential = "s3-credentials";
       path = cfg.s3CredentialsFile;
     }
+  ]
+  ++ lib.mapAttrsToList (name: path: {
+    option = "webhookSecretFiles.${name}";
+    credential = render.webhookCredential name;
+    inherit path;
+  }) cfg.webhookSecretFiles;
+
+  secretFiles =
+    credentialFiles
     ++ lib.optional (cfg.environmentFile != null) {
       option = "environmentFile";
       path = cfg.environmentFile;
-    }
-    ++ lib.mapAttrsToList (name: path: {
-      option = "webhookSecretFiles.${name}";
-      inherit path;
-    }) cfg.webhookSecretFiles;
+    };
 
-  credentials =
-    lib.optional (cfg.signingKeyFile != null) "signing-key:${toString cfg.signingKeyFile}"
-    ++ lib.optional (cfg.deployKeyFile != null) "deploy-key:${toString cfg.deployKeyFile}"
-    ++ lib.optional (cfg.s3CredentialsFile != null) "s3-credentials:${toString cfg.s3CredentialsFile}"
-    ++ lib.mapAttrsToList (
-      name: path: "${render.webhookCredential name}:${toString path}"
-    ) cfg.webhookSecretFiles;
+  credentials = map (secret: "${secret.credential}:${toString secret.path}") credentialFiles;
 
   repositoryType = lib.types.submodule {
     freeformType = format.type;

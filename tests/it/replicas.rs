@@ -256,7 +256,8 @@ fn killing_a_replica_mid_upload_leaves_the_bucket_consistent_and_the_other_servi
     drop(held.0);
     assert!(upload.join().unwrap().is_err(), "the upload died with its replica");
     let nar_key = berth::store::ObjectKey::Nar(berth::nixfmt::NarFileName::parse(&format!("{file_hash}.nar")).unwrap());
-    assert_eq!(object_size(&c.storage, &nar_key), None, "an interrupted upload is never completed in the bucket");
+    let size = in_bucket(&c.storage, |store| async move { store.head(&nar_key).await.unwrap() });
+    assert_eq!(size, None, "an interrupted upload is never completed in the bucket");
 
     let hash = store_hash(&big);
     let r = http().get(format!("{}/{hash}.narinfo", c.b.url)).send().unwrap();
@@ -295,10 +296,10 @@ impl std::io::Read for HeldBody {
     }
 }
 
-/// The size of an object in the bucket, read directly (not through a server).
-fn object_size(storage: &str, key: &berth::store::ObjectKey) -> Option<u64> {
+/// Runs `f` on the bucket itself, read through berth's storage layer (not through a server).
+fn in_bucket<T, F: std::future::Future<Output = T>>(storage: &str, f: impl FnOnce(berth::store::Store) -> F) -> T {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async { berth::store::Store::open(storage).unwrap().head(key).await.unwrap() })
+    rt.block_on(f(berth::store::Store::open(storage).unwrap()))
 }
 
 /// A store path holding `size` random bytes.
@@ -317,12 +318,10 @@ fn store_hash(path: &str) -> String {
     Path::new(path).file_name().unwrap().to_str().unwrap()[..32].to_owned()
 }
 
-/// Reads the bucket directly (through berth's storage layer, not a server): every narinfo
-/// of `paths` that exists names a NAR that exists, with the size the narinfo states.
+/// Every narinfo of `paths` in the bucket names a NAR that exists there, with the size the
+/// narinfo states.
 fn assert_bucket_consistent(storage: &str, paths: &[String]) {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    rt.block_on(async {
-        let store = berth::store::Store::open(storage).unwrap();
+    in_bucket(storage, |store| async move {
         for path in paths {
             let hash = berth::nixfmt::StorePathHash::parse(&store_hash(path)).unwrap();
             let Some(text) = store.get_bytes(&berth::store::ObjectKey::NarInfo(hash)).await.unwrap() else { continue };

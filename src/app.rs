@@ -61,34 +61,34 @@ impl std::ops::Deref for AppState {
     }
 }
 
-/// What [`AppState`] shares.
+/// What [`AppState`] shares (plain values: the one `Arc` is around all of them).
 pub struct AppInner {
     /// NARs and narinfos.
     pub store: Store,
     /// The index.
     pub db: Db,
     /// The cache signing key.
-    pub signing_key: Arc<SecretKey>,
+    pub signing_key: SecretKey,
     /// The deploy key that signs host manifests.
-    pub deploy_key: Arc<SecretKey>,
+    pub deploy_key: SecretKey,
     /// Wakes manifest long-polls when a generation is made.
-    pub deploys: Arc<tokio::sync::Notify>,
+    pub deploys: tokio::sync::Notify,
     /// Publications hold it for reading, retention for writing (see `gc::run`); with
     /// PostgreSQL it holds across replicas.
     pub publish_gate: PublishGate,
     /// Held while a collection runs: one at a time in this process (`Db::try_lock_collection`
     /// makes it one across replicas).
-    pub gc_running: Arc<tokio::sync::Mutex<()>>,
+    pub gc_running: tokio::sync::Mutex<()>,
     /// Every public key clients should trust (current first, then previous ones).
-    pub public_keys: Arc<Vec<PublicKey>>,
+    pub public_keys: Vec<PublicKey>,
     /// Protocol settings.
-    pub cache: Arc<CacheConfig>,
+    pub cache: CacheConfig,
     /// Counters for `/metrics`.
-    pub metrics: Arc<Metrics>,
+    pub metrics: Metrics,
     /// Published narinfos in memory.
-    pub narinfos: Arc<crate::narinfo_cache::NarinfoCache>,
+    pub narinfos: crate::narinfo_cache::NarinfoCache,
     /// The whole validated configuration (repositories, builder settings, data directory).
-    pub config: Arc<Config>,
+    pub config: Config,
     /// Wakes build workers and cancels running builds.
     pub builds: Queue,
 }
@@ -112,15 +112,15 @@ impl AppState {
             store,
             publish_gate: PublishGate::new(&db),
             db,
-            signing_key: Arc::new(key),
-            deploy_key: Arc::new(deploy_key),
-            deploys: Arc::default(),
-            gc_running: Arc::default(),
-            public_keys: Arc::new(public_keys),
-            cache: Arc::new(config.cache.clone()),
-            metrics: Arc::default(),
-            narinfos: Arc::default(),
-            config: Arc::new(config.clone()),
+            signing_key: key,
+            deploy_key,
+            deploys: Default::default(),
+            gc_running: Default::default(),
+            public_keys,
+            cache: config.cache.clone(),
+            metrics: Default::default(),
+            narinfos: Default::default(),
+            config: config.clone(),
             builds: Queue::default(),
         }));
         Ok((state, origin))

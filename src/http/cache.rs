@@ -148,9 +148,10 @@ pub async fn get_nar(
         }
     }
     let body = state.store.get(&key, wanted).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
-    let metrics = state.metrics.clone();
-    let stream =
-        body.stream.inspect_ok(move |chunk: &Bytes| Metrics::add(&metrics.nar_bytes_served, chunk.len() as u64));
+    let counted = state.clone();
+    let stream = body
+        .stream
+        .inspect_ok(move |chunk: &Bytes| Metrics::add(&counted.metrics.nar_bytes_served, chunk.len() as u64));
     let length = body.range.end - body.range.start;
     let mut response = nar_response(Body::from_stream(stream), length);
     if wanted.is_some() {

@@ -92,6 +92,12 @@ impl Db {
         matches!(self, Db::Postgres(_))
     }
 
+    /// Whether the database answers (health checks).
+    pub async fn ping(&self) -> Result<(), DbError> {
+        on_pool!(self, pool => sqlx::query("SELECT 1").execute(pool).await.map(drop)?);
+        Ok(())
+    }
+
     /// Closes every connection (checkpoints SQLite's WAL).
     pub async fn close(&self) {
         on_pool!(self, pool => pool.close().await)

@@ -9,7 +9,7 @@ use crate::{app::AppState, store::ObjectKey};
 /// `GET /healthz`: 200 when the index answers and the storage holds `nix-cache-info` (a
 /// replica whose bucket or credentials broke leaves the load balancer's rotation).
 pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiError> {
-    state.db.present(&["healthz".to_owned()]).await?;
+    state.db.ping().await?;
     if state.store.head(&ObjectKey::CacheInfo).await?.is_none() {
         return Err(ApiError::Internal("nix-cache-info is missing from the storage".into()));
     }

@@ -29,6 +29,8 @@ pub struct Upload {
     staging: Option<ObjectKey>,
     /// `None` once committed or aborted.
     parts: Option<Parts>,
+    /// Bytes written so far (the object's size once committed).
+    written: u64,
 }
 
 /// The multipart upload and the parts in flight.
@@ -52,7 +54,7 @@ impl Store {
         };
         let upload = self.inner.put_multipart(&path(&location)).await?;
         let parts = Parts { upload, buffer: PutPayloadMut::new(), in_flight: JoinSet::new() };
-        Ok(Upload { store: self.clone(), target: target.cloned(), staging, parts: Some(parts) })
+        Ok(Upload { store: self.clone(), target: target.cloned(), staging, parts: Some(parts), written: 0 })
     }
 }
 
@@ -60,6 +62,7 @@ impl Upload {
     /// Appends bytes; waits while too many parts are in flight (bounded memory).
     pub async fn write(&mut self, mut bytes: &[u8]) -> Result<(), StoreError> {
         let parts = self.parts.as_mut().expect("write after commit or abort");
+        self.written += bytes.len() as u64;
         while !bytes.is_empty() {
             let take = bytes.len().min(PART_SIZE - parts.buffer.content_length());
             parts.buffer.extend_from_slice(&bytes[..take]);
@@ -93,7 +96,7 @@ impl Upload {
             // Direct: completing the multipart upload published it.
             return Ok(());
         };
-        let promoted = self.store.promote(&staging, key).await;
+        let promoted = self.store.promote(&staging, key, self.written).await;
         if promoted.is_err() {
             remove_staging(&self.store, Some(&staging)).await;
         }
@@ -178,7 +181,7 @@ impl Parts {
 
 impl Store {
     /// Moves a completed staging object under `key`; keeps `key` when it already exists.
-    async fn promote(&self, staging: &ObjectKey, key: &ObjectKey) -> Result<(), StoreError> {
+    async fn promote(&self, staging: &ObjectKey, key: &ObjectKey, size: u64) -> Result<(), StoreError> {
         let (from, to) = (path(staging), path(key));
         let Backend::S3(s3) = &self.backend else {
             match self.inner.rename_if_not_exists(&from, &to).await {
@@ -193,7 +196,6 @@ impl Store {
         // work. AWS CopyObject copies at most 5 GiB in one request: a larger staged object
         // is streamed into a direct multipart upload instead (bounded memory, as any upload).
         // A NAR whose name is known up front (Nix's `PUT /nar/<name>`) is never staged.
-        let size = self.head(staging).await?.ok_or_else(|| std::io::Error::other("staged object vanished"))?;
         if size > s3.copy_limit {
             self.stream_copy(staging, key).await?;
         } else {

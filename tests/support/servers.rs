@@ -47,11 +47,13 @@ kill -"$WATCH_SIGNAL" "$pid" 2>/dev/null; wait "$pid"; rm -rf "$WATCH_DIR""#;
 
 /// Fails loudly when a program is missing.
 fn program(name: &str) -> String {
-    let found = Command::new("sh").args(["-c", "command -v \"$1\"", "sh", name]).output();
-    match found {
-        Ok(out) if out.status.success() => String::from_utf8(out.stdout).unwrap().trim().to_owned(),
-        _ => panic!("`{name}` is required by this test: run scripts/test.sh, which installs it"),
-    }
+    on_path(name).unwrap_or_else(|| panic!("`{name}` is required by this test: run scripts/test.sh, which installs it"))
+}
+
+/// Where `name` is on PATH, if it is.
+fn on_path(name: &str) -> Option<String> {
+    let found = Command::new("sh").args(["-c", "command -v \"$1\"", "sh", name]).output().ok()?;
+    found.status.success().then(|| String::from_utf8_lossy(&found.stdout).trim().to_owned())
 }
 
 /// A free loopback port whose neighbour `+ offset` is free too (SeaweedFS listens for gRPC on
@@ -181,9 +183,7 @@ impl Postgres {
 
 /// Debian's versioned directory (not on PATH), else wherever `initdb` is (`nix develop`).
 fn postgres_bindir() -> PathBuf {
-    let on_path = Command::new("sh").args(["-c", "command -v initdb"]).output();
-    if let Some(out) = on_path.ok().filter(|o| o.status.success()) {
-        let initdb = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+    if let Some(initdb) = on_path("initdb").map(PathBuf::from) {
         if let Some(dir) = initdb.parent().filter(|d| d.join("postgres").exists()) {
             return dir.to_owned();
         }

@@ -302,25 +302,9 @@ impl Db {
     /// Which of these NAR files are in use again (received anew, or referenced by a path)
     /// since a collection decided to delete them.
     pub async fn nar_files_in_use(&self, names: &[String]) -> Result<HashSet<String>, DbError> {
-        let mut found = HashSet::new();
-        for chunk in names.chunks(CHUNK) {
-            on_pool!(self, pool => {
-                let mut q = sqlx::QueryBuilder::new("SELECT name FROM nar_files WHERE name IN (");
-                let mut list = q.separated(", ");
-                for name in chunk {
-                    list.push_bind(name);
-                }
-                q.push(") UNION SELECT nar_file FROM paths WHERE nar_file IN (");
-                let mut list = q.separated(", ");
-                for name in chunk {
-                    list.push_bind(name);
-                }
-                q.push(")");
-                let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
-                found.extend(rows);
-            });
-        }
-        Ok(found)
+        let sql =
+            "SELECT name FROM nar_files WHERE name IN ({in}) UNION SELECT nar_file FROM paths WHERE nar_file IN ({in})";
+        self.select_in(sql, names).await
     }
 
     /// Adds or moves a named pin.

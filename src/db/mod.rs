@@ -14,7 +14,7 @@ mod reports;
 pub(crate) mod testing;
 mod tokens;
 
-use std::str::FromStr;
+use std::{collections::HashSet, str::FromStr};
 
 use sqlx::{
     postgres::{PgPool, PgPoolOptions},
@@ -90,6 +90,31 @@ impl Db {
     /// what one process caches or holds in memory is not all there is.
     pub fn is_shared(&self) -> bool {
         matches!(self, Db::Postgres(_))
+    }
+
+    /// The values a one-column text `SELECT` finds among `values`: each `{in}` in `sql` stands
+    /// for the bound list of one chunk of them (run a chunk at a time, well under either
+    /// dialect's limit on bound parameters).
+    pub(crate) async fn select_in(&self, sql: &str, values: &[String]) -> Result<HashSet<String>, DbError> {
+        let parts: Vec<&str> = sql.split("{in}").collect();
+        let mut found = HashSet::new();
+        for chunk in values.chunks(500) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new(parts[0]);
+                for part in &parts[1..] {
+                    {
+                        let mut list = q.separated(", ");
+                        for value in chunk {
+                            list.push_bind(value);
+                        }
+                    }
+                    q.push(*part);
+                }
+                let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
+                found.extend(rows);
+            });
+        }
+        Ok(found)
     }
 
     /// Whether the database answers (health checks).

@@ -75,20 +75,7 @@ impl Db {
 
     /// Which of `hashes` are published.
     pub async fn present(&self, hashes: &[String]) -> Result<HashSet<String>, DbError> {
-        let mut found = HashSet::new();
-        for chunk in hashes.chunks(500) {
-            on_pool!(self, pool => {
-                let mut q = sqlx::QueryBuilder::new("SELECT hash FROM paths WHERE hash IN (");
-                let mut list = q.separated(", ");
-                for h in chunk {
-                    list.push_bind(h);
-                }
-                q.push(")");
-                let rows: Vec<String> = q.build_query_scalar().fetch_all(pool).await?;
-                found.extend(rows);
-            });
-        }
-        Ok(found)
+        self.select_in("SELECT hash FROM paths WHERE hash IN ({in})", hashes).await
     }
 
     /// Records a verified NAR file (idempotent). Receiving it again renews its time, so the

@@ -58,3 +58,49 @@ berth_install_test_servers() {
   fi
   export PATH="$tools/venv/bin:$PATH"
 }
+
+# A current Nix beside Debian's 2.8: Debian trixie's nix-bin (2.26), unpacked under
+# target/tools/nix-current without touching the system's packages or apt state. Its .debs
+# and those of the libraries it links (trixie's glibc included) are fetched with a separate
+# sources list, lists directory and cache, unpacked with dpkg-deb -x, and the `nix` binary is
+# patched (patchelf) to load trixie's ld.so and libraries. Patched, not started through
+# `ld-linux --library-path`: Nix re-executes /proc/self/exe (the build hook), which would be
+# the loader itself. The tests run it on chroot stores only (`store = DIR`), never on the
+# system store's database. Prints nothing when already installed.
+BERTH_CURRENT_NIX_VERSION=2.26.3
+berth_install_current_nix() {
+  local dir="$PWD/target/tools/nix-current"
+  if [ -x "$dir/bin/nix" ] && "$dir/bin/nix" --version 2>/dev/null | grep -qF "$BERTH_CURRENT_NIX_VERSION"; then
+    export BERTH_CURRENT_NIX="$dir/bin"
+    return
+  fi
+  have patchelf || apt_install patchelf
+  have dpkg-deb || apt_install dpkg
+  echo "berth: installing Nix $BERTH_CURRENT_NIX_VERSION (Debian trixie's nix-bin) into $dir" >&2
+  local apt="$PWD/target/tools/apt-trixie"
+  rm -rf "$dir" "$apt/debs"
+  mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial" "$apt/debs" "$dir/root" "$dir/bin"
+  echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie main" >"$apt/sources.list"
+  local opts=(-o "Dir::Etc::sourcelist=$apt/sources.list" -o Dir::Etc::sourceparts=- -o "Dir::State::Lists=$apt/lists"
+    -o "Dir::Cache=$apt/cache" -o Dir::State::status=/dev/null -o Debug::NoLocking=1 -o APT::Sandbox::User=root)
+  apt-get "${opts[@]}" update -qq
+  # nix-bin and every library it needs, recursively; not the tools it merely calls (perl, curl).
+  local pkgs
+  pkgs=$(apt-cache "${opts[@]}" depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks \
+    --no-replaces --no-enhances --no-pre-depends nix-bin | grep -v '^ ' | grep -E '^lib' \
+    | grep -vE 'perl|^libpam|^libdebconf|^libdebian|^libnewt|^libslang|^libtextwrap|^libsemanage|^libaudit' | sort -u)
+  (cd "$apt/debs" && apt-get "${opts[@]}" download -qq nix-bin $pkgs)
+  local deb
+  for deb in "$apt/debs"/*.deb; do dpkg-deb -x "$deb" "$dir/root"; done
+  cp "$dir/root/usr/bin/nix" "$dir/bin/nix"
+  patchelf --force-rpath --set-interpreter "$dir/root/usr/lib64/ld-linux-x86-64.so.2" \
+    --set-rpath "$dir/root/usr/lib/x86_64-linux-gnu" "$dir/bin/nix"
+  # One binary; it acts as nix-store, nix-build, … by the name it is called by.
+  local name
+  for name in nix-build nix-store nix-instantiate nix-env nix-hash nix-collect-garbage nix-copy-closure nix-daemon; do
+    ln -sf nix "$dir/bin/$name"
+  done
+  "$dir/bin/nix" --version | grep -qF "$BERTH_CURRENT_NIX_VERSION" \
+    || { echo "berth: the unpacked Nix does not run: $("$dir/bin/nix" --version 2>&1)" >&2; exit 1; }
+  export BERTH_CURRENT_NIX="$dir/bin"
+}

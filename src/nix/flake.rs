@@ -129,6 +129,15 @@ mod tests {
     fn nix_build_json_gives_the_out_path() {
         let json = br#"[{"drvPath":"/nix/store/x.drv","outputs":{"out":"/nix/store/qm8-hostA"}}]"#;
         assert_eq!(out_path(json).unwrap(), "/nix/store/qm8-hostA");
+        // Real output of Nix 2.8 and 2.26 for the same derivation: the same shape. Later
+        // versions add fields such as `startTime`/`stopTime`: ignored.
+        let top = "/nix/store/il649147lik07jf7cq2k0vag8szqbx6b-top";
+        for json in [
+            r#"[{"drvPath":"/nix/store/r7z490c5irkdchaa4xm3cs8d2bqj004q-top.drv","outputs":{"out":"/nix/store/il649147lik07jf7cq2k0vag8szqbx6b-top"}}]"#,
+            r#"[{"drvPath":"/nix/store/r7z490c5irkdchaa4xm3cs8d2bqj004q-top.drv","outputs":{"out":"/nix/store/il649147lik07jf7cq2k0vag8szqbx6b-top"},"startTime":1796206670,"stopTime":1796206671}]"#,
+        ] {
+            assert_eq!(out_path(json.as_bytes()).unwrap(), top, "{json}");
+        }
         assert!(out_path(b"[]").is_err());
         assert!(out_path(br#"[{"outputs":{"dev":"/nix/store/a"}}]"#).is_err());
     }

@@ -35,46 +35,79 @@ pub async fn path_info_closure(paths: &[String], store: Option<&str>) -> Result<
     topo_sort(claims_from_json(&argv, &output.stdout)?)
 }
 
-/// One element of `nix path-info --json` (Nix 2.8). Unknown fields such as
-/// `registrationTime` and `ultimate` are ignored.
+/// The output of `nix path-info --json`, in either of the two shapes Nix prints:
+/// up to Nix 2.18 an array of objects, each with its `path` (and `"valid": false` for a path
+/// that is not in the store); since 2.19 an object keyed by store path, whose value is `null`
+/// for a path that is not in the store. The fields of each path are the same in both, and
+/// berth reads only those every version prints (`narHash`, `narSize`, `references`, and
+/// `deriver`, `ca` and `signatures` when present or `null`): `nix-store --query` would give
+/// them too, but in one process per field and without signatures.
 #[derive(serde::Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct JsonPathInfo {
+#[serde(untagged)]
+enum PathInfoJson {
+    /// Nix 2.18 and older.
+    List(Vec<ListedPathInfo>),
+    /// Nix 2.19 and later. Sorted by path, as Nix prints it.
+    Map(std::collections::BTreeMap<String, Option<PathInfoFields>>),
+}
+
+/// One element of the array form: the path and, when it is valid, its fields.
+#[derive(serde::Deserialize)]
+struct ListedPathInfo {
     path: String,
     #[serde(default)]
     valid: Option<bool>,
+    #[serde(flatten)]
+    fields: PathInfoFields,
+}
+
+/// The fields of one path, common to both forms. Unknown fields such as `registrationTime`
+/// and `ultimate` are ignored; `null` and absent mean the same.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct PathInfoFields {
     nar_hash: Option<String>,
     nar_size: Option<u64>,
     #[serde(default)]
-    references: Vec<String>,
+    references: Option<Vec<String>>,
     deriver: Option<String>,
     ca: Option<String>,
     #[serde(default)]
-    signatures: Vec<String>,
+    signatures: Option<Vec<String>>,
 }
 
-/// Converts the JSON printed by `argv` (`nix path-info --json`) into claims, in the order
-/// printed.
+/// Converts the JSON printed by `argv` (`nix path-info --json`, either form) into claims, in
+/// the order printed.
 fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixError> {
     let output_err = |reason: String| NixError::Output { argv: argv.to_vec(), reason };
-    let infos: Vec<JsonPathInfo> = serde_json::from_slice(json).map_err(|e| output_err(e.to_string()))?;
-    infos
+    let parsed: PathInfoJson = serde_json::from_slice(json).map_err(|e| {
+        output_err(format!("neither the array (Nix 2.18 and older) nor the map (2.19 and later) of path-info: {e}"))
+    })?;
+    let entries: Vec<(String, Option<PathInfoFields>)> = match parsed {
+        PathInfoJson::List(list) => list
+            .into_iter()
+            .map(|info| {
+                let fields = (info.valid != Some(false)).then_some(info.fields);
+                (info.path, fields)
+            })
+            .collect(),
+        PathInfoJson::Map(map) => map.into_iter().collect(),
+    };
+    entries
         .into_iter()
-        .map(|info| {
-            if info.valid == Some(false) {
-                return Err(NixError::NotValid(info.path));
-            }
+        .map(|(path, fields)| {
+            let Some(info) = fields else { return Err(NixError::NotValid(path)) };
             let (Some(nar_hash), Some(nar_size)) = (info.nar_hash, info.nar_size) else {
-                return Err(output_err(format!("{} has no narHash or narSize", info.path)));
+                return Err(output_err(format!("{path} has no narHash or narSize")));
             };
             Ok(PathClaim {
-                path: info.path,
+                path,
                 nar_hash,
                 nar_size,
-                references: info.references,
+                references: info.references.unwrap_or_default(),
                 deriver: info.deriver,
                 ca: info.ca,
-                signatures: info.signatures,
+                signatures: info.signatures.unwrap_or_default(),
             })
         })
         .collect()
@@ -173,10 +206,39 @@ mod tests {
         assert_eq!((mid.deriver.as_deref(), mid.signatures.len()), (None, 0));
     }
 
+    /// `nix path-info --json --recursive` of one closure (`top` → `mid` → `leaf`, built from
+    /// plain derivations on this project's build machine) as Nix 2.8 and Nix 2.26 print it.
+    const CLOSURE_NIX_2_8: &str = r#"[{"path":"/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf","narHash":"sha256-ACM5TTkwjAEzlcv/+sPIAokKSaHjB8ehMW8qqiwVy+U=","narSize":288,"references":[],"deriver":"/nix/store/cqjvkgbihb4gw8z5ahh0dsp5zzi72ka1-leaf.drv","registrationTime":1796206675,"ultimate":true},{"path":"/nix/store/d267722v8wm0x66j5kqpi7g5j7i4s4ii-mid","narHash":"sha256-lQLRYmOtIPMHPgfOGQcpoCsMCe2CWWMdVLE9UozYSrU=","narSize":336,"references":["/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf"],"deriver":"/nix/store/y7q60zjv6n0pd2jl63zpzw3i9530mnc6-mid.drv","registrationTime":1796206675,"ultimate":true},{"path":"/nix/store/il649147lik07jf7cq2k0vag8szqbx6b-top","narHash":"sha256-fxbWsHVEiIpffKQ6ZbWopgAZ1BlJtqGeHmDqvt8F5sw=","narSize":384,"references":["/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf","/nix/store/d267722v8wm0x66j5kqpi7g5j7i4s4ii-mid"],"deriver":"/nix/store/r7z490c5irkdchaa4xm3cs8d2bqj004q-top.drv","registrationTime":1796206675,"ultimate":true}]"#;
+    const CLOSURE_NIX_2_26: &str = r#"{"/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf":{"ca":null,"deriver":"/nix/store/cqjvkgbihb4gw8z5ahh0dsp5zzi72ka1-leaf.drv","narHash":"sha256-ACM5TTkwjAEzlcv/+sPIAokKSaHjB8ehMW8qqiwVy+U=","narSize":288,"references":[],"registrationTime":1796206670,"signatures":[],"ultimate":true},"/nix/store/d267722v8wm0x66j5kqpi7g5j7i4s4ii-mid":{"ca":null,"deriver":"/nix/store/y7q60zjv6n0pd2jl63zpzw3i9530mnc6-mid.drv","narHash":"sha256-lQLRYmOtIPMHPgfOGQcpoCsMCe2CWWMdVLE9UozYSrU=","narSize":336,"references":["/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf"],"registrationTime":1796206670,"signatures":[],"ultimate":true},"/nix/store/il649147lik07jf7cq2k0vag8szqbx6b-top":{"ca":null,"deriver":"/nix/store/r7z490c5irkdchaa4xm3cs8d2bqj004q-top.drv","narHash":"sha256-fxbWsHVEiIpffKQ6ZbWopgAZ1BlJtqGeHmDqvt8F5sw=","narSize":384,"references":["/nix/store/9gi1gzy7d1jb5wqmngr5rcadp8kxbx8s-leaf","/nix/store/d267722v8wm0x66j5kqpi7g5j7i4s4ii-mid"],"registrationTime":1796206670,"signatures":[],"ultimate":true}}"#;
+
+    #[test]
+    fn both_path_info_forms_give_the_same_claims() {
+        let sorted = |json: &str| topo_sort(claims_from_json(&[], json.as_bytes()).unwrap()).unwrap();
+        let (old, new) = (sorted(CLOSURE_NIX_2_8), sorted(CLOSURE_NIX_2_26));
+        assert_eq!(old, new);
+        let names: Vec<&str> = new.iter().map(|c| &c.path[44..]).collect();
+        assert_eq!(names, ["leaf", "mid", "top"]);
+        let top = &new[2];
+        assert_eq!((top.nar_size, top.references.len(), top.ca.as_deref()), (384, 2, None));
+        assert_eq!(top.deriver.as_deref(), Some("/nix/store/r7z490c5irkdchaa4xm3cs8d2bqj004q-top.drv"));
+    }
+
+    #[track_caller]
+    fn check_refused(json: &str, expected: fn(&NixError) -> bool) {
+        let err = claims_from_json(&[], json.as_bytes()).unwrap_err();
+        assert!(expected(&err), "{json}: {err}");
+    }
+
     #[test]
     fn refuses_invalid_paths_and_garbage() {
-        let invalid = br#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#;
-        assert!(matches!(claims_from_json(&[], invalid), Err(NixError::NotValid(_))));
-        assert!(matches!(claims_from_json(&[], b"not json"), Err(NixError::Output { .. })));
+        let not_valid = |e: &NixError| matches!(e, NixError::NotValid(p) if p.ends_with("-leaf.txt"));
+        let output = |e: &NixError| matches!(e, NixError::Output { .. });
+        // A path missing from the store, as 2.8 and as 2.26 print it.
+        check_refused(r#"[{"path":"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt","valid":false}]"#, not_valid);
+        check_refused(r#"{"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt":null}"#, not_valid);
+        check_refused("not json", output);
+        check_refused(r#"{"/nix/store/ml0c9v72s1k1mkv0jwjxkdmn4m2f22ni-leaf.txt":{"narSize":1}}"#, output);
+        check_refused(r#"[{"narHash":"sha256-AAAA","narSize":1}]"#, output);
+        check_refused(r#"{"/nix/store/x":{"narHash":"sha256-AAAA","narSize":"big"}}"#, output);
     }
 }

@@ -8,6 +8,9 @@ cd "$(dirname "$0")/.."
 . scripts/deps.sh
 berth_install_deps
 berth_install_test_servers
+berth_install_current_nix
+
+echo "== Nix clients: $(nix --version) (Debian, system store); $("$BERTH_CURRENT_NIX/nix" --version) (current, chroot stores)"
 
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 echo "== cargo fmt --check"

@@ -109,6 +109,11 @@ pub struct RawBuilder {
     /// Seconds without a heartbeat after which a running build counts as interrupted (its
     /// worker died) and is run again or failed. Default 60.
     pub stale_after_secs: Option<u64>,
+    /// The Nix store the builder evaluates and builds into and publishes from: unset for the
+    /// machine's own store (`/nix/store`, the daemon's or the local one); otherwise the
+    /// absolute directory of a local chroot store (Nix's `--store DIR`: paths are still named
+    /// `/nix/store/…` but live under `DIR/nix/store`), e.g. for a build host without root.
+    pub store: Option<PathBuf>,
 }
 
 /// `[[repositories]]`.
@@ -149,6 +154,8 @@ pub struct BuilderConfig {
     pub concurrent_builds: usize,
     /// Heartbeat staleness.
     pub stale_after: std::time::Duration,
+    /// The builder's Nix store: None for the machine's own, else a chroot store directory.
+    pub store: Option<PathBuf>,
 }
 
 /// A validated repository.
@@ -362,6 +369,12 @@ impl RawConfig {
             // 0: a replica that only serves (others build).
             concurrent_builds: self.builder.concurrent_builds.unwrap_or(1),
             stale_after: std::time::Duration::from_secs(self.builder.stale_after_secs.unwrap_or(60).max(3)),
+            store: match self.builder.store {
+                Some(dir) if !dir.is_absolute() || dir.to_str().is_none() => {
+                    return Err(invalid("builder.store", format!("{} is not an absolute UTF-8 path", dir.display())))
+                }
+                other => other,
+            },
         };
         let mut repositories: Vec<Repository> = Vec::new();
         for raw in self.repositories {

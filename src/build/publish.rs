@@ -2,7 +2,10 @@
 //! `ingest` as an upload (dump → zstd → verify → store → sign → index), dependencies first.
 //! No second copy of the NAR code, no separate push step.
 
-use std::{path::PathBuf, sync::Arc};
+use std::{
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use crate::{
     app::AppState,
@@ -42,7 +45,11 @@ pub struct ClosureCounts {
 
 /// Publishes the closure of `path` (a path in the local Nix store) into the cache.
 pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, PublishError> {
-    let claims = nix::path_info_closure(&[path.to_owned()], None).await?;
+    let store = state.config.builder.store.as_deref();
+    let claims = nix::path_info_closure(&[path.to_owned()], store.and_then(Path::to_str)).await?;
+    // A chroot store keeps `/nix/store/…` under its own directory.
+    let on_disk =
+        |path: &str| store.map_or_else(|| PathBuf::from(path), |root| root.join(path.trim_start_matches('/')));
     let mut hashes = Vec::with_capacity(claims.len());
     for claim in &claims {
         let parsed =
@@ -56,7 +63,7 @@ pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, Publ
             continue;
         }
         let level = state.cache.compression_level;
-        let (nar, dumping) = compressed_nar(PathBuf::from(&claim.path), level, Arc::new(Counters::default()));
+        let (nar, dumping) = compressed_nar(on_disk(&claim.path), level, Arc::new(Counters::default()));
         let result = ingest::ingest_claimed(state.cache(), claim, nar, Compression::Zstd).await;
         if let Ok(Err(DumpFailure::Failed(reason))) = dumping.await {
             return Err(PublishError::Dump { path: claim.path.clone(), reason });

@@ -152,7 +152,9 @@ impl Worker {
         };
         let flake = nix::flake::flake_ref(&mirror, &build.commit_sha);
         let hosts: Vec<String> = if build.hosts.is_empty() {
-            nix::flake::list_hosts(&flake).await.map_err(|e| format!("listing nixosConfigurations: {e}"))?
+            nix::flake::list_hosts(&flake, self.state.config.builder.store.as_deref())
+                .await
+                .map_err(|e| format!("listing nixosConfigurations: {e}"))?
         } else {
             build.hosts.split_whitespace().map(str::to_owned).collect()
         };
@@ -257,7 +259,8 @@ impl Worker {
             tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
         let lines = log.sender(format!("[{host}] "));
-        let path = nix::flake::build_toplevel(flake, host, &out_link, config.builder.timeout, lines)
+        let store = config.builder.store.as_deref();
+        let path = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines)
             .await
             .map_err(|e| e.to_string())?;
         log.line(format!("[{host}] built {path}; publishing its closure"));

@@ -40,15 +40,20 @@ pub fn flake_ref(mirror: &Path, commit: &str) -> String {
 /// The names of the flake's `nixosConfigurations`, sorted as Nix sorts them.
 ///
 /// Only the names are evaluated (`builtins.attrNames`), not the configurations.
-pub async fn list_hosts(flake: &str) -> Result<Vec<String>, NixError> {
-    list_hosts_in(flake, &[]).await
+///
+/// `store` is the chroot store directory to evaluate in (the flake's source is copied into
+/// the store), None for the machine's own store. Nix 2.8 and current Nix print the same JSON
+/// list of strings.
+pub async fn list_hosts(flake: &str, store: Option<&Path>) -> Result<Vec<String>, NixError> {
+    list_hosts_in(flake, store, &[]).await
 }
 
 /// [`list_hosts`] with extra environment variables for Nix.
-pub(crate) async fn list_hosts_in(flake: &str, env: Env<'_>) -> Result<Vec<String>, NixError> {
+pub(crate) async fn list_hosts_in(flake: &str, store: Option<&Path>, env: Env<'_>) -> Result<Vec<String>, NixError> {
     check_flake(flake)?;
     let mut argv = argv(["nix", "eval", "--json", "--apply", "builtins.attrNames"]);
     argv.extend(FLAKE_OPTIONS.map(String::from));
+    argv.extend(store_args(store)?);
     argv.extend(["--".to_owned(), format!("{flake}#nixosConfigurations")]);
     let output = run_env(&argv, env).await?;
     serde_json::from_slice(&output.stdout).map_err(|e| NixError::Output { argv, reason: e.to_string() })
@@ -61,20 +66,24 @@ pub(crate) async fn list_hosts_in(flake: &str, env: Env<'_>) -> Result<Vec<Strin
 /// removes the link. Every stderr line (Nix's messages and, with `-L`, the build log as
 /// `name> line`) is sent to `log` as it arrives. After `timeout` the build is stopped, with
 /// everything it started, and [`NixError::Timeout`] returned.
+///
+/// `store` is the chroot store directory to build into, None for the machine's own store.
 pub async fn build_toplevel(
     flake: &str,
     host: &str,
+    store: Option<&Path>,
     out_link: &Path,
     timeout: Duration,
     log: UnboundedSender<String>,
 ) -> Result<String, NixError> {
-    build_toplevel_in(flake, host, out_link, timeout, log, &[]).await
+    build_toplevel_in(flake, host, store, out_link, timeout, log, &[]).await
 }
 
 /// [`build_toplevel`] with extra environment variables for Nix.
 pub(crate) async fn build_toplevel_in(
     flake: &str,
     host: &str,
+    store: Option<&Path>,
     out_link: &Path,
     timeout: Duration,
     log: UnboundedSender<String>,
@@ -86,9 +95,18 @@ pub(crate) async fn build_toplevel_in(
     let mut argv = argv(["nix", "build", "--json", "-L", "--out-link"]);
     argv.push(path_arg(out_link)?);
     argv.extend(FLAKE_OPTIONS.map(String::from));
+    argv.extend(store_args(store)?);
     argv.extend(["--".to_owned(), format!("{flake}#nixosConfigurations.{host}.config.system.build.toplevel")]);
     let stdout = process::run_streaming(&argv, env, timeout, &log).await?;
     out_path(&stdout).map_err(|reason| NixError::Output { argv, reason })
+}
+
+/// `--store DIR` for a chroot store, nothing for the machine's own.
+fn store_args(store: Option<&Path>) -> Result<Vec<String>, NixError> {
+    Ok(match store {
+        Some(dir) => vec!["--store".to_owned(), path_arg(dir)?],
+        None => Vec::new(),
+    })
 }
 
 /// The `out` output of the single installable in `nix build --json`'s output.
@@ -158,7 +176,7 @@ mod tests {
     ) -> (Result<String, NixError>, Vec<String>) {
         let (tx, rx) = unbounded_channel();
         let link = scratch.path(&format!("{host}-system"));
-        let result = build_toplevel_in(flake, host, &link, limit, tx, &scratch.nix_env()).await;
+        let result = build_toplevel_in(flake, host, None, &link, limit, tx, &scratch.nix_env()).await;
         (result, drain(rx).await)
     }
 
@@ -174,7 +192,7 @@ mod tests {
     async fn lists_and_builds_hosts() {
         let scratch = Scratch::new();
         let flake = fleet(&scratch).await;
-        let hosts = list_hosts_in(&flake, &scratch.nix_env()).await.unwrap();
+        let hosts = list_hosts_in(&flake, None, &scratch.nix_env()).await.unwrap();
         assert_eq!(hosts, ["broken", "hostA", "hostB", "slow"]);
 
         let (built, log) = build(&scratch, &flake, "hostA", Duration::from_secs(60)).await;
@@ -226,7 +244,7 @@ mod tests {
             assert!(matches!(built, Err(NixError::Invalid { what: "host name", .. })), "{host}");
             assert!(log.is_empty());
         }
-        let bad_flake = list_hosts_in("git+file:///x#nixosConfigurations", &[]).await;
+        let bad_flake = list_hosts_in("git+file:///x#nixosConfigurations", None, &[]).await;
         assert!(matches!(bad_flake, Err(NixError::Invalid { .. })));
     }
 }

@@ -13,6 +13,67 @@ use std::{
 pub const NIX_OFFLINE: &str =
     "substituters =\nexperimental-features = nix-command flakes\nnarinfo-cache-negative-ttl = 0\nwarn-dirty = false";
 
+/// The Nix clients the suite drives: what NixOS hosts and build hosts run differs from
+/// Debian's 2.8 in its command output (`nix path-info --json` is a map since 2.19), so the
+/// stories that touch Nix run with both.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NixClient {
+    /// Debian bookworm's `nix-bin` (2.8), on PATH, on the machine's own store.
+    Debian,
+    /// Debian trixie's `nix-bin` (2.26), unpacked by `scripts/deps.sh` under
+    /// `target/tools/nix-current`, on a chroot store of each test's own (it never opens the
+    /// machine's store database, which 2.8 owns).
+    Current,
+}
+
+impl NixClient {
+    /// Both, oldest first.
+    pub const ALL: [NixClient; 2] = [NixClient::Debian, NixClient::Current];
+
+    /// The directory of the current client's programs; fails loudly when it is missing.
+    fn current_bin() -> PathBuf {
+        let dir = std::env::var_os("BERTH_CURRENT_NIX")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("target/tools/nix-current/bin"));
+        assert!(
+            dir.join("nix").is_file(),
+            "the current Nix client is required by this test and is not at {}: run scripts/test.sh, which installs it",
+            dir.display()
+        );
+        dir
+    }
+
+    /// The program `name` (`nix`, `nix-store`, `nix-build`…) of this client.
+    pub fn program(self, name: &str) -> PathBuf {
+        match self {
+            NixClient::Debian => {
+                require(name);
+                PathBuf::from(name)
+            }
+            NixClient::Current => Self::current_bin().join(name),
+        }
+    }
+
+    /// PATH with this client's programs first, for the processes that run `nix` themselves
+    /// (the server's builder, `berth push`, the agent).
+    pub fn path_env(self) -> std::ffi::OsString {
+        let system = std::env::var_os("PATH").unwrap_or_default();
+        match self {
+            NixClient::Debian => system,
+            NixClient::Current => {
+                std::env::join_paths(std::iter::once(Self::current_bin()).chain(std::env::split_paths(&system)))
+                    .unwrap()
+            }
+        }
+    }
+
+    /// `nix --version`'s last word, e.g. `2.26.3`.
+    pub fn version(self) -> String {
+        let out = stdout_of(Command::new(self.program("nix")).arg("--version"));
+        out.rsplit(' ').next().unwrap_or_default().to_owned()
+    }
+}
+
 /// The berth binary under test.
 pub fn berth_bin() -> &'static str {
     env!("CARGO_BIN_EXE_berth")
@@ -49,12 +110,60 @@ pub fn stdout_of(cmd: &mut Command) -> String {
 /// answers (an hour for misses) never leak between tests.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    /// The Nix client of this test's commands.
+    pub client: NixClient,
 }
 
 impl Scratch {
+    /// A scratch directory for Debian's Nix 2.8 on the machine's store.
     pub fn new() -> Self {
-        require("nix");
-        Self { dir: tempfile::tempdir().unwrap() }
+        Self::with(NixClient::Debian)
+    }
+
+    /// A scratch directory whose Nix commands are `client`'s. Prints the client's version,
+    /// so every test's output says which Nix it ran.
+    pub fn with(client: NixClient) -> Self {
+        eprintln!("nix client: {client:?} {}", client.version());
+        Self { dir: tempfile::tempdir().unwrap(), client }
+    }
+
+    /// The store this test's client builds into, as `--store` takes it: None for the
+    /// machine's store (Nix 2.8), the scratch directory's chroot store for the current Nix.
+    pub fn own_store(&self) -> Option<PathBuf> {
+        (self.client == NixClient::Current).then(|| self.path("store"))
+    }
+
+    /// The Nix settings of this test's processes: [`NIX_OFFLINE`], and for the current Nix
+    /// its chroot store, in which Nix always builds in a sandbox (given what the plain
+    /// `/bin/sh` derivations of the tests need).
+    pub fn nix_config(&self) -> String {
+        match self.own_store() {
+            None => NIX_OFFLINE.to_owned(),
+            Some(store) => {
+                format!("{NIX_OFFLINE}\nstore = {}\nsandbox-paths = /bin /usr /lib /lib64", store.display())
+            }
+        }
+    }
+
+    /// `berth ARGS…` with this test's client on PATH and its Nix settings.
+    pub fn berth(&self) -> Command {
+        let mut cmd = Command::new(berth_bin());
+        cmd.env("PATH", self.client.path_env())
+            .env("NIX_CONFIG", self.nix_config())
+            .env("XDG_CACHE_HOME", self.path("xdg-cache"));
+        cmd
+    }
+
+    /// `berth push` from this test's client's store: `--store` names the chroot store of
+    /// the current Nix (a NixOS machine's would be the system store, as for 2.8 here).
+    pub fn berth_push(&self, server: &str, token: &str, paths: &[&str]) -> Command {
+        let mut cmd = self.berth();
+        cmd.args(["push", "--server", server]).env("BERTH_TOKEN", token);
+        if let Some(store) = self.own_store() {
+            cmd.arg("--store").arg(store);
+        }
+        cmd.args(paths);
+        cmd
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -63,8 +172,8 @@ impl Scratch {
 
     /// A `nix`/`nix-store`/`nix-build` command: offline, flakes on, private cache dir.
     pub fn nix(&self, program: &str) -> Command {
-        let mut cmd = Command::new(program);
-        cmd.env("XDG_CACHE_HOME", self.path("xdg-cache")).env("NIX_CONFIG", NIX_OFFLINE).env_remove("NIX_REMOTE");
+        let mut cmd = Command::new(self.client.program(program));
+        cmd.env("XDG_CACHE_HOME", self.path("xdg-cache")).env("NIX_CONFIG", self.nix_config()).env_remove("NIX_REMOTE");
         cmd
     }
 
@@ -132,15 +241,25 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `berth serve` on a free loopback port with `args` added.
+    /// Starts `berth serve` on a free loopback port with `args` added, running Debian's Nix.
     pub fn start(data_dir: &Path, args: &[&str]) -> Self {
+        Self::start_env(data_dir, args, NixClient::Debian.path_env(), NIX_OFFLINE)
+    }
+
+    /// [`Server::start`] in `s.path("data")`, running `s`'s Nix client with its settings.
+    pub fn start_for(s: &Scratch, args: &[&str]) -> Self {
+        Self::start_env(&s.path("data"), args, s.client.path_env(), &s.nix_config())
+    }
+
+    fn start_env(data_dir: &Path, args: &[&str], path: std::ffi::OsString, nix_config: &str) -> Self {
         let mut child = Command::new(berth_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
             .env("BERTH_LOG", "warn")
             // The server runs nix (builds, closure queries): offline, with its own cache dir.
-            .env("NIX_CONFIG", NIX_OFFLINE)
+            .env("PATH", path)
+            .env("NIX_CONFIG", nix_config)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
@@ -249,3 +368,21 @@ fn pipe(mut from: std::net::TcpStream, mut to: std::net::TcpStream, flag: &Path)
     let _ = from.shutdown(std::net::Shutdown::Both);
     let _ = to.shutdown(std::net::Shutdown::Both);
 }
+
+/// Runs each story `fn(NixClient)` once per Nix client, as the tests
+/// `<story>::nix_2_8` and `<story>::nix_current`.
+macro_rules! for_each_client {
+    ($($story:ident),+ $(,)?) => {$(
+        mod $story {
+            #[test]
+            fn nix_2_8() {
+                super::$story($crate::harness::NixClient::Debian)
+            }
+            #[test]
+            fn nix_current() {
+                super::$story($crate::harness::NixClient::Current)
+            }
+        }
+    )+};
+}
+pub(crate) use for_each_client;

@@ -58,6 +58,7 @@ impl Host {
             .arg("--state-dir")
             .arg(self.root.join("state"))
             .env("BERTH_LOG", "info")
+            .env("PATH", b.s.client.path_env())
             .env(
                 "NIX_CONFIG",
                 format!(
@@ -128,9 +129,14 @@ fn toplevel(b: &BuildHost, host: &str, generation: i64) -> String {
     g["store_path"].as_str().unwrap().to_owned()
 }
 
-#[test]
-fn a_new_generation_reaches_a_running_agent_and_is_switched_to_in_two_phases() {
-    let b = build_host(&["alpha", "beta"], "");
+for_each_client!(
+    a_new_generation_reaches_a_running_agent_and_is_switched_to_in_two_phases,
+    a_failing_activation_rolls_back,
+    an_admin_rollback_reaches_the_agent,
+);
+
+fn a_new_generation_reaches_a_running_agent_and_is_switched_to_in_two_phases(client: NixClient) {
+    let b = build_host_with(client, &["alpha", "beta"], "");
     let (alpha, beta) = (Host::new(&b, "alpha", ""), Host::new(&b, "beta", ""));
     let _agents = [alpha.spawn(&b, &b.server.url), beta.spawn(&b, &b.server.url)];
     std::thread::sleep(Duration::from_secs(1)); // both agents are long-polling
@@ -146,7 +152,7 @@ fn a_new_generation_reaches_a_running_agent_and_is_switched_to_in_two_phases() {
         assert_eq!(host.activations(), format!("{0} test\n{0} boot\n", host.name), "test first, boot after the checks");
         // Substituted from berth, never built: the path carries berth's signature.
         let info = stdout_of(
-            Command::new("nix")
+            Command::new(b.s.client.program("nix"))
                 .args(["path-info", "--json", "--extra-experimental-features", "nix-command", "--store"])
                 .arg(host.root.join("store"))
                 .arg(&system),
@@ -159,8 +165,13 @@ fn a_new_generation_reaches_a_running_agent_and_is_switched_to_in_two_phases() {
 
 /// Deploys generation 1 (healthy), then a generation 2 that `breaks` describes; the agent
 /// must end on generation 1 with a `rolled_back` report.
-fn broken_deploy_rolls_back(health_checks: &str, server_via_netcut: bool, breaks: impl Fn(&Fleet, &Host)) {
-    let b = build_host(&["alpha"], "");
+fn broken_deploy_rolls_back(
+    client: NixClient,
+    health_checks: &str,
+    server_via_netcut: bool,
+    breaks: impl Fn(&Fleet, &Host),
+) {
+    let b = build_host_with(client, &["alpha"], "");
     let host = Host::new(&b, "alpha", health_checks);
     let netcut = NetCut::start(&b.server.url, host.network_flag.clone());
     let url = if server_via_netcut { netcut.url.clone() } else { b.server.url.clone() };
@@ -179,22 +190,21 @@ fn broken_deploy_rolls_back(health_checks: &str, server_via_netcut: bool, breaks
     assert!(!host.network_flag.exists(), "the network is back");
 }
 
-#[test]
-fn a_failing_activation_rolls_back() {
-    broken_deploy_rolls_back("", false, |fleet, _| fleet.set_switch_fails("alpha", true));
+fn a_failing_activation_rolls_back(client: NixClient) {
+    broken_deploy_rolls_back(client, "", false, |fleet, _| fleet.set_switch_fails("alpha", true));
 }
 
 #[test]
 fn a_failing_health_check_rolls_back() {
     let marker = std::env::temp_dir().join(format!("berth-unhealthy-{}", std::process::id()));
     let check = format!("[\"test\", \"!\", \"-e\", \"{}\"]", marker.display());
-    broken_deploy_rolls_back(&check, false, |_, _| std::fs::write(&marker, "").unwrap());
+    broken_deploy_rolls_back(NixClient::Debian, &check, false, |_, _| std::fs::write(&marker, "").unwrap());
     let _ = std::fs::remove_file(&marker);
 }
 
 #[test]
 fn a_switch_that_cuts_the_network_rolls_back() {
-    broken_deploy_rolls_back("", true, |fleet, _| fleet.set_cuts_network("alpha", true));
+    broken_deploy_rolls_back(NixClient::Debian, "", true, |fleet, _| fleet.set_cuts_network("alpha", true));
 }
 
 #[test]
@@ -230,4 +240,20 @@ fn a_manifest_signed_by_another_key_is_refused() {
     assert!(!out.status.success(), "refused: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(host.profile(), None, "nothing was applied");
     assert_eq!(host.activations(), "");
+}
+
+/// `berth rollback` makes a new generation with the previous system; the running agent
+/// substitutes nothing new and switches back to it.
+fn an_admin_rollback_reaches_the_agent(client: NixClient) {
+    let b = build_host_with(client, &["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let _agent = host.spawn(&b, &b.server.url);
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+    b.fleet.set_host("alpha", "two");
+    assert!(b.submit_wait(&b.fleet.commit("main", "two", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 2, &["confirmed"]);
+    run_ok(b.s.berth().args(["rollback", "alpha", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    wait_report(&b, "alpha", 3, &["confirmed"]);
+    assert_eq!(host.profile(), Some(toplevel(&b, "alpha", 1)), "back on generation 1's system");
 }

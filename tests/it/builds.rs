@@ -24,7 +24,13 @@ pub struct BuildHost {
 }
 
 pub fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
-    let s = Scratch::new();
+    build_host_with(NixClient::Debian, hosts, extra)
+}
+
+/// [`build_host`] whose server builds with `client` (the current Nix on a chroot store).
+pub fn build_host_with(client: NixClient, hosts: &[&str], extra: &str) -> BuildHost {
+    let s = Scratch::with(client);
+    let store = s.own_store().map(|dir| format!("store = \"{}\"\n", dir.display())).unwrap_or_default();
     let fleet = Fleet::new(&s, hosts);
     let secret = s.path("webhook-secret");
     std::fs::write(&secret, format!("{WEBHOOK_SECRET}\n")).unwrap();
@@ -32,14 +38,14 @@ pub fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
     std::fs::write(
         &config,
         format!(
-            "[builder]\nstale_after_secs = 3\n\n[[repositories]]\nname = \"fleet\"\nurl = \"{}\"\nallowed_signers_file = \"{}\"\nwebhook_secret_file = \"{}\"\n{extra}",
+            "[builder]\nstale_after_secs = 3\n{store}\n[[repositories]]\nname = \"fleet\"\nurl = \"{}\"\nallowed_signers_file = \"{}\"\nwebhook_secret_file = \"{}\"\n{extra}",
             fleet.url(),
             fleet.allowed_signers().display(),
             secret.display()
         ),
     )
     .unwrap();
-    let server = Server::start(&s.path("data"), &["--config", config.to_str().unwrap()]);
+    let server = Server::start_for(&s, &["--config", config.to_str().unwrap()]);
     let (ci, admin) = (server.token("ci"), server.token("admin"));
     BuildHost { s, fleet, server, ci, admin }
 }
@@ -87,9 +93,10 @@ impl BuildHost {
     }
 }
 
-#[test]
-fn main_builds_every_host_publishes_and_records_generations() {
-    let b = build_host(&["alpha", "beta"], "");
+for_each_client!(main_builds_every_host_publishes_and_records_generations);
+
+fn main_builds_every_host_publishes_and_records_generations(client: NixClient) {
+    let b = build_host_with(client, &["alpha", "beta"], "");
     let commit = b.fleet.commit("main", "first deploy", Signing::Trusted);
     let (ok, log, status) = b.submit_wait(&commit, "main");
     assert!(ok, "{log}\n{status}");

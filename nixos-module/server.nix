@@ -373,7 +373,9 @@ in
         message = ''
           services.berth.server.${secret.option} is in the Nix store (${toString secret.path}),
           where every user can read it. Give the path of a file outside the store as a string,
-          e.g. "/run/keys/…" (a Nix path such as ./key is copied into the store).
+          e.g. "/run/keys/…". (A Nix path such as ./key in a flake is inside the flake's source,
+          which is in the store; in a non-flake configuration it stays the path on the machine
+          that evaluates, so write the string of the path on this machine instead.)
         '';
       }) secretFiles
       ++ lib.mapAttrsToList (name: _: {

@@ -45,8 +45,12 @@ in
 import "${nixpkgs}/nixos/lib/eval-config.nix" {
   system = null;
   modules = [
-    # The modules the test framework gives every VM (qemu-vm, the test driver's backdoor).
+    # The modules the test framework gives every VM: the test driver's backdoor, and qemu-vm
+    # (virtualisation.*). Older nixpkgs import qemu-vm from nixos-test-base.nix, current ones
+    # (26.11) from the framework's nodes.nix instead, so it is named here too; the module
+    # system imports a file once, whoever names it.
     "${nixpkgs}/nixos/lib/testing/nixos-test-base.nix"
+    "${nixpkgs}/nixos/modules/virtualisation/qemu-vm.nix"
     "${berth}/nixos-module/agent.nix"
     ./common.nix
     variants.${variant}

@@ -386,3 +386,100 @@ macro_rules! for_each_client {
     )+};
 }
 pub(crate) use for_each_client;
+
+/// An HTTP/1.1 proxy in front of a server that, once armed, cuts the first NAR download
+/// (`GET /nar/…`) after `cut_after` bytes of its body: a connection lost mid-transfer. It
+/// records every request line with whether it asked for a `Range`, so a test can see how the
+/// client resumed. Requests on a connection are handled one at a time (Nix does not
+/// pipeline); responses must carry a `Content-Length`, as berth's do.
+pub struct CuttingProxy {
+    pub url: String,
+    /// Every request, in order: (request line, its `Range` header if any).
+    pub requests: std::sync::Arc<RequestLog>,
+}
+
+impl CuttingProxy {
+    pub fn start(target_url: &str, cut_after: usize) -> Self {
+        let target = target_url.trim_start_matches("http://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let armed = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let log = requests.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let (target, log, armed) = (target.clone(), log.clone(), armed.clone());
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(client, &target, &log, &armed, cut_after);
+                });
+            }
+        });
+        Self { url, requests }
+    }
+
+    /// The recorded requests whose line contains `needle`.
+    pub fn requests_for(&self, needle: &str) -> Vec<(String, Option<String>)> {
+        self.requests.lock().unwrap().iter().filter(|(line, _)| line.contains(needle)).cloned().collect()
+    }
+}
+
+type RequestLog = std::sync::Mutex<Vec<(String, Option<String>)>>;
+
+/// Relays requests of one client connection until either side closes.
+fn proxy_connection(
+    client: std::net::TcpStream,
+    target: &str,
+    log: &RequestLog,
+    armed: &std::sync::atomic::AtomicBool,
+    cut_after: usize,
+) -> std::io::Result<()> {
+    use std::io::{Read, Write};
+    let mut upstream = BufReader::new(std::net::TcpStream::connect(target)?);
+    let mut from_client = BufReader::new(client.try_clone()?);
+    let mut to_client = client;
+    loop {
+        let head = read_head(&mut from_client)?;
+        let Some(line) = head.lines().next().map(str::to_owned) else { return Ok(()) };
+        let range = header(&head, "range");
+        log.lock().unwrap().push((line.clone(), range));
+        upstream.get_mut().write_all(head.as_bytes())?;
+        let response = read_head(&mut upstream)?;
+        to_client.write_all(response.as_bytes())?;
+        let length: usize = if line.starts_with("HEAD ") {
+            0
+        } else {
+            header(&response, "content-length").map_or(0, |l| l.parse().unwrap())
+        };
+        let cut = line.starts_with("GET /nar/")
+            && length > cut_after
+            && armed.swap(false, std::sync::atomic::Ordering::SeqCst);
+        let mut body = (&mut upstream).take(if cut { cut_after } else { length } as u64);
+        std::io::copy(&mut body, &mut to_client)?;
+        if cut {
+            to_client.flush()?;
+            let _ = to_client.shutdown(std::net::Shutdown::Both);
+            return Ok(());
+        }
+    }
+}
+
+/// Reads an HTTP head (up to the blank line); empty at end of stream.
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<String> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            head.push_str(&line);
+            return Ok(head);
+        }
+        head.push_str(&line);
+    }
+}
+
+/// The value of header `name` (lower case) in an HTTP head.
+fn header(head: &str, name: &str) -> Option<String> {
+    head.lines().find_map(|l| {
+        let (key, value) = l.split_once(':')?;
+        key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+    })
+}

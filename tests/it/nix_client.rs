@@ -140,3 +140,30 @@ fn both_nix_clients_are_installed() {
     let minor: u32 = versions[1].split('.').nth(1).and_then(|m| m.parse().ok()).unwrap_or(0);
     assert!(versions[1].starts_with("2.") && minor >= 19, "current Nix: {}", versions[1]);
 }
+
+for_each_client!(a_nar_download_cut_midway_resumes_with_a_range_request);
+
+/// A substitution whose NAR download is cut midway finishes: the client asks again for the
+/// rest with `Range` (berth answers 206), and the NAR hashes match.
+fn a_nar_download_cut_midway_resumes_with_a_range_request(client: NixClient) {
+    let s = Scratch::with(client);
+    let server = Server::start_for(&s, &[]);
+    let top = s.build_closure("resume");
+    run_ok(&mut s.berth_push(&server.url, &server.token("push"), &[&top]));
+    let proxy = CuttingProxy::start(&server.url, 30_000);
+    let (out, store) = s.substitute(&proxy.url, &top, &server.public_key, "client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for path in s.closure(&top) {
+        assert_eq!(s.nar_hash(&path, Some(&store)), s.nar_hash(&path, None), "{path}");
+    }
+    let nars = proxy.requests_for("GET /nar/");
+    eprintln!("NAR requests: {nars:#?}");
+    let cut = &nars
+        .iter()
+        .find(|(line, _)| nars.iter().filter(|(l, _)| l == line).count() > 1)
+        .expect("a NAR asked for twice")
+        .0;
+    let again: Vec<_> = nars.iter().filter(|(line, _)| line == cut).collect();
+    assert_eq!(again[0].1, None, "the first request is for the whole NAR");
+    assert_eq!(again.last().unwrap().1.as_deref(), Some("bytes=30000-"), "the retry resumes where the cut was");
+}

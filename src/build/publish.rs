@@ -7,12 +7,14 @@ use std::{
     sync::Arc,
 };
 
+use bytes::Bytes;
+
 use crate::{
     app::AppState,
     dump::{compressed_nar, Counters, DumpFailure},
     ingest::{self, IngestError, Published},
     nix::{self, NixError},
-    nixfmt::{Compression, StorePathHash},
+    nixfmt::{Compression, DrvName, StorePathHash},
 };
 
 /// Why a closure could not be published.
@@ -69,9 +71,34 @@ pub async fn closure(state: &AppState, path: &str) -> Result<ClosureCounts, Publ
             return Err(PublishError::Dump { path: claim.path.clone(), reason });
         }
         match result? {
-            Published::New => counts.new += 1,
+            Published::New => {
+                counts.new += 1;
+                if let Some(drv) = claim.deriver.as_deref() {
+                    copy_log(state, drv, store.and_then(Path::to_str)).await;
+                }
+            }
             Published::AlreadyPresent => counts.present += 1,
         }
     }
     Ok(counts)
+}
+
+/// Copies the build log of `drv` (the deriver of a path just published), when the build host
+/// has one, so `nix log --store <cache> DRV` finds it. A log that cannot be copied is logged
+/// and skipped: it never fails the build.
+async fn copy_log(state: &AppState, drv: &str, store: Option<&str>) {
+    let Ok(drv) = DrvName::parse(drv) else { return };
+    let copied = async {
+        let Some(log) = nix::store::build_log(&drv, store, ingest::attached::MAX_DRV_LOG).await? else {
+            return Ok(false);
+        };
+        let body = futures::stream::iter([Ok::<_, std::convert::Infallible>(Bytes::from(log))]);
+        ingest::attached::drv_log(state.cache(), &drv, body).await?;
+        Ok::<_, PublishError>(true)
+    };
+    match copied.await {
+        Ok(true) => tracing::debug!(%drv, "build log copied"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(%drv, error = %e, "cannot copy the build log"),
+    }
 }

@@ -116,6 +116,17 @@ const MIGRATIONS: &[&str] = &[
     // 5: when a pending deletion may run (Unix seconds; 0: at once). With replicas a NAR
     // outlives every replica's cached narinfo for it (see `gc::run`).
     "ALTER TABLE gc_pending ADD COLUMN due_at BIGINT NOT NULL DEFAULT 0;",
+    // 6: objects that belong to published paths and go with the last of them: realisations
+    // (`realisations/<id>.doi`, of their output path) and derivation build logs
+    // (`log/<drv>`, of the paths that derivation built); and derivers, to find the latter.
+    "CREATE TABLE path_objects (
+        kind TEXT NOT NULL,
+        name TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        PRIMARY KEY (kind, name, hash)
+    );
+    CREATE INDEX path_objects_hash ON path_objects (hash);
+    CREATE INDEX paths_deriver ON paths (deriver);",
 ];
 
 fn serial(db: &Db) -> &'static str {

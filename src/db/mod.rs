@@ -8,6 +8,7 @@ mod gc;
 mod generations;
 mod locks;
 mod migrations;
+mod objects;
 mod paths;
 mod reports;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use builds::{BuildHostRow, BuildRow};
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
+pub use objects::{PathObject, PathObjectKind};
 pub use paths::{NarFileRow, PathRow};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;

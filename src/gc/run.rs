@@ -50,10 +50,10 @@ use futures::{StreamExt, TryStreamExt};
 use super::plan::{self, Policy};
 use crate::{
     app::AppState,
-    db::{now, DbError, PENDING_NAR, PENDING_NARINFO},
+    db::{now, DbError, PathObjectKind, PENDING_NAR, PENDING_NARINFO},
     metrics::Metrics,
     narinfo_cache,
-    nixfmt::{NarFileName, StorePathHash},
+    nixfmt::{DrvName, DrvOutputId, NarFileName, StorePathHash},
     store::{ObjectKey, StoreError},
 };
 
@@ -199,14 +199,24 @@ async fn finish_pending(state: &AppState) -> Result<usize, GcError> {
         };
         let (narinfos, nars) = (names(PENDING_NARINFO), names(PENDING_NAR));
         let published = state.db.present(&narinfos).await?;
+        let gone: Vec<String> = narinfos.iter().filter(|h| !published.contains(*h)).cloned().collect();
         let mut keys = Vec::new();
-        for hash in narinfos.iter().filter(|h| !published.contains(*h)) {
+        for hash in &gone {
             if let Ok(hash) = StorePathHash::parse(hash) {
                 keys.push(ObjectKey::NarInfo(hash.clone()));
                 keys.push(ObjectKey::Listing(hash));
             }
         }
+        // Realisations and build logs of the paths, once no kept path has them.
+        for (kind, name) in state.db.objects_only_of(&gone).await? {
+            let key = match kind {
+                PathObjectKind::Realisation => DrvOutputId::parse(&name).ok().map(ObjectKey::Realisation),
+                PathObjectKind::DrvLog => DrvName::parse(&name).ok().map(ObjectKey::DrvLog),
+            };
+            keys.extend(key);
+        }
         delete_all(state, keys).await?;
+        state.db.detach_objects(&gone).await?;
         let in_use = state.db.nar_files_in_use(&nars).await?;
         let keys = nars.iter().filter(|n| !in_use.contains(*n)).filter_map(|n| NarFileName::parse(n).ok());
         delete_all(state, keys.map(ObjectKey::Nar).collect()).await?;

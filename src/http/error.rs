@@ -99,7 +99,10 @@ impl From<IngestError> for ApiError {
             | IngestError::NameMismatch { .. }
             | IngestError::NarMissing(_)
             | IngestError::Mismatch { .. }
-            | IngestError::MissingReferences(_) => Self::BadRequest(e.to_string()),
+            | IngestError::MissingReferences(_)
+            | IngestError::NotInCache(_)
+            | IngestError::Body(_) => Self::BadRequest(e.to_string()),
+            IngestError::TooLarge(_) => Self::TooLarge(e.to_string()),
         }
     }
 }

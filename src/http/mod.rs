@@ -6,6 +6,7 @@ mod auth;
 mod builds;
 mod cache;
 mod deploy;
+mod derivations;
 mod error;
 mod gc;
 mod hosts;
@@ -38,6 +39,8 @@ pub fn router(state: AppState) -> Router {
         .route("/nix-cache-info", get(cache::cache_info))
         .route("/{file}", get(cache::get_top_level).put(cache::put_top_level))
         .route("/nar/{file}", get(cache::get_nar).head(cache::head_nar).put(cache::put_nar))
+        .route("/realisations/{file}", get(derivations::get_realisation).put(derivations::put_realisation))
+        .route("/log/{drv}", get(derivations::get_log).put(derivations::put_log))
         .route("/api/v1/paths/missing", post(push::missing))
         .route("/api/v1/paths", post(push::upload))
         .route("/api/v1/builds", get(builds::list).post(builds::submit))

@@ -12,6 +12,7 @@
 //! A crash between any two steps leaves at worst an unreferenced staging object or NAR,
 //! never a narinfo without its NAR.
 
+pub mod attached;
 mod channel;
 
 use bytes::Bytes;
@@ -57,6 +58,15 @@ pub enum IngestError {
     /// References that are not in the cache yet.
     #[error("references not in the cache (push them first): {}", .0.join(", "))]
     MissingReferences(Vec<String>),
+    /// What the object belongs to is not in the cache.
+    #[error("{0} is not in this cache; publish it first")]
+    NotInCache(String),
+    /// A body over its limit.
+    #[error("{0}")]
+    TooLarge(String),
+    /// The request body could not be read to its end.
+    #[error("reading the body: {0}")]
+    Body(String),
     /// Storage failed.
     #[error(transparent)]
     Store(#[from] StoreError),

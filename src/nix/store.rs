@@ -3,7 +3,7 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::{run, NixError};
-use crate::nixfmt::PathClaim;
+use crate::nixfmt::{DrvName, PathClaim};
 
 /// The closure of `paths` (each path and everything it references, recursively) as push
 /// claims, dependencies before the paths that reference them.
@@ -111,6 +111,36 @@ fn claims_from_json(argv: &[String], json: &[u8]) -> Result<Vec<PathClaim>, NixE
             })
         })
         .collect()
+}
+
+/// The build log Nix kept of the derivation `drv` (`nix-store --read-log`, the same in every
+/// version), at most `limit` bytes of it (the rest is cut, with a note saying so); `None`
+/// when Nix has none (the derivation was substituted, or built elsewhere).
+pub async fn build_log(drv: &DrvName, store: Option<&str>, limit: u64) -> Result<Option<Vec<u8>>, NixError> {
+    use tokio::io::AsyncReadExt;
+    let drv = format!("{}/{drv}", crate::nixfmt::STORE_DIR);
+    let mut argv = super::argv(["nix-store"]);
+    if let Some(store) = store {
+        argv.extend(["--store".to_owned(), store.to_owned()]);
+    }
+    argv.extend(["--read-log".to_owned(), "--".to_owned(), drv]);
+    let mut child = super::command(&argv, &[])?
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .map_err(|source| NixError::Spawn { argv: argv.clone(), source })?;
+    let mut log = Vec::new();
+    let stdout = child.stdout.take().expect("piped");
+    let read = stdout.take(limit + 1).read_to_end(&mut log).await;
+    if log.len() as u64 > limit {
+        log.truncate(limit as usize);
+        log.extend_from_slice(format!("\n[berth: log cut at {limit} bytes]\n").as_bytes());
+        child.start_kill().ok(); // the rest is not wanted; `kill_on_drop` reaps it
+        return Ok(Some(log));
+    }
+    read.map_err(|source| NixError::Spawn { argv: argv.clone(), source })?;
+    let status = child.wait().await.map_err(|source| NixError::Spawn { argv, source })?;
+    Ok(status.success().then_some(log))
 }
 
 /// Orders `claims` so that every path comes after the paths it references (self-references

@@ -9,11 +9,13 @@ mod keys;
 mod names;
 mod nar;
 mod narinfo;
+mod realisation;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
-pub use names::{Compression, NameError, NarFileName, StorePathHash};
+pub use names::{Compression, DrvName, NameError, NarFileName, StorePathHash};
 pub use nar::{dump_path, verify_nar, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
+pub use realisation::{DrvOutputId, Realisation, RealisationError};
 
 /// A Nix hash (`sha256:<nixbase32>` etc.).
 pub use nix_derivation::NixHash;

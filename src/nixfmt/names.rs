@@ -13,9 +13,41 @@ pub enum NameError {
     /// Not `<nixbase32>.nar[.xz|.zst|.bz2]`.
     #[error("invalid NAR file name {0:?}: expected <nixbase32 hash>.nar[.xz|.zst|.bz2]")]
     NarFile(String),
+    /// Not `sha256:<hex>!<output>`.
+    #[error("invalid derivation output id {0:?}: expected sha256:<64 hex digits>!<output name>")]
+    DrvOutput(String),
+    /// Not `<hash>-<name>.drv`.
+    #[error("invalid derivation {0:?}: expected <nixbase32 hash>-<name>.drv")]
+    Derivation(String),
     /// A compression method berth does not handle.
     #[error("unsupported compression {0:?}: berth accepts none, xz, zstd")]
     Compression(String),
+}
+
+/// A derivation's store-path basename (`<hash>-<name>.drv`): the key of its build log.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DrvName(String);
+
+impl DrvName {
+    /// Parses a basename (or an absolute `/nix/store/…` path) that names a derivation.
+    pub fn parse(s: &str) -> Result<Self, NameError> {
+        let base = s.strip_prefix("/nix/store/").unwrap_or(s);
+        match nix_derivation::StorePath::from_basename(base.as_bytes()) {
+            Ok(path) if base.ends_with(".drv") => Ok(Self(path.to_basename())),
+            _ => Err(NameError::Derivation(s.chars().take(120).collect())),
+        }
+    }
+
+    /// The basename.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DrvName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
 }
 
 /// Nix base32 alphabet: digits and lowercase letters without e, o, u, t.
@@ -205,6 +237,23 @@ mod tests {
         check_nar("../x.nar", None);
         check_nar(".nar", None);
         check_nar(&format!("{h}.narinfo"), None);
+    }
+
+    #[test]
+    fn derivation_names() {
+        let good = "4sfan64636shh5caxxfb4szrvnjccm4x-berth-ca-test.drv";
+        assert_eq!(DrvName::parse(good).unwrap().as_str(), good);
+        assert_eq!(DrvName::parse(&format!("/nix/store/{good}")).unwrap().as_str(), good);
+        for bad in [
+            "4sfan64636shh5caxxfb4szrvnjccm4x-berth-ca-test",
+            "4sfan64636shh5caxxfb4szrvnjccm4x-../x.drv",
+            "../4sfan64636shh5caxxfb4szrvnjccm4x-x.drv",
+            "4sfan64636shh5caxxfb4szrvnjccm4-x.drv",
+            "4sfan64636shh5caxxfb4szrvnjccm4x-€.drv",
+            "",
+        ] {
+            assert!(DrvName::parse(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

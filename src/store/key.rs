@@ -2,7 +2,7 @@
 //! validated names, so no key can escape the cache root or collide across kinds. The layout
 //! is the standard binary-cache layout, so the directory or bucket is itself a Nix cache.
 
-use crate::nixfmt::{NarFileName, StorePathHash};
+use crate::nixfmt::{DrvName, DrvOutputId, NarFileName, StorePathHash};
 
 /// One object in the cache.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -15,6 +15,10 @@ pub enum ObjectKey {
     Listing(StorePathHash),
     /// `nar/<file hash>.nar[.zst|.xz]`.
     Nar(NarFileName),
+    /// `log/<hash>-<name>.drv`: a derivation's build log, as `nix log --store` reads it.
+    DrvLog(DrvName),
+    /// `realisations/<id>.doi`: a content-addressed derivation output's realisation.
+    Realisation(DrvOutputId),
     /// `tmp/<uuid>`: an upload being received; never referenced by a narinfo.
     Staging(uuid::Uuid),
     /// `builds/<id>.log`: a finished build's log (outside Nix's `log/<drv>` namespace).
@@ -29,6 +33,8 @@ impl ObjectKey {
             Self::NarInfo(h) => format!("{h}.narinfo"),
             Self::Listing(h) => format!("{h}.ls"),
             Self::Nar(n) => format!("nar/{n}"),
+            Self::DrvLog(d) => format!("log/{d}"),
+            Self::Realisation(id) => format!("realisations/{id}.doi"),
             Self::Staging(id) => format!("tmp/{id}"),
             Self::BuildLog(id) => format!("builds/{id}.log"),
         }
@@ -44,7 +50,17 @@ mod tests {
     fn layout_is_the_binary_cache_layout() {
         let h = StorePathHash::parse("0c6kzph7l0dcbqmjknjmggwd3ggi7mrl").unwrap();
         let n = NarFileName::for_file_hash(&[0; 32], Compression::Zstd);
-        let keys = [ObjectKey::CacheInfo, ObjectKey::NarInfo(h.clone()), ObjectKey::Listing(h), ObjectKey::Nar(n)];
+        let d = DrvName::parse("4sfan64636shh5caxxfb4szrvnjccm4x-berth-ca-test.drv").unwrap();
+        let r =
+            DrvOutputId::parse("sha256:6d161a696804eea3ae7c49c819ea25accc284ab3a0b16450d3feb62b8f5f7174!out").unwrap();
+        let keys = [
+            ObjectKey::CacheInfo,
+            ObjectKey::NarInfo(h.clone()),
+            ObjectKey::Listing(h),
+            ObjectKey::Nar(n),
+            ObjectKey::DrvLog(d),
+            ObjectKey::Realisation(r),
+        ];
         let paths: Vec<_> = keys.iter().map(ObjectKey::as_path).collect();
         insta::assert_debug_snapshot!(paths, @r#"
         [
@@ -52,6 +68,8 @@ mod tests {
             "0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.narinfo",
             "0c6kzph7l0dcbqmjknjmggwd3ggi7mrl.ls",
             "nar/0000000000000000000000000000000000000000000000000000.nar.zst",
+            "log/4sfan64636shh5caxxfb4szrvnjccm4x-berth-ca-test.drv",
+            "realisations/sha256:6d161a696804eea3ae7c49c819ea25accc284ab3a0b16450d3feb62b8f5f7174!out.doi",
         ]
         "#);
     }

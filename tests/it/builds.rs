@@ -111,6 +111,10 @@ fn main_builds_every_host_publishes_and_records_generations(client: NixClient) {
         assert_eq!(toplevel, b.fleet.toplevel(&b.s, &commit, host));
         let (out, _) = b.s.substitute(&b.server.url, &toplevel, &b.server.public_key, &format!("client-{host}"));
         assert!(out.status.success(), "{host}: {}", String::from_utf8_lossy(&out.stderr));
+        // The build host copied the toplevel's build log: `nix log --store <cache>` reads it
+        // (by output path, which Nix 2.8 takes too: through the narinfo's `Deriver`).
+        let log = b.s.nix("nix").args(["log", "--store", &b.server.url, &toplevel]).output().unwrap();
+        assert!(log.status.success(), "{host}: {}", String::from_utf8_lossy(&log.stderr));
     }
     // The build outputs stay GC roots on the build host.
     let roots = std::fs::read_dir(b.server.data_dir.join("gcroots/alpha")).unwrap().count();

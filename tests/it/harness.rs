@@ -483,3 +483,80 @@ fn header(head: &str, name: &str) -> Option<String> {
         key.eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
     })
 }
+
+/// A TCP proxy in front of a server that cuts, once, the first connection on which the
+/// client starts a NAR upload (`PUT /nar/…`), `cut_after` bytes into it: an upload lost
+/// midway. Everything else is relayed untouched.
+pub struct UploadCutter {
+    pub url: String,
+    /// Set once the cut happened.
+    pub cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl UploadCutter {
+    pub fn start(target_url: &str, cut_after: usize) -> Self {
+        let target = target_url.trim_start_matches("http://").to_owned();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let cut = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let done = cut.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
+                let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let done = done.clone();
+                std::thread::spawn(move || cut_upload(client, server, &done, cut_after));
+                std::thread::spawn(move || {
+                    let (mut from, mut to) = (s2, c2);
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        });
+        Self { url, cut }
+    }
+}
+
+/// Relays client → server; once per proxy, `cut_after` bytes after a `PUT /nar/` starts,
+/// shuts both directions.
+fn cut_upload(
+    mut from: std::net::TcpStream,
+    mut to: std::net::TcpStream,
+    done: &std::sync::atomic::AtomicBool,
+    cut_after: usize,
+) {
+    use std::io::{Read, Write};
+    const MARK: &[u8] = b"PUT /nar/";
+    let mut seen: Vec<u8> = Vec::new(); // what came since the last possible start of MARK
+    let mut budget: Option<usize> = None;
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let mut chunk = &buf[..n];
+        if budget.is_none() && !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let start = seen.len();
+            seen.extend_from_slice(chunk);
+            if let Some(at) = seen.windows(MARK.len()).position(|w| w == MARK) {
+                if !done.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                    // Bytes of this chunk from the mark on count against the budget.
+                    budget = Some(cut_after + (at.max(start) - start).min(chunk.len()));
+                }
+            } else {
+                let keep = seen.len().saturating_sub(MARK.len());
+                seen.drain(..keep);
+            }
+        }
+        if let Some(left) = budget.as_mut() {
+            chunk = &chunk[..chunk.len().min(*left)];
+            *left -= chunk.len();
+        }
+        if to.write_all(chunk).is_err() || budget == Some(0) {
+            break;
+        }
+    }
+    let _ = from.shutdown(std::net::Shutdown::Both);
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}

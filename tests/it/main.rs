@@ -16,4 +16,5 @@ mod fleet;
 mod gc;
 mod nix_client;
 mod nix_files;
+mod protocol;
 mod replicas;

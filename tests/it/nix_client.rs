@@ -167,3 +167,55 @@ fn a_nar_download_cut_midway_resumes_with_a_range_request(client: NixClient) {
     assert_eq!(again[0].1, None, "the first request is for the whole NAR");
     assert_eq!(again.last().unwrap().1.as_deref(), Some("bytes=30000-"), "the retry resumes where the cut was");
 }
+
+for_each_client!(an_upload_cut_midway_leaves_nothing_and_can_be_sent_again);
+
+/// `nix copy --to` whose NAR upload is cut midway: whether the client gives up or retries,
+/// berth keeps no partial object (staging is emptied, no narinfo lacks its NAR), and the next
+/// upload completes and substitutes.
+fn an_upload_cut_midway_leaves_nothing_and_can_be_sent_again(client: NixClient) {
+    let s = Scratch::with(client);
+    let server = Server::start_for(&s, &[]);
+    let top = s.build_closure("cut-upload");
+    let netrc = s.netrc(&server.token("push"));
+    let cutter = UploadCutter::start(&server.url, 20_000);
+    let copy = |url: &str| {
+        s.nix("nix")
+            .args(["copy", "--option", "netrc-file"])
+            .arg(&netrc)
+            .args(["--to", &format!("{url}?compression=none"), &top])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    // Nix 2.8 may never notice the cut connection and wait forever: it gets 20 seconds.
+    let mut cut = copy(&cutter.url);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while cut.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    cut.kill().ok();
+    let cut = cut.wait_with_output().unwrap();
+    eprintln!("the cut upload: {} {}", cut.status, String::from_utf8_lossy(&cut.stderr));
+    assert!(cutter.cut.load(std::sync::atomic::Ordering::SeqCst), "an upload was cut");
+    let tmp = server.data_dir.join("cache/tmp");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_dir(&tmp).unwrap().count() > 0 {
+        assert!(std::time::Instant::now() < deadline, "staging still holds the cut upload");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    // Every narinfo served so far has its whole NAR: substitution of what is there works.
+    for path in s.closure(&top) {
+        let hash = &path["/nix/store/".len()..][..32];
+        if http().get(format!("{}/{hash}.narinfo", server.url)).send().unwrap().status() == 200 {
+            let (out, _) = s.substitute(&server.url, &path, &server.public_key, &format!("partial-{hash}"));
+            assert!(out.status.success(), "{path}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+    let again = copy(&server.url).wait_with_output().unwrap();
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let (out, store) = s.substitute(&server.url, &top, &server.public_key, "client");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.nar_hash(&top, Some(&store)), s.nar_hash(&top, None));
+}

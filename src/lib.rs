@@ -7,6 +7,7 @@ pub mod build;
 pub mod client;
 pub mod cmd;
 pub mod config;
+pub mod crash;
 pub mod db;
 pub mod deploy;
 pub mod dump;

@@ -307,6 +307,15 @@ impl Db {
         self.select_in(sql, names).await
     }
 
+    /// Which NAR files of `names` the index knows: recorded, used by a path, or owed a
+    /// deletion by a collection (whose time has not come: see `gc::run`).
+    pub async fn nar_files_known(&self, names: &[String]) -> Result<HashSet<String>, DbError> {
+        let sql =
+            "SELECT name FROM nar_files WHERE name IN ({in}) UNION SELECT nar_file FROM paths WHERE nar_file IN ({in})
+                   UNION SELECT name FROM gc_pending WHERE kind = 'nar' AND name IN ({in})";
+        self.select_in(sql, names).await
+    }
+
     /// Adds or moves a named pin.
     pub async fn set_pin(&self, name: &str, store_path: &str) -> Result<(), DbError> {
         on_pool!(self, pool => {

@@ -2,6 +2,7 @@
 //! time, in an order that keeps the cache consistent at every instant.
 
 pub mod plan;
+pub mod reconcile;
 pub mod run;
 
 pub use plan::{Plan, Policy};

@@ -48,6 +48,7 @@ use std::time::Instant;
 use futures::{StreamExt, TryStreamExt};
 
 use super::plan::{self, Policy};
+use super::reconcile;
 use crate::{
     app::AppState,
     db::{now, DbError, PathObjectKind, PENDING_NAR, PENDING_NARINFO},
@@ -114,6 +115,8 @@ pub struct GcReport {
     pub deferred_deletions: u64,
     /// GC roots released on the build host.
     pub gc_roots_released: usize,
+    /// What a crash had left between storage and index, repaired first.
+    pub reconciled: reconcile::Reconciled,
     /// How long it took.
     pub duration_ms: u64,
     /// The plan as text.
@@ -136,6 +139,7 @@ async fn collect_alone(state: &AppState, policy: &Policy, dry_run: bool) -> Resu
     let mut report = GcReport { dry_run, ..GcReport::default() };
     if !dry_run {
         report.resumed_deletions = finish_pending(state).await?;
+        report.reconciled = reconcile::reconcile(state, policy.grace_period).await?;
     }
     let plan = {
         let _gate = state.publish_gate.write().await?;

@@ -197,14 +197,21 @@ fn nar_response(body: Body, length: u64) -> Response {
     response
 }
 
-/// `HEAD /nar/<file>`: existence and size without opening the object.
+/// `HEAD /nar/<file>`: existence and size without opening the object. Nix's uploader asks
+/// this to skip NARs the cache has, so the answer comes from the index as well as storage: a
+/// NAR object whose record a crash lost is "absent", and the client sends it again (which
+/// records it) instead of skipping it and having every narinfo refused.
 pub async fn head_nar(
     State(state): State<AppState>,
     Path(file): Path<String>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let key = ObjectKey::Nar(nar_name(&file)?);
+    let name = nar_name(&file)?;
+    if state.db.nar_file(name.as_str()).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no NAR {file}")));
+    }
+    let key = ObjectKey::Nar(name);
     let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
     Ok(nar_response(Body::empty(), size))
 }

@@ -18,6 +18,7 @@ mod channel;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
+use crate::crash::{self, Step};
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
     self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
@@ -110,7 +111,9 @@ where
         upload.abort().await;
         return Err(IngestError::NameMismatch { name: expected.to_string(), actual: sha256_nix_string(&file.sha256) });
     }
+    crash::point(Step::NarStaged);
     upload.commit(&ObjectKey::Nar(name.clone())).await?;
+    crash::point(Step::NarCommitted);
     let row = NarFileRow {
         name: name.to_string(),
         file_hash: sha256_nix_string(&file.sha256),
@@ -119,7 +122,38 @@ where
         nar_size: nar.size as i64,
     };
     db.insert_nar_file(&row).await?;
+    crash::point(Step::NarRecorded);
     Ok(row)
+}
+
+/// Records a NAR object that storage has but the index does not (a crash between its commit
+/// and its row): it is read back and verified like an upload, and recorded only when its
+/// content matches its name. `None` when there is no such object.
+pub async fn adopt_nar(store: &Store, db: &Db, name: &NarFileName) -> Result<Option<NarFileRow>, IngestError> {
+    let Some(body) = store.get(&ObjectKey::Nar(name.clone()), None).await? else { return Ok(None) };
+    let (tx, reader) = channel::pair();
+    let compression = name.compression();
+    let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
+    let mut stream = body.stream;
+    while let Some(chunk) = stream.next().await {
+        if tx.send(chunk?).await.is_err() {
+            break;
+        }
+    }
+    drop(tx);
+    let (nar, file) = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))??;
+    if NarFileName::for_file_hash(&file.sha256, compression).as_str() != name.as_str() {
+        return Err(IngestError::NameMismatch { name: name.to_string(), actual: sha256_nix_string(&file.sha256) });
+    }
+    let row = NarFileRow {
+        name: name.to_string(),
+        file_hash: sha256_nix_string(&file.sha256),
+        file_size: file.size as i64,
+        nar_hash: sha256_nix_string(&nar.sha256),
+        nar_size: nar.size as i64,
+    };
+    db.insert_nar_file(&row).await?;
+    Ok(Some(row))
 }
 
 /// Copies the body into the staging upload and the verifier's channel at once.
@@ -194,6 +228,7 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
     let signed = info.signed(key);
     let text = signed.to_text();
     store.put(&ObjectKey::NarInfo(hash.clone()), Bytes::from(text.clone())).await?;
+    crash::point(Step::NarInfoWritten);
     let inserted = db
         .insert_path(&PathRow {
             hash: hash.to_string(),
@@ -207,6 +242,7 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
             references: signed.reference_basenames(),
         })
         .await?;
+    crash::point(Step::NarInfoIndexed);
     Ok(if inserted { Published::New } else { Published::AlreadyPresent })
 }
 

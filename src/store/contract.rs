@@ -50,7 +50,26 @@ async fn contract(store: Store) {
     dropped_uploads(&store).await;
     create_only(&store).await;
     sweep(&store).await;
+    listings(&store).await;
     assert_eq!(staging_count(&store).await, 0, "no staging objects remain");
+}
+
+/// Narinfos at the root and NARs under `nar/` are listed by kind, nothing else is.
+async fn listings(store: &Store) {
+    let hash = StorePathHash::parse("1c6kzph7l0dcbqmjknjmggwd3ggi7mrl").unwrap();
+    store.put(&ObjectKey::NarInfo(hash.clone()), Bytes::from_static(b"x")).await.unwrap();
+    store.put(&ObjectKey::Listing(hash.clone()), Bytes::from_static(b"{}")).await.unwrap();
+    store.put(&nar(99), Bytes::from_static(b"nar")).await.unwrap();
+    let staged = upload(store, None, b"staged").await;
+    let narinfos: Vec<_> = store.list_narinfos().try_collect().await.unwrap();
+    assert!(narinfos.iter().any(|(h, _)| *h == hash), "{narinfos:?}");
+    let nars: Vec<_> = store.list_nars().try_collect().await.unwrap();
+    let ObjectKey::Nar(name) = nar(99) else { unreachable!() };
+    assert!(nars.iter().any(|(n, _)| *n == name), "{nars:?}");
+    staged.abort().await;
+    for key in [ObjectKey::NarInfo(hash.clone()), ObjectKey::Listing(hash), nar(99)] {
+        store.delete(&key).await.unwrap();
+    }
 }
 
 async fn small_objects(store: &Store) {

@@ -14,7 +14,11 @@ mod s3;
 mod upload;
 mod url;
 
-use std::{path::PathBuf, sync::Arc, time::Duration};
+use std::{
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, SystemTime},
+};
 
 use bytes::Bytes;
 use futures::{stream::BoxStream, StreamExt, TryStreamExt};
@@ -22,6 +26,8 @@ use object_store::{
     local::LocalFileSystem, memory::InMemory, path::Path, GetOptions, GetRange, ObjectStore, PutMode, PutOptions,
     PutPayload,
 };
+
+use crate::nixfmt::{NarFileName, StorePathHash};
 
 pub use self::credentials::CredentialsError;
 pub use self::key::ObjectKey;
@@ -280,6 +286,35 @@ impl Store {
             self.inner.delete(location).await?;
         }
         Ok(stale.len())
+    }
+
+    /// Every `<hash>.narinfo` object with when it was written, as a stream (a listing of
+    /// the whole storage, read page by page): what a client of the storage alone
+    /// (`file://`, `s3://`) sees, for reconciling it with the index after a crash.
+    pub fn list_narinfos(&self) -> BoxStream<'_, Result<(StorePathHash, SystemTime), StoreError>> {
+        self.inner
+            .list(None)
+            .try_filter_map(|meta| {
+                let hash = (meta.location.parts().count() == 1)
+                    .then(|| meta.location.filename()?.strip_suffix(".narinfo").map(StorePathHash::parse))
+                    .flatten()
+                    .and_then(Result::ok);
+                futures::future::ready(Ok(hash.map(|h| (h, meta.last_modified.into()))))
+            })
+            .map_err(StoreError::from)
+            .boxed()
+    }
+
+    /// Every NAR object under `nar/` with when it was written, as a stream.
+    pub fn list_nars(&self) -> BoxStream<'_, Result<(NarFileName, SystemTime), StoreError>> {
+        self.inner
+            .list(Some(&Path::from("nar")))
+            .try_filter_map(|meta| {
+                let name = meta.location.filename().and_then(|n| NarFileName::parse(n).ok());
+                futures::future::ready(Ok(name.map(|n| (n, meta.last_modified.into()))))
+            })
+            .map_err(StoreError::from)
+            .boxed()
     }
 
     /// Makes a written object durable on a local directory (file, then its directory).

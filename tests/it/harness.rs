@@ -251,8 +251,24 @@ impl Server {
         Self::start_env(&s.path("data"), args, s.client.path_env(), &s.nix_config())
     }
 
+    /// [`Server::start`] with extra environment variables (e.g. `BERTH_CRASH_AT`).
+    pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::start_cmd(data_dir, args, NixClient::Debian.path_env(), NIX_OFFLINE, env)
+    }
+
     fn start_env(data_dir: &Path, args: &[&str], path: std::ffi::OsString, nix_config: &str) -> Self {
+        Self::start_cmd(data_dir, args, path, nix_config, &[])
+    }
+
+    fn start_cmd(
+        data_dir: &Path,
+        args: &[&str],
+        path: std::ffi::OsString,
+        nix_config: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let mut child = Command::new(berth_bin())
+            .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)

@@ -11,6 +11,7 @@ mod builds;
 mod cache_http;
 mod cli;
 mod consistency;
+mod crash;
 mod deploy_api;
 mod fleet;
 mod gc;

@@ -18,7 +18,7 @@ use crate::{
     config::NarRedirect,
     ingest,
     metrics::Metrics,
-    nixfmt::{NarFileName, PathInfo, StorePathHash},
+    nixfmt::{NameError, NarFileName, PathInfo, StorePathHash},
     store::ObjectKey,
 };
 
@@ -124,8 +124,13 @@ pub async fn put_top_level(
     }
 }
 
-fn nar_name(file: &str) -> Result<NarFileName, ApiError> {
-    NarFileName::parse(file).map_err(|e| ApiError::BadRequest(e.to_string()))
+/// The NAR a read asks for: a name in a compression berth never stores is a miss (Nix
+/// asks for `.nar.bz2` and `.nar.br` files too), not a malformed request.
+fn nar_to_read(file: &str) -> Result<NarFileName, ApiError> {
+    NarFileName::parse(file).map_err(|e| match e {
+        NameError::UnstoredCompression(_) => ApiError::NotFound(format!("no NAR {file}")),
+        other => ApiError::BadRequest(other.to_string()),
+    })
 }
 
 /// `GET /nar/<file>`, with `Range`.
@@ -135,7 +140,7 @@ pub async fn get_nar(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let name = nar_name(&file)?;
+    let name = nar_to_read(&file)?;
     if let Some(redirect) = &state.cache.nar_redirect {
         return redirect_nar(&state, name, redirect).await;
     }
@@ -204,7 +209,7 @@ pub async fn head_nar(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let key = ObjectKey::Nar(nar_name(&file)?);
+    let key = ObjectKey::Nar(nar_to_read(&file)?);
     let size = state.store.head(&key).await?.ok_or_else(|| ApiError::NotFound(format!("no NAR {file}")))?;
     Ok(nar_response(Body::empty(), size))
 }
@@ -217,9 +222,9 @@ pub async fn put_nar(
     body: Body,
 ) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
-    let name = nar_name(&file)?;
+    let name = NarFileName::parse(&file).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = body.into_data_stream();
-    let row = ingest::receive_nar(&state.store, &state.db, stream, name.compression(), Some(&name))
+    let row = ingest::receive_nar(state.cache(), stream, name.compression(), Some(&name))
         .await
         .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
     Metrics::add(&state.metrics.nars_received, 1);

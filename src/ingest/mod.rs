@@ -12,7 +12,10 @@
 //! A crash between any two steps leaves at worst an unreferenced staging object or NAR,
 //! never a narinfo without its NAR.
 
+mod budget;
 mod channel;
+
+pub use budget::DecoderBudget;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -67,10 +70,10 @@ pub enum IngestError {
 
 /// Streams a (compressed) NAR into the cache: staged, verified while it arrives, then
 /// committed as `nar/<file hash>.nar<ext>`. `expected` is the name a client chose (Nix's
-/// `PUT /nar/<file>`), which must match the content; `None` names it by content.
+/// `PUT /nar/<file>`), which must match the content; `None` names it by content. The
+/// decompressor runs under the cache's decoder limit, once the decoder budget has room.
 pub async fn receive_nar<S, E>(
-    store: &Store,
-    db: &Db,
+    cache: Cache<'_>,
     body: S,
     compression: Compression,
     expected: Option<&NarFileName>,
@@ -79,18 +82,25 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
+    let Cache { store, db, decoders, .. } = cache;
+    let share = decoders.acquire(compression).await;
+    let limit = decoders.limit();
     let mut upload = store.start_upload(expected.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
     let (tx, reader) = channel::pair();
-    let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
+    let verifier = tokio::task::spawn_blocking(move || {
+        let verified = verify_nar(reader, compression, limit);
+        drop(share);
+        verified
+    });
     let streamed = stream_into(body, &mut upload, tx).await;
     let verified = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())));
     let (nar, file) = match (streamed, verified) {
         (Ok(()), Ok(Ok(digests))) => digests,
-        (Err(e), _) | (Ok(()), Err(e)) => {
+        (Err(e), _) => {
             upload.abort().await;
-            return Err(e.into());
+            return Err(e);
         }
-        (Ok(()), Ok(Err(e))) => {
+        (Ok(()), Err(e) | Ok(Err(e))) => {
             upload.abort().await;
             return Err(e.into());
         }
@@ -117,14 +127,15 @@ async fn stream_into<S, E>(
     mut body: S,
     upload: &mut crate::store::Upload,
     tx: channel::Sender,
-) -> Result<(), VerifyError>
+) -> Result<(), IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
-        upload.write(&chunk).await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        // A storage failure (a full disk) stays one, so it is answered as such.
+        upload.write(&chunk).await?;
         // The verifier stopping early (a malformed NAR) is reported by its own result.
         if tx.send(chunk).await.is_err() {
             break;
@@ -155,11 +166,13 @@ pub struct Cache<'a> {
     /// Held for reading while a path is checked and published (across replicas with
     /// PostgreSQL).
     pub gate: &'a PublishGate,
+    /// What decompressing uploads may cost in memory.
+    pub decoders: &'a DecoderBudget,
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
 pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
-    let Cache { store, db, key, gate } = cache;
+    let Cache { store, db, key, gate, .. } = cache;
     // Retention cannot plan or delete while this publication checks and indexes.
     let _gate = gate.read().await?;
     let file = info.nar_file()?;
@@ -231,7 +244,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let row = receive_nar(cache.store, cache.db, body, compression, None).await?;
+    let row = receive_nar(cache, body, compression, None).await?;
     let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
     let file_sha256 = parse_sha256(&row.file_hash);
     let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };

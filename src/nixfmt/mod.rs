@@ -12,7 +12,7 @@ mod narinfo;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use names::{Compression, NameError, NarFileName, StorePathHash};
-pub use nar::{dump_path, verify_nar, NarDigest, VerifyError};
+pub use nar::{dump_path, verify_nar, DecoderLimit, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
 
 /// A Nix hash (`sha256:<nixbase32>` etc.).

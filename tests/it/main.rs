@@ -14,6 +14,7 @@ mod consistency;
 mod deploy_api;
 mod fleet;
 mod gc;
+mod hostile;
 mod nix_client;
 mod nix_files;
 mod replicas;

@@ -69,6 +69,10 @@ pub async fn get_top_level(
                 Err(ApiError::NotFound(format!("{hash} is not in this cache")))
             }
         },
+        // Only a published path's listing (one stored by an older berth for any hash is not).
+        TopLevel::Listing(hash) if narinfo(&state, &hash).await?.is_none() => {
+            Err(ApiError::NotFound(format!("{hash} is not in this cache")))
+        }
         TopLevel::Listing(hash) => match state.store.get_bytes(&ObjectKey::Listing(hash.clone())).await? {
             Some(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
             None => Err(ApiError::NotFound(format!("no listing for {hash}"))),
@@ -113,12 +117,11 @@ pub async fn put_top_level(
                 Metrics::add(&state.metrics.paths_published, 1);
                 tracing::info!(%hash, "published");
             }
+            ingest::adopt_listing(&state.store, &hash).await?;
             Ok(StatusCode::OK.into_response())
         }
         TopLevel::Listing(hash) => {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .map_err(|e| ApiError::BadRequest(format!("listing is not JSON: {e}")))?;
-            state.store.put(&ObjectKey::Listing(hash), bytes).await?;
+            ingest::receive_listing(&state.store, &state.db, hash, bytes).await?;
             Ok(StatusCode::OK.into_response())
         }
     }

@@ -160,6 +160,7 @@ impl From<IngestError> for ApiError {
             IngestError::Verify(VerifyError::DecoderMemory { .. }) => Self::TooLarge(e.to_string()),
             IngestError::Verify(_)
             | IngestError::NarInfo(_)
+            | IngestError::Listing(_)
             | IngestError::NameMismatch { .. }
             | IngestError::NarMissing(_)
             | IngestError::Mismatch { .. }

@@ -23,7 +23,7 @@ use futures::{Stream, StreamExt};
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
     self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
-    VerifyError,
+    StorePathHash, VerifyError,
 };
 use crate::store::{ObjectKey, Store, StoreError};
 
@@ -36,6 +36,9 @@ pub enum IngestError {
     /// The narinfo or claim is malformed.
     #[error(transparent)]
     NarInfo(#[from] NarInfoError),
+    /// A NAR listing upload is not one.
+    #[error(transparent)]
+    Listing(#[from] nixfmt::ListingError),
     /// A NAR's content does not match the name it was uploaded under.
     #[error("NAR file name {name} does not match its content (FileHash {actual})")]
     NameMismatch {
@@ -211,6 +214,29 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
         })
         .await?;
     Ok(if inserted { Published::New } else { Published::AlreadyPresent })
+}
+
+/// Stores a NAR listing for `hash`: served at once when the path is published, else set
+/// aside until it is (Nix uploads the listing first), so nobody can make the cache serve
+/// JSON for a path it does not have. Returns whether the listing is served now.
+pub async fn receive_listing(store: &Store, db: &Db, hash: StorePathHash, listing: Bytes) -> Result<bool, IngestError> {
+    nixfmt::check_listing(&listing)?;
+    if db.narinfo(hash.as_str()).await?.is_some() {
+        store.put(&ObjectKey::Listing(hash), listing).await?;
+        return Ok(true);
+    }
+    store.put(&ObjectKey::PendingListing(hash), listing).await?;
+    Ok(false)
+}
+
+/// After `hash` was published: serves the listing uploaded before it, if any.
+pub async fn adopt_listing(store: &Store, hash: &StorePathHash) -> Result<(), IngestError> {
+    let pending = ObjectKey::PendingListing(hash.clone());
+    if let Some(listing) = store.get_bytes(&pending).await? {
+        store.put(&ObjectKey::Listing(hash.clone()), listing).await?;
+        store.delete(&pending).await?;
+    }
+    Ok(())
 }
 
 fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), IngestError> {

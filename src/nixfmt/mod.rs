@@ -6,11 +6,13 @@
 //! re-exported here, so a crate swap touches one folder.
 
 mod keys;
+mod listing;
 mod names;
 mod nar;
 mod narinfo;
 
 pub use keys::{KeyError, PublicKey, SecretKey};
+pub use listing::{check_listing, ListingError};
 pub use names::{Compression, NameError, NarFileName, StorePathHash};
 pub use nar::{dump_path, verify_nar, DecoderLimit, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};

@@ -9,7 +9,7 @@ use berth::nixfmt::nixbase32;
 use reqwest::{blocking::Client, StatusCode};
 use sha2::{Digest, Sha256};
 
-use crate::harness::*;
+use crate::harness::{for_each_client, *};
 
 /// The peak RSS the issue allows the server under hostile input.
 const RSS_BOUND_KIB: u64 = 100 * 1024;
@@ -434,4 +434,41 @@ fn refusals_come_after_auth_and_are_always_json() {
     assert_json_refusal(r, StatusCode::BAD_REQUEST, "bad_request", "a path parameter that does not parse");
     let r = f.client.get(f.url("api/v1/hosts/alpha/manifest?after=x")).send().unwrap();
     assert_json_refusal(r, StatusCode::UNAUTHORIZED, "unauthorized", "a bad query without a token");
+}
+
+for_each_client!(nar_listings_are_served_only_for_paths_in_the_cache);
+
+/// `PUT /<hash>.ls` cannot make berth serve JSON for a path it does not have, or JSON that
+/// is not a NAR listing; the listings Nix writes with `write-nar-listing=true` (before the
+/// NAR and the narinfo) are served once the path is published.
+fn nar_listings_are_served_only_for_paths_in_the_cache(client: NixClient) {
+    let s = Scratch::with(client);
+    let server = Server::start_for(&s, &[]);
+    let push = server.token("push");
+    let http = http();
+    let listing = serde_json::json!({"version": 1, "root": {"type": "regular", "size": 3, "narOffset": 96}});
+    let stranger = format!("{}/{}.ls", server.url, nixbase32(&[3; 20]));
+    let r = http.put(&stranger).bearer_auth(&push).json(&listing).send().unwrap();
+    assert!(r.status().is_success(), "a listing may arrive before its path: {}", r.status());
+    assert_json_refusal(
+        http.get(&stranger).send().unwrap(),
+        StatusCode::NOT_FOUND,
+        "not_found",
+        "a path not in the cache",
+    );
+    for junk in [serde_json::json!({"a": 1}), serde_json::json!([]), serde_json::json!({"version": 1, "root": 7})] {
+        let r = http.put(&stranger).bearer_auth(&push).json(&junk).send().unwrap();
+        assert_json_refusal(r, StatusCode::BAD_REQUEST, "bad_request", &format!("{junk}"));
+    }
+
+    let top = s.build_closure("listings");
+    let netrc = s.netrc(&push);
+    let url = format!("{}?write-nar-listing=true", server.url);
+    run_ok(s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &url, &top]));
+    let hash = &top["/nix/store/".len()..][..32];
+    let r = http.get(format!("{}/{hash}.ls", server.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "Nix's listing of a published path");
+    let served: serde_json::Value = r.json().unwrap();
+    assert_eq!((served["version"].as_u64(), served["root"]["type"].as_str()), (Some(1), Some("directory")), "{served}");
+    assert_eq!(http.get(&stranger).send().unwrap().status(), StatusCode::NOT_FOUND, "still nothing for a stranger");
 }

@@ -227,9 +227,14 @@ pub async fn put_nar(
     auth::require(&state, &headers, Scope::Push).await?;
     let name = NarFileName::parse(&file).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = body.into_data_stream();
-    let row = ingest::receive_nar(state.cache(), stream, name.compression(), Some(&name))
-        .await
-        .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
+    let row = ingest::receive_nar(
+        state.cache(),
+        stream,
+        name.compression(),
+        ingest::Expected { name: Some(&name), nar: None },
+    )
+    .await
+    .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
     Metrics::add(&state.metrics.nars_received, 1);
     Metrics::add(&state.metrics.nar_bytes_received, row.file_size as u64);
     Ok(StatusCode::OK.into_response())

@@ -22,8 +22,8 @@ use futures::{Stream, StreamExt};
 
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
-    self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
-    StorePathHash, VerifyError,
+    self, sha256_nix_string, verify_nar, Compression, NarDigest, NarFileInfo, NarFileName, NarInfoError, PathInfo,
+    SecretKey, StorePathHash, VerifyError,
 };
 use crate::store::{ObjectKey, Store, StoreError};
 
@@ -71,15 +71,25 @@ pub enum IngestError {
     Db(#[from] DbError),
 }
 
-/// Streams a (compressed) NAR into the cache: staged, verified while it arrives, then
-/// committed as `nar/<file hash>.nar<ext>`. `expected` is the name a client chose (Nix's
-/// `PUT /nar/<file>`), which must match the content; `None` names it by content. The
-/// decompressor runs under the cache's decoder limit, once the decoder budget has room.
+/// What a received NAR must turn out to be, checked before it is committed (so a NAR that
+/// is not what its uploader said is never kept).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expected<'a> {
+    /// The name a client chose (Nix's `PUT /nar/<file>`), which must match the content;
+    /// `None` names it by content.
+    pub name: Option<&'a NarFileName>,
+    /// The NAR's SHA-256 and size, as a push claim states them.
+    pub nar: Option<NarDigest>,
+}
+
+/// Streams a (compressed) NAR into the cache: staged, verified while it arrives, checked
+/// against `expected`, then committed as `nar/<file hash>.nar<ext>`. The decompressor runs
+/// under the cache's decoder limit, once the decoder budget has room.
 pub async fn receive_nar<S, E>(
     cache: Cache<'_>,
     body: S,
     compression: Compression,
-    expected: Option<&NarFileName>,
+    expected: Expected<'_>,
 ) -> Result<NarFileRow, IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
@@ -88,7 +98,7 @@ where
     let Cache { store, db, decoders, .. } = cache;
     let share = decoders.acquire(compression).await;
     let limit = decoders.limit();
-    let mut upload = store.start_upload(expected.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
+    let mut upload = store.start_upload(expected.name.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
     let (tx, reader) = channel::pair();
     let verifier = tokio::task::spawn_blocking(move || {
         let verified = verify_nar(reader, compression, limit);
@@ -109,9 +119,9 @@ where
         }
     };
     let name = NarFileName::for_file_hash(&file.sha256, compression);
-    if let Some(expected) = expected.filter(|e| e.as_str() != name.as_str()) {
+    if let Err(e) = check_received(&expected, &name, &nar, &file) {
         upload.abort().await;
-        return Err(IngestError::NameMismatch { name: expected.to_string(), actual: sha256_nix_string(&file.sha256) });
+        return Err(e);
     }
     upload.commit(&ObjectKey::Nar(name.clone())).await?;
     let row = NarFileRow {
@@ -123,6 +133,23 @@ where
     };
     db.insert_nar_file(&row).await?;
     Ok(row)
+}
+
+/// Whether what arrived is what the uploader said it would be.
+fn check_received(
+    expected: &Expected<'_>,
+    name: &NarFileName,
+    nar: &NarDigest,
+    file: &NarDigest,
+) -> Result<(), IngestError> {
+    if let Some(chosen) = expected.name.filter(|e| e.as_str() != name.as_str()) {
+        return Err(IngestError::NameMismatch { name: chosen.to_string(), actual: sha256_nix_string(&file.sha256) });
+    }
+    if let Some(claimed) = expected.nar {
+        check("narHash", sha256_nix_string(&claimed.sha256), &sha256_nix_string(&nar.sha256))?;
+        check("narSize", claimed.size.to_string(), &nar.size.to_string())?;
+    }
+    Ok(())
 }
 
 /// Copies the body into the staging upload and the verifier's channel at once.
@@ -270,7 +297,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let row = receive_nar(cache, body, compression, None).await?;
+    // Everything the claim says that can be checked without the NAR is, before reading it.
+    let nar = claim.checked_nar()?;
+    let row = receive_nar(cache, body, compression, Expected { name: None, nar: Some(nar) }).await?;
     let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
     let file_sha256 = parse_sha256(&row.file_hash);
     let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };

@@ -214,10 +214,10 @@ pub struct RawCache {
     pub nar_redirect: Option<String>,
     /// How long a presigned NAR URL stays valid, in seconds. Default 600.
     pub presigned_url_ttl_secs: Option<u64>,
-    /// MiB one upload's decompressor may use (xz memlimit; zstd windows up to half of it).
-    /// Default 32, at least 16.
+    /// MiB one upload's decompressor may use (xz memlimit; zstd windows up to the largest
+    /// power of two that leaves 1 MiB of it). Default 32, at least 16.
     pub max_decoder_memory_mib: Option<u32>,
-    /// MiB all uploads' decompressors may use together; further uploads wait. Default 128,
+    /// MiB all uploads' decompressors may use together; further uploads wait. Default 64,
     /// at least `max_decoder_memory_mib`.
     pub decoder_memory_budget_mib: Option<u32>,
 }
@@ -466,8 +466,13 @@ fn decoder_limit(cache: &RawCache) -> Result<u32, ConfigError> {
     }
 }
 
+/// Two decoders at the default limit, with the server's own ~20 MiB, stay under 100 MiB
+/// whatever they are sent; uploads are charged what they declare, so honest ones (an xz
+/// -6 upload: 9 MiB, zstd -3: 3 MiB) still run many at once.
+const DEFAULT_DECODER_BUDGET_MIB: u32 = 64;
+
 fn decoder_budget(raw: &RawCache, per_decoder: u32) -> Result<u32, ConfigError> {
-    let budget = raw.decoder_memory_budget_mib.unwrap_or(128.max(per_decoder));
+    let budget = raw.decoder_memory_budget_mib.unwrap_or(DEFAULT_DECODER_BUDGET_MIB.max(per_decoder));
     if budget < per_decoder {
         return Err(ConfigError::Invalid {
             key: "cache.decoder_memory_budget_mib",
@@ -609,7 +614,7 @@ mod tests {
     #[test]
     fn decoder_memory_is_bounded_and_consistent() {
         let c = parse("").unwrap().cache;
-        assert_eq!((c.max_decoder_memory_mib, c.decoder_memory_budget_mib), (32, 128));
+        assert_eq!((c.max_decoder_memory_mib, c.decoder_memory_budget_mib), (32, 64));
         let c = parse("[cache]\nmax_decoder_memory_mib = 256").unwrap().cache;
         assert_eq!((c.max_decoder_memory_mib, c.decoder_memory_budget_mib), (256, 256));
         assert!(parse("[cache]\nmax_decoder_memory_mib = 8")

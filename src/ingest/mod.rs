@@ -22,8 +22,8 @@ use futures::{Stream, StreamExt};
 
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
-    self, sha256_nix_string, verify_nar, Compression, NarDigest, NarFileInfo, NarFileName, NarInfoError, PathInfo,
-    SecretKey, StorePathHash, VerifyError,
+    self, declared_memory, sha256_nix_string, verify_nar, Compression, Declared, NarDigest, NarFileInfo, NarFileName,
+    NarInfoError, PathInfo, SecretKey, StorePathHash, VerifyError,
 };
 use crate::store::{ObjectKey, Store, StoreError};
 
@@ -83,11 +83,11 @@ pub struct Expected<'a> {
 }
 
 /// Streams a (compressed) NAR into the cache: staged, verified while it arrives, checked
-/// against `expected`, then committed as `nar/<file hash>.nar<ext>`. The decompressor runs
-/// under the cache's decoder limit, once the decoder budget has room.
+/// against `expected`, then committed as `nar/<file hash>.nar<ext>`. The decompressor is
+/// admitted by the decoder budget for what the stream's first bytes declare, and held to it.
 pub async fn receive_nar<S, E>(
     cache: Cache<'_>,
-    body: S,
+    mut body: S,
     compression: Compression,
     expected: Expected<'_>,
 ) -> Result<NarFileRow, IngestError>
@@ -96,8 +96,10 @@ where
     E: std::fmt::Display,
 {
     let Cache { store, db, decoders, .. } = cache;
-    let share = decoders.acquire(compression).await;
-    let limit = decoders.limit();
+    let (head, declared) = peek(&mut body, compression).await?;
+    let share = decoders.admit(compression, declared).await?;
+    let limit = share.limit;
+    let body = futures::stream::iter(head.into_iter().map(Ok)).chain(body);
     let mut upload = store.start_upload(expected.name.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
     let (tx, reader) = channel::pair();
     let verifier = tokio::task::spawn_blocking(move || {
@@ -133,6 +135,27 @@ where
     };
     db.insert_nar_file(&row).await?;
     Ok(row)
+}
+
+/// Reads the first chunks of `body` until they tell what the stream's decoder needs (a
+/// few bytes; at most [`nixfmt::PEEK_BYTES`] and a chunk), returning them to be streamed
+/// first.
+async fn peek<S, E>(body: &mut S, compression: Compression) -> Result<(Vec<Bytes>, Declared), IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (mut chunks, mut head) = (Vec::new(), Vec::new());
+    loop {
+        let declared = declared_memory(compression, &head);
+        if declared != Declared::NeedMore || head.len() >= nixfmt::PEEK_BYTES {
+            return Ok((chunks, declared));
+        }
+        let Some(chunk) = body.next().await else { return Ok((chunks, declared)) };
+        let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        head.extend_from_slice(&chunk[..chunk.len().min(nixfmt::PEEK_BYTES)]);
+        chunks.push(chunk);
+    }
 }
 
 /// Whether what arrived is what the uploader said it would be.

@@ -5,12 +5,14 @@
 //! `nix-narinfo`, `nix-derivation`): everything else goes through the types defined or
 //! re-exported here, so a crate swap touches one folder.
 
+mod declared;
 mod keys;
 mod listing;
 mod names;
 mod nar;
 mod narinfo;
 
+pub use declared::{declared_memory, Declared, PEEK_BYTES};
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use listing::{check_listing, ListingError};
 pub use names::{Compression, NameError, NarFileName, StorePathHash};

@@ -39,8 +39,9 @@ pub enum VerifyError {
     /// one decoder may use: a decompression bomb, or a client that compressed with
     /// settings the server does not accept.
     #[error(
-        "the {compression} stream needs more than the {limit_mib} MiB a decoder may use \
-         ([cache] max_decoder_memory_mib); compress with a smaller dictionary or window"
+        "the {compression} stream needs more decoder memory than allowed (at most {limit_mib} MiB, \
+         [cache] max_decoder_memory_mib, and no more than its first block or frame declares); \
+         compress with a smaller dictionary or window"
     )]
     DecoderMemory {
         /// The compression the client declared.
@@ -51,23 +52,32 @@ pub enum VerifyError {
 }
 
 /// The most memory one decompressor may use: liblzma's memlimit for xz (which covers the
-/// dictionary every block header declares), and for zstd the largest window, half of it
-/// (the rest is the decoder's own buffers). Streams that ask for more are refused before
-/// anything is allocated.
+/// dictionary every block header declares), and for zstd the largest power-of-two window
+/// that leaves 1 MiB for the decoder's own buffers. Streams that ask for more are refused
+/// before anything is allocated.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DecoderLimit {
+    /// What this decoder is held to.
     bytes: u64,
+    /// The configured maximum, for messages.
+    max_mib: u64,
 }
 
 impl DecoderLimit {
     /// A limit of `mib` MiB.
     pub const fn from_mib(mib: u64) -> Self {
-        Self { bytes: mib << 20 }
+        Self { bytes: mib << 20, max_mib: mib }
     }
 
-    /// The limit in MiB.
+    /// This limit lowered to `mib` MiB (the share of the budget a decoder was given); never
+    /// raised.
+    pub fn lowered_to(self, mib: u64) -> Self {
+        Self { bytes: (mib << 20).min(self.bytes), max_mib: self.max_mib }
+    }
+
+    /// The configured maximum in MiB.
     pub fn mib(self) -> u64 {
-        self.bytes >> 20
+        self.max_mib
     }
 
     /// The xz memlimit in bytes.
@@ -75,11 +85,11 @@ impl DecoderLimit {
         self.bytes
     }
 
-    /// zstd's `window_log_max`: the largest power-of-two window at most half the limit,
-    /// within zstd's own bounds (2^10 to 2^31).
+    /// zstd's `window_log_max`: the largest power-of-two window that leaves 1 MiB of the
+    /// limit, within zstd's own bounds (2^10 to 2^31).
     fn zstd_window_log(self) -> u32 {
-        let half = (self.bytes / 2).max(1);
-        (63 - half.leading_zeros()).clamp(10, 31)
+        let window = self.bytes.saturating_sub(1 << 20).max(1);
+        (63 - window.leading_zeros()).clamp(10, 31)
     }
 }
 
@@ -206,7 +216,7 @@ mod tests {
     use super::*;
     use nix_archive::nar::{encode_tree, NamedNode, Node};
 
-    const LIMIT: DecoderLimit = DecoderLimit { bytes: 32 << 20 };
+    const LIMIT: DecoderLimit = DecoderLimit::from_mib(32);
 
     fn sample_nar() -> Vec<u8> {
         let children = [
@@ -248,10 +258,13 @@ mod tests {
     }
 
     #[test]
-    fn zstd_windows_are_half_the_limit() {
-        for (mib, log) in [(32, 24), (16, 23), (33, 24), (64, 25), (0, 10), (1 << 20, 31)] {
+    fn zstd_windows_leave_a_mib() {
+        for (mib, log) in [(32, 24), (16, 23), (33, 25), (64, 25), (3, 21), (9, 23), (0, 10), (1 << 20, 31)] {
             assert_eq!(DecoderLimit::from_mib(mib).zstd_window_log(), log, "{mib} MiB");
         }
+        let share = DecoderLimit::from_mib(32).lowered_to(3);
+        assert_eq!((share.zstd_window_log(), share.mib()), (21, 32), "a share is smaller, messages name the maximum");
+        assert_eq!(DecoderLimit::from_mib(32).lowered_to(64), DecoderLimit::from_mib(32), "never raised");
     }
 
     #[test]

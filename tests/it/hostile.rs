@@ -72,6 +72,12 @@ fn crc32(bytes: &[u8]) -> u32 {
 /// An `.nar.xz` of `size` zero bytes whose block header declares a 4 GiB dictionary: a
 /// decoder without a memory limit allocates it and fills it as the zeros expand.
 fn xz_bomb(size: u64) -> Vec<u8> {
+    xz_declaring(size, 40) // 4 GiB - 1, the largest dictionary LZMA2 can declare
+}
+
+/// An `.nar.xz` of `size` zero bytes whose block header declares the LZMA2 dictionary of
+/// properties byte `dict` (`(2 | dict & 1) << (dict / 2 + 11)` bytes; 40: 4 GiB - 1).
+fn xz_declaring(size: u64, dict: u8) -> Vec<u8> {
     let mut enc = xz2::write::XzEncoder::new(Vec::new(), 0);
     write_zero_nar(&mut enc, size);
     let mut xz = enc.finish().unwrap();
@@ -79,7 +85,7 @@ fn xz_bomb(size: u64) -> Vec<u8> {
     // filter), LZMA2's id 0x21, its 1-byte properties (the dictionary size), padding, CRC32.
     let header_len = (usize::from(xz[12]) + 1) * 4;
     assert_eq!((xz[13], xz[14], xz[15]), (0x00, 0x21, 0x01), "the block header of a one-filter LZMA2 stream");
-    xz[16] = 40; // 4 GiB - 1, the largest dictionary LZMA2 can declare
+    xz[16] = dict;
     let crc = crc32(&xz[12..12 + header_len - 4]);
     xz[12 + header_len - 4..12 + header_len].copy_from_slice(&crc.to_le_bytes());
     xz
@@ -206,6 +212,33 @@ fn host_reports_with_multi_byte_text_are_clipped_not_panicked_on() {
             _ => assert!(text.ends_with(stored), "a log tail keeps its end"),
         }
     }
+}
+
+/// Bombs that stay under the per-decoder limit are valid uploads, but each really fills its
+/// dictionary: eight at once (xz, a 24 MiB dictionary, 256 MiB of zeros each) share the
+/// decoder budget instead of multiplying memory, and the server's peak RSS stays under
+/// 100 MiB.
+#[test]
+fn bombs_under_the_limit_share_the_decoder_budget() {
+    let f = fixture(&[]);
+    let xz = xz_declaring(256 << 20, 25);
+    let name = nar_file_name(&xz, ".xz");
+    let statuses: Vec<StatusCode> = std::thread::scope(|scope| {
+        let uploads: Vec<_> = (0..8)
+            .map(|_| {
+                let (f, xz, name) = (&f, &xz, &name);
+                scope.spawn(move || {
+                    let r = f.client.put(f.url(&format!("nar/{name}"))).bearer_auth(&f.push).body(xz.clone());
+                    r.send().unwrap().status()
+                })
+            })
+            .collect();
+        uploads.into_iter().map(|u| u.join().unwrap()).collect()
+    });
+    let peak = f.server.peak_rss_kib();
+    eprintln!("server peak RSS after 8 concurrent 24 MiB-dictionary uploads: {} MiB", peak / 1024);
+    assert!(statuses.iter().all(|s| *s == StatusCode::OK), "{statuses:?}");
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB is over the {RSS_BOUND_KIB} KiB bound");
 }
 
 /// A plain NAR of `size` zeros, uploaded under its own name; returns (name, bytes).
@@ -368,6 +401,21 @@ fn metrics_are_private_when_reads_are_unless_configured_public() {
     );
 }
 
+/// `curl -X METHOD --data-binary @file` with `Expect: 100-continue`: (status, body).
+fn curl_expecting_continue(method: &str, url: &str, file: &std::path::Path) -> (u16, String) {
+    require("curl");
+    let out = run_ok(
+        std::process::Command::new("curl")
+            .args(["-sS", "-X", method, "-H", "Content-Type: application/json", "-H", "Expect: 100-continue"])
+            .args(["--expect100-timeout", "30", "-w", "\n%{http_code}", "--data-binary"])
+            .arg(format!("@{}", file.display()))
+            .arg(url),
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    (status.trim().parse().unwrap(), body.to_owned())
+}
+
 /// Without a token, a body is never looked at: malformed JSON, a wrong content type or an
 /// oversized body to any authenticated JSON endpoint is 401, as berth's JSON. With a token,
 /// each is refused as berth's JSON too (400, 415, 413), and so are unknown routes and
@@ -385,6 +433,8 @@ fn refusals_come_after_auth_and_are_always_json() {
         "api/v1/pins/p",
     ];
     let big = vec![b'x'; 3 << 20];
+    let big_file = f._s.path("big.json");
+    std::fs::write(&big_file, &big).unwrap();
     for endpoint in endpoints {
         let method = if endpoint.starts_with("api/v1/pins") { reqwest::Method::PUT } else { reqwest::Method::POST };
         let send = |token: Option<&str>, kind: &str, body: Vec<u8>| {
@@ -394,12 +444,15 @@ fn refusals_come_after_auth_and_are_always_json() {
             }
             r.send().unwrap()
         };
-        for (kind, body) in
-            [("application/json", b"{nope".to_vec()), ("text/plain", b"{}".to_vec()), ("application/json", big.clone())]
-        {
+        for (kind, body) in [("application/json", b"{nope".to_vec()), ("text/plain", b"{}".to_vec())] {
             let what = format!("{endpoint} {kind} {} bytes, no token", body.len());
             assert_json_refusal(send(None, kind, body), StatusCode::UNAUTHORIZED, "unauthorized", &what);
         }
+        // A body that is never read: a client that says `Expect: 100-continue` (as curl and
+        // Nix do for large bodies) is told 401 before it sends it.
+        let (status, text) = curl_expecting_continue(method.as_str(), &f.url(endpoint), &big_file);
+        assert_eq!(status, 401, "{endpoint} 3 MiB, no token: {text}");
+        assert!(text.contains("\"code\":\"unauthorized\""), "{endpoint}: {text}");
         let what = format!("{endpoint} malformed JSON");
         assert_json_refusal(
             send(Some(&admin), "application/json", b"{nope".to_vec()),
@@ -414,9 +467,11 @@ fn refusals_come_after_auth_and_are_always_json() {
             "unsupported_media_type",
             &what,
         );
-        let what = format!("{endpoint} 3 MiB");
+        // Just over the limit, so what the server leaves unread is small and the client sees
+        // the answer rather than a reset connection.
+        let what = format!("{endpoint} 2 MiB + 1 KiB");
         assert_json_refusal(
-            send(Some(&admin), "application/json", big.clone()),
+            send(Some(&admin), "application/json", vec![b'x'; (2 << 20) + 1024]),
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_large",
             &what,

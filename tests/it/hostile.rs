@@ -280,6 +280,23 @@ fn bzip2_and_brotli_nars_are_misses_and_their_uploads_say_why() {
     }
     let bad = f.client.get(f.url(&format!("nar/{stem}.nar.gz"))).send().unwrap();
     assert_json_refusal(bad, StatusCode::BAD_REQUEST, "bad_request", "a name no Nix writes");
+
+    // What Nix itself shows its user.
+    let file = f._s.path("bz2-payload");
+    std::fs::write(&file, "a path uploaded with compression=bzip2\n").unwrap();
+    let path = stdout_of(f._s.nix("nix-store").arg("--add").arg(&file));
+    let netrc = f._s.netrc(&f.push);
+    let url = format!("{}?compression=bzip2", f.server.url);
+    let out =
+        f._s.nix("nix")
+            .args(["copy", "--option", "netrc-file"])
+            .arg(&netrc)
+            .args(["--to", &url, &path])
+            .output()
+            .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a bzip2 upload is refused");
+    assert!(stderr.contains("upload with compression=xz, zstd or none"), "Nix shows the reason: {stderr}");
 }
 
 /// `bytes=-0` asks for the last zero bytes: unsatisfiable (RFC 9110), not the whole file.

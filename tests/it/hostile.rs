@@ -212,6 +212,19 @@ fn host_reports_with_multi_byte_text_are_clipped_not_panicked_on() {
             _ => assert!(text.ends_with(stored), "a log tail keeps its end"),
         }
     }
+    // The other text a report carries: its phase (one of a few words) and the host name.
+    let body = serde_json::json!({"generation": 1, "phase": "fäiled€", "message": "ü"});
+    let r = client.post(b.api("hosts/alpha/reports")).bearer_auth(&alpha).json(&body).send().unwrap();
+    assert_json_refusal(r, StatusCode::BAD_REQUEST, "bad_request", "a multi-byte phase");
+    let body = serde_json::json!({"generation": 1, "phase": "failed"});
+    let r = client.post(b.api("hosts/%C3%A5lpha%E2%82%AC/reports")).bearer_auth(&alpha).json(&body).send().unwrap();
+    assert_json_refusal(r, StatusCode::BAD_REQUEST, "bad_request", "a multi-byte host name");
+    let nul = serde_json::json!({"generation": 1, "phase": "failed", "message": "a\u{0}€", "log_tail": "€\u{0}b"});
+    let r = client.post(b.api("hosts/alpha/reports")).bearer_auth(&alpha).json(&nul).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT, "NUL is dropped, not stored");
+    let reports: Vec<serde_json::Value> =
+        client.get(b.api("hosts/alpha/reports")).bearer_auth(&alpha).send().unwrap().json().unwrap();
+    assert_eq!((reports[0]["message"].as_str(), reports[0]["log_tail"].as_str()), (Some("a€"), Some("€b")));
 }
 
 /// Bombs that stay under the per-decoder limit are valid uploads, but each really fills its
@@ -613,4 +626,35 @@ fn push_api_refusals_keep_nothing() {
     }
     let r = f.client.post(f.url("api/v1/paths")).bearer_auth(&f.push).body(framed(&honest, &zst)).send().unwrap();
     assert_eq!(r.status(), StatusCode::CREATED, "the honest claim still goes in: {}", r.text().unwrap());
+}
+
+for_each_client!(nix_is_told_the_decoder_limit);
+
+/// A user who raises Nix's xz level to 9 (a 64 MiB dictionary) is told, by Nix, which limit
+/// the upload broke; the same path then uploads at Nix's default level.
+fn nix_is_told_the_decoder_limit(client: NixClient) {
+    let s = Scratch::with(client);
+    let server = Server::start_for(&s, &[]);
+    let file = s.path("random.bin");
+    let mut random = vec![0u8; 2 << 20];
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    for byte in random.iter_mut() {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        *byte = state as u8;
+    }
+    std::fs::write(&file, random).unwrap();
+    let path = stdout_of(s.nix("nix-store").arg("--add").arg(&file));
+    let netrc = s.netrc(&server.token("push"));
+    let copy = |query: &str| {
+        let url = format!("{}?{query}", server.url);
+        s.nix("nix").args(["copy", "--option", "netrc-file"]).arg(&netrc).args(["--to", &url, &path]).output().unwrap()
+    };
+    let out = copy("compression=xz&compression-level=9");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "xz -9 needs a 64 MiB dictionary");
+    assert!(stderr.contains("max_decoder_memory_mib") && stderr.contains("too_large"), "Nix shows why: {stderr}");
+    let out = copy("compression=xz");
+    assert!(out.status.success(), "xz at Nix's default level: {}", String::from_utf8_lossy(&out.stderr));
 }

@@ -250,7 +250,7 @@ enum TokenAction {
     Create {
         #[command(flatten)]
         server: ServerArgs,
-        /// read, push, ci, admin or host:<name>.
+        /// read, push, ci, metrics, admin or host:<name>.
         #[arg(long)]
         scope: String,
         /// What the token is for.

@@ -74,22 +74,33 @@ fn auth_schemes_are_case_insensitive() {
     }
 }
 
-/// A tmpfs mounted for the life of a test.
-struct Tmpfs(std::path::PathBuf);
+/// A tmpfs of its own directory, mounted for the life of a test (unmounted before the
+/// directory is removed).
+struct Tmpfs {
+    dir: tempfile::TempDir,
+}
 
 impl Tmpfs {
-    fn mount(dir: std::path::PathBuf, size: &str) -> Self {
-        std::fs::create_dir_all(&dir).unwrap();
-        run_ok(
-            std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(&dir),
-        );
-        Self(dir)
+    fn mount(size: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let mut mount = std::process::Command::new("mount");
+        mount.args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path());
+        run_ok(&mut mount);
+        Self { dir }
+    }
+
+    fn path(&self) -> &std::path::Path {
+        self.dir.path()
     }
 }
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount").arg(&self.0).status();
+        // A failure to unmount leaves a tmpfs behind, which the next run can live with.
+        match std::process::Command::new("umount").arg(self.dir.path()).status() {
+            Ok(status) if status.success() => {}
+            other => eprintln!("could not unmount {}: {other:?}", self.dir.path().display()),
+        }
     }
 }
 
@@ -97,9 +108,10 @@ impl Drop for Tmpfs {
 /// `storage_full`, not "internal error"; and the partial upload is gone.
 #[test]
 fn a_full_disk_answers_507_storage_full() {
+    // Declared first, dropped last: after the server has stopped.
+    let disk = Tmpfs::mount("1m");
     let s = Scratch::new();
-    let disk = Tmpfs::mount(s.path("disk"), "1m");
-    let storage = format!("file://{}/cache", disk.0.display());
+    let storage = format!("file://{}/cache", disk.path().display());
     // The index stays in the data directory, off the small disk.
     let server = Server::start(&s.path("data"), &["--storage", &storage]);
     let f = Fixture { push: server.token("push"), s, server, client: http() };
@@ -110,7 +122,7 @@ fn a_full_disk_answers_507_storage_full() {
     let message =
         assert_json_refusal(r, StatusCode::INSUFFICIENT_STORAGE, "storage_full", "a NAR larger than the disk");
     assert!(message.contains("full"), "{message}");
-    let used: u64 = walk_sizes(&disk.0);
+    let used: u64 = walk_sizes(disk.path());
     assert!(used < 64 * 1024, "the partial upload was removed ({used} bytes left)");
 }
 

@@ -148,7 +148,11 @@ impl From<StoreError> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        Self::Internal(e.to_string())
+        if e.is_storage_full() {
+            Self::StorageFull(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 

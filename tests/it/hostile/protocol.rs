@@ -126,6 +126,41 @@ fn a_full_disk_answers_507_storage_full() {
     assert!(used < 64 * 1024, "the partial upload was removed ({used} bytes left)");
 }
 
+/// The index's disk filling up is a full disk too: uploads go on until SQLite cannot grow,
+/// and that one is 507 `storage_full`, not "internal error".
+#[test]
+fn a_full_index_disk_answers_507_storage_full() {
+    let disk = Tmpfs::mount("2m");
+    let s = Scratch::new();
+    let storage = format!("file://{}", s.path("cache").display());
+    let server = Server::start(&disk.path().join("data"), &["--storage", &storage]);
+    let f = Fixture { push: server.token("push"), s, server, client: http() };
+    // Leave the index a few KiB.
+    let filler = disk.path().join("filler");
+    let mut file = std::fs::File::create(&filler).unwrap();
+    let block = vec![0u8; 4096];
+    while file.write_all(&block).is_ok() {}
+    drop(file);
+    let free = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(free.saturating_sub(16 << 10)).unwrap();
+    for i in 0..5000u64 {
+        let mut nar = Vec::new();
+        write_zero_nar(&mut nar, i);
+        let r = f.client.put(f.url(&format!("nar/{}", nar_file_name(&nar, "")))).bearer_auth(&f.push).body(nar);
+        let r = r.send().unwrap();
+        if r.status() != StatusCode::OK {
+            assert_json_refusal(
+                r,
+                StatusCode::INSUFFICIENT_STORAGE,
+                "storage_full",
+                &format!("upload {i} on a full index disk"),
+            );
+            return;
+        }
+    }
+    panic!("5000 uploads fit in 16 KiB of index");
+}
+
 fn walk_sizes(dir: &std::path::Path) -> u64 {
     std::fs::read_dir(dir)
         .unwrap()

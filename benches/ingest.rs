@@ -15,7 +15,10 @@ use std::hint::black_box;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use berth::nixfmt::{dump_path, verify_nar, Compression};
+use berth::nixfmt::{dump_path, verify_nar, Compression, DecoderLimit};
+
+/// The server's default decoder limit.
+const LIMIT: DecoderLimit = DecoderLimit::from_mib(32);
 use nix_archive::nar::{encode_tree, NamedNode, Node};
 use sha2::{Digest, Sha256};
 
@@ -139,7 +142,7 @@ fn main() {
     // Sanity: every form verifies to the same NAR digest.
     let expect_nar: [u8; 32] = Sha256::digest(&nar).into();
     for (bytes, c) in [(&nar, Compression::None), (&zst, Compression::Zstd), (&xz, Compression::Xz)] {
-        let (n, f) = verify_nar(&bytes[..], c).expect("verify");
+        let (n, f) = verify_nar(&bytes[..], c, LIMIT).expect("verify");
         assert_eq!((n.sha256, n.size), (expect_nar, nar.len() as u64), "{c:?}");
         assert_eq!(f.size, bytes.len() as u64, "{c:?}");
     }
@@ -168,7 +171,7 @@ fn main() {
             label,
             nar.len(),
             time(min, || {
-                black_box(verify_nar(black_box(&bytes[..]), c).expect("verify"));
+                black_box(verify_nar(black_box(&bytes[..]), c, LIMIT).expect("verify"));
             }),
         );
     }
@@ -176,7 +179,7 @@ fn main() {
         "  same, as compressed input MB/s",
         zst.len(),
         time(min, || {
-            black_box(verify_nar(black_box(&zst[..]), Compression::Zstd).expect("verify"));
+            black_box(verify_nar(black_box(&zst[..]), Compression::Zstd, LIMIT).expect("verify"));
         }),
     );
 
@@ -194,7 +197,7 @@ fn main() {
         "verify_nar(xz)",
         nar.len(),
         time(xz_min, || {
-            black_box(verify_nar(black_box(&xz[..]), Compression::Xz).expect("verify"));
+            black_box(verify_nar(black_box(&xz[..]), Compression::Xz, LIMIT).expect("verify"));
         }),
     );
 

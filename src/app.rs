@@ -91,6 +91,8 @@ pub struct AppInner {
     pub config: Config,
     /// Wakes build workers and cancels running builds.
     pub builds: Queue,
+    /// What decompressing uploads may cost in memory.
+    pub decoders: crate::ingest::DecoderBudget,
 }
 
 impl AppState {
@@ -122,13 +124,23 @@ impl AppState {
             narinfos: Default::default(),
             config: config.clone(),
             builds: Queue::default(),
+            decoders: crate::ingest::DecoderBudget::new(
+                config.cache.max_decoder_memory_mib,
+                config.cache.decoder_memory_budget_mib,
+            ),
         }));
         Ok((state, origin))
     }
 
     /// Where ingest publishes.
     pub fn cache(&self) -> crate::ingest::Cache<'_> {
-        crate::ingest::Cache { store: &self.store, db: &self.db, key: &self.signing_key, gate: &self.publish_gate }
+        crate::ingest::Cache {
+            store: &self.store,
+            db: &self.db,
+            key: &self.signing_key,
+            gate: &self.publish_gate,
+            decoders: &self.decoders,
+        }
     }
 
     /// The `nix.conf` lines a client needs to use this cache at `url`.

@@ -18,22 +18,26 @@ pub enum Scope {
     Ci,
     /// Read one host's manifest and report its status (and read the cache).
     Host(String),
+    /// Scrape `/metrics` (when it is not public), nothing else: what a Prometheus server
+    /// holds.
+    Metrics,
     /// Everything.
     Admin,
 }
 
 /// A scope string that is not one of the known forms.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("unknown scope {0:?}: expected read, push, ci, admin or host:<name>")]
+#[error("unknown scope {0:?}: expected read, push, ci, metrics, admin or host:<name>")]
 pub struct ScopeError(String);
 
 impl Scope {
-    /// Parses `read`, `push`, `ci`, `admin` or `host:<name>`.
+    /// Parses `read`, `push`, `ci`, `metrics`, `admin` or `host:<name>`.
     pub fn parse(s: &str) -> Result<Self, ScopeError> {
         match s {
             "read" => Ok(Self::Read),
             "push" => Ok(Self::Push),
             "ci" => Ok(Self::Ci),
+            "metrics" => Ok(Self::Metrics),
             "admin" => Ok(Self::Admin),
             _ => match s.strip_prefix("host:") {
                 Some(name) if valid_host_name(name) => Ok(Self::Host(name.to_owned())),
@@ -59,6 +63,7 @@ impl fmt::Display for Scope {
             Self::Read => f.write_str("read"),
             Self::Push => f.write_str("push"),
             Self::Ci => f.write_str("ci"),
+            Self::Metrics => f.write_str("metrics"),
             Self::Admin => f.write_str("admin"),
             Self::Host(name) => write!(f, "host:{name}"),
         }
@@ -121,6 +126,11 @@ mod tests {
         check("host:a", "host:b", false);
         check("host:a", "read", true);
         check("host:a", "push", false);
+        check("metrics", "metrics", true);
+        check("admin", "metrics", true);
+        check("metrics", "read", false);
+        check("read", "metrics", false);
+        check("push", "metrics", false);
     }
 
     #[test]

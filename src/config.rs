@@ -64,6 +64,9 @@ pub struct RawConfig {
     /// Older public keys still trusted during a key rotation (printed with the nix.conf lines).
     #[serde(default)]
     pub previous_public_keys: Vec<String>,
+    /// Whether `/metrics` answers without a token. Default: public when cache reads are
+    /// (`[cache] require_read_token = false`); otherwise a `metrics` (or admin) token.
+    pub metrics_public: Option<bool>,
     /// The binary-cache protocol settings.
     #[serde(default)]
     pub cache: RawCache,
@@ -211,6 +214,12 @@ pub struct RawCache {
     pub nar_redirect: Option<String>,
     /// How long a presigned NAR URL stays valid, in seconds. Default 600.
     pub presigned_url_ttl_secs: Option<u64>,
+    /// MiB one upload's decompressor may use (xz memlimit; zstd windows up to the largest
+    /// power of two that leaves 1 MiB of it). Default 32, at least 16.
+    pub max_decoder_memory_mib: Option<u32>,
+    /// MiB all uploads' decompressors may use together; further uploads wait. Default 64,
+    /// at least `max_decoder_memory_mib`.
+    pub decoder_memory_budget_mib: Option<u32>,
 }
 
 /// Settings of the binary-cache protocol.
@@ -226,6 +235,10 @@ pub struct CacheConfig {
     pub compression_level: i32,
     /// Where NAR downloads are redirected; `None`: berth streams the bytes.
     pub nar_redirect: Option<NarRedirect>,
+    /// MiB one upload's decompressor may use.
+    pub max_decoder_memory_mib: u32,
+    /// MiB all uploads' decompressors may use together.
+    pub decoder_memory_budget_mib: u32,
 }
 
 /// Where NAR downloads are redirected.
@@ -274,6 +287,8 @@ pub struct Config {
     pub deploy_key: KeySource,
     /// Extra trusted keys.
     pub previous_public_keys: Vec<PublicKey>,
+    /// Whether `/metrics` needs no token.
+    pub metrics_public: bool,
     /// Cache protocol settings.
     pub cache: CacheConfig,
     /// Builder settings.
@@ -356,13 +371,17 @@ impl RawConfig {
         if !(1..=19).contains(&level) {
             return Err(invalid("cache.compression_level", format!("{level} is outside 1..=19")));
         }
+        let max_decoder_memory_mib = decoder_limit(&self.cache)?;
         let cache = CacheConfig {
             priority: self.cache.priority.unwrap_or(30),
             want_mass_query: self.cache.want_mass_query.unwrap_or(true),
             require_read_token: self.cache.require_read_token.unwrap_or(false),
             compression_level: level,
             nar_redirect: nar_redirect(&self.cache, &storage)?,
+            max_decoder_memory_mib,
+            decoder_memory_budget_mib: decoder_budget(&self.cache, max_decoder_memory_mib)?,
         };
+        let metrics_public = self.metrics_public.unwrap_or(!cache.require_read_token);
         let builder = BuilderConfig {
             parallel_hosts: positive("builder.parallel_hosts", self.builder.parallel_hosts.unwrap_or(2))?,
             timeout: std::time::Duration::from_secs(self.builder.timeout_secs.unwrap_or(7200).max(1)),
@@ -408,6 +427,7 @@ impl RawConfig {
             signing_key,
             deploy_key,
             previous_public_keys,
+            metrics_public,
             cache,
             builder,
             repositories,
@@ -432,6 +452,34 @@ fn nar_redirect(cache: &RawCache, storage: &str) -> Result<Option<NarRedirect>, 
         }
         Some(other) => Err(invalid(format!("{other:?}: use \"stream\", \"presigned\" or an https:// base URL"))),
     }
+}
+
+/// Below 16 MiB, zstd level 19 (an 8 MiB window) and xz's default preset (an 8 MiB
+/// dictionary) would be refused: what Nix and `berth push` send must always fit.
+fn decoder_limit(cache: &RawCache) -> Result<u32, ConfigError> {
+    match cache.max_decoder_memory_mib.unwrap_or(32) {
+        mib @ 16..=4096 => Ok(mib),
+        other => Err(ConfigError::Invalid {
+            key: "cache.max_decoder_memory_mib",
+            reason: format!("{other} is outside 16..=4096 (xz -6 and zstd -19 need 16)"),
+        }),
+    }
+}
+
+/// Two decoders at the default limit, with the server's own ~20 MiB, stay under 100 MiB
+/// whatever they are sent; uploads are charged what they declare, so honest ones (an xz
+/// -6 upload: 9 MiB, zstd -3: 3 MiB) still run many at once.
+const DEFAULT_DECODER_BUDGET_MIB: u32 = 64;
+
+fn decoder_budget(raw: &RawCache, per_decoder: u32) -> Result<u32, ConfigError> {
+    let budget = raw.decoder_memory_budget_mib.unwrap_or(DEFAULT_DECODER_BUDGET_MIB.max(per_decoder));
+    if budget < per_decoder {
+        return Err(ConfigError::Invalid {
+            key: "cache.decoder_memory_budget_mib",
+            reason: format!("{budget} is below max_decoder_memory_mib ({per_decoder})"),
+        });
+    }
+    Ok(budget)
 }
 
 fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {
@@ -553,6 +601,28 @@ mod tests {
         assert!(parse("storage = \"ftp://x\"").is_err());
         assert!(parse("[cache]\ncompression_level = 99").is_err());
         assert!(parse("previous_public_keys = [\"nope\"]").is_err());
+    }
+
+    #[test]
+    fn metrics_follow_the_cache_unless_configured() {
+        assert!(parse("").unwrap().metrics_public);
+        assert!(!parse("[cache]\nrequire_read_token = true").unwrap().metrics_public);
+        assert!(parse("metrics_public = true\n[cache]\nrequire_read_token = true").unwrap().metrics_public);
+        assert!(!parse("metrics_public = false").unwrap().metrics_public);
+    }
+
+    #[test]
+    fn decoder_memory_is_bounded_and_consistent() {
+        let c = parse("").unwrap().cache;
+        assert_eq!((c.max_decoder_memory_mib, c.decoder_memory_budget_mib), (32, 64));
+        let c = parse("[cache]\nmax_decoder_memory_mib = 256").unwrap().cache;
+        assert_eq!((c.max_decoder_memory_mib, c.decoder_memory_budget_mib), (256, 256));
+        assert!(parse("[cache]\nmax_decoder_memory_mib = 8")
+            .unwrap_err()
+            .to_string()
+            .contains("max_decoder_memory_mib"));
+        let err = parse("[cache]\nmax_decoder_memory_mib = 64\ndecoder_memory_budget_mib = 32").unwrap_err();
+        assert!(err.to_string().contains("decoder_memory_budget_mib"), "{err}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod nix;
 pub mod nixfmt;
 pub mod push;
 pub mod store;
+pub mod text;
 pub mod webhook;
 
 /// Real PostgreSQL and S3 servers for the unit tests (shared with the integration tests).

@@ -250,7 +250,7 @@ enum TokenAction {
     Create {
         #[command(flatten)]
         server: ServerArgs,
-        /// read, push, ci, admin or host:<name>.
+        /// read, push, ci, metrics, admin or host:<name>.
         #[arg(long)]
         scope: String,
         /// What the token is for.
@@ -271,7 +271,30 @@ enum TokenAction {
     },
 }
 
+/// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB),
+/// after which decoder dictionaries and windows come from per-thread arenas and stay
+/// resident once freed: eight uploads decoded one after another on eight blocking threads
+/// then hold eight dictionaries. A fixed threshold keeps every buffer of 1 MiB or more in
+/// its own mapping, returned to the system when freed, so memory follows the decoder
+/// budget (`ingest/budget.rs`).
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn return_large_buffers_to_the_system() {
+    extern "C" {
+        fn mallopt(param: std::ffi::c_int, value: std::ffi::c_int) -> std::ffi::c_int;
+    }
+    const M_MMAP_THRESHOLD: std::ffi::c_int = -3;
+    // SAFETY: mallopt only changes allocator tunables; called before any other thread
+    // exists. It returns 0 on failure, which leaves glibc's default (merely more memory).
+    if unsafe { mallopt(M_MMAP_THRESHOLD, 1 << 20) } == 0 {
+        eprintln!("warning: could not set glibc's mmap threshold; freed decoder memory may stay resident");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn return_large_buffers_to_the_system() {}
+
 fn main() -> Result<()> {
+    return_large_buffers_to_the_system();
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(

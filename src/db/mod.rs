@@ -42,6 +42,18 @@ pub enum DbError {
     Sql(#[from] sqlx::Error),
 }
 
+impl DbError {
+    /// Whether the database's disk is full: SQLite's SQLITE_FULL (13), PostgreSQL's
+    /// `disk_full` (53100), or ENOSPC/EDQUOT (28, 122 on Linux) from the connection itself.
+    pub fn is_storage_full(&self) -> bool {
+        match self {
+            Self::Sql(sqlx::Error::Database(e)) => matches!(e.code().as_deref(), Some("13" | "53100")),
+            Self::Sql(sqlx::Error::Io(e)) => matches!(e.raw_os_error(), Some(28 | 122)),
+            _ => false,
+        }
+    }
+}
+
 /// An open metadata database. Cheap to clone.
 #[derive(Clone, Debug)]
 pub enum Db {

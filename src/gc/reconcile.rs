@@ -126,7 +126,7 @@ async fn republish_one(state: &AppState, hash: &StorePathHash) -> Result<(), Ing
     }
     let file = info.nar_file()?;
     if state.db.nar_file(file.as_str()).await?.is_none() {
-        ingest::adopt_nar(&state.store, &state.db, &file).await?;
+        ingest::adopt_nar(state.cache(), &file).await?;
     }
     ingest::publish(state.cache(), info).await.map(drop)
 }

@@ -12,12 +12,19 @@ use crate::{
     metrics::Metrics,
 };
 
+/// The token of `Authorization: Bearer <token>` or `Basic base64(user:token)`; the scheme
+/// is case-insensitive (RFC 9110 §11.1), so `bearer` and `BASIC` are the same.
 fn presented_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    if let Some(token) = value.strip_prefix("Bearer ") {
-        return Some(token.trim().to_owned());
+    let (scheme, credentials) = value.trim_start().split_once(' ')?;
+    let credentials = credentials.trim();
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Some(credentials.to_owned());
     }
-    let decoded = STANDARD.decode(value.strip_prefix("Basic ")?.trim()).ok()?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = STANDARD.decode(credentials).ok()?;
     let (_user, password) = std::str::from_utf8(&decoded).ok()?.split_once(':')?;
     Some(password.to_owned())
 }
@@ -65,5 +72,18 @@ mod tests {
         assert_eq!(presented_token(&h).as_deref(), Some("sekrit"));
         h.insert(header::AUTHORIZATION, "Basic !!".parse().unwrap());
         assert_eq!(presented_token(&h), None);
+        for (value, token) in [
+            ("bearer abc", Some("abc")),
+            ("BEARER  abc ", Some("abc")),
+            ("bEaReR abc", Some("abc")),
+            ("Token abc", None),
+            ("Bearer", None),
+            ("Bearerabc", None),
+        ] {
+            h.insert(header::AUTHORIZATION, value.parse().unwrap());
+            assert_eq!(presented_token(&h).as_deref(), token, "{value:?}");
+        }
+        h.insert(header::AUTHORIZATION, format!("basic {}", STANDARD.encode("x:sekrit")).parse().unwrap());
+        assert_eq!(presented_token(&h).as_deref(), Some("sekrit"));
     }
 }

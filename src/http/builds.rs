@@ -10,7 +10,7 @@ use axum::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{auth, error::ApiError};
+use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
@@ -99,12 +99,9 @@ fn truncate(s: &str) -> String {
 }
 
 /// `POST /api/v1/builds`: 202 with the build (a known commit answers the existing build).
-pub async fn submit(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    Json(request): Json<SubmitRequest>,
-) -> Result<Response, ApiError> {
+pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Ci).await?;
+    let request: SubmitRequest = json::read(&headers, body).await?;
     let (id, created) = submit_build(&state, &request).await?;
     tracing::info!(id, created, repository = %request.repository, commit = %request.commit, branch = %request.branch, "build submitted");
     let view = load(&state, id).await?;

@@ -18,7 +18,7 @@ use crate::{
     config::NarRedirect,
     ingest,
     metrics::Metrics,
-    nixfmt::{NarFileName, PathInfo, StorePathHash},
+    nixfmt::{NameError, NarFileName, PathInfo, StorePathHash},
     store::ObjectKey,
 };
 
@@ -69,6 +69,10 @@ pub async fn get_top_level(
                 Err(ApiError::NotFound(format!("{hash} is not in this cache")))
             }
         },
+        // Only a published path's listing (one stored by an older berth for any hash is not).
+        TopLevel::Listing(hash) if narinfo(&state, &hash).await?.is_none() => {
+            Err(ApiError::NotFound(format!("{hash} is not in this cache")))
+        }
         TopLevel::Listing(hash) => match state.store.get_bytes(&ObjectKey::Listing(hash.clone())).await? {
             Some(json) => Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response()),
             None => Err(ApiError::NotFound(format!("no listing for {hash}"))),
@@ -113,19 +117,23 @@ pub async fn put_top_level(
                 Metrics::add(&state.metrics.paths_published, 1);
                 tracing::info!(%hash, "published");
             }
+            ingest::adopt_listing(&state.store, &hash).await?;
             Ok(StatusCode::OK.into_response())
         }
         TopLevel::Listing(hash) => {
-            serde_json::from_slice::<serde_json::Value>(&bytes)
-                .map_err(|e| ApiError::BadRequest(format!("listing is not JSON: {e}")))?;
-            state.store.put(&ObjectKey::Listing(hash), bytes).await?;
+            ingest::receive_listing(&state.store, &state.db, hash, bytes).await?;
             Ok(StatusCode::OK.into_response())
         }
     }
 }
 
-fn nar_name(file: &str) -> Result<NarFileName, ApiError> {
-    NarFileName::parse(file).map_err(|e| ApiError::BadRequest(e.to_string()))
+/// The NAR a read asks for: a name in a compression berth never stores is a miss (Nix
+/// asks for `.nar.bz2` and `.nar.br` files too), not a malformed request.
+fn nar_to_read(file: &str) -> Result<NarFileName, ApiError> {
+    NarFileName::parse(file).map_err(|e| match e {
+        NameError::UnstoredCompression(_) => ApiError::NotFound(format!("no NAR {file}")),
+        other => ApiError::BadRequest(other.to_string()),
+    })
 }
 
 /// `GET /nar/<file>`, with `Range`.
@@ -135,7 +143,7 @@ pub async fn get_nar(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let name = nar_name(&file)?;
+    let name = nar_to_read(&file)?;
     if let Some(redirect) = &state.cache.nar_redirect {
         return redirect_nar(&state, name, redirect).await;
     }
@@ -207,7 +215,7 @@ pub async fn head_nar(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     auth::require_read(&state, &headers).await?;
-    let name = nar_name(&file)?;
+    let name = nar_to_read(&file)?;
     if state.db.nar_file(name.as_str()).await?.is_none() {
         return Err(ApiError::NotFound(format!("no NAR {file}")));
     }
@@ -224,11 +232,16 @@ pub async fn put_nar(
     body: Body,
 ) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
-    let name = nar_name(&file)?;
+    let name = NarFileName::parse(&file).map_err(|e| ApiError::BadRequest(e.to_string()))?;
     let stream = body.into_data_stream();
-    let row = ingest::receive_nar(&state.store, &state.db, stream, name.compression(), Some(&name))
-        .await
-        .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
+    let row = ingest::receive_nar(
+        state.cache(),
+        stream,
+        name.compression(),
+        ingest::Expected { name: Some(&name), nar: None },
+    )
+    .await
+    .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
     Metrics::add(&state.metrics.nars_received, 1);
     Metrics::add(&state.metrics.nar_bytes_received, row.file_size as u64);
     Ok(StatusCode::OK.into_response())

@@ -4,20 +4,22 @@
 use std::time::Duration;
 
 use axum::{
-    extract::{Path, Query, State},
+    body::Body,
+    extract::{rejection::QueryRejection, Path, Query, State},
     http::{HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
 };
 use serde::Deserialize;
 
-use super::{auth, error::ApiError};
+use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, NewGeneration, ReportRow},
     deploy::{manifest_of, rollback},
     nixfmt::{StorePath, StorePathHash},
+    text::{clip_head, clip_tail, without_nul},
 };
 
 /// Phases an agent may report.
@@ -46,11 +48,12 @@ pub struct ManifestQuery {
 pub async fn manifest(
     State(state): State<AppState>,
     Path(name): Path<String>,
-    Query(query): Query<ManifestQuery>,
+    query: Result<Query<ManifestQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.timeout.unwrap_or(30).min(60));
     let after = query.after.unwrap_or(0);
     loop {
@@ -91,31 +94,32 @@ pub struct ReportRequest {
     active_generation: Option<i64>,
 }
 
-fn clip(s: Option<String>, max: usize) -> Option<String> {
-    s.map(|s| if s.len() <= max { s } else { s[s.len() - max..].to_owned() }.replace('\0', ""))
-}
+/// Bytes kept of a report's one-line message (its beginning) and of its log tail (its end).
+const MESSAGE_BYTES: usize = 1000;
+const LOG_TAIL_BYTES: usize = 64 * 1024;
 
 /// `POST /api/v1/hosts/{name}/reports`.
 pub async fn report(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(r): Json<ReportRequest>,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    let r: ReportRequest = json::read(&headers, body).await?;
     if !PHASES.contains(&r.phase.as_str()) {
         return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", PHASES.join(", "))));
     }
     if state.db.generation(&name, r.generation).await?.is_none() {
         return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));
     }
-    let message = clip(r.message, 1000).map(|m| m.lines().next().unwrap_or_default().to_owned());
+    let message = r.message.map(|m| without_nul(clip_head(m.lines().next().unwrap_or_default(), MESSAGE_BYTES)));
     let row = ReportRow {
         generation: r.generation,
         phase: r.phase,
         message,
-        log_tail: clip(r.log_tail, 64 * 1024),
+        log_tail: r.log_tail.map(|t| without_nul(clip_tail(&t, LOG_TAIL_BYTES))),
         duration_ms: r.duration_ms,
         created_at: 0,
     };
@@ -149,10 +153,11 @@ pub async fn rollback(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(request): Json<RollbackRequest>,
+    body: Body,
 ) -> Result<(StatusCode, Json<GenerationRow>), ApiError> {
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Admin).await?;
+    let request: RollbackRequest = json::read(&headers, body).await?;
     let repository =
         state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
     // Retention may not delete the target's system between the check and the new generation.

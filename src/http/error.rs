@@ -3,12 +3,14 @@
 //! client as "internal error", never with paths or backend details.
 
 use axum::{
+    extract::Request,
     http::{header, HeaderValue, StatusCode},
+    middleware::Next,
     response::{IntoResponse, Response},
     Json,
 };
 
-use crate::{db::DbError, ingest::IngestError, store::StoreError};
+use crate::{db::DbError, ingest::IngestError, nixfmt::VerifyError, store::StoreError};
 
 /// A request that cannot be answered with success.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +36,15 @@ pub enum ApiError {
     /// A request body over its limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A body of a type the endpoint does not take.
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    /// A route that exists, asked with a method it does not answer.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// The storage is out of space: the client may retry once the operator made room.
+    #[error("the cache's storage is full; try again later")]
+    StorageFull(String),
     /// Our fault; the detail is logged, not sent.
     #[error("internal error")]
     Internal(String),
@@ -49,6 +60,9 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
+            Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+            Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
         }
     }
@@ -59,6 +73,7 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         match &self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
+            Self::StorageFull(detail) => tracing::error!(%detail, "storage full"),
             Self::Unauthorized(reason) | Self::Forbidden(reason) => {
                 tracing::warn!(%status, reason, "refused")
             }
@@ -77,15 +92,67 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl ApiError {
+    /// The error a status stands for, for refusals made outside berth's handlers (axum's
+    /// routing and extractors), with their one-line reason.
+    fn from_status(status: StatusCode, reason: String) -> Self {
+        match status {
+            StatusCode::UNAUTHORIZED => Self::Unauthorized(reason),
+            StatusCode::FORBIDDEN => Self::Forbidden(reason),
+            StatusCode::NOT_FOUND => Self::NotFound(reason),
+            StatusCode::METHOD_NOT_ALLOWED => Self::MethodNotAllowed(reason),
+            StatusCode::CONFLICT => Self::Conflict(reason),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::TooLarge(reason),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::UnsupportedMediaType(reason),
+            s if s.is_server_error() => Self::Internal(reason),
+            _ => Self::BadRequest(reason),
+        }
+    }
+}
+
+/// Middleware: every refusal is `{code, message}` JSON, including those axum makes itself
+/// (a path or query that does not parse, a method a route does not answer), which are
+/// plain text or empty. berth's own errors are JSON already and pass untouched, as does
+/// every success.
+pub async fn json_refusals(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json =
+        response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    // axum's rejection texts are one short line; anything longer is cut.
+    let text = axum::body::to_bytes(body, 4096).await.unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let line = text.lines().next().map(str::trim).filter(|l| !l.is_empty());
+    let reason = line.map(str::to_owned).unwrap_or_else(|| status.canonical_reason().unwrap_or("refused").to_owned());
+    let mut refusal = ApiError::from_status(status, reason).into_response();
+    *refusal.status_mut() = status;
+    for (name, value) in parts.headers.iter().filter(|(n, _)| *n == header::ALLOW || *n == header::WWW_AUTHENTICATE) {
+        refusal.headers_mut().insert(name, value.clone());
+    }
+    refusal
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        Self::Internal(e.to_string())
+        if e.is_storage_full() {
+            Self::StorageFull(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        Self::Internal(e.to_string())
+        if e.is_storage_full() {
+            Self::StorageFull(e.to_string())
+        } else {
+            Self::Internal(e.to_string())
+        }
     }
 }
 
@@ -94,8 +161,10 @@ impl From<IngestError> for ApiError {
         match e {
             IngestError::Store(e) => e.into(),
             IngestError::Db(e) => e.into(),
+            IngestError::Verify(VerifyError::DecoderMemory { .. }) => Self::TooLarge(e.to_string()),
             IngestError::Verify(_)
             | IngestError::NarInfo(_)
+            | IngestError::Listing(_)
             | IngestError::NameMismatch { .. }
             | IngestError::NarMissing(_)
             | IngestError::Mismatch { .. }

@@ -2,13 +2,14 @@
 //! keep closures that are not hosts.
 
 use axum::{
+    body::Body,
     extract::{Path, State},
     http::{HeaderMap, StatusCode},
     Json,
 };
 use serde::Deserialize;
 
-use super::{auth, error::ApiError};
+use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::Scope,
@@ -43,9 +44,10 @@ impl From<GcError> for ApiError {
 pub async fn collect(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(request): Json<GcRequest>,
+    body: Body,
 ) -> Result<Json<GcReport>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
+    let request: GcRequest = json::read(&headers, body).await?;
     let mut policy = state.config.retention.clone();
     if let Some(keep) = request.keep {
         if keep == 0 {
@@ -81,9 +83,10 @@ pub async fn pin(
     State(state): State<AppState>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    Json(request): Json<PinRequest>,
+    body: Body,
 ) -> Result<StatusCode, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
+    let request: PinRequest = json::read(&headers, body).await?;
     pin_name(&name)?;
     let path: StorePath = request.store_path.parse().map_err(|e| ApiError::BadRequest(format!("store_path: {e}")))?;
     // Retention may not delete the path between the check and the pin.

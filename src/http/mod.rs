@@ -10,6 +10,7 @@ mod derivations;
 mod error;
 mod gc;
 mod hosts;
+mod json;
 mod ops;
 mod push;
 mod range;
@@ -62,6 +63,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
+        .layer(middleware::from_fn(error::json_refusals))
         .layer(middleware::from_fn(request_span))
         .with_state(state)
 }

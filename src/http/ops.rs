@@ -1,10 +1,14 @@
 //! Operational endpoints: `/healthz` (the index and the storage answer) and `/metrics`
 //! (Prometheus text).
 
-use axum::{extract::State, http::header, response::IntoResponse};
+use axum::{
+    extract::State,
+    http::{header, HeaderMap},
+    response::IntoResponse,
+};
 
-use super::error::ApiError;
-use crate::{app::AppState, store::ObjectKey};
+use super::{auth, error::ApiError};
+use crate::{app::AppState, auth::Scope, store::ObjectKey};
 
 /// `GET /healthz`: 200 when the index answers and the storage holds `nix-cache-info` (a
 /// replica whose bucket or credentials broke leaves the load balancer's rotation).
@@ -16,7 +20,10 @@ pub async fn healthz(State(state): State<AppState>) -> Result<&'static str, ApiE
     Ok("ok\n")
 }
 
-/// `GET /metrics`.
-pub async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render())
+/// `GET /metrics`: public, or for a `metrics` (or admin) token (`metrics_public`).
+pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Result<impl IntoResponse, ApiError> {
+    if !state.config.metrics_public {
+        auth::require(&state, &headers, Scope::Metrics).await?;
+    }
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()))
 }

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use futures::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use super::{auth, error::ApiError};
+use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::Scope,
@@ -47,9 +47,10 @@ pub struct MissingResponse {
 pub async fn missing(
     State(state): State<AppState>,
     headers: HeaderMap,
-    Json(request): Json<MissingRequest>,
+    body: Body,
 ) -> Result<Json<MissingResponse>, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
+    let request: MissingRequest = json::read(&headers, body).await?;
     let mut hashes = Vec::with_capacity(request.paths.len());
     for path in &request.paths {
         let parsed: StorePath = path.parse().map_err(|e| ApiError::BadRequest(format!("{path:?}: {e}")))?;

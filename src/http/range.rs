@@ -4,7 +4,8 @@
 
 use crate::store::ByteRange;
 
-/// Parses `bytes=a-b`, `bytes=a-` or `bytes=-n`; `None` for anything else.
+/// Parses `bytes=a-b`, `bytes=a-` or `bytes=-n`; `None` for anything else. `bytes=-0` is
+/// a valid range that no object satisfies (RFC 9110 §14.1.1): it parses, and is 416.
 pub fn parse(value: &str) -> Option<ByteRange> {
     let spec = value.trim().strip_prefix("bytes=")?;
     if spec.contains(',') {
@@ -13,7 +14,7 @@ pub fn parse(value: &str) -> Option<ByteRange> {
     let (start, end) = spec.split_once('-')?;
     let (start, end) = (start.trim(), end.trim());
     if start.is_empty() {
-        return end.parse().ok().filter(|n| *n > 0).map(ByteRange::Suffix);
+        return end.parse().ok().map(ByteRange::Suffix);
     }
     let start: u64 = start.parse().ok()?;
     let end = if end.is_empty() { None } else { Some(end.parse::<u64>().ok().filter(|e| *e >= start)?) };
@@ -44,10 +45,12 @@ mod tests {
         check("bytes=-5", Some(ByteRange::Suffix(5)));
         check("bytes=5-1", None);
         check("bytes=0-1,4-5", None);
-        check("bytes=-0", None);
+        check("bytes=-0", Some(ByteRange::Suffix(0)));
+        check("bytes=-", None);
         check("items=0-1", None);
         check("bytes=x-", None);
         assert!(!satisfiable(ByteRange::From { start: 10, end: None }, 10));
         assert!(satisfiable(ByteRange::Suffix(100), 10));
+        assert!(!satisfiable(ByteRange::Suffix(0), 10), "the last zero bytes");
     }
 }

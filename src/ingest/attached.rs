@@ -18,7 +18,7 @@ pub const MAX_DRV_LOG: u64 = 16 << 20;
 
 /// Signs and stores a realisation whose output path is in the cache.
 pub async fn realisation(cache: Cache<'_>, realisation: Realisation) -> Result<Realisation, IngestError> {
-    let Cache { store, db, key, gate } = cache;
+    let Cache { store, db, key, gate, .. } = cache;
     let _gate = gate.read().await?;
     let out = realisation.out_hash().to_string();
     if db.present(std::slice::from_ref(&out)).await?.is_empty() {

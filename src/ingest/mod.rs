@@ -13,7 +13,10 @@
 //! never a narinfo without its NAR.
 
 pub mod attached;
+mod budget;
 mod channel;
+
+pub use budget::DecoderBudget;
 
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
@@ -21,8 +24,8 @@ use futures::{Stream, StreamExt};
 use crate::crash::{self, Step};
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
 use crate::nixfmt::{
-    self, sha256_nix_string, verify_nar, Compression, NarFileInfo, NarFileName, NarInfoError, PathInfo, SecretKey,
-    VerifyError,
+    self, declared_memory, sha256_nix_string, verify_nar, Compression, Declared, NarDigest, NarFileInfo, NarFileName,
+    NarInfoError, PathInfo, SecretKey, StorePathHash, VerifyError,
 };
 use crate::store::{ObjectKey, Store, StoreError};
 
@@ -35,6 +38,9 @@ pub enum IngestError {
     /// The narinfo or claim is malformed.
     #[error(transparent)]
     NarInfo(#[from] NarInfoError),
+    /// A NAR listing upload is not one.
+    #[error(transparent)]
+    Listing(#[from] nixfmt::ListingError),
     /// A NAR's content does not match the name it was uploaded under.
     #[error("NAR file name {name} does not match its content (FileHash {actual})")]
     NameMismatch {
@@ -76,40 +82,59 @@ pub enum IngestError {
     Db(#[from] DbError),
 }
 
-/// Streams a (compressed) NAR into the cache: staged, verified while it arrives, then
-/// committed as `nar/<file hash>.nar<ext>`. `expected` is the name a client chose (Nix's
-/// `PUT /nar/<file>`), which must match the content; `None` names it by content.
+/// What a received NAR must turn out to be, checked before it is committed (so a NAR that
+/// is not what its uploader said is never kept).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Expected<'a> {
+    /// The name a client chose (Nix's `PUT /nar/<file>`), which must match the content;
+    /// `None` names it by content.
+    pub name: Option<&'a NarFileName>,
+    /// The NAR's SHA-256 and size, as a push claim states them.
+    pub nar: Option<NarDigest>,
+}
+
+/// Streams a (compressed) NAR into the cache: staged, verified while it arrives, checked
+/// against `expected`, then committed as `nar/<file hash>.nar<ext>`. The decompressor is
+/// admitted by the decoder budget for what the stream's first bytes declare, and held to it.
 pub async fn receive_nar<S, E>(
-    store: &Store,
-    db: &Db,
-    body: S,
+    cache: Cache<'_>,
+    mut body: S,
     compression: Compression,
-    expected: Option<&NarFileName>,
+    expected: Expected<'_>,
 ) -> Result<NarFileRow, IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut upload = store.start_upload(expected.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
+    let Cache { store, db, decoders, .. } = cache;
+    let (head, declared) = peek(&mut body, compression).await?;
+    let share = decoders.admit(compression, declared).await?;
+    let limit = share.limit;
+    let body = futures::stream::iter(head.into_iter().map(Ok)).chain(body);
+    let mut upload = store.start_upload(expected.name.map(|n| ObjectKey::Nar(n.clone())).as_ref()).await?;
     let (tx, reader) = channel::pair();
-    let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
+    let verifier = tokio::task::spawn_blocking(move || {
+        let verified = verify_nar(reader, compression, limit);
+        drop(share);
+        verified
+    });
     let streamed = stream_into(body, &mut upload, tx).await;
     let verified = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())));
     let (nar, file) = match (streamed, verified) {
         (Ok(()), Ok(Ok(digests))) => digests,
-        (Err(e), _) | (Ok(()), Err(e)) => {
+        (Err(e), _) => {
             upload.abort().await;
-            return Err(e.into());
+            return Err(e);
         }
-        (Ok(()), Ok(Err(e))) => {
+        (Ok(()), Err(e) | Ok(Err(e))) => {
             upload.abort().await;
             return Err(e.into());
         }
     };
     let name = NarFileName::for_file_hash(&file.sha256, compression);
-    if let Some(expected) = expected.filter(|e| e.as_str() != name.as_str()) {
+    if let Err(e) = check_received(&expected, &name, &nar, &file) {
         upload.abort().await;
-        return Err(IngestError::NameMismatch { name: expected.to_string(), actual: sha256_nix_string(&file.sha256) });
+        return Err(e);
     }
     crash::point(Step::NarStaged);
     upload.commit(&ObjectKey::Nar(name.clone())).await?;
@@ -129,12 +154,21 @@ where
 /// Records a NAR object that storage has but the index does not (a crash between its commit
 /// and its row): it is read back and verified like an upload, and recorded only when its
 /// content matches its name. `None` when there is no such object.
-pub async fn adopt_nar(store: &Store, db: &Db, name: &NarFileName) -> Result<Option<NarFileRow>, IngestError> {
+pub async fn adopt_nar(cache: Cache<'_>, name: &NarFileName) -> Result<Option<NarFileRow>, IngestError> {
+    let Cache { store, db, decoders, .. } = cache;
     let Some(body) = store.get(&ObjectKey::Nar(name.clone()), None).await? else { return Ok(None) };
-    let (tx, reader) = channel::pair();
     let compression = name.compression();
-    let verifier = tokio::task::spawn_blocking(move || verify_nar(reader, compression));
     let mut stream = body.stream;
+    let (head, declared) = peek(&mut stream, compression).await?;
+    let share = decoders.admit(compression, declared).await?;
+    let limit = share.limit;
+    let (tx, reader) = channel::pair();
+    let verifier = tokio::task::spawn_blocking(move || {
+        let verified = verify_nar(reader, compression, limit);
+        drop(share);
+        verified
+    });
+    let mut stream = futures::stream::iter(head.into_iter().map(Ok)).chain(stream);
     while let Some(chunk) = stream.next().await {
         if tx.send(chunk?).await.is_err() {
             break;
@@ -142,9 +176,12 @@ pub async fn adopt_nar(store: &Store, db: &Db, name: &NarFileName) -> Result<Opt
     }
     drop(tx);
     let (nar, file) = verifier.await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))??;
-    if NarFileName::for_file_hash(&file.sha256, compression).as_str() != name.as_str() {
-        return Err(IngestError::NameMismatch { name: name.to_string(), actual: sha256_nix_string(&file.sha256) });
-    }
+    check_received(
+        &Expected { name: Some(name), nar: None },
+        &NarFileName::for_file_hash(&file.sha256, compression),
+        &nar,
+        &file,
+    )?;
     let row = NarFileRow {
         name: name.to_string(),
         file_hash: sha256_nix_string(&file.sha256),
@@ -156,19 +193,58 @@ pub async fn adopt_nar(store: &Store, db: &Db, name: &NarFileName) -> Result<Opt
     Ok(Some(row))
 }
 
+/// Reads the first chunks of `body` until they tell what the stream's decoder needs (a
+/// few bytes; at most [`nixfmt::PEEK_BYTES`] and a chunk), returning them to be streamed
+/// first.
+async fn peek<S, E>(body: &mut S, compression: Compression) -> Result<(Vec<Bytes>, Declared), IngestError>
+where
+    S: Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
+{
+    let (mut chunks, mut head) = (Vec::new(), Vec::new());
+    loop {
+        let declared = declared_memory(compression, &head);
+        if declared != Declared::NeedMore || head.len() >= nixfmt::PEEK_BYTES {
+            return Ok((chunks, declared));
+        }
+        let Some(chunk) = body.next().await else { return Ok((chunks, declared)) };
+        let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        head.extend_from_slice(&chunk[..chunk.len().min(nixfmt::PEEK_BYTES)]);
+        chunks.push(chunk);
+    }
+}
+
+/// Whether what arrived is what the uploader said it would be.
+fn check_received(
+    expected: &Expected<'_>,
+    name: &NarFileName,
+    nar: &NarDigest,
+    file: &NarDigest,
+) -> Result<(), IngestError> {
+    if let Some(chosen) = expected.name.filter(|e| e.as_str() != name.as_str()) {
+        return Err(IngestError::NameMismatch { name: chosen.to_string(), actual: sha256_nix_string(&file.sha256) });
+    }
+    if let Some(claimed) = expected.nar {
+        check("narHash", sha256_nix_string(&claimed.sha256), &sha256_nix_string(&nar.sha256))?;
+        check("narSize", claimed.size.to_string(), &nar.size.to_string())?;
+    }
+    Ok(())
+}
+
 /// Copies the body into the staging upload and the verifier's channel at once.
 async fn stream_into<S, E>(
     mut body: S,
     upload: &mut crate::store::Upload,
     tx: channel::Sender,
-) -> Result<(), VerifyError>
+) -> Result<(), IngestError>
 where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
-        upload.write(&chunk).await.map_err(|e| VerifyError::Read(std::io::Error::other(e.to_string())))?;
+        // A storage failure (a full disk) stays one, so it is answered as such.
+        upload.write(&chunk).await?;
         // The verifier stopping early (a malformed NAR) is reported by its own result.
         if tx.send(chunk).await.is_err() {
             break;
@@ -199,11 +275,13 @@ pub struct Cache<'a> {
     /// Held for reading while a path is checked and published (across replicas with
     /// PostgreSQL).
     pub gate: &'a PublishGate,
+    /// What decompressing uploads may cost in memory.
+    pub decoders: &'a DecoderBudget,
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
 pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
-    let Cache { store, db, key, gate } = cache;
+    let Cache { store, db, key, gate, .. } = cache;
     // Retention cannot plan or delete while this publication checks and indexes.
     let _gate = gate.read().await?;
     let file = info.nar_file()?;
@@ -246,6 +324,29 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
     Ok(if inserted { Published::New } else { Published::AlreadyPresent })
 }
 
+/// Stores a NAR listing for `hash`: served at once when the path is published, else set
+/// aside until it is (Nix uploads the listing first), so nobody can make the cache serve
+/// JSON for a path it does not have. Returns whether the listing is served now.
+pub async fn receive_listing(store: &Store, db: &Db, hash: StorePathHash, listing: Bytes) -> Result<bool, IngestError> {
+    nixfmt::check_listing(&listing)?;
+    if db.narinfo(hash.as_str()).await?.is_some() {
+        store.put(&ObjectKey::Listing(hash), listing).await?;
+        return Ok(true);
+    }
+    store.put(&ObjectKey::PendingListing(hash), listing).await?;
+    Ok(false)
+}
+
+/// After `hash` was published: serves the listing uploaded before it, if any.
+pub async fn adopt_listing(store: &Store, hash: &StorePathHash) -> Result<(), IngestError> {
+    let pending = ObjectKey::PendingListing(hash.clone());
+    if let Some(listing) = store.get_bytes(&pending).await? {
+        store.put(&ObjectKey::Listing(hash.clone()), listing).await?;
+        store.delete(&pending).await?;
+    }
+    Ok(())
+}
+
 fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), IngestError> {
     if claimed == actual {
         Ok(())
@@ -277,7 +378,9 @@ where
     S: Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let row = receive_nar(cache.store, cache.db, body, compression, None).await?;
+    // Everything the claim says that can be checked without the NAR is, before reading it.
+    let nar = claim.checked_nar()?;
+    let row = receive_nar(cache, body, compression, Expected { name: None, nar: Some(nar) }).await?;
     let name = NarFileName::parse(&row.name).expect("names made by receive_nar are valid");
     let file_sha256 = parse_sha256(&row.file_hash);
     let file = NarFileInfo { name, file_sha256, file_size: row.file_size as u64 };

@@ -17,6 +17,7 @@ struct TestCache {
     db: Db,
     key: SecretKey,
     gate: PublishGate,
+    decoders: DecoderBudget,
 }
 
 fn cache(db: Db) -> TestCache {
@@ -25,6 +26,7 @@ fn cache(db: Db) -> TestCache {
         gate: PublishGate::new(&db),
         db,
         key: SecretKey::generate("t-1").unwrap(),
+        decoders: DecoderBudget::new(32, 128),
     }
 }
 
@@ -54,7 +56,7 @@ fn body(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + U
 
 impl TestCache {
     fn target(&self) -> Cache<'_> {
-        Cache { store: &self.store, db: &self.db, key: &self.key, gate: &self.gate }
+        Cache { store: &self.store, db: &self.db, key: &self.key, gate: &self.gate, decoders: &self.decoders }
     }
 
     async fn push(&self, claim: &PathClaim, nar: &[u8]) -> Result<Published, IngestError> {
@@ -91,10 +93,15 @@ for_each_backend! {
         let real = nar(b"real");
         let mut lie = claim(A, &real, &[]);
         lie.nar_size += 1;
-        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarSize", .. }));
+        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "narSize", .. }));
         let lie = claim(A, &nar(b"other"), &[]);
-        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "NarHash", .. }));
+        assert!(matches!(c.push(&lie, &real).await.unwrap_err(), IngestError::Mismatch { field: "narHash", .. }));
         assert_eq!(c.visible(A).await, None);
+        // Nor is the NAR kept: it is checked before it is committed.
+        let name = NarFileName::for_file_hash(&Sha256::digest(zstd::encode_all(&real[..], 3).unwrap()).into(), Compression::Zstd);
+        assert!(c.store.head(&ObjectKey::Nar(name.clone())).await.unwrap().is_none());
+        assert!(c.db.nar_file(name.as_str()).await.unwrap().is_none());
+        assert_eq!(c.store.sweep_staging().await.unwrap(), 0);
     }
 
     async fn a_corrupt_or_truncated_nar_leaves_nothing(db: Db) {
@@ -102,11 +109,11 @@ for_each_backend! {
         let real = nar(b"payload");
         let zst = zstd::encode_all(&real[..], 3).unwrap();
         let cut = zst[..zst.len() - 3].to_vec();
-        let err = receive_nar(&c.store, &c.db, body(cut), Compression::Zstd, None).await.unwrap_err();
+        let err = receive_nar(c.target(), body(cut), Compression::Zstd, Expected::default()).await.unwrap_err();
         assert!(matches!(err, IngestError::Verify(_)), "{err}");
         let mut flipped = real.clone();
         flipped[10] ^= 0xff;
-        assert!(receive_nar(&c.store, &c.db, body(flipped), Compression::None, None).await.is_err());
+        assert!(receive_nar(c.target(), body(flipped), Compression::None, Expected::default()).await.is_err());
         assert_eq!(c.store.sweep_staging().await.unwrap(), 0, "no staging object is left behind");
     }
 
@@ -114,10 +121,10 @@ for_each_backend! {
         let c = cache(db);
         let real = nar(b"x");
         let wrong = NarFileName::for_file_hash(&[9; 32], Compression::None);
-        let err = receive_nar(&c.store, &c.db, body(real.clone()), Compression::None, Some(&wrong)).await.unwrap_err();
+        let err = receive_nar(c.target(), body(real.clone()), Compression::None, Expected { name: Some(&wrong), nar: None }).await.unwrap_err();
         assert!(matches!(err, IngestError::NameMismatch { .. }));
         let right = NarFileName::for_file_hash(&Sha256::digest(&real).into(), Compression::None);
-        let row = receive_nar(&c.store, &c.db, body(real), Compression::None, Some(&right)).await.unwrap();
+        let row = receive_nar(c.target(), body(real), Compression::None, Expected { name: Some(&right), nar: None }).await.unwrap();
         assert_eq!(row.name, right.as_str());
         assert!(c.store.head(&ObjectKey::Nar(right)).await.unwrap().is_some());
     }

@@ -5,15 +5,19 @@
 //! `nix-narinfo`, `nix-derivation`): everything else goes through the types defined or
 //! re-exported here, so a crate swap touches one folder.
 
+mod declared;
 mod keys;
+mod listing;
 mod names;
 mod nar;
 mod narinfo;
 mod realisation;
 
+pub use declared::{declared_memory, Declared, PEEK_BYTES};
 pub use keys::{KeyError, PublicKey, SecretKey};
+pub use listing::{check_listing, ListingError};
 pub use names::{Compression, DrvName, NameError, NarFileName, StorePathHash};
-pub use nar::{dump_path, verify_nar, NarDigest, VerifyError};
+pub use nar::{dump_path, verify_nar, DecoderLimit, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
 pub use realisation::{DrvOutputId, Realisation, RealisationError};
 

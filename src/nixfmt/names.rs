@@ -10,8 +10,8 @@ pub enum NameError {
     /// Not 32 characters of Nix base32.
     #[error("invalid store path hash {0:?}: expected 32 characters of nix base32")]
     StorePathHash(String),
-    /// Not `<nixbase32>.nar[.xz|.zst|.bz2]`.
-    #[error("invalid NAR file name {0:?}: expected <nixbase32 hash>.nar[.xz|.zst|.bz2]")]
+    /// Not `<nixbase32>.nar[.xz|.zst]`.
+    #[error("invalid NAR file name {0:?}: expected <nixbase32 hash>.nar[.xz|.zst]")]
     NarFile(String),
     /// Not `sha256:<hex>!<output>`.
     #[error("invalid derivation output id {0:?}: expected sha256:<64 hex digits>!<output name>")]
@@ -19,6 +19,10 @@ pub enum NameError {
     /// Not `<hash>-<name>.drv`.
     #[error("invalid derivation {0:?}: expected <nixbase32 hash>-<name>.drv")]
     Derivation(String),
+    /// A well-formed NAR file name in a compression Nix writes but berth does not store
+    /// (`compression=bzip2|br`): a download of one is a miss, an upload is refused.
+    #[error("berth does not store {0}-compressed NARs: upload with compression=xz, zstd or none")]
+    UnstoredCompression(&'static str),
     /// A compression method berth does not handle.
     #[error("unsupported compression {0:?}: berth accepts none, xz, zstd")]
     Compression(String),
@@ -141,6 +145,20 @@ impl Compression {
     }
 }
 
+/// Nix names NARs by the nixbase32 SHA-256 of the file (52 characters); other caches use
+/// other lengths, so any sane length of the same alphabet is a NAR name's stem.
+fn is_nar_stem(stem: &str) -> bool {
+    !stem.is_empty() && stem.len() <= 128 && is_nixbase32(stem)
+}
+
+/// `<stem>.nar.bz2` and `<stem>.nar.br`: names Nix writes (`compression=bzip2|br`) for
+/// compressions berth does not decode.
+fn unstored_compression(s: &str) -> Option<(&str, &'static str)> {
+    s.strip_suffix(".nar.bz2")
+        .map(|stem| (stem, "bzip2"))
+        .or_else(|| s.strip_suffix(".nar.br").map(|stem| (stem, "br")))
+}
+
 /// The file part of a NAR URL: `<nixbase32 file hash>.nar[.xz|.zst]`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct NarFileName {
@@ -158,12 +176,12 @@ impl NarFileName {
             (stem, Compression::Xz)
         } else if let Some(stem) = s.strip_suffix(".nar") {
             (stem, Compression::None)
+        } else if let Some((stem, method)) = unstored_compression(s) {
+            return Err(if is_nar_stem(stem) { NameError::UnstoredCompression(method) } else { err() });
         } else {
             return Err(err());
         };
-        // Nix names NARs by the nixbase32 SHA-256 of the file (52 characters); other caches
-        // use other lengths, so accept any sane length of the same alphabet.
-        if stem.is_empty() || stem.len() > 128 || !is_nixbase32(stem) {
+        if !is_nar_stem(stem) {
             return Err(err());
         }
         Ok(Self { name: s.to_owned(), compression })
@@ -234,6 +252,9 @@ mod tests {
         check_nar(&format!("{h}.nar.zst"), Some((h, Compression::Zstd)));
         check_nar(&format!("{h}.nar"), Some((h, Compression::None)));
         check_nar(&format!("{h}.nar.bz2"), None);
+        assert_eq!(NarFileName::parse(&format!("{h}.nar.bz2")), Err(NameError::UnstoredCompression("bzip2")));
+        assert_eq!(NarFileName::parse(&format!("{h}.nar.br")), Err(NameError::UnstoredCompression("br")));
+        assert!(matches!(NarFileName::parse("../x.nar.br"), Err(NameError::NarFile(_))));
         check_nar("../x.nar", None);
         check_nar(".nar", None);
         check_nar(&format!("{h}.narinfo"), None);

@@ -35,6 +35,62 @@ pub enum VerifyError {
     /// Reading the stream failed (the client went away, the body was cut).
     #[error("upload stream failed: {0}")]
     Read(io::Error),
+    /// The stream declares a dictionary (xz) or window (zstd) that needs more memory than
+    /// one decoder may use: a decompression bomb, or a client that compressed with
+    /// settings the server does not accept.
+    #[error(
+        "the {compression} stream needs more decoder memory than allowed (at most {limit_mib} MiB, \
+         [cache] max_decoder_memory_mib, and no more than its first block or frame declares); \
+         compress with a smaller dictionary or window"
+    )]
+    DecoderMemory {
+        /// The compression the client declared.
+        compression: &'static str,
+        /// The limit, in MiB.
+        limit_mib: u64,
+    },
+}
+
+/// The most memory one decompressor may use: liblzma's memlimit for xz (which covers the
+/// dictionary every block header declares), and for zstd the largest power-of-two window
+/// that leaves 1 MiB for the decoder's own buffers. Streams that ask for more are refused
+/// before anything is allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecoderLimit {
+    /// What this decoder is held to.
+    bytes: u64,
+    /// The configured maximum, for messages.
+    max_mib: u64,
+}
+
+impl DecoderLimit {
+    /// A limit of `mib` MiB.
+    pub const fn from_mib(mib: u64) -> Self {
+        Self { bytes: mib << 20, max_mib: mib }
+    }
+
+    /// This limit lowered to `mib` MiB (the share of the budget a decoder was given); never
+    /// raised.
+    pub fn lowered_to(self, mib: u64) -> Self {
+        Self { bytes: (mib << 20).min(self.bytes), max_mib: self.max_mib }
+    }
+
+    /// The configured maximum in MiB.
+    pub fn mib(self) -> u64 {
+        self.max_mib
+    }
+
+    /// The xz memlimit in bytes.
+    fn xz_memlimit(self) -> u64 {
+        self.bytes
+    }
+
+    /// zstd's `window_log_max`: the largest power-of-two window that leaves 1 MiB of the
+    /// limit, within zstd's own bounds (2^10 to 2^31).
+    fn zstd_window_log(self) -> u32 {
+        let window = self.bytes.saturating_sub(1 << 20).max(1);
+        (63 - window.leading_zeros()).clamp(10, 31)
+    }
 }
 
 /// A reader that hashes and counts everything read through it.
@@ -67,15 +123,17 @@ impl<R: Read> Read for Hashing<R> {
 /// and size of the decompressed NAR (what `NarHash`/`NarSize` claim) and of the bytes as
 /// stored (`FileHash`/`FileSize`). The NAR grammar is checked on the way, so a hostile or
 /// truncated archive is refused, never stored.
-pub fn verify_nar(reader: impl Read, compression: Compression) -> Result<(NarDigest, NarDigest), VerifyError> {
+///
+/// No decoder uses more memory than `limit`: a stream that asks for more is refused with
+/// [`VerifyError::DecoderMemory`].
+pub fn verify_nar(
+    reader: impl Read,
+    compression: Compression,
+    limit: DecoderLimit,
+) -> Result<(NarDigest, NarDigest), VerifyError> {
     let mut file = Hashing::new(reader);
     let nar = {
-        let decompress_err = |source| VerifyError::Decompress { compression: compression.as_str(), source };
-        let decoder: Box<dyn Read + '_> = match compression {
-            Compression::None => Box::new(&mut file),
-            Compression::Zstd => Box::new(zstd::stream::read::Decoder::new(&mut file).map_err(decompress_err)?),
-            Compression::Xz => Box::new(xz2::read::XzDecoder::new_multi_decoder(&mut file)),
-        };
+        let decoder = decoder(&mut file, compression, limit)?;
         let mut nar = BufReader::with_capacity(256 * 1024, Hashing::new(decoder));
         decode_events_reader(&mut nar, |event| {
             if let ReadEvent::Regular { mut contents, .. } = event {
@@ -83,7 +141,7 @@ pub fn verify_nar(reader: impl Read, compression: Compression) -> Result<(NarDig
             }
             Ok(())
         })
-        .map_err(|e| classify(e, compression))?;
+        .map_err(|e| classify(e, compression, limit))?;
         nar.into_inner().finish()
     };
     // Whatever follows the compressed frame still counts towards the file's hash and size.
@@ -91,8 +149,53 @@ pub fn verify_nar(reader: impl Read, compression: Compression) -> Result<(NarDig
     Ok((nar, file.finish()))
 }
 
-fn classify(e: nix_archive::nar::Error, compression: Compression) -> VerifyError {
+/// The decompressor for `compression`, limited to `limit`.
+fn decoder<'a>(
+    file: &'a mut impl Read,
+    compression: Compression,
+    limit: DecoderLimit,
+) -> Result<Box<dyn Read + 'a>, VerifyError> {
+    let decompress_err = |source| VerifyError::Decompress { compression: compression.as_str(), source };
+    Ok(match compression {
+        Compression::None => Box::new(file),
+        Compression::Zstd => {
+            let mut d = zstd::stream::read::Decoder::new(file).map_err(decompress_err)?;
+            d.window_log_max(limit.zstd_window_log()).map_err(decompress_err)?;
+            Box::new(d)
+        }
+        Compression::Xz => {
+            // What `new_multi_decoder` does (concatenated streams, as `xz -T` writes them),
+            // with a memory limit instead of none.
+            let stream = xz2::stream::Stream::new_auto_decoder(limit.xz_memlimit(), xz2::stream::CONCATENATED)
+                .map_err(|e| decompress_err(e.into()))?;
+            Box::new(xz2::read::XzDecoder::new_stream(file, stream))
+        }
+    })
+}
+
+/// Whether a decompressor's error says the stream needs more memory than it may use.
+fn over_memory_limit(e: &io::Error, compression: Compression) -> bool {
+    match compression {
+        Compression::None => false,
+        Compression::Xz => {
+            matches!(
+                e.get_ref().and_then(|i| i.downcast_ref::<xz2::stream::Error>()),
+                Some(xz2::stream::Error::MemLimit)
+            )
+        }
+        Compression::Zstd => {
+            // The zstd crate reports errors by their zstd names only.
+            let code = zstd::zstd_safe::zstd_sys::ZSTD_ErrorCode::ZSTD_error_frameParameter_windowTooLarge as usize;
+            e.to_string() == zstd::zstd_safe::get_error_name(0usize.wrapping_sub(code))
+        }
+    }
+}
+
+fn classify(e: nix_archive::nar::Error, compression: Compression, limit: DecoderLimit) -> VerifyError {
     match e {
+        nix_archive::nar::Error::Io(io) if over_memory_limit(&io, compression) => {
+            VerifyError::DecoderMemory { compression: compression.as_str(), limit_mib: limit.mib() }
+        }
         nix_archive::nar::Error::Io(io)
             if io.kind() == io::ErrorKind::Other || io.kind() == io::ErrorKind::InvalidData =>
         {
@@ -112,6 +215,8 @@ pub fn dump_path(path: &std::path::Path, w: &mut impl Write) -> Result<(), Verif
 mod tests {
     use super::*;
     use nix_archive::nar::{encode_tree, NamedNode, Node};
+
+    const LIMIT: DecoderLimit = DecoderLimit::from_mib(32);
 
     fn sample_nar() -> Vec<u8> {
         let children = [
@@ -134,7 +239,7 @@ mod tests {
         let mut xz = Vec::new();
         xz2::write::XzEncoder::new(&mut xz, 6).write_all(&nar).unwrap();
         for (file, compression) in [(&nar, Compression::None), (&zst, Compression::Zstd), (&xz, Compression::Xz)] {
-            let (n, f) = verify_nar(&file[..], compression).unwrap();
+            let (n, f) = verify_nar(&file[..], compression, LIMIT).unwrap();
             assert_eq!(n, sha(&nar), "{compression:?}");
             assert_eq!(f, sha(file), "{compression:?}");
         }
@@ -143,12 +248,39 @@ mod tests {
     #[test]
     fn refuses_truncated_and_corrupt_archives() {
         let nar = sample_nar();
-        assert!(matches!(verify_nar(&nar[..nar.len() - 8], Compression::None), Err(VerifyError::Malformed(_))));
+        assert!(matches!(verify_nar(&nar[..nar.len() - 8], Compression::None, LIMIT), Err(VerifyError::Malformed(_))));
         let mut bad = nar.clone();
         bad[0] ^= 1;
-        assert!(matches!(verify_nar(&bad[..], Compression::None), Err(VerifyError::Malformed(_))));
+        assert!(matches!(verify_nar(&bad[..], Compression::None, LIMIT), Err(VerifyError::Malformed(_))));
         let zst = zstd::encode_all(&nar[..], 3).unwrap();
-        assert!(verify_nar(&zst[..zst.len() / 2], Compression::Zstd).is_err());
-        assert!(verify_nar(&b"garbage"[..], Compression::Xz).is_err());
+        assert!(verify_nar(&zst[..zst.len() / 2], Compression::Zstd, LIMIT).is_err());
+        assert!(verify_nar(&b"garbage"[..], Compression::Xz, LIMIT).is_err());
+    }
+
+    #[test]
+    fn zstd_windows_leave_a_mib() {
+        for (mib, log) in [(32, 24), (16, 23), (33, 25), (64, 25), (3, 21), (9, 23), (0, 10), (1 << 20, 31)] {
+            assert_eq!(DecoderLimit::from_mib(mib).zstd_window_log(), log, "{mib} MiB");
+        }
+        let share = DecoderLimit::from_mib(32).lowered_to(3);
+        assert_eq!((share.zstd_window_log(), share.mib()), (21, 32), "a share is smaller, messages name the maximum");
+        assert_eq!(DecoderLimit::from_mib(32).lowered_to(64), DecoderLimit::from_mib(32), "never raised");
+    }
+
+    #[test]
+    fn streams_that_need_more_than_the_limit_are_refused() {
+        let nar = sample_nar();
+        // xz preset 9 declares a 64 MiB dictionary; zstd window 2^25 is 32 MiB.
+        let mut xz = Vec::new();
+        xz2::write::XzEncoder::new(&mut xz, 9).write_all(&nar).unwrap();
+        let mut zst = zstd::stream::write::Encoder::new(Vec::new(), 3).unwrap();
+        zst.window_log(25).unwrap();
+        zst.write_all(&nar).unwrap();
+        let zst = zst.finish().unwrap();
+        for (file, compression) in [(&xz, Compression::Xz), (&zst, Compression::Zstd)] {
+            let err = verify_nar(&file[..], compression, LIMIT).unwrap_err();
+            assert!(matches!(err, VerifyError::DecoderMemory { limit_mib: 32, .. }), "{compression:?}: {err}");
+            assert!(verify_nar(&file[..], compression, DecoderLimit::from_mib(128)).is_ok(), "{compression:?}");
+        }
     }
 }

@@ -52,6 +52,22 @@ pub struct PathClaim {
     pub signatures: Vec<String>,
 }
 
+impl PathClaim {
+    /// Checks every field that can be checked without the NAR (paths, hash algorithm, `ca`,
+    /// signatures) and returns the NAR's claimed SHA-256 and size, which the NAR must then
+    /// match: a claim is refused before a byte of its NAR is read whenever it can be.
+    pub fn checked_nar(&self) -> Result<super::NarDigest, NarInfoError> {
+        // Any stored file will do: only the claim's own fields are checked.
+        let placeholder = NarFileInfo {
+            name: NarFileName::for_file_hash(&[0; 32], Compression::Zstd),
+            file_sha256: [0; 32],
+            file_size: 0,
+        };
+        let info = PathInfo::from_claim(self, &placeholder)?;
+        Ok(super::NarDigest { sha256: info.sha256_nar_hash()?, size: info.nar_size() })
+    }
+}
+
 /// The stored NAR file a narinfo points at.
 #[derive(Debug, Clone)]
 pub struct NarFileInfo {

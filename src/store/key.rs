@@ -11,8 +11,12 @@ pub enum ObjectKey {
     CacheInfo,
     /// `<hash>.narinfo`.
     NarInfo(StorePathHash),
-    /// `<hash>.ls`: a NAR listing uploaded by Nix (`write-nar-listing`).
+    /// `<hash>.ls`: a NAR listing uploaded by Nix (`write-nar-listing`), of a published path.
     Listing(StorePathHash),
+    /// `tmp/listing-<hash>.ls`: a listing uploaded before its path was published (Nix writes
+    /// it before the NAR and the narinfo); moved to `<hash>.ls` when the path is published,
+    /// swept with the staging objects otherwise.
+    PendingListing(StorePathHash),
     /// `nar/<file hash>.nar[.zst|.xz]`.
     Nar(NarFileName),
     /// `log/<hash>-<name>.drv`: a derivation's build log, as `nix log --store` reads it.
@@ -32,6 +36,7 @@ impl ObjectKey {
             Self::CacheInfo => "nix-cache-info".to_owned(),
             Self::NarInfo(h) => format!("{h}.narinfo"),
             Self::Listing(h) => format!("{h}.ls"),
+            Self::PendingListing(h) => format!("tmp/listing-{h}.ls"),
             Self::Nar(n) => format!("nar/{n}"),
             Self::DrvLog(d) => format!("log/{d}"),
             Self::Realisation(id) => format!("realisations/{id}.doi"),

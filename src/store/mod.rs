@@ -65,6 +65,28 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
 }
 
+impl StoreError {
+    /// Whether the storage is out of space (or quota): the operator's to fix, not a bug.
+    /// object_store and `std::fs` bury the OS error in a chain of sources.
+    pub fn is_storage_full(&self) -> bool {
+        // ENOSPC and EDQUOT on Linux.
+        const FULL: [i32; 2] = [28, 122];
+        let mut source: Option<&(dyn std::error::Error + 'static)> = match self {
+            Self::Backend(e) | Self::Denied(e) => Some(e),
+            Self::Io(e) => Some(e),
+            _ => None,
+        };
+        while let Some(e) = source {
+            let os_error = e.downcast_ref::<std::io::Error>().and_then(std::io::Error::raw_os_error);
+            if os_error.is_some_and(|code| FULL.contains(&code)) {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
 impl From<object_store::Error> for StoreError {
     fn from(e: object_store::Error) -> Self {
         match e {

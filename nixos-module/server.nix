@@ -443,6 +443,9 @@ in
         Group = "berth";
         Restart = "on-failure";
         RestartSec = 5;
+        # Each connection is a file; berth raises its soft limit to this, and refuses
+        # connections over [server] max_connections (default 4096) with a 503.
+        LimitNOFILE = 65536;
 
         StateDirectory = [
           "berth"

@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// Whether `/metrics` answers without a token. Default: public when cache reads are
     /// (`[cache] require_read_token = false`); otherwise a `metrics` (or admin) token.
     pub metrics_public: Option<bool>,
+    /// Connection limits.
+    #[serde(default)]
+    pub server: RawServer,
     /// The binary-cache protocol settings.
     #[serde(default)]
     pub cache: RawCache,
@@ -79,6 +82,60 @@ pub struct RawConfig {
     /// What garbage collection keeps, and when it runs by itself.
     #[serde(default)]
     pub retention: RawRetention,
+}
+
+/// `[server]`: connection limits.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Seconds a request's head may take to arrive, and an idle keep-alive connection may
+    /// stay open. Default 30.
+    pub header_read_timeout_secs: Option<u64>,
+    /// Seconds a connection may move no byte in either direction while a request waits on
+    /// it. Default 300; at least 65 (a host's long-poll waits up to 60 s).
+    pub idle_timeout_secs: Option<u64>,
+    /// Connections open at once; more are answered 503 and closed. Default 4096.
+    pub max_connections: Option<usize>,
+}
+
+/// Connection limits, validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// See [`RawServer::header_read_timeout_secs`].
+    pub header_read_timeout: std::time::Duration,
+    /// See [`RawServer::idle_timeout_secs`].
+    pub idle_timeout: std::time::Duration,
+    /// See [`RawServer::max_connections`].
+    pub max_connections: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        RawServer::default().validate().expect("the defaults are valid")
+    }
+}
+
+impl RawServer {
+    fn validate(&self) -> Result<ServerConfig, ConfigError> {
+        let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+        let header = self.header_read_timeout_secs.unwrap_or(30);
+        if header == 0 {
+            return Err(invalid("server.header_read_timeout_secs", "must be at least 1".into()));
+        }
+        let idle = self.idle_timeout_secs.unwrap_or(300);
+        if idle < 65 {
+            return Err(invalid("server.idle_timeout_secs", format!("{idle} is under 65 (long-polls wait 60 s)")));
+        }
+        let max_connections = self.max_connections.unwrap_or(4096);
+        if max_connections == 0 {
+            return Err(invalid("server.max_connections", "must be at least 1".into()));
+        }
+        Ok(ServerConfig {
+            header_read_timeout: std::time::Duration::from_secs(header),
+            idle_timeout: std::time::Duration::from_secs(idle),
+            max_connections,
+        })
+    }
 }
 
 /// `[retention]`.
@@ -289,6 +346,8 @@ pub struct Config {
     pub previous_public_keys: Vec<PublicKey>,
     /// Whether `/metrics` needs no token.
     pub metrics_public: bool,
+    /// Connection limits.
+    pub server: ServerConfig,
     /// Cache protocol settings.
     pub cache: CacheConfig,
     /// Builder settings.
@@ -382,6 +441,7 @@ impl RawConfig {
             decoder_memory_budget_mib: decoder_budget(&self.cache, max_decoder_memory_mib)?,
         };
         let metrics_public = self.metrics_public.unwrap_or(!cache.require_read_token);
+        let server = self.server.validate()?;
         let builder = BuilderConfig {
             parallel_hosts: positive("builder.parallel_hosts", self.builder.parallel_hosts.unwrap_or(2))?,
             timeout: std::time::Duration::from_secs(self.builder.timeout_secs.unwrap_or(7200).max(1)),
@@ -428,6 +488,7 @@ impl RawConfig {
             deploy_key,
             previous_public_keys,
             metrics_public,
+            server,
             cache,
             builder,
             repositories,
@@ -590,6 +651,24 @@ mod tests {
         assert_eq!(c.signing_key.path, PathBuf::from("/srv/berth/signing-key"));
         assert!(c.signing_key.generate_as.is_some());
         assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+    }
+
+    #[test]
+    fn connection_limits_have_safe_defaults_and_bounds() {
+        let c = parse("").unwrap();
+        assert_eq!(c.server, ServerConfig::default());
+        assert_eq!(c.server.header_read_timeout, std::time::Duration::from_secs(30));
+        assert_eq!(c.server.max_connections, 4096);
+        let c = parse("[server]\nidle_timeout_secs = 65\nmax_connections = 10").unwrap();
+        assert_eq!((c.server.idle_timeout.as_secs(), c.server.max_connections), (65, 10));
+        for (text, key) in [
+            ("[server]\nidle_timeout_secs = 64", "server.idle_timeout_secs"),
+            ("[server]\nheader_read_timeout_secs = 0", "server.header_read_timeout_secs"),
+            ("[server]\nmax_connections = 0", "server.max_connections"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
     }
 
     #[test]

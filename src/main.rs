@@ -271,6 +271,23 @@ enum TokenAction {
     },
 }
 
+/// Raises the open-files soft limit to the hard limit (systemd's default soft limit is 1024,
+/// which ~1,000 connections would exhaust before `[server] max_connections` refuses any),
+/// and says so when even the hard limit leaves too little room for the connection cap.
+fn raise_open_files_limit(max_connections: usize) {
+    // Files besides connections: the database, storage, builds' pipes.
+    const RESERVE: u64 = 256;
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) if limit < max_connections as u64 + RESERVE => tracing::warn!(
+            limit,
+            max_connections,
+            "the open-files limit is below [server] max_connections + {RESERVE}: raise LimitNOFILE or lower max_connections"
+        ),
+        Ok(limit) => tracing::debug!(limit, "open-files limit"),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
 /// glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB),
 /// after which decoder dictionaries and windows come from per-thread arenas and stay
 /// resident once freed: eight uploads decoded one after another on eight blocking threads
@@ -432,6 +449,7 @@ fn keygen(name: &str, secret: &Path, public: &Path) -> Result<()> {
 }
 
 async fn serve(config: config::Config) -> Result<()> {
+    raise_open_files_limit(config.server.max_connections);
     let (state, origin) = AppState::open(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

@@ -5,6 +5,7 @@
 mod auth;
 mod builds;
 mod cache;
+mod conn;
 mod deploy;
 mod derivations;
 mod error;
@@ -24,7 +25,6 @@ use axum::{
     middleware::{self, Next},
     response::Response,
     routing::{get, post, put},
-    serve::ListenerExt,
     Router,
 };
 use tokio::net::TcpListener;
@@ -68,17 +68,14 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` resolves. TCP_NODELAY: without it keep-alive narinfo lookups
-/// wait on Nagle's algorithm and crawl.
+/// Serves until `shutdown` resolves, with the connection limits of `[server]` (see `conn`).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    let limits = state.config.server;
+    conn::serve(router(state), listener, limits, shutdown).await
 }
 
 /// A request id unique to this process run: a random prefix drawn once, then a counter

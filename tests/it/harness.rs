@@ -253,21 +253,29 @@ impl Server {
 
     /// [`Server::start`] with extra environment variables (e.g. `BERTH_CRASH_AT`).
     pub fn start_with_env(data_dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Self {
-        Self::start_cmd(data_dir, args, NixClient::Debian.path_env(), NIX_OFFLINE, env)
+        Self::start_cmd(Command::new(berth_bin()), data_dir, args, NixClient::Debian.path_env(), NIX_OFFLINE, env)
+    }
+
+    /// [`Server::start`] run by `wrapper` (e.g. `prlimit --nofile=1024: --`).
+    pub fn start_under(wrapper: &[&str], data_dir: &Path, args: &[&str]) -> Self {
+        let mut cmd = Command::new(wrapper[0]);
+        cmd.args(&wrapper[1..]).arg(berth_bin());
+        Self::start_cmd(cmd, data_dir, args, NixClient::Debian.path_env(), NIX_OFFLINE, &[])
     }
 
     fn start_env(data_dir: &Path, args: &[&str], path: std::ffi::OsString, nix_config: &str) -> Self {
-        Self::start_cmd(data_dir, args, path, nix_config, &[])
+        Self::start_cmd(Command::new(berth_bin()), data_dir, args, path, nix_config, &[])
     }
 
     fn start_cmd(
+        mut cmd: Command,
         data_dir: &Path,
         args: &[&str],
         path: std::ffi::OsString,
         nix_config: &str,
         env: &[(&str, &str)],
     ) -> Self {
-        let mut child = Command::new(berth_bin())
+        let mut child = cmd
             .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)

@@ -17,3 +17,4 @@ mod gc;
 mod nix_client;
 mod nix_files;
 mod replicas;
+mod signed_history;

@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
+    history,
     log::BuildLog,
     model::{BuildState, HostState},
-    policy::{self, CommitTrust},
-    publish,
+    policy, publish,
+    trust::CommitTrust,
 };
 use crate::{
     app::AppState,
@@ -171,7 +172,8 @@ impl Worker {
         self.deploy(build, repo, &mirror, &trust, &built, log).await
     }
 
-    /// The signed-commit gate, recorded on the build.
+    /// The commit's own signature, recorded on the build (CI learns it whatever the branch;
+    /// the history under it is checked when the build would deploy).
     async fn check_commit(
         &self,
         build: &BuildRow,
@@ -179,26 +181,16 @@ impl Worker {
         mirror: &std::path::Path,
         log: &BuildLog,
     ) -> Result<CommitTrust, String> {
-        let policy = nix::git::SignaturePolicy {
-            allowed_signers_file: repo.allowed_signers_file.clone(),
-            gpg_home: repo.gpg_home.clone(),
-            gpg_min_trust_level: Some(repo.gpg_min_trust_level.clone()),
-        };
-        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &policy)
+        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &history::policy(repo))
             .await
             .map_err(|e| format!("checking the signature: {e}"))?;
-        let trust = match signature {
-            nix::git::Signature::Trusted { signer, .. } => CommitTrust::Trusted(signer),
-            nix::git::Signature::Unsigned => CommitTrust::Unsigned,
-            nix::git::Signature::Untrusted { reason } => CommitTrust::Untrusted(reason),
-        };
-        let text = match &trust {
-            CommitTrust::Trusted(signer) => format!("signed by {signer}"),
-            CommitTrust::Unsigned => "unsigned".to_owned(),
-            CommitTrust::Untrusted(why) => format!("untrusted: {why}"),
-        };
-        log.line(format!("commit signature: {text}"));
-        let _ = self.state.db.set_build_signature(build.id, &text).await;
+        let trust = history::trust_of(signature);
+        log.line(format!("commit signature: {trust}"));
+        self.state
+            .db
+            .set_build_signature(build.id, &trust.to_string())
+            .await
+            .map_err(|e| format!("recording the signature: {e}"))?;
         Ok(trust)
     }
 
@@ -300,9 +292,10 @@ impl Worker {
             return Ok(format!("built {} host(s); {why}", built.len()));
         }
         let fast_forward = self.fast_forward(build, repo, mirror).await?;
-        if let Err(why) = policy::gate(repo.require_signed_commits, trust, fast_forward) {
-            log.line(format!("not deploying: {why}"));
-            return Ok(format!("built {} host(s); {why}", built.len()));
+        let check = history::Check { state: &self.state, build, repo, mirror, log };
+        if let Err(refusal) = check.gate(&targets, trust, fast_forward).await.map_err(|e| e.to_string())? {
+            log.line(format!("not deploying: {refusal}"));
+            return Ok(format!("built {} host(s); {refusal}; it was built but not deployed", built.len()));
         }
         let mut made = Vec::new();
         for (host, path) in &new {
@@ -313,10 +306,11 @@ impl Worker {
                 commit_sha: &build.commit_sha,
                 branch: &build.branch,
                 build_id: Some(build.id),
+                signer: trust.signer(),
             };
             let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
             self.state.deploys.notify_waiters();
-            let _ = db.set_build_host_generation(build.id, host, number).await;
+            db.set_build_host_generation(build.id, host, number).await.map_err(|e| e.to_string())?;
             log.line(format!("[{host}] generation {number}: {path}"));
             made.push(format!("{host}#{number}"));
         }

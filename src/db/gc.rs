@@ -380,6 +380,7 @@ mod tests {
             commit_sha: SHA,
             branch: "main",
             build_id: None,
+            signer: None,
         };
         db.add_generation(&g).await.unwrap()
     }

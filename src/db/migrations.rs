@@ -116,6 +116,20 @@ const MIGRATIONS: &[&str] = &[
     // 5: when a pending deletion may run (Unix seconds; 0: at once). With replicas a NAR
     // outlives every replica's cached narinfo for it (see `gc::run`).
     "ALTER TABLE gc_pending ADD COLUMN due_at BIGINT NOT NULL DEFAULT 0;",
+    // 6: signed history: each commit a build checked (oldest first) and its verdict, where
+    // the check started, and who signed the commit of each generation.
+    "CREATE TABLE build_commits (
+        build_id BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        signer TEXT,
+        signing_key TEXT,
+        reason TEXT,
+        PRIMARY KEY (build_id, position)
+    );
+    ALTER TABLE builds ADD COLUMN history_base TEXT;
+    ALTER TABLE generations ADD COLUMN signer TEXT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -149,7 +149,7 @@ impl Db {
         })
     }
 
-    /// Records what the signed-commit gate found.
+    /// Records what the signature check found on the commit itself.
     pub async fn set_build_signature(&self, id: i64, signature: &str) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query("UPDATE builds SET signature = $1 WHERE id = $2").bind(signature).bind(id).execute(pool).await?;

@@ -92,7 +92,7 @@ impl Worker {
         };
         let cancel = self.state.builds.start(id);
         let heartbeat = self.heartbeat(id, cancel.clone());
-        let _ = self.state.db.clear_build_hosts(id).await;
+        recorded(self.state.db.clear_build_hosts(id).await, "clearing the hosts of an earlier attempt");
         let outcome = tokio::select! {
             outcome = self.execute(&build, &log) => outcome,
             _ = cancel.cancelled() => Err("cancelled".to_owned()),
@@ -222,7 +222,7 @@ impl Worker {
             started_at: Some(now()),
             finished_at: None,
         };
-        let _ = self.state.db.set_build_host(build.id, &row).await;
+        recorded(self.state.db.set_build_host(build.id, &row).await, "recording a host's state");
         let result = self.build_and_publish(build, flake, host, log, &mut row).await;
         row.finished_at = Some(now());
         match &result {
@@ -233,7 +233,7 @@ impl Worker {
                 log.line(format!("[{host}] failed: {e}"));
             }
         }
-        let _ = self.state.db.set_build_host(build.id, &row).await;
+        recorded(self.state.db.set_build_host(build.id, &row).await, "recording a host's state");
         result
     }
 
@@ -258,7 +258,7 @@ impl Worker {
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
-        let _ = self.state.db.set_build_host(build.id, row).await;
+        recorded(self.state.db.set_build_host(build.id, row).await, "recording a host's state");
         let counts = publish::closure(&self.state, &path).await.map_err(|e| e.to_string())?;
         log.line(format!("[{host}] published: {} new path(s), {} already in the cache", counts.new, counts.present));
         Ok(path)
@@ -336,6 +336,14 @@ impl Worker {
             .await
             .map(Some)
             .map_err(|e| format!("checking ancestry: {e}"))
+    }
+}
+
+/// Logs a failed write of a build's progress: the build goes on (its end is recorded by
+/// `finish`), and what the status lacks is in the log.
+fn recorded(result: Result<(), crate::db::DbError>, what: &str) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "{what}");
     }
 }
 

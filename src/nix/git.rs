@@ -451,6 +451,12 @@ mod tests {
         // The key is known there but not trusted: a good signature, of unknown validity.
         let verdict = verify_commit(&mirror, &signed, &policy(&public_only)).await.unwrap();
         assert!(matches!(verdict, Signature::Untrusted { .. }), "{verdict:?}");
+        // A range judges GPG signatures alike: the unsigned root, then Bob's commit.
+        let range = range_signatures(&mirror, &signed, &[], 10, &policy(&home)).await.unwrap();
+        let verdicts: Vec<&Signature> = range.iter().map(|c| &c.signature).collect();
+        assert!(matches!(verdicts[..], [Signature::Unsigned, Signature::Trusted { .. }]), "{verdicts:?}");
+        let range = range_signatures(&mirror, &signed, &[], 10, &policy(&public_only)).await.unwrap();
+        assert!(matches!(range[1].signature, Signature::Untrusted { .. }), "{range:?}");
     }
 
     #[tokio::test]

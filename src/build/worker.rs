@@ -93,6 +93,7 @@ impl Worker {
         let cancel = self.state.builds.start(id);
         let heartbeat = self.heartbeat(id, cancel.clone());
         recorded(self.state.db.clear_build_hosts(id).await, "clearing the hosts of an earlier attempt");
+        recorded(self.state.db.clear_build_commits(id).await, "clearing the commits an earlier attempt checked");
         let outcome = tokio::select! {
             outcome = self.execute(&build, &log) => outcome,
             _ = cancel.cancelled() => Err("cancelled".to_owned()),

@@ -40,6 +40,17 @@ impl Db {
         })
     }
 
+    /// Forgets what an earlier attempt of a build checked (before it runs again).
+    pub async fn clear_build_commits(&self, id: i64) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("DELETE FROM build_commits WHERE build_id = $1").bind(id).execute(&mut *tx).await?;
+            sqlx::query("UPDATE builds SET history_base = NULL WHERE id = $1").bind(id).execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(())
+        })
+    }
+
     /// The commits a build checked, oldest first.
     pub async fn build_commits(&self, id: i64) -> Result<Vec<BuildCommitRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
@@ -76,6 +87,9 @@ mod tests {
             db.set_build_commits(id, "trusted_since x", &again).await.unwrap();
             assert_eq!(db.build_commits(id).await.unwrap(), again);
             assert!(db.build_commits(id + 1).await.unwrap().is_empty());
+            db.clear_build_commits(id).await.unwrap();
+            assert!(db.build_commits(id).await.unwrap().is_empty());
+            assert_eq!(db.build(id).await.unwrap().unwrap().history_base, None);
         }
     }
 }

@@ -86,8 +86,8 @@ impl Check<'_> {
         };
         match requirement {
             Requirement::Nothing => {}
-            Requirement::Tip => self.record("the commit alone (signed_commits = \"tip\")", &commits).await?,
-            Requirement::History => self.record(&base.to_string(), &commits).await?,
+            Requirement::Tip => self.record(None, &commits).await?,
+            Requirement::History => self.record(Some(&base.to_string()), &commits).await?,
         }
         Ok(trust::decide(requirement, &base, &commits, fast_forward))
     }
@@ -146,7 +146,7 @@ impl Check<'_> {
         Ok(commits)
     }
 
-    async fn record(&self, base: &str, commits: &[CheckedCommit]) -> Result<(), CheckError> {
+    async fn record(&self, base: Option<&str>, commits: &[CheckedCommit]) -> Result<(), CheckError> {
         let rows: Vec<BuildCommitRow> = commits.iter().map(row).collect();
         Ok(self.state.db.set_build_commits(self.build.id, base, &rows).await?)
     }

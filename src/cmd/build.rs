@@ -50,8 +50,10 @@ pub fn render(b: &Build) -> String {
     if let Some(signature) = &b.signature {
         out += &format!("  commit: {signature}\n");
     }
-    if let Some(base) = &b.history_base {
-        out += &format!("  checked {} commit(s) since {base}:\n", b.commits.len());
+    match &b.history_base {
+        Some(base) => out += &format!("  checked {} commit(s) since {base}:\n", b.commits.len()),
+        None if !b.commits.is_empty() => out += "  checked the commit alone (signed_commits = \"tip\"):\n",
+        None => {}
     }
     for c in &b.commits {
         let verdict = match (c.verdict.as_str(), &c.signer, &c.reason) {

@@ -20,9 +20,15 @@ pub struct BuildCommitRow {
 }
 
 impl Db {
-    /// Records what a build checked (`commits` oldest first) and where the check started,
-    /// replacing what an earlier attempt of the build recorded, in one transaction.
-    pub async fn set_build_commits(&self, id: i64, base: &str, commits: &[BuildCommitRow]) -> Result<(), DbError> {
+    /// Records what a build checked (`commits` oldest first) and where the check started
+    /// (none: the commit alone was checked), replacing what an earlier attempt of the build
+    /// recorded, in one transaction.
+    pub async fn set_build_commits(
+        &self,
+        id: i64,
+        base: Option<&str>,
+        commits: &[BuildCommitRow],
+    ) -> Result<(), DbError> {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query("DELETE FROM build_commits WHERE build_id = $1").bind(id).execute(&mut *tx).await?;
@@ -79,13 +85,14 @@ mod tests {
         async fn a_builds_checked_commits_are_kept_in_order_and_replaced_on_a_retry(db: Db) {
             let (id, _) = db.enqueue_build("fleet", &"0".repeat(40), "main", "").await.unwrap();
             let first = [row('b', "unsigned", None), row('a', "trusted", Some("alice"))];
-            db.set_build_commits(id, "the start of the history", &first).await.unwrap();
+            db.set_build_commits(id, Some("the start of the history"), &first).await.unwrap();
             assert_eq!(db.build_commits(id).await.unwrap(), first);
             let build = db.build(id).await.unwrap().unwrap();
             assert_eq!(build.history_base.as_deref(), Some("the start of the history"));
             let again = [row('c', "trusted", Some("bob"))];
-            db.set_build_commits(id, "trusted_since x", &again).await.unwrap();
+            db.set_build_commits(id, None, &again).await.unwrap();
             assert_eq!(db.build_commits(id).await.unwrap(), again);
+            assert_eq!(db.build(id).await.unwrap().unwrap().history_base, None, "the tip alone");
             assert!(db.build_commits(id + 1).await.unwrap().is_empty());
             db.clear_build_commits(id).await.unwrap();
             assert!(db.build_commits(id).await.unwrap().is_empty());

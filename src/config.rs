@@ -9,7 +9,7 @@ use std::{
 
 use serde::Deserialize;
 
-use crate::nixfmt::PublicKey;
+use crate::{build::trust::SignedCommits, nixfmt::PublicKey};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -190,6 +190,12 @@ pub struct RawRepository {
     pub test_branch_prefix: Option<String>,
     /// Deploy only commits signed by an allow-listed key. Default true.
     pub require_signed_commits: Option<bool>,
+    /// Which commits need that signature: `"all"` (every commit since the last deployed
+    /// one, default) or `"tip"` (the pushed commit alone).
+    pub signed_commits: Option<String>,
+    /// A commit whose history is trusted without signatures (the start of signing): with
+    /// nothing deployed yet, only the commits after it need a trusted signature.
+    pub trusted_since: Option<String>,
     /// git's SSH allowed-signers file.
     pub allowed_signers_file: Option<PathBuf>,
     /// A GnuPG home whose keyring holds the allowed GPG keys.
@@ -231,6 +237,10 @@ pub struct Repository {
     pub test_branch_prefix: String,
     /// Whether deploying needs a trusted signature.
     pub require_signed_commits: bool,
+    /// On which commits.
+    pub signed_commits: SignedCommits,
+    /// The trusted start of the history, if any.
+    pub trusted_since: Option<String>,
     /// SSH allowed signers.
     pub allowed_signers_file: Option<PathBuf>,
     /// GnuPG home.
@@ -570,6 +580,17 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
             format!("repository {:?} requires signed commits but names no allowed_signers_file or gpg_home", raw.name),
         ));
     }
+    let signed_commits = match raw.signed_commits.as_deref() {
+        None => SignedCommits::default(),
+        Some(mode) => SignedCommits::parse(mode)
+            .ok_or_else(|| invalid("repositories.signed_commits", format!("{mode:?}: expected \"all\" or \"tip\"")))?,
+    };
+    if let Some(commit) = raw.trusted_since.as_deref().filter(|c| !crate::build::model::valid_commit(c)) {
+        return Err(invalid(
+            "repositories.trusted_since",
+            format!("{commit:?}: a full 40-character lowercase hex hash"),
+        ));
+    }
     for file in raw.allowed_signers_file.iter().chain(raw.gpg_home.iter()) {
         if !file.exists() {
             return Err(invalid("repositories.allowed_signers_file", format!("{} does not exist", file.display())));
@@ -593,6 +614,8 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".into()),
         test_branch_prefix: raw.test_branch_prefix.unwrap_or_else(|| "test-".into()),
         require_signed_commits,
+        signed_commits,
+        trusted_since: raw.trusted_since,
         allowed_signers_file: raw.allowed_signers_file,
         gpg_home: raw.gpg_home,
         gpg_min_trust_level: raw.gpg_min_trust_level.unwrap_or_else(|| "fully".into()),
@@ -738,6 +761,18 @@ mod tests {
         let twice = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n";
         assert!(parse(&format!("{twice}{twice}")).unwrap_err().to_string().contains("twice"));
         assert!(parse("[builder]\nparallel_hosts = 0").is_err());
+        assert_eq!(repo.signed_commits, SignedCommits::All);
+        let unsigned = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n";
+        let c = parse(&format!("{unsigned}signed_commits = \"tip\"\ntrusted_since = \"{}\"", "ab".repeat(20))).unwrap();
+        let repo = c.repository("a").unwrap();
+        assert_eq!(
+            (repo.signed_commits, repo.trusted_since.as_deref()),
+            (SignedCommits::Tip, Some("ab".repeat(20).as_str()))
+        );
+        let err = parse(&format!("{unsigned}signed_commits = \"some\"")).unwrap_err().to_string();
+        assert!(err.contains("signed_commits"), "{err}");
+        let err = parse(&format!("{unsigned}trusted_since = \"HEAD\"")).unwrap_err().to_string();
+        assert!(err.contains("trusted_since"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! PURE: which hosts a finished build deploys to. The branch policy picks the candidates
-//! (the deploy branch: every host; `test-<host>`: that host; any other branch: none), only
-//! hosts whose toplevel changed get a new generation, and the signed-commit gate can block
-//! deployment while still letting the build succeed (CI wants to know that it builds).
+//! (the deploy branch: every host; `test-<host>`: that host; any other branch: none), and
+//! only hosts whose toplevel changed get a new generation. The signed-history gate
+//! (`trust.rs`) can still block deployment while letting the build succeed (CI wants to
+//! know that it builds).
 
 use std::collections::HashMap;
 
@@ -25,37 +26,6 @@ pub fn targets(deploy_branch: &str, test_prefix: &str, branch: &str) -> Targets 
     } else {
         Targets::None
     }
-}
-
-/// What the signed-commit gate found about a commit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum CommitTrust {
-    /// Signed by an allow-listed key (the signer's principal).
-    Trusted(String),
-    /// Not signed.
-    Unsigned,
-    /// Signed, but not by an allowed key, or the signature is bad.
-    Untrusted(String),
-}
-
-/// Whether a built commit may be deployed; `Err` says why not.
-pub fn gate(require_signed: bool, trust: &CommitTrust, fast_forward: Option<bool>) -> Result<(), String> {
-    if require_signed {
-        match trust {
-            CommitTrust::Trusted(_) => {}
-            CommitTrust::Unsigned => return Err("the commit is not signed; it was built but not deployed".into()),
-            CommitTrust::Untrusted(why) => {
-                return Err(format!("the commit's signature is not trusted ({why}); it was built but not deployed"))
-            }
-        }
-    }
-    if fast_forward == Some(false) {
-        return Err(
-            "the commit does not descend from the last deployed commit (a rewind); it was built but not deployed"
-                .into(),
-        );
-    }
-    Ok(())
 }
 
 /// The generations to create: `(host, toplevel)` for each targeted host whose toplevel
@@ -103,14 +73,5 @@ mod tests {
         assert_eq!(new_generations(&Targets::Host("b".into()), &built, &current), vec![]);
         assert_eq!(new_generations(&Targets::Host("a".into()), &built, &HashMap::new()), vec![built[0].clone()]);
         assert_eq!(new_generations(&Targets::None, &built, &HashMap::new()), vec![]);
-    }
-
-    #[test]
-    fn the_gate() {
-        assert!(gate(true, &CommitTrust::Trusted("alice".into()), None).is_ok());
-        assert!(gate(true, &CommitTrust::Unsigned, None).unwrap_err().contains("not signed"));
-        assert!(gate(true, &CommitTrust::Untrusted("unknown key".into()), None).unwrap_err().contains("unknown key"));
-        assert!(gate(false, &CommitTrust::Unsigned, None).is_ok());
-        assert!(gate(false, &CommitTrust::Unsigned, Some(false)).unwrap_err().contains("rewind"));
     }
 }

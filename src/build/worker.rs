@@ -10,10 +10,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
+    history,
     log::BuildLog,
     model::{BuildState, HostState},
-    policy::{self, CommitTrust},
-    publish,
+    policy, publish,
+    trust::CommitTrust,
 };
 use crate::{
     app::AppState,
@@ -91,7 +92,8 @@ impl Worker {
         };
         let cancel = self.state.builds.start(id);
         let heartbeat = self.heartbeat(id, cancel.clone());
-        let _ = self.state.db.clear_build_hosts(id).await;
+        recorded(self.state.db.clear_build_hosts(id).await, "clearing the hosts of an earlier attempt");
+        recorded(self.state.db.clear_build_commits(id).await, "clearing the commits an earlier attempt checked");
         let outcome = tokio::select! {
             outcome = self.execute(&build, &log) => outcome,
             _ = cancel.cancelled() => Err("cancelled".to_owned()),
@@ -171,7 +173,8 @@ impl Worker {
         self.deploy(build, repo, &mirror, &trust, &built, log).await
     }
 
-    /// The signed-commit gate, recorded on the build.
+    /// The commit's own signature, recorded on the build (CI learns it whatever the branch;
+    /// the history under it is checked when the build would deploy).
     async fn check_commit(
         &self,
         build: &BuildRow,
@@ -179,26 +182,16 @@ impl Worker {
         mirror: &std::path::Path,
         log: &BuildLog,
     ) -> Result<CommitTrust, String> {
-        let policy = nix::git::SignaturePolicy {
-            allowed_signers_file: repo.allowed_signers_file.clone(),
-            gpg_home: repo.gpg_home.clone(),
-            gpg_min_trust_level: Some(repo.gpg_min_trust_level.clone()),
-        };
-        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &policy)
+        let signature = nix::git::verify_commit(mirror, &build.commit_sha, &history::policy(repo))
             .await
             .map_err(|e| format!("checking the signature: {e}"))?;
-        let trust = match signature {
-            nix::git::Signature::Trusted { signer, .. } => CommitTrust::Trusted(signer),
-            nix::git::Signature::Unsigned => CommitTrust::Unsigned,
-            nix::git::Signature::Untrusted { reason } => CommitTrust::Untrusted(reason),
-        };
-        let text = match &trust {
-            CommitTrust::Trusted(signer) => format!("signed by {signer}"),
-            CommitTrust::Unsigned => "unsigned".to_owned(),
-            CommitTrust::Untrusted(why) => format!("untrusted: {why}"),
-        };
-        log.line(format!("commit signature: {text}"));
-        let _ = self.state.db.set_build_signature(build.id, &text).await;
+        let trust = history::trust_of(signature);
+        log.line(format!("commit signature: {trust}"));
+        self.state
+            .db
+            .set_build_signature(build.id, &trust.to_string())
+            .await
+            .map_err(|e| format!("recording the signature: {e}"))?;
         Ok(trust)
     }
 
@@ -230,7 +223,7 @@ impl Worker {
             started_at: Some(now()),
             finished_at: None,
         };
-        let _ = self.state.db.set_build_host(build.id, &row).await;
+        recorded(self.state.db.set_build_host(build.id, &row).await, "recording a host's state");
         let result = self.build_and_publish(build, flake, host, log, &mut row).await;
         row.finished_at = Some(now());
         match &result {
@@ -241,7 +234,7 @@ impl Worker {
                 log.line(format!("[{host}] failed: {e}"));
             }
         }
-        let _ = self.state.db.set_build_host(build.id, &row).await;
+        recorded(self.state.db.set_build_host(build.id, &row).await, "recording a host's state");
         result
     }
 
@@ -266,7 +259,7 @@ impl Worker {
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
-        let _ = self.state.db.set_build_host(build.id, row).await;
+        recorded(self.state.db.set_build_host(build.id, row).await, "recording a host's state");
         let counts = publish::closure(&self.state, &path).await.map_err(|e| e.to_string())?;
         log.line(format!("[{host}] published: {} new path(s), {} already in the cache", counts.new, counts.present));
         Ok(path)
@@ -300,9 +293,10 @@ impl Worker {
             return Ok(format!("built {} host(s); {why}", built.len()));
         }
         let fast_forward = self.fast_forward(build, repo, mirror).await?;
-        if let Err(why) = policy::gate(repo.require_signed_commits, trust, fast_forward) {
-            log.line(format!("not deploying: {why}"));
-            return Ok(format!("built {} host(s); {why}", built.len()));
+        let check = history::Check { state: &self.state, build, repo, mirror, log };
+        if let Err(refusal) = check.gate(&targets, trust, fast_forward).await.map_err(|e| e.to_string())? {
+            log.line(format!("not deploying: {refusal}"));
+            return Ok(format!("built {} host(s); {refusal}; it was built but not deployed", built.len()));
         }
         let mut made = Vec::new();
         for (host, path) in &new {
@@ -313,10 +307,11 @@ impl Worker {
                 commit_sha: &build.commit_sha,
                 branch: &build.branch,
                 build_id: Some(build.id),
+                signer: trust.signer(),
             };
             let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
             self.state.deploys.notify_waiters();
-            let _ = db.set_build_host_generation(build.id, host, number).await;
+            db.set_build_host_generation(build.id, host, number).await.map_err(|e| e.to_string())?;
             log.line(format!("[{host}] generation {number}: {path}"));
             made.push(format!("{host}#{number}"));
         }
@@ -342,6 +337,14 @@ impl Worker {
             .await
             .map(Some)
             .map_err(|e| format!("checking ancestry: {e}"))
+    }
+}
+
+/// Logs a failed write of a build's progress: the build goes on (its end is recorded by
+/// `finish`), and what the status lacks is in the log.
+fn recorded(result: Result<(), crate::db::DbError>, what: &str) {
+    if let Err(e) = result {
+        tracing::error!(error = %e, "{what}");
     }
 }
 

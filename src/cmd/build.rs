@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::{
     client::{Api, ClientError},
-    db::BuildHostRow,
+    db::{BuildCommitRow, BuildHostRow},
 };
 
 /// What the API says about a build (the fields the commands show).
@@ -25,8 +25,14 @@ pub struct Build {
     pub state: String,
     /// Why it ended as it did.
     pub reason: Option<String>,
-    /// Signed-commit gate.
+    /// The commit's own signature.
     pub signature: Option<String>,
+    /// Where the signed-history check started (absent from servers before it).
+    #[serde(default)]
+    pub history_base: Option<String>,
+    /// The commits checked, oldest first.
+    #[serde(default)]
+    pub commits: Vec<BuildCommitRow>,
     /// Per host.
     pub hosts: Vec<BuildHostRow>,
 }
@@ -43,6 +49,19 @@ pub fn render(b: &Build) -> String {
     let mut out = format!("build {} {}: {} {} ({})\n", b.id, b.state, b.repository, b.branch, b.commit);
     if let Some(signature) = &b.signature {
         out += &format!("  commit: {signature}\n");
+    }
+    match &b.history_base {
+        Some(base) => out += &format!("  checked {} commit(s) since {base}:\n", b.commits.len()),
+        None if !b.commits.is_empty() => out += "  checked the commit alone (signed_commits = \"tip\"):\n",
+        None => {}
+    }
+    for c in &b.commits {
+        let verdict = match (c.verdict.as_str(), &c.signer, &c.reason) {
+            ("trusted", Some(signer), _) => format!("signed by {signer}"),
+            ("untrusted", _, Some(reason)) => format!("untrusted: {reason}"),
+            (verdict, _, _) => verdict.to_owned(),
+        };
+        out += &format!("    {} {verdict}\n", c.commit);
     }
     for h in &b.hosts {
         let generation = h.generation.map(|g| format!(" -> generation {g}")).unwrap_or_default();
@@ -126,6 +145,23 @@ mod tests {
             state: "failed".into(),
             reason: Some("1 of 2 hosts failed: b".into()),
             signature: Some("signed by alice@example.org".into()),
+            history_base: Some("the last commit deployed from main d0".into()),
+            commits: vec![
+                BuildCommitRow {
+                    commit: "c1".into(),
+                    verdict: "untrusted".into(),
+                    signer: None,
+                    signing_key: None,
+                    reason: Some("bad signature".into()),
+                },
+                BuildCommitRow {
+                    commit: "abc".into(),
+                    verdict: "trusted".into(),
+                    signer: Some("alice@example.org".into()),
+                    signing_key: Some("SHA256:k".into()),
+                    reason: None,
+                },
+            ],
             hosts: vec![
                 BuildHostRow {
                     host: "a".into(),
@@ -150,6 +186,9 @@ mod tests {
         insta::assert_snapshot!(render(&build), @r"
         build 3 failed: fleet main (abc)
           commit: signed by alice@example.org
+          checked 2 commit(s) since the last commit deployed from main d0:
+            c1 untrusted: bad signature
+            abc signed by alice@example.org
           a                    succeeded  /nix/store/x-a -> generation 2
           b                    failed     -
               boom

@@ -22,8 +22,10 @@ pub struct BuildRow {
     pub state: String,
     /// Why it failed, or what it deployed.
     pub reason: Option<String>,
-    /// What the signed-commit gate found.
+    /// What the signature check found on the commit itself.
     pub signature: Option<String>,
+    /// Where the signed-history check started (see `build_commits`).
+    pub history_base: Option<String>,
     /// Accepted at.
     pub created_at: i64,
     /// Started at.
@@ -53,8 +55,8 @@ pub struct BuildHostRow {
     pub finished_at: Option<i64>,
 }
 
-const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, reason, signature, created_at, \
-                             started_at, finished_at, attempts";
+const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, reason, signature, history_base, \
+                             created_at, started_at, finished_at, attempts";
 
 impl Db {
     /// Queues a build, unless the same repository, commit, branch and hosts are already
@@ -147,7 +149,7 @@ impl Db {
         })
     }
 
-    /// Records what the signed-commit gate found.
+    /// Records what the signature check found on the commit itself.
     pub async fn set_build_signature(&self, id: i64, signature: &str) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query("UPDATE builds SET signature = $1 WHERE id = $2").bind(signature).bind(id).execute(pool).await?;

@@ -33,10 +33,15 @@ struct RawSnapshot {
     refs: Vec<(String, String)>,
     generations: Vec<(String, i64, String, i64)>,
     active: Vec<(String, i64)>,
+    confirmed: Vec<(String, i64)>,
+    last_reports: Vec<(String, i64, String)>,
     pins: Vec<String>,
     building: Vec<String>,
     loose: Vec<(String, i64, i64)>,
 }
+
+/// The phases an agent reports while it applies a generation, before it settles.
+const IN_FLIGHT_PHASES: &[&str] = &["downloading", "activating", "healthy"];
 
 /// Each path's references, as hash parts separated by spaces, per dialect (`refs` holds
 /// basenames, see `ingest::publish`). One row per referrer: reading half a million rows one
@@ -60,6 +65,15 @@ macro_rules! read_snapshot {
             active: sqlx::query_as("SELECT name, active_generation FROM hosts WHERE active_generation IS NOT NULL")
                 .fetch_all(&mut *$tx)
                 .await?,
+            confirmed: sqlx::query_as("SELECT DISTINCT host, generation FROM reports WHERE phase = 'confirmed'")
+                .fetch_all(&mut *$tx)
+                .await?,
+            last_reports: sqlx::query_as(
+                "SELECT r.host, r.generation, r.phase FROM reports r
+                 JOIN (SELECT MAX(id) AS id FROM reports GROUP BY host) l ON r.id = l.id",
+            )
+            .fetch_all(&mut *$tx)
+            .await?,
             pins: sqlx::query_scalar("SELECT store_path FROM pins").fetch_all(&mut *$tx).await?,
             building: sqlx::query_scalar(
                 "SELECT h.store_path FROM build_hosts h JOIN builds b ON b.id = h.build_id
@@ -136,7 +150,17 @@ macro_rules! apply_plan {
 
 impl RawSnapshot {
     fn into_snapshot(self) -> Snapshot {
-        let RawSnapshot { paths, refs, generations, active, pins, building, loose } = self;
+        let RawSnapshot { paths, refs, generations, active, confirmed, last_reports, pins, building, loose } = self;
+        let mut confirmed_by_host: HashMap<String, Vec<i64>> = HashMap::new();
+        for (host, generation) in confirmed {
+            confirmed_by_host.entry(host).or_default().push(generation);
+        }
+        // A report still in progress: the host is applying that generation.
+        let in_flight = last_reports
+            .into_iter()
+            .filter(|(_, _, phase)| IN_FLIGHT_PHASES.contains(&phase.as_str()))
+            .map(|(host, generation, _)| (host, generation))
+            .collect();
         let mut references: HashMap<String, Vec<String>> = refs
             .into_iter()
             .map(|(referrer, targets)| {
@@ -166,6 +190,8 @@ impl RawSnapshot {
                 })
                 .collect(),
             active: active.into_iter().collect(),
+            confirmed: confirmed_by_host,
+            in_flight,
             pins: pins.iter().map(|p| hash_of(p)).collect(),
             building: building.iter().map(|p| hash_of(p)).collect(),
             loose_nar_files: loose.into_iter().map(|(n, s, t)| (n, s as u64, t)).collect(),
@@ -389,6 +415,7 @@ mod tests {
             commit_sha: SHA,
             branch: "main",
             build_id: None,
+            signer: None,
         };
         db.add_generation(&g).await.unwrap()
     }
@@ -490,6 +517,32 @@ mod tests {
             let (ended, toplevels) = db.gc_root_needs().await.unwrap();
             assert!(ended.contains(&id));
             assert_eq!(toplevels, [store_path('a'), store_path('b')].into_iter().collect());
+        }
+
+        /// What hosts reported reaches the snapshot: every confirmed generation, and the one
+        /// a host is applying while its last report is in progress.
+        async fn reports_say_what_a_host_confirmed_and_applies(db: Db) {
+            two_generations(&db).await;
+            let report = |generation: i64, phase: &str| crate::db::ReportRow {
+                generation,
+                phase: phase.into(),
+                message: None,
+                log_tail: None,
+                duration_ms: None,
+                created_at: 0,
+            };
+            db.add_report("h", &report(1, "confirmed"), None).await.unwrap();
+            db.add_report("h", &report(2, "downloading"), None).await.unwrap();
+            let s = db.gc_snapshot().await.unwrap();
+            assert_eq!((s.confirmed.get("h"), s.in_flight.get("h")), (Some(&vec![1]), Some(&2)));
+            db.add_report("h", &report(2, "activating"), None).await.unwrap();
+            db.add_report("h", &report(2, "confirmed"), None).await.unwrap();
+            let s = db.gc_snapshot().await.unwrap();
+            let mut confirmed = s.confirmed["h"].clone();
+            confirmed.sort();
+            assert_eq!((confirmed, s.in_flight.get("h")), (vec![1, 2], None));
+            // Keep 1: the host runs 2, and 1 is its way back.
+            assert!(plan::plan(&s, &keep(1)).drop_generations.is_empty());
         }
 
         async fn pins_are_named(db: Db) {

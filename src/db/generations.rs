@@ -19,6 +19,8 @@ pub struct GenerationRow {
     pub build_id: Option<i64>,
     /// When it was made.
     pub created_at: i64,
+    /// Who signed its commit (a trusted signer), when a signature was checked.
+    pub signer: Option<String>,
 }
 
 /// A host and its newest generation.
@@ -34,7 +36,7 @@ pub struct HostRow {
     pub status: super::HostStatus,
 }
 
-const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at";
+const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at, signer";
 
 /// What a new generation records.
 #[derive(Debug, Clone)]
@@ -51,6 +53,8 @@ pub struct NewGeneration<'a> {
     pub branch: &'a str,
     /// Build.
     pub build_id: Option<i64>,
+    /// The commit's trusted signer, if one was checked.
+    pub signer: Option<&'a str>,
 }
 
 impl Db {
@@ -72,10 +76,11 @@ impl Db {
             let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE host = $1")
                 .bind(g.host).fetch_one(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
+            .bind(g.signer)
             .execute(&mut *tx).await?;
             tx.commit().await?;
             Ok(number)
@@ -146,6 +151,7 @@ mod tests {
             commit_sha: "c1",
             branch: "main",
             build_id: Some(1),
+            signer: Some("alice"),
         }
     }
 
@@ -156,6 +162,7 @@ mod tests {
             assert_eq!(db.add_generation(&generation("b", "/nix/store/x")).await.unwrap(), 1);
             assert_eq!(db.latest_generation("a").await.unwrap().unwrap().store_path, "/nix/store/y");
             assert_eq!(db.generation("a", 1).await.unwrap().unwrap().store_path, "/nix/store/x");
+            assert_eq!(db.generation("a", 1).await.unwrap().unwrap().signer.as_deref(), Some("alice"));
             assert_eq!(db.generation("a", 3).await.unwrap(), None);
             let hosts = db.hosts().await.unwrap();
             assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);

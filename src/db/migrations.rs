@@ -127,6 +127,20 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX path_objects_hash ON path_objects (hash);
     CREATE INDEX paths_deriver ON paths (deriver);",
+    // 7: signed history: each commit a build checked (oldest first) and its verdict, where
+    // the check started, and who signed the commit of each generation.
+    "CREATE TABLE build_commits (
+        build_id BIGINT NOT NULL,
+        position BIGINT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        verdict TEXT NOT NULL,
+        signer TEXT,
+        signing_key TEXT,
+        reason TEXT,
+        PRIMARY KEY (build_id, position)
+    );
+    ALTER TABLE builds ADD COLUMN history_base TEXT;
+    ALTER TABLE generations ADD COLUMN signer TEXT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -4,6 +4,7 @@
 //! TEXT and BIGINT columns) and run on whichever pool is open.
 
 mod builds;
+mod commits;
 mod gc;
 mod generations;
 mod locks;
@@ -23,6 +24,7 @@ use sqlx::{
 };
 
 pub use builds::{BuildHostRow, BuildRow};
+pub use commits::BuildCommitRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};

@@ -110,6 +110,7 @@ mod tests {
                 commit_sha: "c",
                 branch: "main",
                 build_id: None,
+                signer: None,
             };
             db.add_generation(&g).await.unwrap();
             db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();

@@ -5,6 +5,11 @@
 //! needed. An agent accepts a manifest only when the signature verifies with its configured
 //! deploy public key, it names this host, and it is newer than what the host applied: a
 //! replayed old manifest can never roll a host back (an admin rollback is a new generation).
+//!
+//! Version 2 adds `signer`, who signed the commit (the host logs who authorised what it
+//! runs). An agent asks for it with the [`VERSION_HEADER`]; an agent that does not (berth
+//! before version 2, which refuses unknown fields and versions) gets version 1, byte for
+//! byte what it always got. A current agent accepts both.
 
 use serde::{Deserialize, Serialize};
 
@@ -37,6 +42,12 @@ pub enum ManifestError {
     },
 }
 
+/// The request header in which an agent names the newest manifest version it understands.
+pub const VERSION_HEADER: &str = "x-berth-manifest-version";
+
+/// The newest manifest version; [`VERSION_HEADER`] values below it get version 1.
+pub const VERSION: u32 = 2;
+
 /// What one generation of one host is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -57,6 +68,9 @@ pub struct Manifest {
     pub build_id: Option<i64>,
     /// When the generation was made (Unix seconds).
     pub created_at: i64,
+    /// (Version 2) The trusted signer of `commit`; absent when no signature was required.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
 }
 
 /// A manifest as served: its JSON text and the deploy key's signature of that text.
@@ -86,8 +100,10 @@ impl SignedManifest {
         }
         let manifest: Manifest =
             serde_json::from_str(&self.manifest).map_err(|e| ManifestError::Malformed(e.to_string()))?;
-        if manifest.version != 1 {
-            return Err(ManifestError::Malformed(format!("unsupported version {}", manifest.version)));
+        match (manifest.version, &manifest.signer) {
+            (1, None) | (2, _) => {}
+            (1, Some(_)) => return Err(ManifestError::Malformed("a version 1 manifest names no signer".into())),
+            (version, _) => return Err(ManifestError::Malformed(format!("unsupported version {version}"))),
         }
         if manifest.store_path.parse::<StorePath>().is_err() {
             return Err(ManifestError::Malformed(format!("{:?} is not a store path", manifest.store_path)));
@@ -116,6 +132,7 @@ mod tests {
             branch: "main".into(),
             build_id: Some(3),
             created_at: 1_795_887_131,
+            signer: None,
         }
     }
 
@@ -135,6 +152,22 @@ mod tests {
         );
         let other = SecretKey::generate("deploy-1").unwrap();
         assert!(matches!(signed.open(&other.public(), "web", None), Err(ManifestError::BadSignature(_))));
+    }
+
+    #[test]
+    fn version_2_names_the_signer_and_version_1_stays_as_it_was() {
+        let key = SecretKey::generate("deploy-1").unwrap();
+        let v1 = manifest("web", 5).sign(&key);
+        assert!(!v1.manifest.contains("signer"), "{}", v1.manifest);
+        let v2 = Manifest { version: 2, signer: Some("alice@example.org".into()), ..manifest("web", 5) };
+        let opened = v2.sign(&key).open(&key.public(), "web", None).unwrap();
+        assert_eq!(opened.signer.as_deref(), Some("alice@example.org"));
+        let unsigned_commit = Manifest { version: 2, ..manifest("web", 5) };
+        assert_eq!(unsigned_commit.sign(&key).open(&key.public(), "web", None).unwrap().signer, None);
+        let mixed = Manifest { signer: Some("alice".into()), ..manifest("web", 5) };
+        assert!(matches!(mixed.sign(&key).open(&key.public(), "web", None), Err(ManifestError::Malformed(_))));
+        let future = Manifest { version: 3, ..manifest("web", 5) };
+        assert!(matches!(future.sign(&key).open(&key.public(), "web", None), Err(ManifestError::Malformed(_))));
     }
 
     #[test]

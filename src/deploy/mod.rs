@@ -8,10 +8,12 @@ pub mod rollback;
 use crate::db::GenerationRow;
 use manifest::Manifest;
 
-/// The manifest of a generation.
-pub fn manifest_of(g: &GenerationRow) -> Manifest {
+/// The manifest of a generation, in the newest version up to `version` the agent reads
+/// (below 2: version 1, which has no signer).
+pub fn manifest_of(g: &GenerationRow, version: u32) -> Manifest {
+    let version = version.clamp(1, manifest::VERSION);
     Manifest {
-        version: 1,
+        version,
         host: g.host.clone(),
         generation: g.number as u64,
         store_path: g.store_path.clone(),
@@ -19,5 +21,6 @@ pub fn manifest_of(g: &GenerationRow) -> Manifest {
         branch: g.branch.clone(),
         build_id: g.build_id,
         created_at: g.created_at,
+        signer: g.signer.clone().filter(|_| version >= 2),
     }
 }

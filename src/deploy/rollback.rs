@@ -38,6 +38,7 @@ mod tests {
             branch: "main".into(),
             build_id: None,
             created_at: 0,
+            signer: None,
         }
     }
 

@@ -3,8 +3,10 @@
 //! many bytes that frees. No I/O, no async: tested (and benchmarked) without storage.
 //!
 //! What is kept: per host the last N generations, every generation newer than the age
-//! limit, and — whatever N says — the generation the host reports active and the newest
-//! (desired) one; every named pin; the toplevel of every build still in flight (it is about
+//! limit, and — whatever N says — the generation the host reports active, the one it would
+//! roll back to (the newest earlier generation it confirmed, with another system), the one
+//! it is applying (its last report is `downloading`, `activating` or `healthy`) and the
+//! newest (desired) one; every named pin; the toplevel of every build still in flight (it is about
 //! to become a generation, and may be an old system built again); every path pushed within
 //! the grace period that no dropped generation reaches (a push in flight); and the whole
 //! closure of all of these, following references.
@@ -48,6 +50,10 @@ pub struct Snapshot {
     pub generations: Vec<GenerationEntry>,
     /// Per host, the generation it reports active.
     pub active: HashMap<String, i64>,
+    /// Per host, every generation it ever reported `confirmed`.
+    pub confirmed: HashMap<String, Vec<i64>>,
+    /// Per host, the generation it is applying (its last report is still in progress).
+    pub in_flight: HashMap<String, i64>,
     /// Hash parts of pinned store paths.
     pub pins: Vec<String>,
     /// Hash parts of the toplevels of builds still in flight (built, not yet generations).
@@ -145,10 +151,10 @@ fn split_generations<'a>(
     for (host, mut generations) in by_host {
         generations.sort_by_key(|g| std::cmp::Reverse(g.number));
         let keep_last = policy.keep_last_per_host.get(host).copied().unwrap_or(policy.keep_last).max(1);
-        let active = snapshot.active.get(host).copied();
+        let protected = protected(snapshot, host, &generations);
         for (i, g) in generations.into_iter().enumerate() {
             let young = policy.keep_newer_than.is_some_and(|age| g.created_at > snapshot.now - age);
-            if i < keep_last || young || Some(g.number) == active {
+            if i < keep_last || young || protected.contains(&g.number) {
                 kept.push(g);
             } else {
                 dropped.push(g);
@@ -156,6 +162,24 @@ fn split_generations<'a>(
         }
     }
     (kept, dropped)
+}
+
+/// The generations of `host` (`generations` newest first) that no `keep` may drop: the one
+/// it runs, the one it would roll back to, and the one it is applying. The newest is kept
+/// by `keep_last`, which is at least 1.
+fn protected(snapshot: &Snapshot, host: &str, generations: &[&GenerationEntry]) -> Vec<i64> {
+    let active = snapshot.active.get(host).copied();
+    let root_of = |n: i64| generations.iter().find(|g| g.number == n).map(|g| g.root.as_str());
+    let confirmed = snapshot.confirmed.get(host).map(Vec::as_slice).unwrap_or_default();
+    // Newest first: the first confirmed generation before the active one, on another system
+    // (the same system is no rollback, and its closure is kept with the active one).
+    let rollback = active.and_then(|current| {
+        generations
+            .iter()
+            .find(|g| g.number < current && confirmed.contains(&g.number) && Some(g.root.as_str()) != root_of(current))
+            .map(|g| g.number)
+    });
+    active.into_iter().chain(rollback).chain(snapshot.in_flight.get(host).copied()).collect()
 }
 
 /// Every path reachable from `roots` (roots missing from the index are ignored).
@@ -227,6 +251,8 @@ mod tests {
             ],
             generations: vec![generation("a", 1, "sys1"), generation("a", 2, "sys2"), generation("a", 3, "sys3")],
             active: HashMap::new(),
+            confirmed: HashMap::new(),
+            in_flight: HashMap::new(),
             pins: vec!["pinned".into()],
             building: vec![],
             loose_nar_files: vec![("loose.nar".into(), 7, 0), ("new-loose.nar".into(), 7, 10 * DAY)],
@@ -254,6 +280,48 @@ mod tests {
         assert_eq!(plan.drop_generations, [("a".to_string(), 2)]);
         assert!(!plan.delete_paths.contains(&"sys1".to_string()));
         assert!(plan.delete_paths.contains(&"sys2".to_string()));
+    }
+
+    /// Generations 1…5 of host `a`, each its own system, the host running `active` after
+    /// confirming `confirmed`, applying `in_flight`; `--keep 1`: what stays.
+    #[track_caller]
+    fn check_kept(active: Option<i64>, confirmed: &[i64], in_flight: Option<i64>, expected: &[i64]) {
+        let mut s = Snapshot { now: 10 * DAY, ..Snapshot::default() };
+        for n in 1..=5 {
+            s.paths.push(path(&format!("sys{n}"), &[], 0));
+            s.generations.push(generation("a", n, &format!("sys{n}")));
+        }
+        s.active.extend(active.map(|n| ("a".to_string(), n)));
+        s.confirmed.insert("a".into(), confirmed.to_vec());
+        s.in_flight.extend(in_flight.map(|n| ("a".to_string(), n)));
+        let dropped = plan(&s, &policy(1)).drop_generations;
+        let kept: Vec<i64> = (1..=5).filter(|n| !dropped.contains(&("a".to_string(), *n))).collect();
+        assert_eq!(kept, expected, "active {active:?}, confirmed {confirmed:?}, in flight {in_flight:?}");
+    }
+
+    #[test]
+    fn a_host_can_always_roll_back_whatever_n_says() {
+        // Running 4, confirmed 2 and 4 (3 failed): 2 is where a rollback goes.
+        check_kept(Some(4), &[2, 4], None, &[2, 4, 5]);
+        check_kept(Some(4), &[1, 2, 3, 4], None, &[3, 4, 5]);
+        // Rolled back to 2 (a rollback generation 5 that runs 2's system is not confirmed yet).
+        check_kept(Some(2), &[1, 2, 4], None, &[1, 2, 5]);
+        // Nothing confirmed before what it runs: no rollback to keep.
+        check_kept(Some(1), &[1], None, &[1, 5]);
+        check_kept(None, &[], None, &[5]);
+        // Applying 3 while 5 was made meanwhile: 3 stays until the host moves on.
+        check_kept(Some(2), &[1, 2], Some(3), &[1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn a_rollback_target_on_the_running_system_is_skipped() {
+        let mut s = snapshot();
+        // 3 runs 1's system again (a rollback); 2 is the real way back.
+        s.generations[2].root = "sys1".into();
+        s.active.insert("a".into(), 3);
+        s.confirmed.insert("a".into(), vec![1, 2, 3]);
+        assert!(plan(&s, &policy(1)).drop_generations.contains(&("a".to_string(), 1)));
+        assert!(!plan(&s, &policy(1)).drop_generations.contains(&("a".to_string(), 2)));
     }
 
     #[test]

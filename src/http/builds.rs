@@ -15,7 +15,7 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     build::model::{valid_branch, valid_commit, BuildState},
-    db::{BuildHostRow, BuildRow},
+    db::{BuildCommitRow, BuildHostRow, BuildRow},
 };
 
 /// `POST /api/v1/builds` body.
@@ -44,6 +44,10 @@ pub struct BuildView {
     state: String,
     reason: Option<String>,
     signature: Option<String>,
+    /// Where the signed-history check started.
+    history_base: Option<String>,
+    /// Each commit it checked, oldest first, with its verdict and signer.
+    commits: Vec<BuildCommitRow>,
     created_at: i64,
     started_at: Option<i64>,
     finished_at: Option<i64>,
@@ -52,7 +56,7 @@ pub struct BuildView {
 }
 
 impl BuildView {
-    fn new(b: BuildRow, hosts: Vec<BuildHostRow>) -> Self {
+    fn new(b: BuildRow, hosts: Vec<BuildHostRow>, commits: Vec<BuildCommitRow>) -> Self {
         Self {
             id: b.id,
             requested_hosts: b.hosts.split_whitespace().map(str::to_owned).collect(),
@@ -62,6 +66,8 @@ impl BuildView {
             state: b.state,
             reason: b.reason,
             signature: b.signature,
+            history_base: b.history_base,
+            commits,
             created_at: b.created_at,
             started_at: b.started_at,
             finished_at: b.finished_at,
@@ -111,7 +117,8 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
 async fn load(state: &AppState, id: i64) -> Result<BuildView, ApiError> {
     let build = state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
     let hosts = state.db.build_hosts(id).await?;
-    Ok(BuildView::new(build, hosts))
+    let commits = state.db.build_commits(id).await?;
+    Ok(BuildView::new(build, hosts, commits))
 }
 
 /// `GET /api/v1/builds/{id}`.
@@ -130,7 +137,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
     let mut views = Vec::new();
     for build in state.db.recent_builds(50).await? {
         let hosts = state.db.build_hosts(build.id).await?;
-        views.push(BuildView::new(build, hosts));
+        let commits = state.db.build_commits(build.id).await?;
+        views.push(BuildView::new(build, hosts, commits));
     }
     Ok(Json(views))
 }

@@ -17,7 +17,7 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, NewGeneration, ReportRow},
-    deploy::{manifest_of, rollback},
+    deploy::{manifest::VERSION_HEADER, manifest_of, rollback},
     nixfmt::{StorePath, StorePathHash},
     text::{clip_head, clip_tail, without_nul},
 };
@@ -56,6 +56,12 @@ pub async fn manifest(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.timeout.unwrap_or(30).min(60));
     let after = query.after.unwrap_or(0);
+    // An agent that names no version (berth before manifest version 2) gets version 1.
+    let version = headers
+        .get(VERSION_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .unwrap_or(1);
     loop {
         // Registered before the check, so a generation made in between is not missed.
         let made = state.deploys.notified();
@@ -63,7 +69,7 @@ pub async fn manifest(
         made.as_mut().enable();
         if let Some(g) = state.db.latest_generation(&name).await?.filter(|g| g.number > after) {
             state.db.touch_host(&name).await?;
-            return Ok(Json(manifest_of(&g).sign(&state.deploy_key)).into_response());
+            return Ok(Json(manifest_of(&g, version).sign(&state.deploy_key)).into_response());
         }
         tokio::select! {
             _ = &mut made => {}
@@ -177,6 +183,8 @@ pub async fn rollback(
         commit_sha: &target.commit_sha,
         branch: &branch,
         build_id: None,
+        // The same commit as the target's, so the same signer authorised it.
+        signer: target.signer.as_deref(),
     };
     let number = state.db.add_generation(&g).await?;
     state.deploys.notify_waiters();

@@ -93,30 +93,132 @@ pub async fn fetch(mirror: &Path, url: &str, commit: &str) -> Result<(), NixErro
 /// with `git log`. [`Signature::Trusted`] needs all three: exit 0, `%G?` = `G`, a signer.
 pub async fn verify_commit(mirror: &Path, commit: &str, policy: &SignaturePolicy) -> Result<Signature, NixError> {
     check_commit(commit)?;
-    let mut options = vec!["-c".to_owned()];
-    // /dev/null rather than nothing: an empty allow-list, not the service user's git config.
-    let signers = policy.allowed_signers_file.as_deref().unwrap_or(Path::new("/dev/null"));
-    options.push(format!("gpg.ssh.allowedSignersFile={}", path_arg(signers)?));
-    if let Some(level) = &policy.gpg_min_trust_level {
-        options.extend(["-c".to_owned(), format!("gpg.minTrustLevel={level}")]);
-    }
-    let gpg_home = policy.gpg_home.as_deref().map(Path::as_os_str);
-    let env: Vec<(&str, &OsStr)> = gpg_home.map(|home| ("GNUPGHOME", home)).into_iter().collect();
-
-    let with = |args: &[&str]| -> Result<Vec<String>, NixError> {
-        let mut argv = git(mirror, &[])?;
-        argv.extend(options.iter().cloned());
-        argv.extend(args.iter().map(|s| s.to_string()));
-        Ok(argv)
-    };
-    let verified = output(&with(&["verify-commit", commit])?, &env).await?.status.success();
+    let verifier = Verifier::new(mirror, policy)?;
+    let verified = verifier.verified(&[commit]).await?;
     // `--no-show-signature`: a `log.showSignature` in the service user's git configuration
     // would mix GnuPG's report into stdout.
-    let log = run_env(&with(&["log", "-1", "--no-show-signature", "--format=%G?%n%GS%n%GK", commit])?, &env).await?;
+    let log = verifier.run(&["log", "-1", "--no-show-signature", "--format=%G?%n%GS%n%GK", commit]).await?;
     let text = String::from_utf8_lossy(&log.stdout);
     let mut lines = text.lines();
     let (code, signer, key) = (lines.next().unwrap_or(""), lines.next().unwrap_or(""), lines.next().unwrap_or(""));
     Ok(judge(verified, code, signer.trim(), key.trim()))
+}
+
+/// One commit of a range and its signature.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitSignature {
+    /// Full hash.
+    pub commit: String,
+    /// What berth concluded about its signature.
+    pub signature: Signature,
+}
+
+/// The commits reachable from `tip` and from none of `exclude` (all in `mirror`), merge
+/// commits and every parent's history included, oldest first (topological order), each with
+/// its signature judged as [`verify_commit`] does. At most `limit` commits, the newest: ask
+/// for one more than you accept to learn that a range is too long.
+///
+/// One `git log` reads every verdict (`%G?`, `%GS`, `%GK`); one `git verify-commit` of all
+/// commits with a good signature confirms them by its exit code, and only when it fails is
+/// each one verified alone, to find which.
+pub async fn range_signatures(
+    mirror: &Path,
+    tip: &str,
+    exclude: &[&str],
+    limit: usize,
+    policy: &SignaturePolicy,
+) -> Result<Vec<CommitSignature>, NixError> {
+    check_commit(tip)?;
+    exclude.iter().try_for_each(|c| check_commit(c))?;
+    let verifier = Verifier::new(mirror, policy)?;
+    let max = format!("--max-count={limit}");
+    let mut args = vec!["log", "--no-show-signature", "--topo-order", &max, RANGE_FORMAT, tip, "--not"];
+    args.extend_from_slice(exclude);
+    args.push("--");
+    let argv = verifier.argv(&args)?;
+    let out = run_env(&argv, &verifier.env()).await?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut records =
+        parse_range(&text).ok_or_else(|| NixError::Output { argv, reason: "a malformed record".into() })?;
+    records.reverse();
+    let good: Vec<&str> = records.iter().filter(|r| r.code == "G").map(|r| r.commit).collect();
+    let all_verified = good.is_empty() || verifier.verified(&good).await?;
+    let mut commits = Vec::with_capacity(records.len());
+    for r in records {
+        let verified = r.code == "G" && (all_verified || verifier.verified(&[r.commit]).await?);
+        commits
+            .push(CommitSignature { commit: r.commit.to_owned(), signature: judge(verified, r.code, r.signer, r.key) });
+    }
+    Ok(commits)
+}
+
+/// `git log`'s record per commit: hash, `%G?`, key, signer, separated by US, ended by RS
+/// (a GPG user id may hold spaces).
+const RANGE_FORMAT: &str = "--format=tformat:%H%x1f%G?%x1f%GK%x1f%GS%x1e";
+
+/// One commit as [`RANGE_FORMAT`] prints it.
+#[derive(Debug, PartialEq, Eq)]
+struct RangeRecord<'a> {
+    commit: &'a str,
+    code: &'a str,
+    key: &'a str,
+    signer: &'a str,
+}
+
+/// The records of `git log --format=RANGE_FORMAT`, newest first; `None` when one is not.
+fn parse_range(text: &str) -> Option<Vec<RangeRecord<'_>>> {
+    text.split('\x1e')
+        .map(|r| r.trim_start_matches('\n'))
+        .filter(|r| !r.trim().is_empty())
+        .map(|r| {
+            let mut fields = r.split('\x1f');
+            let commit = fields.next().filter(|c| check_commit(c).is_ok())?;
+            let (code, key, signer) = (fields.next()?, fields.next()?.trim(), fields.next()?.trim());
+            fields.next().is_none().then_some(RangeRecord { commit, code, key, signer })
+        })
+        .collect()
+}
+
+/// git with a repository's signature policy: its allowed signers, GnuPG home and trust level.
+struct Verifier<'a> {
+    mirror: &'a Path,
+    options: Vec<String>,
+    gpg_home: Option<&'a OsStr>,
+}
+
+impl<'a> Verifier<'a> {
+    fn new(mirror: &'a Path, policy: &'a SignaturePolicy) -> Result<Self, NixError> {
+        let mut options = vec!["-c".to_owned()];
+        // /dev/null rather than nothing: an empty allow-list, not the service user's git config.
+        let signers = policy.allowed_signers_file.as_deref().unwrap_or(Path::new("/dev/null"));
+        options.push(format!("gpg.ssh.allowedSignersFile={}", path_arg(signers)?));
+        if let Some(level) = &policy.gpg_min_trust_level {
+            options.extend(["-c".to_owned(), format!("gpg.minTrustLevel={level}")]);
+        }
+        Ok(Self { mirror, options, gpg_home: policy.gpg_home.as_deref().map(Path::as_os_str) })
+    }
+
+    fn argv(&self, args: &[&str]) -> Result<Vec<String>, NixError> {
+        let mut argv = git(self.mirror, &[])?;
+        argv.extend(self.options.iter().cloned());
+        argv.extend(args.iter().map(|s| s.to_string()));
+        Ok(argv)
+    }
+
+    fn env(&self) -> Vec<(&'static str, &'a OsStr)> {
+        self.gpg_home.map(|home| ("GNUPGHOME", home)).into_iter().collect()
+    }
+
+    async fn run(&self, args: &[&str]) -> Result<std::process::Output, NixError> {
+        run_env(&self.argv(args)?, &self.env()).await
+    }
+
+    /// Whether `git verify-commit` accepts every one of `commits` (its exit code).
+    async fn verified(&self, commits: &[&str]) -> Result<bool, NixError> {
+        let mut args = vec!["verify-commit"];
+        args.extend_from_slice(commits);
+        Ok(output(&self.argv(&args)?, &self.env()).await?.status.success())
+    }
 }
 
 /// The verdict from `git verify-commit`'s success and `git log`'s `%G?`, `%GS` and `%GK`.
@@ -158,6 +260,12 @@ fn git(mirror: &Path, args: &[&str]) -> Result<Vec<String>, NixError> {
     argv.push(path_arg(mirror)?);
     argv.extend(args.iter().map(|a| a.to_string()));
     Ok(argv)
+}
+
+/// Whether `commit` names a commit present in `mirror`.
+pub async fn contains(mirror: &Path, commit: &str) -> Result<bool, NixError> {
+    check_commit(commit)?;
+    has_commit(mirror, commit).await
 }
 
 /// Whether `commit` names a commit present in `mirror`.
@@ -251,6 +359,77 @@ mod tests {
         assert!(verify_commit(&mirror, missing, &policy).await.is_err());
     }
 
+    #[test]
+    fn range_records() {
+        let (a, b) = ("a".repeat(40), "b".repeat(40));
+        let text = format!("{a}\x1fG\x1fSHA256:k\x1fBob <bob@example.org>\x1e\n{b}\x1fN\x1f\x1f\x1e\n");
+        let records = parse_range(&text).unwrap();
+        assert_eq!(
+            records,
+            [
+                RangeRecord { commit: &a, code: "G", key: "SHA256:k", signer: "Bob <bob@example.org>" },
+                RangeRecord { commit: &b, code: "N", key: "", signer: "" },
+            ]
+        );
+        assert_eq!(parse_range("").unwrap(), []);
+        assert!(parse_range("HEAD\x1fG\x1f\x1f\x1e").is_none(), "not a hash");
+        assert!(parse_range(&format!("{a}\x1fG\x1e")).is_none(), "fields missing");
+        assert!(parse_range(&format!("{a}\x1fG\x1f\x1f\x1fx\x1fy\x1e")).is_none(), "too many fields");
+    }
+
+    #[tokio::test]
+    async fn a_range_holds_every_commit_since_the_base_merges_included() {
+        let scratch = Scratch::new();
+        let fleet = Fleet::new(&scratch);
+        let (alice, mallory) = (scratch.ssh_key("alice"), scratch.ssh_key("mallory"));
+        let policy = SignaturePolicy {
+            allowed_signers_file: Some(scratch.allowed_signers("alice@example.org", &alice)),
+            ..SignaturePolicy::default()
+        };
+        let base = fleet.head();
+        let signed = fleet.commit("signed", Some(&alice));
+        fleet.git(&["checkout", "--quiet", "-b", "side", &base]);
+        let forged = fleet.commit("forged", Some(&mallory));
+        fleet.git(&["checkout", "--quiet", "main"]);
+        fleet.git(&["merge", "--quiet", "--no-ff", "--no-gpg-sign", "-m", "merge", "side"]);
+        let merge = fleet.head();
+        let tip = fleet.commit("tip", Some(&alice));
+        let mirror = scratch.path("mirror");
+        fetch(&mirror, &fleet.url(), &tip).await.unwrap();
+
+        let range = range_signatures(&mirror, &tip, &[&base], 10, &policy).await.unwrap();
+        let commits: Vec<&str> = range.iter().map(|c| c.commit.as_str()).collect();
+        assert_eq!(commits.len(), 4, "{commits:?}");
+        assert_eq!((commits[3], commits[2]), (tip.as_str(), merge.as_str()), "oldest first, topologically");
+        let mut parents = [commits[0], commits[1]];
+        parents.sort();
+        let mut expected = [signed.as_str(), forged.as_str()];
+        expected.sort();
+        assert_eq!(parents, expected, "both parents' histories");
+        let of = |commit: &str| range.iter().find(|c| c.commit == commit).unwrap().signature.clone();
+        assert!(matches!(of(&tip), Signature::Trusted { signer, .. } if signer == "alice@example.org"));
+        assert!(matches!(of(&signed), Signature::Trusted { .. }));
+        assert_eq!(of(&merge), Signature::Unsigned);
+        assert!(matches!(of(&forged), Signature::Untrusted { reason } if reason.contains("allowed_signers")));
+
+        // The whole history, the base's root commit included; a limit keeps the newest.
+        assert_eq!(range_signatures(&mirror, &tip, &[], 10, &policy).await.unwrap().len(), 5);
+        let newest = range_signatures(&mirror, &tip, &[], 2, &policy).await.unwrap();
+        assert_eq!(newest.iter().map(|c| c.commit.as_str()).collect::<Vec<_>>(), [merge.as_str(), tip.as_str()]);
+        // Excluding a descendant of the tip, or several bases, leaves nothing / less.
+        assert!(range_signatures(&mirror, &signed, &[&tip], 10, &policy).await.unwrap().is_empty());
+        assert_eq!(range_signatures(&mirror, &tip, &[&signed, &forged], 10, &policy).await.unwrap().len(), 2);
+        // All good signatures verified at once, and one by one when that fails.
+        let good = range_signatures(&mirror, &signed, &[&base], 10, &policy).await.unwrap();
+        assert!(matches!(&good[..], [CommitSignature { signature: Signature::Trusted { .. }, .. }]));
+        let strict = SignaturePolicy { gpg_min_trust_level: Some("ultimate".into()), ..policy.clone() };
+        let refused = range_signatures(&mirror, &signed, &[&base], 10, &strict).await.unwrap();
+        assert!(matches!(&refused[0].signature, Signature::Untrusted { reason } if reason.contains("verify-commit")));
+        assert!(range_signatures(&mirror, "HEAD", &[], 10, &policy).await.is_err());
+        assert!(contains(&mirror, &forged).await.unwrap());
+        assert!(!contains(&mirror, &"0".repeat(40)).await.unwrap());
+    }
+
     #[tokio::test]
     async fn gpg_signatures_need_a_trusted_key() {
         let mut scratch = Scratch::new();
@@ -272,6 +451,12 @@ mod tests {
         // The key is known there but not trusted: a good signature, of unknown validity.
         let verdict = verify_commit(&mirror, &signed, &policy(&public_only)).await.unwrap();
         assert!(matches!(verdict, Signature::Untrusted { .. }), "{verdict:?}");
+        // A range judges GPG signatures alike: the unsigned root, then Bob's commit.
+        let range = range_signatures(&mirror, &signed, &[], 10, &policy(&home)).await.unwrap();
+        let verdicts: Vec<&Signature> = range.iter().map(|c| &c.signature).collect();
+        assert!(matches!(verdicts[..], [Signature::Unsigned, Signature::Trusted { .. }]), "{verdicts:?}");
+        let range = range_signatures(&mirror, &signed, &[], 10, &policy(&public_only)).await.unwrap();
+        assert!(matches!(range[1].signature, Signature::Untrusted { .. }), "{range:?}");
     }
 
     #[tokio::test]

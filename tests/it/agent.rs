@@ -257,3 +257,43 @@ fn an_admin_rollback_reaches_the_agent(client: NixClient) {
     wait_report(&b, "alpha", 3, &["confirmed"]);
     assert_eq!(host.profile(), Some(toplevel(&b, "alpha", 1)), "back on generation 1's system");
 }
+
+/// `berth gc --keep 1` with a real agent that confirmed three generations: the one it runs
+/// stays, and so does the one it would roll back to, so `berth rollback` works and its
+/// system still substitutes from the cache into a fresh store.
+#[test]
+fn pruning_to_one_generation_leaves_the_host_able_to_roll_back() {
+    let b = build_host(&["alpha"], "[retention]\ngrace_period_secs = 0\n");
+    let host = Host::new(&b, "alpha", "");
+    let _agent = host.spawn(&b, &b.server.url);
+    for (n, marker) in [(1, "one"), (2, "two"), (3, "three")] {
+        b.fleet.set_host("alpha", marker);
+        assert!(b.submit_wait(&b.fleet.commit("main", marker, Signing::Trusted), "main").0);
+        wait_report(&b, "alpha", n, &["confirmed"]);
+    }
+    let (second, third) = (toplevel(&b, "alpha", 2), toplevel(&b, "alpha", 3));
+
+    let gc = run_ok(b.s.berth().args(["gc", "--keep", "1", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    let printed = String::from_utf8_lossy(&gc.stdout);
+    assert!(printed.contains("drop alpha generation 1"), "{printed}");
+    assert!(!printed.contains("drop alpha generation 2"), "the way back stays: {printed}");
+    let numbers: Vec<i64> = b.generations("alpha").iter().map(|g| g["number"].as_i64().unwrap()).collect();
+    assert_eq!(numbers, [3, 2]);
+    let (out, _) = b.s.substitute(&b.server.url, &second, &b.server.public_key, "fresh-client");
+    assert!(out.status.success(), "the rollback target substitutes: {}", String::from_utf8_lossy(&out.stderr));
+
+    run_ok(b.s.berth().args(["rollback", "alpha", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    wait_report(&b, "alpha", 4, &["confirmed"]);
+    assert_eq!(host.profile(), Some(second.clone()), "back on generation 2's system");
+    // Running generation 4 (2's system), the host can still go forward again by a rollback.
+    let numbers: Vec<i64> = b.generations("alpha").iter().map(|g| g["number"].as_i64().unwrap()).collect();
+    run_ok(b.s.berth().args(["gc", "--keep", "1", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    let after: Vec<i64> = b.generations("alpha").iter().map(|g| g["number"].as_i64().unwrap()).collect();
+    assert_eq!(
+        after,
+        numbers.iter().copied().filter(|n| *n != 2).collect::<Vec<_>>(),
+        "4 runs 2's system; 3 is the way back"
+    );
+    let (out, _) = b.s.substitute(&b.server.url, &third, &b.server.public_key, "fresh-client-2");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

@@ -68,7 +68,18 @@ impl BuildHost {
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into(), String::from_utf8_lossy(&out.stderr).into())
     }
 
-    fn build(&self, id: i64) -> Value {
+    /// Restarts the server on the same data directory with its configuration file changed by
+    /// `edit` (the repository's table is the file's last).
+    pub fn reconfigure(&mut self, edit: impl FnOnce(&str) -> String) {
+        let path = self.s.path("berth.toml");
+        let config = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, edit(&config)).unwrap();
+        self.server.kill();
+        self.server = Server::start_for(&self.s, &["--config", path.to_str().unwrap()]);
+    }
+
+    /// The build as `GET /api/v1/builds/{id}` shows it.
+    pub fn build(&self, id: i64) -> Value {
         http().get(self.api(&format!("builds/{id}"))).bearer_auth(&self.ci).send().unwrap().json().unwrap()
     }
 
@@ -175,8 +186,8 @@ fn branch_policy_test_branches_and_feature_branches() {
 
 #[test]
 fn unsigned_or_foreign_signed_commits_build_but_never_deploy() {
-    let b = build_host(&["alpha"], "");
     for (signing, word) in [(Signing::Unsigned, "not signed"), (Signing::OtherKey, "not trusted")] {
+        let b = build_host(&["alpha"], "");
         b.fleet.set_host("alpha", word);
         let commit = b.fleet.commit("main", word, signing);
         let (ok, log, status) = b.submit_wait(&commit, "main");

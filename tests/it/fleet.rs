@@ -239,18 +239,39 @@ impl Fleet {
         }
         run_ok(self.git().args(["add", "-A"]));
         let mut git = self.git();
+        self.sign_with(&mut git, signing);
+        git.arg("commit");
+        git.arg(if signing == Signing::Unsigned { "--no-gpg-sign" } else { "-S" });
+        run_ok(git.args(["-q", "--allow-empty", "-m", message]));
+        stdout_of(self.git().args(["rev-parse", "HEAD"]))
+    }
+
+    /// Creates `branch` at `commit` (it must not exist yet); the work tree stays where it is.
+    pub fn branch_at(&self, branch: &str, commit: &str) {
+        run_ok(self.git().args(["branch", branch, commit]));
+    }
+
+    /// Merges `from` into `into` with a merge commit (never a fast-forward), signed as asked,
+    /// and returns its hash. The branches must touch different files.
+    pub fn merge(&self, into: &str, from: &str, message: &str, signing: Signing) -> String {
+        run_ok(self.git().args(["switch", "-q", into]));
+        let mut git = self.git();
+        self.sign_with(&mut git, signing);
+        git.arg("merge");
+        git.arg(if signing == Signing::Unsigned { "--no-gpg-sign" } else { "-S" });
+        run_ok(git.args(["-q", "--no-ff", "--no-edit", "-m", message, from]));
+        stdout_of(self.git().args(["rev-parse", "HEAD"]))
+    }
+
+    /// The `git -c …` options that pick the signing key `signing` asks for.
+    fn sign_with(&self, git: &mut Command, signing: Signing) {
         match signing {
             Signing::Trusted | Signing::OtherKey => {
                 let key = if signing == Signing::Trusted { &self.signer } else { &self.other };
                 git.args(["-c", "gpg.format=ssh", "-c"]).arg(format!("user.signingkey={}", key.private_key.display()));
-                git.args(["commit", "-S"]);
             }
-            Signing::Unsigned => {
-                git.args(["commit", "--no-gpg-sign"]);
-            }
+            Signing::Unsigned => {}
         }
-        run_ok(git.args(["-q", "--allow-empty", "-m", message]));
-        stdout_of(self.git().args(["rev-parse", "HEAD"]))
     }
 
     /// The store path of `host`'s toplevel at `commit`, by evaluation only (nothing is built).

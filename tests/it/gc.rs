@@ -299,11 +299,16 @@ fn the_generation_a_host_runs_survives_whatever_keep_says() {
     assert!(!gc_root(&b, "alpha", &alpha[1]).exists());
     assert!(gc_root(&b, "alpha", &alpha[0]).exists() && gc_root(&b, "alpha", &alpha[2]).exists());
 
-    // The host moves to generation 3, then the admin rolls it back to generation 1's system: a
-    // new generation 4 without a build of its own. Generation 1 can go now, not its system.
+    // The host moves to generation 3: generation 1, which it confirmed before, is where a
+    // rollback goes, and stays. The admin rolls it back to generation 1's system: a new
+    // generation 4 without a build of its own. Once the host confirms 4, generation 3 is the
+    // way back, and generation 1 can go, not its system.
     confirm(3);
     let r = http().post(b.api("hosts/alpha/rollback")).bearer_auth(&b.admin).json(&json!({"to": 1})).send().unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
+    let report = gc(&b.server.url, &b.admin, Some(1), false);
+    assert_eq!(report["dropped_generations"], json!([]), "3 runs, 1 is its rollback target, 4 is the newest");
+    confirm(4);
     let report = gc(&b.server.url, &b.admin, Some(1), false);
     assert_eq!(report["dropped_generations"], json!([["alpha", 1]]));
     assert_eq!(report["paths_deleted"], 0, "generation 4 runs generation 1's system");

@@ -20,3 +20,4 @@ mod nix_client;
 mod nix_files;
 mod protocol;
 mod replicas;
+mod signed_history;

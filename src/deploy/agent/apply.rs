@@ -36,7 +36,10 @@ impl Agent {
     pub(super) async fn deploy(&mut self, manifest: &Manifest) -> Progress {
         let started = Instant::now();
         let (generation, path) = (manifest.generation, manifest.store_path.as_str());
-        info!(generation, path, commit = manifest.commit, branch = manifest.branch, "new generation");
+        // Who authorised what this host is about to run (none: the server did not say, or
+        // its repository requires no signature).
+        let signer = manifest.signer.as_deref().unwrap_or("none");
+        info!(generation, path, commit = manifest.commit, branch = manifest.branch, signer, "new generation");
         self.report(Report::new(generation, Phase::Downloading, &format!("realising {path}"), Some(started))).await;
         let mut tail = LogTail::default();
         if let Err(why) = self.realise(path, &mut tail).await {

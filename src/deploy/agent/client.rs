@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use super::config::Token;
 use super::report::Report;
-use crate::deploy::manifest::SignedManifest;
+use crate::deploy::manifest::{self, SignedManifest};
 
 /// How long connecting may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -81,7 +81,12 @@ impl Server {
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
         }
-        let request = self.http.get(&url).bearer_auth(self.token.expose()).timeout(hold + HOLD_SLACK);
+        let request = self
+            .http
+            .get(&url)
+            .bearer_auth(self.token.expose())
+            .header(manifest::VERSION_HEADER, manifest::VERSION.to_string())
+            .timeout(hold + HOLD_SLACK);
         let response = self.send(request).await?;
         if response.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);

@@ -115,6 +115,7 @@ impl Host {
             branch: "main".into(),
             build_id: Some(1),
             created_at: 1_767_225_600,
+            signer: None,
         };
         let signed = manifest.sign(key);
         self.fake.lock().unwrap().manifests.push((generation, signed.clone()));

@@ -98,6 +98,14 @@ impl PathInfo {
     /// Parses a narinfo as a client uploads it (`PUT /<hash>.narinfo`).
     pub fn parse(bytes: &[u8]) -> Result<Self, NarInfoError> {
         let inner = NarInfo::parse_in(&StoreDir::default(), bytes)?;
+        // A `Sig:` line that is not `name:base64` is a lie about who signed (the parser
+        // would drop it silently): refused, as the push API refuses it.
+        for line in bytes.split(|b| *b == b'\n') {
+            if let Some(sig) = line.strip_prefix(b"Sig: ") {
+                let sig = std::str::from_utf8(sig).map_err(|e| field("Sig", e))?;
+                NixSignature::parse(sig).map_err(|e| field("Sig", e))?;
+            }
+        }
         let info = Self { inner };
         info.sha256_nar_hash()?;
         Ok(info)
@@ -270,6 +278,12 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
         let twice = signed.clone().signed(&key);
         assert_eq!(twice.to_text().matches("Sig: cache-1:").count(), 1);
         insta::assert_snapshot!(signed.fingerprint(), @"1;/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-hello;sha256:1impfw8zdgisxkghq9a3q7cn7jb9zyzgxdydiamp8z2nlyyl0h5h;18488;/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-hello,/nix/store/3n58xw4373jp0ljirf06d8077j15pc4j-glibc-2.37-8");
+    }
+
+    #[test]
+    fn refuses_a_malformed_signature() {
+        let text = format!("{UPLOADED}Sig: no-colon-here\n");
+        assert!(PathInfo::parse(text.as_bytes()).unwrap_err().to_string().contains("Sig"));
     }
 
     #[test]

@@ -26,6 +26,7 @@ berth_install_deps() {
   have git || missing+=(git)
   have cc || missing+=(gcc libc6-dev)
   have curl || missing+=(curl)
+  have jq || missing+=(jq) # the CI examples in docs/ci, run by tests/it/ci_examples.rs
   if ! have cargo; then
     # Debian/Ubuntu's own Rust is often older than the crates need; rustup is the fallback.
     missing+=(cargo rustc)

@@ -9,6 +9,7 @@ mod servers;
 mod agent;
 mod builds;
 mod cache_http;
+mod ci_examples;
 mod cli;
 mod consistency;
 mod crash;

@@ -297,3 +297,45 @@ fn pruning_to_one_generation_leaves_the_host_able_to_roll_back() {
     let (out, _) = b.s.substitute(&b.server.url, &third, &b.server.public_key, "fresh-client-2");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
+
+/// A fleet of 50 real agents loses the server for 35 s (long enough for any backoff to reach
+/// its cap): once the network is back, every agent is back within a few seconds, and not in
+/// one burst (their returns are spread by the jitter).
+#[test]
+fn fifty_agents_return_within_seconds_of_an_outage_and_not_at_once() {
+    let b = build_host(&["alpha"], "");
+    let key = deploy_public_key(&b);
+    let outage = b.s.path("outage");
+    let hosts: Vec<Host> = (0..50).map(|i| Host::new(&b, &format!("h{i:02}"), "")).collect();
+    let proxies: Vec<NetCut> = hosts.iter().map(|_| NetCut::start(&b.server.url, outage.clone())).collect();
+    let _agents: Vec<Agent> = hosts
+        .iter()
+        .zip(&proxies)
+        .map(|(h, p)| Agent(h.agent(&b, &p.url, &key).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap()))
+        .collect();
+    let count = |p: &NetCut| p.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while proxies.iter().any(|p| count(p) == 0) {
+        assert!(Instant::now() < deadline, "every agent connects");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::fs::write(&outage, "").unwrap();
+    std::thread::sleep(Duration::from_secs(35));
+    let before: Vec<usize> = proxies.iter().map(count).collect();
+    std::fs::remove_file(&outage).unwrap();
+    let back_at = Instant::now();
+    let mut returned: Vec<Option<Duration>> = vec![None; proxies.len()];
+    while returned.iter().any(Option::is_none) && back_at.elapsed() < Duration::from_secs(45) {
+        for (i, p) in proxies.iter().enumerate() {
+            if returned[i].is_none() && count(p) > before[i] {
+                returned[i] = Some(back_at.elapsed());
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let returned: Vec<Duration> = returned.into_iter().map(|r| r.expect("every agent came back")).collect();
+    let (first, last) = (returned.iter().min().unwrap(), returned.iter().max().unwrap());
+    eprintln!("agents back after {first:?} (first) to {last:?} (last)");
+    assert!(*last < Duration::from_secs(6), "the last agent came back after {last:?}");
+    assert!(*last - *first > Duration::from_millis(500), "all came back at once: {first:?}..{last:?}");
+}

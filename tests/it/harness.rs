@@ -344,6 +344,8 @@ pub fn http() -> reqwest::blocking::Client {
 /// fleet's `set_cuts_network`).
 pub struct NetCut {
     pub url: String,
+    /// Connections accepted and relayed (not those refused while the flag exists).
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl NetCut {
@@ -352,12 +354,15 @@ impl NetCut {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let flag = std::sync::Arc::new(flag);
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = accepted.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
                 if flag.exists() {
                     continue; // dropped: the connection is closed at once
                 }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let Ok(server) = std::net::TcpStream::connect(&target) else { continue };
                 let (c2, s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
                 let (f1, f2) = (flag.clone(), flag.clone());
@@ -365,7 +370,7 @@ impl NetCut {
                 std::thread::spawn(move || pipe(s2, c2, &f2));
             }
         });
-        Self { url }
+        Self { url, accepted }
     }
 }
 

@@ -194,7 +194,7 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<Outc
         failures += 1;
         // A deploy that could not start (the cache lacks the path, the disk is full) is given
         // time to heal before it counts another failed attempt.
-        let least = if matches!(hitch, Hitch::Retry(_)) { window::BACKOFF_CAP } else { Duration::ZERO };
+        let least = if matches!(hitch, Hitch::Retry(_)) { window::RETRY_WAIT } else { Duration::ZERO };
         match (once, hitch) {
             (true, Hitch::State(source)) => return Err(AgentError::State { path: agent.opts.state_dir, source }),
             (true, Hitch::Server(e)) if failures >= ONCE_TRIES => return Err(e.into()),

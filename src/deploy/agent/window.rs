@@ -7,8 +7,14 @@ use std::time::Duration;
 
 /// Minutes in a day.
 const DAY: u16 = 24 * 60;
-/// The longest wait between retries.
-pub const BACKOFF_CAP: Duration = Duration::from_secs(30);
+/// The longest wait between attempts to reach the server: short, so that a restarted server
+/// sees its fleet again within a few seconds; the jitter of [`backoff`] spreads the fleet
+/// over the second half of it (2 to 4 s), so it does not come back in one burst. A refused
+/// connection costs the server next to nothing.
+pub const BACKOFF_CAP: Duration = Duration::from_secs(4);
+/// The least wait before a deploy that could not start (the cache lacks a path, the disk is
+/// full) is tried again: time for the cause to heal.
+pub const RETRY_WAIT: Duration = Duration::from_secs(30);
 
 /// A daily window `HH:MM-HH:MM` (UTC), start included, end excluded; it may wrap past
 /// midnight (`22:00-02:00`).
@@ -128,8 +134,8 @@ mod tests {
     #[test]
     fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
         let secs = |f: u32, j: f64| backoff(f, j).as_secs_f64();
-        assert_eq!([secs(1, 1.0), secs(2, 1.0), secs(3, 1.0), secs(5, 1.0), secs(6, 1.0)], [1.0, 2.0, 4.0, 16.0, 30.0]);
-        assert_eq!([secs(1, 0.0), secs(6, 0.0), secs(u32::MAX, 0.0)], [0.5, 15.0, 15.0]);
+        assert_eq!([secs(1, 1.0), secs(2, 1.0), secs(3, 1.0), secs(5, 1.0), secs(60, 1.0)], [1.0, 2.0, 4.0, 4.0, 4.0]);
+        assert_eq!([secs(1, 0.0), secs(6, 0.0), secs(u32::MAX, 0.0)], [0.5, 2.0, 2.0]);
         assert_eq!(secs(0, 0.5), 0.75);
         let j = jitter();
         assert!((0.0..1.0).contains(&j), "{j}");

@@ -181,11 +181,11 @@ struct ServerArgs {
 /// How a client reaches a server.
 #[derive(clap::Args)]
 struct ClientArgs {
-    /// Server URL.
-    #[arg(long, env = "BERTH_SERVER")]
-    server: String,
+    /// Server URL (required; accepted before or after the subcommand's own arguments).
+    #[arg(long, env = "BERTH_SERVER", global = true)]
+    server: Option<String>,
     /// API token (prefer the environment variable: argv is visible to other users).
-    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true)]
+    #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
 }
 
@@ -321,7 +321,28 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    runtime.block_on(run(cli.command))
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        // One line: the error and its causes, each said once (no Debug dump, no backtrace).
+        eprintln!("berth: {}", one_line(&e));
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// `e` and its causes joined by ": ", skipping a cause whose text its parent already says.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            if !line.is_empty() {
+                line.push_str(": ");
+            }
+            // A multi-line cause (a TOML error's caret diagram) is kept whole.
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -351,7 +372,7 @@ async fn run(command: Command) -> Result<()> {
             });
             let outcome = agent::run(options, stop).await?;
             if !outcome.is_success() {
-                eprintln!("berth agent: {outcome:?}");
+                eprintln!("berth agent: {outcome}");
                 std::process::exit(1);
             }
             Ok(())
@@ -393,7 +414,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Push { client, jobs, compression_level, store, paths } => {
             let options = berth::push::PushOptions {
-                server: client.server,
+                server: client.server()?,
                 token: client.token,
                 paths,
                 jobs: jobs.max(1),
@@ -407,8 +428,12 @@ async fn run(command: Command) -> Result<()> {
 }
 
 impl ClientArgs {
+    fn server(&self) -> Result<String> {
+        self.server.clone().context("no server: give --server URL or set BERTH_SERVER")
+    }
+
     fn api(self) -> Result<Api> {
-        Ok(Api::new(&self.server, self.token)?)
+        Ok(Api::new(&self.server()?, self.token)?)
     }
 }
 

@@ -238,6 +238,11 @@ fn a_manifest_signed_by_another_key_is_refused() {
     let other = berth::nixfmt::SecretKey::generate("impostor-1").unwrap().public().to_nix_string();
     let out = host.agent(&b, &b.server.url, &other).arg("--once").output().unwrap();
     assert!(!out.status.success(), "refused: {}", String::from_utf8_lossy(&out.stderr));
+    // Its failure is one clear line, not a Rust `Debug` dump.
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("berth agent: refused the server's manifest: "), "{stderr}");
+    assert!(!stderr.contains("Refused {"), "{stderr}");
     assert_eq!(host.profile(), None, "nothing was applied");
     assert_eq!(host.activations(), "");
 }

@@ -106,3 +106,123 @@ fn tokens_are_listed_revoked_and_never_stored_in_clear() {
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("unknown scope"));
 }
+
+/// The `berth …` command lines in the fenced code blocks of README.md and docs/*.md.
+fn documented_commands() -> Vec<(String, String)> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = vec![root.join("README.md")];
+    let mut docs: Vec<_> = std::fs::read_dir(root.join("docs")).unwrap().map(|e| e.unwrap().path()).collect();
+    docs.sort();
+    files.extend(docs.into_iter().filter(|p| p.extension().is_some_and(|e| e == "md")));
+    let mut found = Vec::new();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let mut fenced = false;
+        for line in text.lines() {
+            if line.trim_start().starts_with("```") {
+                fenced = !fenced;
+                continue;
+            }
+            let line = line.trim().trim_start_matches("$ ");
+            let line = line.split("  #").next().unwrap().trim();
+            // Synopses (`[--flag]`, `PATH…`) are forms, not commands; the lines below them are.
+            if fenced && line.starts_with("berth ") && !line.contains('[') && !line.contains('…') {
+                found.push((file.file_name().unwrap().to_string_lossy().into_owned(), line.to_owned()));
+            }
+        }
+    }
+    found
+}
+
+/// Splits a documented command line as a shell would (quotes; `$VARIABLES` become values).
+fn words(line: &str) -> Vec<String> {
+    let mut words = Vec::new();
+    let (mut word, mut quote, mut started) = (String::new(), None, false);
+    for c in line.chars() {
+        match (quote, c) {
+            (None, '"' | '\'') => (quote, started) = (Some(c), true),
+            (Some(q), c) if c == q => quote = None,
+            (None, ' ') => {
+                if started {
+                    words.push(std::mem::take(&mut word));
+                }
+                started = false;
+            }
+            (_, c) => (word, started) = (word + &c.to_string(), true),
+        }
+    }
+    if started {
+        words.push(word);
+    }
+    words
+        .into_iter()
+        .map(|w| if w.starts_with('$') { "0123456789abcdef0123456789abcdef01234567".to_owned() } else { w })
+        .collect()
+}
+
+/// Every command line the docs show parses: run against a server that is not there, each
+/// fails (if at all) for want of the server, never with clap's usage error (exit 2).
+/// Long-running commands (`serve`, `agent`) are checked with `--help` appended after their
+/// arguments, which clap answers only when everything before it parses.
+#[test]
+fn every_command_in_the_docs_parses() {
+    // Lines that begin with "berth " but are output (`berth listening on …`) name no command.
+    let help = stdout_of(Command::new(berth_bin()).arg("--help"));
+    let subcommands: Vec<&str> = help
+        .lines()
+        .skip_while(|l| !l.starts_with("Commands:"))
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    let commands: Vec<_> = documented_commands()
+        .into_iter()
+        .filter(|(_, line)| {
+            let second = line.split_whitespace().nth(1).unwrap_or_default();
+            second.starts_with('-') || subcommands.contains(&second)
+        })
+        .collect();
+    assert!(commands.len() > 20, "found {} commands", commands.len());
+    let dir = tempfile::tempdir().unwrap();
+    for (file, line) in commands {
+        let mut args = words(&line);
+        args.remove(0);
+        if matches!(args.first().map(String::as_str), Some("serve" | "agent")) {
+            args.push("--help".into());
+        }
+        let out = Command::new("timeout")
+            .arg("20")
+            .arg(berth_bin())
+            .args(&args)
+            .current_dir(dir.path())
+            .env("BERTH_SERVER", "http://127.0.0.1:9")
+            .env("BERTH_TOKEN", "not-a-token")
+            .env("HOME", dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.code() != Some(2) && !stderr.contains("Usage:"),
+            "{file}: `{line}` does not parse:\n{stderr}"
+        );
+    }
+}
+
+/// A refused command says so in one line, its reason once, and no backtrace even when
+/// `RUST_BACKTRACE` is set.
+#[test]
+fn a_refusal_is_one_line() {
+    let s = Scratch::new();
+    let server = Server::start(&s.path("data"), &[]);
+    let out = Command::new(berth_bin())
+        .args(["hosts", "--server", &server.url])
+        .env("BERTH_TOKEN", server.token("ci"))
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.starts_with("berth: 403: "), "{stderr}");
+    assert_eq!(stderr.matches("needs scope admin").count(), 1, "{stderr}");
+}

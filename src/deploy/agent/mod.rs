@@ -95,6 +95,28 @@ impl Outcome {
     }
 }
 
+/// One line for the operator, as `berth agent --once` prints a failure.
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Stopped => f.write_str("stopped"),
+            Self::Idle => f.write_str("nothing new to apply"),
+            Self::Confirmed { generation } => write!(f, "generation {generation} confirmed"),
+            Self::RolledBack { generation, reason } => {
+                write!(f, "generation {generation} failed and was rolled back: {}", one_line(reason))
+            }
+            Self::Failed { generation, reason } => write!(f, "generation {generation} failed: {}", one_line(reason)),
+            Self::Retrying { reason } => write!(f, "will retry: {}", one_line(reason)),
+            Self::Refused { reason } => write!(f, "refused the server's manifest: {}", one_line(reason)),
+        }
+    }
+}
+
+/// The first line of `text` (reasons may carry a log tail).
+fn one_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default().trim_end()
+}
+
 impl From<&Settled> for Outcome {
     fn from(settled: &Settled) -> Self {
         let (generation, reason) = (settled.generation, settled.reason.clone().unwrap_or_default());

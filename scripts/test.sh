@@ -17,6 +17,8 @@ echo "== cargo fmt --check"
 cargo fmt --check
 echo "== cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
+echo "== no merge conflict markers"
+if git grep -nE '^(<<<<<<< |>>>>>>> )' -- . ':!target'; then echo "merge conflict markers left in the tree"; exit 1; fi
 echo "== nix files parse"
 for f in $(git ls-files '*.nix'); do nix-instantiate --parse "$f" >/dev/null; done
 echo "== cargo test"

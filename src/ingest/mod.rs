@@ -139,13 +139,7 @@ where
     crash::point(Step::NarStaged);
     upload.commit(&ObjectKey::Nar(name.clone())).await?;
     crash::point(Step::NarCommitted);
-    let row = NarFileRow {
-        name: name.to_string(),
-        file_hash: sha256_nix_string(&file.sha256),
-        file_size: file.size as i64,
-        nar_hash: sha256_nix_string(&nar.sha256),
-        nar_size: nar.size as i64,
-    };
+    let row = nar_file_row(name.as_str(), &nar, &file);
     db.insert_nar_file(&row).await?;
     crash::point(Step::NarRecorded);
     Ok(row)
@@ -182,13 +176,7 @@ pub async fn adopt_nar(cache: Cache<'_>, name: &NarFileName) -> Result<Option<Na
         &nar,
         &file,
     )?;
-    let row = NarFileRow {
-        name: name.to_string(),
-        file_hash: sha256_nix_string(&file.sha256),
-        file_size: file.size as i64,
-        nar_hash: sha256_nix_string(&nar.sha256),
-        nar_size: nar.size as i64,
-    };
+    let row = nar_file_row(name.as_str(), &nar, &file);
     db.insert_nar_file(&row).await?;
     Ok(Some(row))
 }
@@ -229,6 +217,17 @@ fn check_received(
         check("narSize", claimed.size.to_string(), &nar.size.to_string())?;
     }
     Ok(())
+}
+
+/// The index record of a verified NAR file called `name`.
+fn nar_file_row(name: &str, nar: &NarDigest, file: &NarDigest) -> NarFileRow {
+    NarFileRow {
+        name: name.to_owned(),
+        file_hash: sha256_nix_string(&file.sha256),
+        file_size: file.size as i64,
+        nar_hash: sha256_nix_string(&nar.sha256),
+        nar_size: nar.size as i64,
+    }
 }
 
 /// Copies the body into the staging upload and the verifier's channel at once.

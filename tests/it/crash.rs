@@ -34,17 +34,6 @@ fn config(s: &Scratch, name: &str, grace: u64) -> String {
     file.to_str().unwrap().to_owned()
 }
 
-fn collect(server: &Server) -> serde_json::Value {
-    let r = http()
-        .post(format!("{}/api/v1/gc", server.url))
-        .bearer_auth(server.token("admin"))
-        .json(&serde_json::json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200);
-    r.json().unwrap()
-}
-
 /// Store paths of the narinfo files in the storage directory.
 fn stored_paths(cache: &Path) -> Vec<String> {
     let mut paths: Vec<String> = std::fs::read_dir(cache)
@@ -104,7 +93,7 @@ fn survives_a_crash_at(step: &str) {
     // Restarted, a collection that keeps nothing unrooted: what it leaves is a valid cache,
     // over HTTP and as a directory, and no NAR or staging object outlives it.
     let server = Server::start(&data, &["--config", &config(&s, "none.toml", 0)]);
-    let report = collect(&server);
+    let report = server.collect();
     eprintln!("{step}: after the crash, {}", report["reconciled"]);
     assert_eq!(check_valid(&s, &server, "collected"), 0, "nothing roots the paths");
     let nars = std::fs::read_dir(data.join("cache/nar")).map(|d| d.count()).unwrap_or(0);
@@ -115,7 +104,7 @@ fn survives_a_crash_at(step: &str) {
     let out = nix_copy(&s, &server);
     assert!(out.status.success(), "{step}: nix copy --to again: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(check_valid(&s, &server, "copied"), 3);
-    collect(&server);
+    server.collect();
     let out = s.berth_push(&server.url, &server.token("push"), &[&top_path]).output().unwrap();
     assert!(out.status.success(), "{step}: berth push again: {}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(check_valid(&s, &server, "pushed"), 3);

@@ -314,6 +314,18 @@ impl Server {
         )
     }
 
+    /// `POST /api/v1/gc` with default options, as an admin; the report.
+    pub fn collect(&self) -> serde_json::Value {
+        let r = http()
+            .post(format!("{}/api/v1/gc", self.url))
+            .bearer_auth(self.token("admin"))
+            .json(&serde_json::json!({}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        r.json().unwrap()
+    }
+
     /// The server's resident set size in KiB (VmHWM: the peak).
     pub fn peak_rss_kib(&self) -> u64 {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap();

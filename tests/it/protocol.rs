@@ -28,17 +28,6 @@ fn server_without_grace(s: &Scratch) -> Server {
     Server::start_for(s, &["--config", config.to_str().unwrap()])
 }
 
-/// Runs a collection; nothing roots the test's paths, so they all go.
-fn collect(server: &Server) {
-    let r = http()
-        .post(format!("{}/api/v1/gc", server.url))
-        .bearer_auth(server.token("admin"))
-        .json(&serde_json::json!({}))
-        .send()
-        .unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().unwrap());
-}
-
 fn field<'a>(narinfo: &'a str, name: &str) -> Option<&'a str> {
     narinfo.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(": "))
 }
@@ -211,7 +200,7 @@ fn a_content_addressed_derivation_substitutes_through_its_signed_realisation() {
     assert_eq!(anonymous.status(), 401);
 
     // Retention deletes the realisation with its output path.
-    collect(&server);
+    server.collect();
     let gone = http().get(format!("{}/realisations/{}", server.url, realisations[0])).send().unwrap();
     assert_eq!(gone.status(), 404);
     assert!(!server.data_dir.join("cache/realisations").join(&realisations[0]).exists());
@@ -300,7 +289,7 @@ fn nix_log_reads_a_build_log_from_the_cache(client: NixClient) {
     assert_eq!(missing.status(), 404);
 
     // Retention deletes the log with the last path its derivation built.
-    collect(&server);
+    server.collect();
     assert_eq!(http().get(format!("{}/log/{base}", server.url)).send().unwrap().status(), 404);
     assert!(!server.data_dir.join("cache/log").join(base).exists());
 }

@@ -101,7 +101,8 @@ where
             None => return Ok(None),
         }
     };
-    let state = Follow { local, offset: 0, stored, done: false, seen: false, store, id };
+    let state =
+        Follow { local, offset: 0, stored, done: false, seen: false, store, id, quiet_since: tokio::time::Instant::now() };
     Ok(Some(futures::stream::unfold((state, running), |(mut s, running)| async move {
         let next = s.next(&running).await?;
         Some((next, (s, running)))
@@ -117,7 +118,14 @@ struct Follow {
     seen: bool,
     store: Store,
     id: i64,
+    /// Since when nothing was sent: a follower is told the build is alive every
+    /// [`QUIET_NOTE`], so neither the connection's inactivity timeout nor a CI system's
+    /// silence limit ends a long silent step.
+    quiet_since: tokio::time::Instant,
 }
+
+/// How long a followed log may be silent before a note says the build still runs.
+const QUIET_NOTE: Duration = if cfg!(test) { Duration::from_millis(300) } else { Duration::from_secs(60) };
 
 impl Follow {
     async fn next<F, Fut>(&mut self, running: &F) -> Option<io::Result<Bytes>>
@@ -131,8 +139,16 @@ impl Follow {
         }
         while !self.done {
             match self.read_more().await {
-                Ok(Some(bytes)) => return Some(Ok(bytes)),
+                Ok(Some(bytes)) => {
+                    self.quiet_since = tokio::time::Instant::now();
+                    return Some(Ok(bytes));
+                }
                 Ok(None) if !running().await => self.done = true,
+                Ok(None) if self.quiet_since.elapsed() >= QUIET_NOTE => {
+                    self.quiet_since = tokio::time::Instant::now();
+                    let note = format!("[berth] still building: no output for {} s\n", QUIET_NOTE.as_secs());
+                    return Some(Ok(Bytes::from(note)));
+                }
                 Ok(None) => tokio::time::sleep(Duration::from_millis(200)).await,
                 // The build ended and `finish` moved the log to the store (it stores before
                 // it removes): send what was written after our last read.
@@ -175,6 +191,20 @@ impl Follow {
 mod tests {
     use super::*;
     use futures::TryStreamExt;
+
+    #[tokio::test]
+    async fn a_silent_build_is_said_to_be_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open("memory://").unwrap();
+        let log = BuildLog::open(dir.path(), 9).await.unwrap();
+        log.line("start");
+        let mut follow = Box::pin(read(store, dir.path(), 9, || async { true }).await.unwrap().unwrap());
+        assert_eq!(follow.try_next().await.unwrap().unwrap(), Bytes::from("start\n"));
+        let started = std::time::Instant::now();
+        let note = follow.try_next().await.unwrap().unwrap();
+        assert!(note.starts_with(b"[berth] still building"), "{note:?}");
+        assert!(started.elapsed() >= QUIET_NOTE - Duration::from_millis(50));
+    }
 
     #[tokio::test]
     async fn a_log_is_followed_then_stored() {

@@ -101,8 +101,16 @@ where
             None => return Ok(None),
         }
     };
-    let state =
-        Follow { local, offset: 0, stored, done: false, seen: false, store, id, quiet_since: tokio::time::Instant::now() };
+    let state = Follow {
+        local,
+        offset: 0,
+        stored,
+        done: false,
+        seen: false,
+        store,
+        id,
+        quiet_since: tokio::time::Instant::now(),
+    };
     Ok(Some(futures::stream::unfold((state, running), |(mut s, running)| async move {
         let next = s.next(&running).await?;
         Some((next, (s, running)))

@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 use crate::harness::{for_each_client, *};
 
 mod bombs;
+mod depth;
 mod protocol;
 mod push;
 mod reports;

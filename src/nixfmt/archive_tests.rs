@@ -144,3 +144,36 @@ fn agrees_with_nix_archive() {
         assert_eq!(crate_accepts(&bytes), Some(read(&bytes).is_ok()), "{bytes:?}");
     }
 }
+
+/// Fuzz target `nar`: any bytes; the reader never panics, agrees with `nix-archive`
+/// wherever that crate's own limits do not decide, and `verify_nar` hashes exactly the
+/// bytes it accepted.
+#[test]
+fn fuzz_nar() {
+    use crate::nixfmt::{verify_nar, Compression, DecoderLimit};
+    crate::fuzz::run("nar", |bytes| {
+        let ours = read(bytes);
+        let bounded = matches!(ours, Err(NarError::TooDeep | NarError::TooLong { .. }));
+        if let (Some(theirs), false) = (crate_accepts(bytes), bounded) {
+            assert_eq!(ours.is_ok(), theirs, "nix-archive disagrees: ours {ours:?}");
+        }
+        let verified = verify_nar(bytes, Compression::None, DecoderLimit::from_mib(32));
+        assert_eq!(verified.is_ok(), ours.is_ok(), "{verified:?}");
+        if let Ok((nar, file)) = verified {
+            assert_eq!((nar.size, file.size), (bytes.len() as u64, bytes.len() as u64));
+        }
+    });
+}
+
+/// The NARs `nix-store --dump` wrote (the `dump-*` seeds) are valid, whatever their depth.
+#[test]
+fn nix_store_dumps_are_valid() {
+    let dumps: Vec<_> = crate::fuzz::corpus("nar")
+        .into_iter()
+        .filter(|(p, _)| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("dump-")))
+        .collect();
+    assert!(dumps.len() >= 3);
+    for (path, bytes) in dumps {
+        read(&bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    }
+}

@@ -311,4 +311,19 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
         let bad = PathClaim { path: "/nix/store/../etc".into(), ..claim };
         assert!(PathInfo::from_claim(&bad, &file).is_err());
     }
+
+    /// Fuzz target `narinfo`: any bytes; a narinfo that parses renders to text that parses
+    /// to the same narinfo and renders the same again, and its accessors never panic.
+    #[test]
+    fn fuzz_narinfo() {
+        crate::fuzz::run("narinfo", |bytes| {
+            let Ok(info) = PathInfo::parse(bytes) else { return };
+            let text = info.to_text();
+            let again = PathInfo::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(again, info, "{text:?}");
+            assert_eq!(again.to_text(), text);
+            let _ = (info.nar_file(), info.sha256_nar_hash(), info.file_sha256(), info.fingerprint());
+            let _ = (info.reference_basenames(), info.deriver_basename(), info.foreign_references().count());
+        });
+    }
 }

@@ -135,4 +135,6 @@ fn a_nar_nested_past_the_bound_is_refused_and_nothing_kept() {
     assert!(tmp.is_empty(), "nothing is left in staging: {tmp:?}");
     let r = f.client.get(f.url("nix-cache-info")).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the server is still up");
+    let peak = f.server.peak_rss_kib();
+    assert!(peak < RSS_BOUND_KIB, "peak RSS {peak} KiB is over the {RSS_BOUND_KIB} KiB bound");
 }

@@ -192,30 +192,63 @@ fn valid_name(name: &[u8]) -> bool {
 /// contents of regular files go to `contents` (e.g. `io::sink()`). Anything after the
 /// archive is an error.
 pub fn read_nar(r: impl Read, contents: &mut impl Write) -> Result<NarShape, NarError> {
-    let mut t = Tokens { r };
-    // Read errors stay read errors (a decompressor's refusal among them); anything else
-    // wrong in the first token is a missing magic.
-    let not_magic = |e| match e {
-        NarError::Io(e) => NarError::Io(e),
-        _ => NarError::BadMagic,
-    };
-    let len = t.len().map_err(not_magic)?;
-    if len != MAGIC.len() as u64 {
-        return Err(NarError::BadMagic);
-    }
-    let mut magic = [0; 13];
-    t.r.read_exact(&mut magic).map_err(|e| not_magic(io_error(e)))?;
-    t.padding(len).map_err(not_magic)?;
-    if magic != MAGIC {
-        return Err(NarError::BadMagic);
-    }
+    let mut p = Parser { t: Tokens { r }, open: Vec::new(), names: Vec::new(), target: Vec::new() };
+    p.magic()?;
     let mut shape = NarShape::default();
-    let mut open: Vec<Open> = Vec::new();
-    let mut names: Vec<u8> = Vec::new();
-    let mut target = Vec::new();
     'node: loop {
         shape.nodes += 1;
-        shape.depth = shape.depth.max(open.len());
+        shape.depth = shape.depth.max(p.open.len());
+        let mut leaf = !p.node(contents)?;
+        // After a node: close the entry around it, then read the next entry or the end of
+        // the directory at the top of the stack (closing the entry around that, in turn).
+        while !p.open.is_empty() {
+            if leaf {
+                p.t.expect(")")?;
+            }
+            if p.next_entry()? {
+                continue 'node;
+            }
+            leaf = true;
+        }
+        break;
+    }
+    p.trailing()?;
+    Ok(shape)
+}
+
+/// The reader's state: the tokens, and one [`Open`] per directory being read, whose last
+/// entry names are held in `names`.
+struct Parser<R> {
+    t: Tokens<R>,
+    open: Vec<Open>,
+    names: Vec<u8>,
+    target: Vec<u8>,
+}
+
+impl<R: Read> Parser<R> {
+    fn magic(&mut self) -> Result<(), NarError> {
+        // Read errors stay read errors (a decompressor's refusal among them); anything else
+        // wrong in the first token is a missing magic.
+        let not_magic = |e| match e {
+            NarError::Io(e) => NarError::Io(e),
+            _ => NarError::BadMagic,
+        };
+        let len = self.t.len().map_err(not_magic)?;
+        if len != MAGIC.len() as u64 {
+            return Err(NarError::BadMagic);
+        }
+        let mut magic = [0; 13];
+        self.t.r.read_exact(&mut magic).map_err(|e| not_magic(io_error(e)))?;
+        self.t.padding(len).map_err(not_magic)?;
+        if magic != MAGIC {
+            return Err(NarError::BadMagic);
+        }
+        Ok(())
+    }
+
+    /// One node: a leaf is read whole; a directory is opened. True for a directory.
+    fn node(&mut self, contents: &mut impl Write) -> Result<bool, NarError> {
+        let t = &mut self.t;
         t.expect("(")?;
         t.expect("type")?;
         let (kind, n) = t.keyword("regular, symlink or directory")?;
@@ -232,79 +265,79 @@ pub fn read_nar(r: impl Read, contents: &mut impl Write) -> Result<NarShape, Nar
                 }
                 t.contents(contents)?;
                 t.expect(")")?;
+                Ok(false)
             }
             b"symlink" => {
                 t.expect("target")?;
-                target.clear();
-                t.string_into(&mut target, "a symlink target", MAX_TARGET_BYTES)?;
+                self.target.clear();
+                t.string_into(&mut self.target, "a symlink target", MAX_TARGET_BYTES)?;
                 t.expect(")")?;
+                Ok(false)
             }
-            b"directory" => open.push(Open { start: names.len(), has_previous: false }),
+            b"directory" => {
+                self.open.push(Open { start: self.names.len(), has_previous: false });
+                Ok(true)
+            }
             other => {
-                return Err(NarError::UnexpectedToken {
-                    expected: "regular, symlink or directory",
-                    found: describe(other),
-                })
-            }
-        }
-        // After a node: close the entry around it (leaves), then read entries or the end
-        // of the directory at the top of the stack.
-        let mut leaf = !matches!(kind.get(..n).unwrap_or_default(), b"directory");
-        loop {
-            let Some(top) = open.last_mut() else { break 'node };
-            if leaf {
-                t.expect(")")?;
-            }
-            let (tok, n) = t.keyword("entry or )")?;
-            match tok.get(..n).unwrap_or_default() {
-                b")" => {
-                    names.truncate(top.start);
-                    open.pop();
-                    leaf = true; // the directory is done: the entry around it closes next
-                    if open.is_empty() {
-                        break 'node;
-                    }
-                }
-                b"entry" => {
-                    t.expect("(")?;
-                    t.expect("name")?;
-                    let start = top.start;
-                    let mut name = Vec::new();
-                    t.string_into(&mut name, "an entry name", MAX_NAME_BYTES)?;
-                    if !valid_name(&name) {
-                        return Err(NarError::InvalidName(describe(&name)));
-                    }
-                    let previous = names.get(start..).unwrap_or_default();
-                    if top.has_previous && name.as_slice() <= previous {
-                        return Err(NarError::Unsorted { name: describe(&name), previous: describe(previous) });
-                    }
-                    top.has_previous = true;
-                    names.truncate(start);
-                    names.extend_from_slice(&name);
-                    if names.len() > MAX_OPEN_NAME_BYTES {
-                        return Err(NarError::TooLong {
-                            what: "the names of the open directories",
-                            size: names.len() as u64,
-                            limit: MAX_OPEN_NAME_BYTES,
-                        });
-                    }
-                    if open.len() > MAX_NAR_DEPTH {
-                        return Err(NarError::TooDeep);
-                    }
-                    t.expect("node")?;
-                    continue 'node;
-                }
-                other => return Err(NarError::UnexpectedToken { expected: "entry or )", found: describe(other) }),
+                Err(NarError::UnexpectedToken { expected: "regular, symlink or directory", found: describe(other) })
             }
         }
     }
-    let mut byte = [0];
-    loop {
-        match t.r.read(&mut byte) {
-            Ok(0) => return Ok(shape),
-            Ok(_) => return Err(NarError::TrailingBytes),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(NarError::Io(e)),
+
+    /// In the directory at the top: true when an entry follows (its name checked, its node
+    /// next), false when the directory ends (it is closed).
+    fn next_entry(&mut self) -> Result<bool, NarError> {
+        let Some(top) = self.open.last_mut() else { return Ok(false) };
+        let (tok, n) = self.t.keyword("entry or )")?;
+        match tok.get(..n).unwrap_or_default() {
+            b")" => {
+                self.names.truncate(top.start);
+                self.open.pop();
+                Ok(false)
+            }
+            b"entry" => {
+                self.t.expect("(")?;
+                self.t.expect("name")?;
+                let mut name = Vec::new();
+                self.t.string_into(&mut name, "an entry name", MAX_NAME_BYTES)?;
+                if !valid_name(&name) {
+                    return Err(NarError::InvalidName(describe(&name)));
+                }
+                let previous = self.names.get(top.start..).unwrap_or_default();
+                if top.has_previous && name.as_slice() <= previous {
+                    return Err(NarError::Unsorted { name: describe(&name), previous: describe(previous) });
+                }
+                top.has_previous = true;
+                self.names.truncate(top.start);
+                self.names.extend_from_slice(&name);
+                if self.names.len() > MAX_OPEN_NAME_BYTES {
+                    let size = self.names.len() as u64;
+                    return Err(NarError::TooLong {
+                        what: "the names of the open directories",
+                        size,
+                        limit: MAX_OPEN_NAME_BYTES,
+                    });
+                }
+                if self.open.len() > MAX_NAR_DEPTH {
+                    return Err(NarError::TooDeep);
+                }
+                self.t.expect("node")?;
+                Ok(true)
+            }
+            other => Err(NarError::UnexpectedToken { expected: "entry or )", found: describe(other) }),
+        }
+    }
+
+    /// Nothing may follow the archive.
+    fn trailing(&mut self) -> Result<(), NarError> {
+        let mut byte = [0];
+        loop {
+            match self.t.r.read(&mut byte) {
+                Ok(0) => return Ok(()),
+                Ok(_) => return Err(NarError::TrailingBytes),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(NarError::Io(e)),
+            }
         }
     }
 }

@@ -15,7 +15,8 @@ use std::hint::black_box;
 use std::io::{self, Write};
 use std::time::{Duration, Instant};
 
-use berth::nixfmt::{dump_path, verify_nar, Compression, DecoderLimit};
+use berth::dump::dump_path;
+use berth::nixfmt::{verify_nar, Compression, DecoderLimit};
 
 /// The server's default decoder limit.
 const LIMIT: DecoderLimit = DecoderLimit::from_mib(32);

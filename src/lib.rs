@@ -27,3 +27,7 @@ pub mod webhook;
 #[cfg(test)]
 #[path = "../tests/support/servers.rs"]
 pub(crate) mod test_servers;
+
+/// The fuzzing harness (test-only): seeds in `fuzz/corpus/`, bounded runs.
+#[cfg(test)]
+pub(crate) mod fuzz;

@@ -460,4 +460,22 @@ mod tests {
             r#"unknown forge "gitlab": expected forgejo, gitea or github"#
         );
     }
+
+    /// Fuzz target `webhook`: any body, for every forge; a push event that parses names a
+    /// branch and a 40-digit lower-case commit, and signatures are checked without panics.
+    #[test]
+    fn fuzz_webhook() {
+        crate::fuzz::run("webhook", |bytes| {
+            for forge in [Forge::Forgejo, Forge::Gitea, Forge::Github] {
+                if let Ok(Some(event)) = parse_push(forge, Some("push"), bytes) {
+                    assert!(!event.branch.is_empty());
+                    assert_eq!(event.commit.len(), 40);
+                    assert!(event.commit.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+                    let _ = event.is_for("git+https://git.example.org/ops/nix-config?ref=main");
+                }
+                let header = String::from_utf8_lossy(bytes.get(..80).unwrap_or(bytes)).into_owned();
+                let _ = verify_signature(forge, b"secret", bytes, Some(&header));
+            }
+        });
+    }
 }

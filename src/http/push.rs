@@ -140,3 +140,43 @@ where
     let rest = stream::once(async move { Ok(head) }).chain(body);
     Ok((claim, Box::pin(rest)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The claim and the rest of `body` delivered in chunks of `size` bytes.
+    fn split(body: &[u8], size: usize) -> Option<(PathClaim, Vec<u8>)> {
+        let chunks: Vec<Result<Bytes, axum::Error>> =
+            body.chunks(size.max(1)).map(|c| Ok(Bytes::copy_from_slice(c))).collect();
+        futures::executor::block_on(async {
+            let (claim, rest) = read_claim(stream::iter(chunks)).await.ok()?;
+            let rest: Vec<Bytes> = rest.map(|c| c.unwrap()).collect().await;
+            Some((claim, rest.concat()))
+        })
+    }
+
+    /// Fuzz target `push_frame`: any body of `POST /api/v1/paths`; however the body is
+    /// chunked, the same claim and the same NAR bytes come out, exactly the bytes after
+    /// the frame, and the claim's checks never panic.
+    #[test]
+    fn fuzz_push_frame() {
+        crate::fuzz::run("push_frame", |body| {
+            let whole = split(body, body.len());
+            for size in [1, 3, 4096] {
+                let chunked = split(body, size);
+                assert_eq!(
+                    chunked.as_ref().map(|(c, r)| (format!("{c:?}"), r)),
+                    whole.as_ref().map(|(c, r)| (format!("{c:?}"), r)),
+                    "chunks of {size}"
+                );
+            }
+            let Some((claim, rest)) = whole else { return };
+            let len = u32::from_be_bytes(body[..4].try_into().unwrap()) as usize;
+            assert_eq!(rest, body[4 + len..], "the NAR is exactly what follows the frame");
+            if let Ok(digest) = claim.checked_nar() {
+                assert_eq!(digest.size, claim.nar_size);
+            }
+        });
+    }
+}

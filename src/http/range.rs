@@ -53,4 +53,22 @@ mod tests {
         assert!(satisfiable(ByteRange::Suffix(100), 10));
         assert!(!satisfiable(ByteRange::Suffix(0), 10), "the last zero bytes");
     }
+
+    /// Fuzz target `range`: any header value; a range that parses prints back to a value
+    /// that parses to the same range, and `satisfiable` answers for any size.
+    #[test]
+    fn fuzz_range() {
+        crate::fuzz::run("range", |bytes| {
+            let Some(range) = parse(&String::from_utf8_lossy(bytes)) else { return };
+            let text = match range {
+                ByteRange::From { start, end: Some(end) } => format!("bytes={start}-{end}"),
+                ByteRange::From { start, end: None } => format!("bytes={start}-"),
+                ByteRange::Suffix(n) => format!("bytes=-{n}"),
+            };
+            assert_eq!(parse(&text), Some(range), "{text}");
+            for size in [0, 1, 100, u64::MAX] {
+                let _ = satisfiable(range, size);
+            }
+        });
+    }
 }

@@ -122,7 +122,10 @@ fn zstd(p: &[u8]) -> Declared {
             value
         }
     };
-    Declared::Bytes(window.max(1 << 10).next_power_of_two() + OVERHEAD)
+    // A declared content size past 2^63 has no next power of two: saturate, so the charge
+    // is over any limit (found by the `declared` fuzz target; it overflowed before).
+    let window = window.max(1 << 10).checked_next_power_of_two().unwrap_or(u64::MAX);
+    Declared::Bytes(window.saturating_add(OVERHEAD))
 }
 
 #[cfg(test)]
@@ -181,6 +184,29 @@ mod tests {
         let mut bomb = zstd::encode_all(&data[..], 1).unwrap();
         bomb[5] = (27 - 10) << 3;
         check(Compression::Zstd, &bomb, Declared::Bytes((128 << 20) + OVERHEAD));
+        // Regression (fuzz target `declared`): a single-segment frame declaring a content
+        // size past 2^63 overflowed; it is charged everything.
+        let mut huge = vec![0x28, 0xb5, 0x2f, 0xfd, 0xe0];
+        huge.extend_from_slice(&[0xff; 8]);
+        check(Compression::Zstd, &huge, Declared::Bytes(u64::MAX));
+        huge[12] = 0x80; // 2^63 + …: still no power of two above it
+        check(Compression::Zstd, &huge, Declared::Bytes(u64::MAX));
         assert_eq!(declared_memory(Compression::Zstd, b"nope, not zstd"), Declared::Unknown);
+    }
+
+    /// Fuzz target `declared`: any prefix; the answer depends on the first `PEEK_BYTES`
+    /// only, and "need more" only while fewer have arrived.
+    #[test]
+    fn fuzz_declared() {
+        crate::fuzz::run("declared", |bytes| {
+            for c in [Compression::None, Compression::Xz, Compression::Zstd] {
+                let d = declared_memory(c, bytes);
+                let peeked = bytes.get(..PEEK_BYTES).unwrap_or(bytes);
+                assert_eq!(declared_memory(c, peeked), d, "{c:?}");
+                if d == Declared::NeedMore {
+                    assert!(bytes.len() < PEEK_BYTES, "{c:?}: need more after {} bytes", bytes.len());
+                }
+            }
+        });
     }
 }

@@ -46,4 +46,12 @@ mod tests {
         check("[]", false);
         check("{nope", false);
     }
+
+    /// Fuzz target `listing`: any bytes; `check_listing` answers without panicking.
+    #[test]
+    fn fuzz_listing() {
+        crate::fuzz::run("listing", |bytes| {
+            let _ = check_listing(bytes);
+        });
+    }
 }

@@ -5,6 +5,7 @@
 //! `nix-narinfo`, `nix-derivation`): everything else goes through the types defined or
 //! re-exported here, so a crate swap touches one folder.
 
+mod archive;
 mod declared;
 mod keys;
 mod listing;
@@ -13,11 +14,14 @@ mod nar;
 mod narinfo;
 mod realisation;
 
+pub use archive::{
+    read_nar, NarError, NarShape, NarWriter, MAX_NAME_BYTES, MAX_NAR_DEPTH, MAX_OPEN_NAME_BYTES, MAX_TARGET_BYTES,
+};
 pub use declared::{declared_memory, Declared, PEEK_BYTES};
 pub use keys::{KeyError, PublicKey, SecretKey};
 pub use listing::{check_listing, ListingError};
 pub use names::{Compression, DrvName, NameError, NarFileName, StorePathHash};
-pub use nar::{dump_path, verify_nar, DecoderLimit, NarDigest, VerifyError};
+pub use nar::{verify_nar, DecoderLimit, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
 pub use realisation::{DrvOutputId, Realisation, RealisationError};
 

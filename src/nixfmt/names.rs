@@ -283,4 +283,27 @@ mod tests {
         assert_eq!(NarFileName::parse(name.as_str()).unwrap(), name);
         assert_eq!(name.url(), format!("nar/{}", name.as_str()));
     }
+
+    /// Fuzz target `names`: any text; every name that parses keeps its text (no `/`, no
+    /// `..`) and parses again to itself.
+    #[test]
+    fn fuzz_names() {
+        crate::fuzz::run("names", |bytes| {
+            let s = String::from_utf8_lossy(bytes);
+            if let Ok(h) = StorePathHash::parse(&s) {
+                assert_eq!(h.as_str(), s, "a hash is its text");
+                assert_eq!(StorePathHash::parse(h.as_str()), Ok(h));
+            }
+            if let Ok(n) = NarFileName::parse(&s) {
+                assert!(!n.as_str().contains('/') && !n.as_str().contains(".."), "{s:?}");
+                assert_eq!(NarFileName::parse(n.as_str()).as_ref(), Ok(&n));
+                assert_eq!(NarFileName::parse(&format!("{}.nar{}", n.stem(), n.compression().extension())), Ok(n));
+            }
+            if let Ok(d) = DrvName::parse(&s) {
+                assert!(!d.as_str().contains('/') && d.as_str().ends_with(".drv"), "{s:?}");
+                assert_eq!(DrvName::parse(d.as_str()), Ok(d));
+            }
+            let _ = Compression::parse(&s);
+        });
+    }
 }

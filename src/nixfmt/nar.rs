@@ -2,11 +2,11 @@
 //! a `Read` whose bytes arrive from the network. Memory is bounded by buffers, never by the
 //! size of the archive.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Read};
 
-use nix_archive::nar::{decode_events_reader, encode_path, CaseHack, ReadEvent};
 use sha2::{Digest, Sha256};
 
+use super::archive::{read_nar, NarError};
 use super::Compression;
 
 /// The SHA-256 and length of a byte stream.
@@ -31,7 +31,7 @@ pub enum VerifyError {
     },
     /// The decompressed bytes are not a valid NAR.
     #[error("not a valid NAR: {0}")]
-    Malformed(String),
+    Malformed(NarError),
     /// Reading the stream failed (the client went away, the body was cut).
     #[error("upload stream failed: {0}")]
     Read(io::Error),
@@ -135,13 +135,7 @@ pub fn verify_nar(
     let nar = {
         let decoder = decoder(&mut file, compression, limit)?;
         let mut nar = BufReader::with_capacity(256 * 1024, Hashing::new(decoder));
-        decode_events_reader(&mut nar, |event| {
-            if let ReadEvent::Regular { mut contents, .. } = event {
-                contents.copy_to(&mut io::sink())?;
-            }
-            Ok(())
-        })
-        .map_err(|e| classify(e, compression, limit))?;
+        read_nar(&mut nar, &mut io::sink()).map_err(|e| classify(e, compression, limit))?;
         nar.into_inner().finish()
     };
     // Whatever follows the compressed frame still counts towards the file's hash and size.
@@ -191,30 +185,24 @@ fn over_memory_limit(e: &io::Error, compression: Compression) -> bool {
     }
 }
 
-fn classify(e: nix_archive::nar::Error, compression: Compression, limit: DecoderLimit) -> VerifyError {
+fn classify(e: NarError, compression: Compression, limit: DecoderLimit) -> VerifyError {
     match e {
-        nix_archive::nar::Error::Io(io) if over_memory_limit(&io, compression) => {
+        NarError::Io(io) if over_memory_limit(&io, compression) => {
             VerifyError::DecoderMemory { compression: compression.as_str(), limit_mib: limit.mib() }
         }
-        nix_archive::nar::Error::Io(io)
-            if io.kind() == io::ErrorKind::Other || io.kind() == io::ErrorKind::InvalidData =>
-        {
+        NarError::Io(io) if io.kind() == io::ErrorKind::Other || io.kind() == io::ErrorKind::InvalidData => {
             VerifyError::Decompress { compression: compression.as_str(), source: io }
         }
-        nix_archive::nar::Error::Io(io) => VerifyError::Read(io),
-        other => VerifyError::Malformed(other.to_string()),
+        NarError::Io(io) => VerifyError::Read(io),
+        other => VerifyError::Malformed(other),
     }
-}
-
-/// Writes the NAR serialisation of a filesystem path (as `nix-store --dump` does) into `w`.
-pub fn dump_path(path: &std::path::Path, w: &mut impl Write) -> Result<(), VerifyError> {
-    encode_path(w, path, CaseHack::native()).map_err(|e| VerifyError::Malformed(e.to_string()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use nix_archive::nar::{encode_tree, NamedNode, Node};
+    use std::io::Write;
 
     const LIMIT: DecoderLimit = DecoderLimit::from_mib(32);
 

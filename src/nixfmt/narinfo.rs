@@ -325,4 +325,48 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
         let bad = PathClaim { path: "/nix/store/../etc".into(), ..claim };
         assert!(PathInfo::from_claim(&bad, &file).is_err());
     }
+
+    /// Fuzz target `narinfo`: any bytes; a narinfo that parses renders to text that parses
+    /// to the same narinfo and renders the same again, and its accessors never panic.
+    #[test]
+    fn fuzz_narinfo() {
+        crate::fuzz::run("narinfo", |bytes| {
+            let Ok(info) = PathInfo::parse(bytes) else { return };
+            let text = info.to_text();
+            let again = PathInfo::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(again, info, "{text:?}");
+            assert_eq!(again.to_text(), text);
+            let _ = (info.nar_file(), info.sha256_nar_hash(), info.file_sha256(), info.fingerprint());
+            let _ = (info.reference_basenames(), info.deriver_basename(), info.foreign_references().count());
+        });
+    }
+
+    /// Fuzz target `claim`: any push-API claim (JSON); a claim whose checks pass becomes a
+    /// narinfo whose text parses back with the claim's path, NAR hash, size, references
+    /// and deriver.
+    #[test]
+    fn fuzz_claim() {
+        crate::fuzz::run("claim", |bytes| {
+            let Ok(claim) = serde_json::from_slice::<PathClaim>(bytes) else { return };
+            let Ok(digest) = claim.checked_nar() else { return };
+            let file = NarFileInfo {
+                name: NarFileName::for_file_hash(&[7; 32], Compression::Zstd),
+                file_sha256: [7; 32],
+                file_size: 1,
+            };
+            let base = |p: &str| p.strip_prefix("/nix/store/").unwrap_or(p).to_owned();
+            let info = PathInfo::from_claim(&claim, &file).unwrap_or_else(|e| panic!("checked, then refused: {e}"));
+            let text = info.to_text();
+            let parsed = PathInfo::parse(text.as_bytes()).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert_eq!(parsed.store_path().to_basename(), base(&claim.path));
+            assert_eq!((parsed.sha256_nar_hash().unwrap(), parsed.nar_size()), (digest.sha256, digest.size));
+            let mut refs: Vec<String> = claim.references.iter().map(|r| base(r)).collect();
+            refs.sort();
+            refs.dedup();
+            let mut got = parsed.reference_basenames();
+            got.sort();
+            assert_eq!(got, refs);
+            assert_eq!(parsed.deriver_basename(), claim.deriver.as_deref().map(base));
+        });
+    }
 }

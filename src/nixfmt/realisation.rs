@@ -236,4 +236,20 @@ mod tests {
         }
         assert!(DrvOutputId::parse(&format!("sha256:{}!out", &hex[1..])).is_err());
     }
+
+    /// Fuzz target `realisation`: any bytes; a realisation that parses renders to JSON that
+    /// parses to the same realisation.
+    #[test]
+    fn fuzz_realisation() {
+        crate::fuzz::run("realisation", |bytes| {
+            if let Ok(id) = DrvOutputId::parse(&String::from_utf8_lossy(bytes)) {
+                assert_eq!(DrvOutputId::parse(id.as_str()).as_ref(), Ok(&id));
+            }
+            let Ok(r) = Realisation::parse(bytes) else { return };
+            let json = r.to_json();
+            let again = Realisation::parse(json.as_bytes()).unwrap_or_else(|e| panic!("{json}: {e}"));
+            assert_eq!(again, r);
+            let _ = (r.fingerprint(), r.out_hash());
+        });
+    }
 }

@@ -13,6 +13,7 @@ use crate::harness::{for_each_client, *};
 
 mod bombs;
 mod connections;
+mod depth;
 mod grammar;
 mod protocol;
 mod push;

@@ -1,0 +1,1 @@
+{"root":{"entries":{"self":{"narOffset":232,"size":53,"type":"regular"},"uses-lib":{"narOffset":472,"size":63,"type":"regular"}},"type":"directory"},"version":1}

@@ -1,0 +1,1 @@
+{"version":1,"root":{"type":"directory","entries":{"self":{"type":"regular","size":53,"narOffset":232},"uses-lib":{"type":"regular","size":63,"narOffset":472}}}}

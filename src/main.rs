@@ -79,8 +79,18 @@ enum Command {
         #[command(subcommand)]
         action: Option<HostsAction>,
     },
-    /// Roll a host back: a new generation with an older system (default: the one before
-    /// what the host runs).
+    /// Send a generation to a host again (default: the newest, desired one), e.g. one it
+    /// rolled back or failed, once the cause is fixed: a new generation with its system.
+    Redeploy {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Host name.
+        name: String,
+        /// The generation to send again.
+        generation: Option<i64>,
+    },
+    /// Roll a host back: a new generation with an older system (default: the newest
+    /// generation the host confirmed before what it runs now).
     Rollback {
         #[command(flatten)]
         client: ClientArgs,
@@ -375,6 +385,13 @@ async fn run(command: Command) -> Result<()> {
                 bail!("invalid host name {name:?}");
             }
             print!("{}", berth::cmd::hosts::rollback(&client.api()?, &name, to).await?);
+            Ok(())
+        }
+        Command::Redeploy { client, name, generation } => {
+            if !berth::auth::valid_host_name(&name) {
+                bail!("invalid host name {name:?}");
+            }
+            print!("{}", berth::cmd::hosts::redeploy(&client.api()?, &name, generation).await?);
             Ok(())
         }
         Command::Hosts { client, action } => {

@@ -59,6 +59,13 @@ pub async fn rollback(api: &Api, name: &str, to: Option<i64>) -> Result<String, 
     Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
 }
 
+/// `berth redeploy NAME [N]`: the new generation, as one line.
+pub async fn redeploy(api: &Api, name: &str, generation: Option<i64>) -> Result<String, ClientError> {
+    let made: Generation =
+        api.post(&format!("/api/v1/hosts/{name}/redeploy"), &serde_json::json!({ "generation": generation })).await?;
+    Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
+}
+
 /// `berth hosts history NAME`.
 pub async fn history(api: &Api, name: &str) -> Result<String, ClientError> {
     let generations: Vec<Generation> = api.get(&format!("/api/v1/hosts/{name}/generations")).await?;

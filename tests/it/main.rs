@@ -20,4 +20,5 @@ mod nix_client;
 mod nix_files;
 mod protocol;
 mod replicas;
+mod rollback;
 mod signed_history;

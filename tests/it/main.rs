@@ -15,6 +15,7 @@ mod crash;
 mod deploy_api;
 mod fleet;
 mod gc;
+mod health;
 mod hostile;
 mod nix_client;
 mod nix_files;

@@ -4,10 +4,11 @@ use super::timestamp;
 use crate::{
     client::{Api, ClientError},
     db::{GenerationRow as Generation, HostRow as Host},
+    deploy::status::{HostState, Outcome},
 };
 
-/// The table `berth hosts` prints: desired and current generation, state, last contact,
-/// last error.
+/// The table `berth hosts` prints: desired and current generation, the state of the desired
+/// one (or `offline`), last contact, and the error of that generation only.
 pub fn render_hosts(hosts: &[Host]) -> String {
     let mut out = format!(
         "{:<20} {:>7} {:>7}  {:<12} {:<19}  {:<12} LAST ERROR\n",
@@ -19,22 +20,39 @@ pub fn render_hosts(hosts: &[Host]) -> String {
         let current = h.status.active_generation.map_or_else(dash, |n| n.to_string());
         let commit: String = h.latest.as_ref().map_or_else(dash, |g| g.commit_sha.chars().take(12).collect());
         let seen = h.status.last_seen.map_or_else(dash, timestamp);
-        let state = h.status.phase.clone().unwrap_or_else(|| "never seen".into());
-        let error = h.status.last_error.as_deref().unwrap_or("");
+        // A server before per-generation states sends only the last phase and error.
+        let (state, error) = match &h.state {
+            Some(state) => (state.label().to_owned(), reason(state).unwrap_or("")),
+            None => (
+                h.status.phase.clone().unwrap_or_else(|| "never seen".into()),
+                h.status.last_error.as_deref().unwrap_or(""),
+            ),
+        };
         out += &format!("{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {error}\n", h.name);
     }
     out
 }
 
-/// The table `berth hosts history NAME` prints.
+fn reason(state: &HostState) -> Option<&str> {
+    match state {
+        HostState::Generation(outcome) => outcome.reason(),
+        _ => None,
+    }
+}
+
+/// The table `berth hosts history NAME` prints: each generation and what became of it
+/// (with the host's reason when it was rolled back or failed).
 pub fn render_history(generations: &[Generation]) -> String {
-    let mut out =
-        format!("{:>4}  {:<19}  {:<16} {:<12} {:>6}  STORE PATH\n", "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD");
+    let mut out = format!(
+        "{:>4}  {:<19}  {:<16} {:<12} {:>6}  {:<13}  STORE PATH\n",
+        "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD", "OUTCOME"
+    );
     for g in generations {
         let commit: String = g.commit_sha.chars().take(12).collect();
         let build = g.build_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        let outcome = g.outcome.as_ref().map_or("-", Outcome::label);
         out += &format!(
-            "{:>4}  {}  {:<16} {:<12} {:>6}  {}\n",
+            "{:>4}  {}  {:<16} {:<12} {:>6}  {outcome:<13}  {}\n",
             g.number,
             timestamp(g.created_at),
             g.branch,
@@ -42,6 +60,9 @@ pub fn render_history(generations: &[Generation]) -> String {
             build,
             g.store_path
         );
+        if let Some(reason) = g.outcome.as_ref().and_then(Outcome::reason) {
+            out += &format!("      {outcome}: {reason}\n");
+        }
     }
     out
 }

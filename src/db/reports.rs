@@ -83,6 +83,14 @@ impl Db {
         ).bind(host).fetch_all(pool).await?))
     }
 
+    /// Every report of a host as `(generation, phase, message)`, oldest first: what the
+    /// outcome of each generation is computed from (`deploy::status`).
+    pub async fn report_phases(&self, host: &str) -> Result<Vec<(i64, String, Option<String>)>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT generation, phase, message FROM reports WHERE host = $1 ORDER BY id",
+        ).bind(host).fetch_all(pool).await?))
+    }
+
     /// A host's reports, newest first.
     pub async fn reports(&self, host: &str, limit: i64) -> Result<Vec<ReportRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(

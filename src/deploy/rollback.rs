@@ -133,6 +133,7 @@ mod tests {
             build_id: None,
             created_at: 0,
             signer: None,
+            outcome: None,
         }
     }
 

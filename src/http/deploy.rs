@@ -18,13 +18,10 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, NewGeneration, ReportRow},
-    deploy::{manifest::VERSION_HEADER, manifest_of, rollback},
+    deploy::{manifest::VERSION_HEADER, manifest_of, rollback, status::Phase},
     nixfmt::{StorePath, StorePathHash},
     text::{clip_head, clip_tail, without_nul},
 };
-
-/// Phases an agent may report.
-const PHASES: &[&str] = &["downloading", "activating", "healthy", "confirmed", "rolled_back", "failed", "needs_reboot"];
 
 fn host_name(name: &str) -> Result<(), ApiError> {
     if valid_host_name(name) {
@@ -115,8 +112,9 @@ pub async fn report(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
     let r: ReportRequest = json::read(&headers, body).await?;
-    if !PHASES.contains(&r.phase.as_str()) {
-        return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", PHASES.join(", "))));
+    if Phase::parse(&r.phase).is_none() {
+        let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", names.join(", "))));
     }
     if state.db.generation(&name, r.generation).await?.is_none() {
         return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));

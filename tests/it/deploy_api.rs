@@ -98,5 +98,6 @@ fn reports_set_the_host_status_and_rollback_makes_a_new_generation() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("alpha") && table.contains("confirmed"), "{table}");
+    // The state is that of the desired generation 3 (the rollback), which the host has not started.
+    assert!(table.contains("alpha") && table.contains("waiting"), "{table}");
 }

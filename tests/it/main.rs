@@ -23,3 +23,4 @@ mod protocol;
 mod replicas;
 mod rollback;
 mod signed_history;
+mod status;

@@ -236,6 +236,20 @@ enum BuildAction {
         /// Build id.
         id: i64,
     },
+    /// List recent builds, newest first, with why each ended as it did.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this repository's builds.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this branch's builds.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only builds in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// Cancel a queued or running build.
     Cancel {
         #[command(flatten)]
@@ -251,6 +265,14 @@ enum HostsAction {
     History {
         /// Host name.
         name: String,
+    },
+    /// The activation log of one generation of a host (default: the newest it reported on):
+    /// each phase it reported, with what the commands printed.
+    Log {
+        /// Host name.
+        name: String,
+        /// Generation number.
+        generation: Option<i64>,
     },
 }
 
@@ -404,6 +426,12 @@ async fn run(command: Command) -> Result<()> {
                     }
                     berth::cmd::hosts::history(&api, &name).await?
                 }
+                Some(HostsAction::Log { name, generation }) => {
+                    if !berth::auth::valid_host_name(&name) {
+                        bail!("invalid host name {name:?}");
+                    }
+                    berth::cmd::hosts::log(&api, &name, generation).await?
+                }
             };
             print!("{text}");
             Ok(())
@@ -443,6 +471,10 @@ async fn build(action: BuildAction) -> Result<()> {
         }
         BuildAction::Log { client, id } => {
             cmd::print_log(&client.api()?, id).await?;
+            true
+        }
+        BuildAction::List { client, repo, branch, state } => {
+            print!("{}", cmd::list(&client.api()?, repo.as_deref(), branch.as_deref(), state.as_deref()).await?);
             true
         }
         BuildAction::Cancel { client, id } => {

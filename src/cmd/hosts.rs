@@ -1,9 +1,10 @@
-//! `berth hosts` and `berth hosts history NAME`.
+//! `berth hosts`, `berth hosts history NAME`, `berth hosts log NAME [N]`, `berth rollback`
+//! and `berth redeploy`.
 
 use super::timestamp;
 use crate::{
     client::{Api, ClientError},
-    db::{GenerationRow as Generation, HostRow as Host},
+    db::{GenerationRow as Generation, HostRow as Host, ReportRow},
     deploy::status::{HostState, Outcome},
 };
 
@@ -65,6 +66,46 @@ pub fn render_history(generations: &[Generation]) -> String {
         }
     }
     out
+}
+
+/// What `berth hosts log NAME [N]` prints: the reports about generation `generation`
+/// (default: the newest one reported on), oldest first, each phase with its message and the
+/// tail of what the commands printed. `reports` newest first, as the API gives them.
+pub fn render_log(reports: &[ReportRow], generation: Option<i64>) -> Result<String, NoReports> {
+    let generation = generation.or_else(|| reports.first().map(|r| r.generation)).ok_or(NoReports::AtAll)?;
+    let mut out = String::new();
+    for r in reports.iter().rev().filter(|r| r.generation == generation) {
+        let took = r.duration_ms.map(|ms| format!(" ({:.1} s)", ms as f64 / 1000.0)).unwrap_or_default();
+        out += &format!("{}  generation {}  {}{took}", timestamp(r.created_at), r.generation, r.phase);
+        if let Some(message) = r.message.as_deref().filter(|m| !m.is_empty()) {
+            out += &format!(": {message}");
+        }
+        out.push('\n');
+        for line in r.log_tail.as_deref().unwrap_or("").lines() {
+            out += &format!("    {line}\n");
+        }
+    }
+    if out.is_empty() {
+        return Err(NoReports::About(generation));
+    }
+    Ok(out)
+}
+
+/// Why `berth hosts log` has nothing to print.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoReports {
+    /// The host never reported.
+    #[error("the host has reported nothing yet")]
+    AtAll,
+    /// Nothing about that generation among the newest reports.
+    #[error("no reports about generation {0} among the host's newest 100")]
+    About(i64),
+}
+
+/// `berth hosts log NAME [N]`.
+pub async fn log(api: &Api, name: &str, generation: Option<i64>) -> Result<String, ClientError> {
+    let reports: Vec<ReportRow> = api.get(&format!("/api/v1/hosts/{name}/reports")).await?;
+    render_log(&reports, generation).map_err(|e| ClientError::Nothing(e.to_string()))
 }
 
 /// `berth hosts`.

@@ -53,4 +53,42 @@ fn a_host_killed_mid_activation_shows_its_own_state_then_offline() {
     assert!(outcome(2).contains("rolled_back"), "{history}");
     assert!(history.contains(&format!("rolled_back: {error}")), "the reason: {history}");
     assert!(outcome(3).contains("activating"), "{history}");
+
+    // The activation log of generation 2, and by default of the newest reported on (3).
+    let log = hosts(&b, &["log", "alpha", "2"]);
+    assert!(log.contains("generation 2  activating") && log.contains("generation 2  rolled_back"), "{log}");
+    assert!(log.contains("    error: activation of alpha fails on purpose"), "the log tail: {log}");
+    let log = hosts(&b, &["log", "alpha"]);
+    assert!(log.contains("generation 3  activating") && !log.contains("generation 2"), "{log}");
+}
+
+/// `berth build list` with its filters, against real builds: one that deploys, one that
+/// fails to build, one of a test branch. (Failed before: there was no `build list`.)
+#[test]
+fn build_list_filters_by_repository_branch_and_state() {
+    let b = build_host(&["alpha"], "");
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    b.fleet.set_broken("alpha", true);
+    assert!(!b.submit_wait(&b.fleet.commit("main", "broken", Signing::Trusted), "main").0);
+    b.fleet.set_broken("alpha", false);
+    assert!(b.submit_wait(&b.fleet.commit("test-alpha", "try", Signing::Trusted), "test-alpha").0);
+    let list = |args: &[&str]| {
+        let out =
+            run_ok(b.s.berth().args(["build", "list", "--server", &b.server.url]).args(args).env("BERTH_TOKEN", &b.ci));
+        let text = String::from_utf8(out.stdout).unwrap();
+        let ids: Vec<i64> =
+            text.lines().skip(1).map(|l| l.split_whitespace().next().unwrap().parse().unwrap()).collect();
+        (ids, text)
+    };
+    assert_eq!(list(&[]).0, [3, 2, 1]);
+    assert_eq!(list(&["--branch", "main"]).0, [2, 1]);
+    let (ids, text) = list(&["--state", "failed"]);
+    assert_eq!(ids, [2], "{text}");
+    assert!(text.contains("failed") && text.contains("main"), "{text}");
+    assert_eq!(list(&["--repo", "fleet", "--branch", "test-alpha", "--state", "succeeded"]).0, [3]);
+    assert_eq!(list(&["--repo", "elsewhere"]).0, Vec::<i64>::new());
+    let mut refused = b.s.berth();
+    refused.args(["build", "list", "--state", "done", "--server", &b.server.url]).env("BERTH_TOKEN", &b.ci);
+    let out = refused.output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown state"), "{out:?}");
 }

@@ -86,6 +86,7 @@ fn fleet(total: usize) -> Fleet {
                 number: number as i64,
                 root,
                 created_at,
+                branch: "main".into(),
             });
         }
         let active = if host % 10 == 0 { GENERATIONS - 7 } else { GENERATIONS };

@@ -99,19 +99,53 @@ in
     };
 
     healthChecks = lib.mkOption {
-      type = lib.types.listOf (lib.types.nonEmptyListOf lib.types.str);
+      type = lib.types.listOf (
+        lib.types.either (lib.types.nonEmptyListOf lib.types.str) (
+          lib.types.submodule {
+            options = {
+              command = lib.mkOption {
+                type = lib.types.nonEmptyListOf lib.types.str;
+                description = "The command, as an argument list.";
+              };
+              retries = lib.mkOption {
+                type = lib.types.nullOr lib.types.ints.unsigned;
+                default = null;
+                description = "Attempts after a failed one (berth's default: 0).";
+              };
+              intervalSecs = lib.mkOption {
+                type = lib.types.nullOr lib.types.ints.unsigned;
+                default = null;
+                description = "Seconds between attempts (berth's default: 1).";
+              };
+              timeoutSecs = lib.mkOption {
+                type = lib.types.nullOr lib.types.ints.positive;
+                default = null;
+                description = "Seconds one attempt may run before it is killed (default: what is left of healthTimeout).";
+              };
+            };
+          }
+        )
+      );
       default = [ ];
       example = lib.literalExpression ''
         [
-          [ "''${pkgs.curl}/bin/curl" "-fsS" "http://127.0.0.1:8080/health" ]
           [ "systemctl" "is-active" "postgresql.service" ]
+          {
+            command = [ "''${pkgs.curl}/bin/curl" "-fsS" "http://127.0.0.1:8080/health" ];
+            retries = 5;
+            intervalSecs = 2;
+            timeoutSecs = 10;
+          }
         ]
       '';
       description = ''
         Commands, as argument lists (never shell strings), that must exit 0 once the new
-        system runs, or the deploy rolls back. Programs are looked up in the agent's PATH
-        (Nix, systemd, coreutils and {option}`services.berth.agent.extraPackages`); a store
-        path such as `''${pkgs.curl}/bin/curl` needs nothing else.
+        system runs, or the deploy rolls back; or attribute sets with the list as `command`
+        and `retries`, `intervalSecs` and `timeoutSecs` (per attempt). All of them, retries
+        included, must pass within {option}`services.berth.agent.healthTimeout`. Programs
+        are looked up in the agent's PATH (Nix, systemd, coreutils and
+        {option}`services.berth.agent.extraPackages`); a store path such as
+        `''${pkgs.curl}/bin/curl` needs nothing else.
       '';
     };
 

@@ -112,6 +112,20 @@ rec {
     else
       builtins.fromJSON (builtins.head found);
 
+  # One health check: an argv list as it is, or { command, retries, intervalSecs,
+  # timeoutSecs } as berth's table (null options left out: berth's defaults).
+  healthCheck =
+    check:
+    if builtins.isList check then
+      check
+    else
+      withoutNulls {
+        inherit (check) command;
+        retries = check.retries or null;
+        interval_secs = check.intervalSecs or null;
+        timeout_secs = check.timeoutSecs or null;
+      };
+
   # The agent's TOML settings from the module's options (docs/agent.md lists every key).
   agentSettings =
     {
@@ -132,7 +146,7 @@ rec {
       inherit server host activation reboot;
       token_file = tokenFile;
       deploy_public_key = deployPublicKey;
-      health_checks = healthChecks;
+      health_checks = map healthCheck healthChecks;
       check_system_running = checkSystemRunning;
       health_timeout_secs = healthTimeout;
       activation_timeout_secs = activationTimeout;

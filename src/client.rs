@@ -30,6 +30,9 @@ pub enum ClientError {
     /// The answer was not what the API documents.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// The answer holds nothing of what was asked (no reports about that generation, say).
+    #[error("{0}")]
+    Nothing(String),
 }
 
 /// A berth server and a token.

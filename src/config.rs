@@ -82,6 +82,9 @@ pub struct RawConfig {
     /// What garbage collection keeps, and when it runs by itself.
     #[serde(default)]
     pub retention: RawRetention,
+    /// How deployments are shown.
+    #[serde(default)]
+    pub deploy: RawDeploy,
 }
 
 /// `[server]`: connection limits.
@@ -337,6 +340,15 @@ impl KeySource {
     }
 }
 
+/// `[deploy]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDeploy {
+    /// Seconds after a host's last manifest request or report before `berth hosts` shows it
+    /// `offline`. Default 120 (an agent asks at least every 30 s while the server is up).
+    pub offline_after_secs: Option<u64>,
+}
+
 /// A validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -368,6 +380,8 @@ pub struct Config {
     pub retention: crate::gc::Policy,
     /// How often collections run by themselves.
     pub gc_schedule: Option<std::time::Duration>,
+    /// Seconds without a poll or report after which a host is shown `offline`.
+    pub offline_after_secs: i64,
 }
 
 impl Config {
@@ -504,6 +518,10 @@ impl RawConfig {
             repositories,
             retention,
             gc_schedule,
+            offline_after_secs: match self.deploy.offline_after_secs.unwrap_or(120) {
+                0 => return Err(invalid("deploy.offline_after_secs", "must be at least 1".into())),
+                secs => secs.min(i64::MAX as u64) as i64,
+            },
         })
     }
 }

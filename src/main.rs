@@ -79,8 +79,18 @@ enum Command {
         #[command(subcommand)]
         action: Option<HostsAction>,
     },
-    /// Roll a host back: a new generation with an older system (default: the one before
-    /// what the host runs).
+    /// Send a generation to a host again (default: the newest, desired one), e.g. one it
+    /// rolled back or failed, once the cause is fixed: a new generation with its system.
+    Redeploy {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Host name.
+        name: String,
+        /// The generation to send again.
+        generation: Option<i64>,
+    },
+    /// Roll a host back: a new generation with an older system (default: the newest
+    /// generation the host confirmed before what it runs now).
     Rollback {
         #[command(flatten)]
         client: ClientArgs,
@@ -226,6 +236,20 @@ enum BuildAction {
         /// Build id.
         id: i64,
     },
+    /// List recent builds, newest first, with why each ended as it did.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only this repository's builds.
+        #[arg(long)]
+        repo: Option<String>,
+        /// Only this branch's builds.
+        #[arg(long)]
+        branch: Option<String>,
+        /// Only builds in this state: queued, running, succeeded, failed, cancelled.
+        #[arg(long)]
+        state: Option<String>,
+    },
     /// Cancel a queued or running build.
     Cancel {
         #[command(flatten)]
@@ -241,6 +265,14 @@ enum HostsAction {
     History {
         /// Host name.
         name: String,
+    },
+    /// The activation log of one generation of a host (default: the newest it reported on):
+    /// each phase it reported, with what the commands printed.
+    Log {
+        /// Host name.
+        name: String,
+        /// Generation number.
+        generation: Option<i64>,
     },
 }
 
@@ -398,6 +430,13 @@ async fn run(command: Command) -> Result<()> {
             print!("{}", berth::cmd::hosts::rollback(&client.api()?, &name, to).await?);
             Ok(())
         }
+        Command::Redeploy { client, name, generation } => {
+            if !berth::auth::valid_host_name(&name) {
+                bail!("invalid host name {name:?}");
+            }
+            print!("{}", berth::cmd::hosts::redeploy(&client.api()?, &name, generation).await?);
+            Ok(())
+        }
         Command::Hosts { client, action } => {
             let api = client.api()?;
             let text = match action {
@@ -407,6 +446,12 @@ async fn run(command: Command) -> Result<()> {
                         bail!("invalid host name {name:?}");
                     }
                     berth::cmd::hosts::history(&api, &name).await?
+                }
+                Some(HostsAction::Log { name, generation }) => {
+                    if !berth::auth::valid_host_name(&name) {
+                        bail!("invalid host name {name:?}");
+                    }
+                    berth::cmd::hosts::log(&api, &name, generation).await?
                 }
             };
             print!("{text}");
@@ -451,6 +496,10 @@ async fn build(action: BuildAction) -> Result<()> {
         }
         BuildAction::Log { client, id } => {
             cmd::print_log(&client.api()?, id).await?;
+            true
+        }
+        BuildAction::List { client, repo, branch, state } => {
+            print!("{}", cmd::list(&client.api()?, repo.as_deref(), branch.as_deref(), state.as_deref()).await?);
             true
         }
         BuildAction::Cancel { client, id } => {

@@ -1,4 +1,4 @@
-//! `berth build submit|status|log|cancel`.
+//! `berth build submit|status|log|cancel|list`.
 
 use std::{io::Write, time::Duration};
 
@@ -13,6 +13,9 @@ use crate::{
 /// What the API says about a build (the fields the commands show).
 #[derive(Debug, Deserialize)]
 pub struct Build {
+    /// When it was requested (absent from old servers' answers).
+    #[serde(default)]
+    pub created_at: i64,
     /// Id.
     pub id: i64,
     /// Repository.
@@ -42,6 +45,47 @@ impl Build {
     pub fn is_final(&self) -> bool {
         matches!(self.state.as_str(), "succeeded" | "failed" | "cancelled")
     }
+}
+
+/// The table `berth build list` prints: one build a line, newest first, with why it ended
+/// as it did.
+pub fn render_list(builds: &[Build]) -> String {
+    let mut out = format!(
+        "{:>6}  {:<10} {:<16} {:<20} {:<12}  {:<19}  REASON\n",
+        "ID", "STATE", "REPO", "BRANCH", "COMMIT", "CREATED"
+    );
+    for b in builds {
+        let commit: String = b.commit.chars().take(12).collect();
+        let reason = b.reason.as_deref().and_then(|r| r.lines().next()).unwrap_or("");
+        out += &format!(
+            "{:>6}  {:<10} {:<16} {:<20} {commit:<12}  {}  {reason}\n",
+            b.id,
+            b.state,
+            b.repository,
+            b.branch,
+            super::timestamp(b.created_at)
+        );
+    }
+    out
+}
+
+/// `berth build list [--repo R] [--branch B] [--state S]`.
+pub async fn list(
+    api: &Api,
+    repo: Option<&str>,
+    branch: Option<&str>,
+    state: Option<&str>,
+) -> Result<String, ClientError> {
+    let mut query = ::url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [("repo", repo), ("branch", branch), ("state", state)] {
+        if let Some(value) = value {
+            query.append_pair(key, value);
+        }
+    }
+    let query = query.finish();
+    let path = if query.is_empty() { "/api/v1/builds".to_owned() } else { format!("/api/v1/builds?{query}") };
+    let builds: Vec<Build> = api.get(&path).await?;
+    Ok(render_list(&builds))
 }
 
 /// The status report of a build, as `berth build status` prints it.
@@ -138,6 +182,7 @@ mod tests {
     #[test]
     fn status_report() {
         let build = Build {
+            created_at: 0,
             id: 3,
             repository: "fleet".into(),
             commit: "abc".into(),

@@ -1,13 +1,15 @@
-//! `berth hosts` and `berth hosts history NAME`.
+//! `berth hosts`, `berth hosts history NAME`, `berth hosts log NAME [N]`, `berth rollback`
+//! and `berth redeploy`.
 
 use super::timestamp;
 use crate::{
     client::{Api, ClientError},
-    db::{GenerationRow as Generation, HostRow as Host},
+    db::{GenerationRow as Generation, HostRow as Host, ReportRow},
+    deploy::status::{HostState, Outcome},
 };
 
-/// The table `berth hosts` prints: desired and current generation, state, last contact,
-/// last error.
+/// The table `berth hosts` prints: desired and current generation, the state of the desired
+/// one (or `offline`), last contact, and the error of that generation only.
 pub fn render_hosts(hosts: &[Host]) -> String {
     let mut out = format!(
         "{:<20} {:>7} {:>7}  {:<12} {:<19}  {:<12} LAST ERROR\n",
@@ -19,22 +21,39 @@ pub fn render_hosts(hosts: &[Host]) -> String {
         let current = h.status.active_generation.map_or_else(dash, |n| n.to_string());
         let commit: String = h.latest.as_ref().map_or_else(dash, |g| g.commit_sha.chars().take(12).collect());
         let seen = h.status.last_seen.map_or_else(dash, timestamp);
-        let state = h.status.phase.clone().unwrap_or_else(|| "never seen".into());
-        let error = h.status.last_error.as_deref().unwrap_or("");
+        // A server before per-generation states sends only the last phase and error.
+        let (state, error) = match &h.state {
+            Some(state) => (state.label().to_owned(), reason(state).unwrap_or("")),
+            None => (
+                h.status.phase.clone().unwrap_or_else(|| "never seen".into()),
+                h.status.last_error.as_deref().unwrap_or(""),
+            ),
+        };
         out += &format!("{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {error}\n", h.name);
     }
     out
 }
 
-/// The table `berth hosts history NAME` prints.
+fn reason(state: &HostState) -> Option<&str> {
+    match state {
+        HostState::Generation(outcome) => outcome.reason(),
+        _ => None,
+    }
+}
+
+/// The table `berth hosts history NAME` prints: each generation and what became of it
+/// (with the host's reason when it was rolled back or failed).
 pub fn render_history(generations: &[Generation]) -> String {
-    let mut out =
-        format!("{:>4}  {:<19}  {:<16} {:<12} {:>6}  STORE PATH\n", "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD");
+    let mut out = format!(
+        "{:>4}  {:<19}  {:<16} {:<12} {:>6}  {:<13}  STORE PATH\n",
+        "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD", "OUTCOME"
+    );
     for g in generations {
         let commit: String = g.commit_sha.chars().take(12).collect();
         let build = g.build_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
+        let outcome = g.outcome.as_ref().map_or("-", Outcome::label);
         out += &format!(
-            "{:>4}  {}  {:<16} {:<12} {:>6}  {}\n",
+            "{:>4}  {}  {:<16} {:<12} {:>6}  {outcome:<13}  {}\n",
             g.number,
             timestamp(g.created_at),
             g.branch,
@@ -42,8 +61,51 @@ pub fn render_history(generations: &[Generation]) -> String {
             build,
             g.store_path
         );
+        if let Some(reason) = g.outcome.as_ref().and_then(Outcome::reason) {
+            out += &format!("      {outcome}: {reason}\n");
+        }
     }
     out
+}
+
+/// What `berth hosts log NAME [N]` prints: the reports about generation `generation`
+/// (default: the newest one reported on), oldest first, each phase with its message and the
+/// tail of what the commands printed. `reports` newest first, as the API gives them.
+pub fn render_log(reports: &[ReportRow], generation: Option<i64>) -> Result<String, NoReports> {
+    let generation = generation.or_else(|| reports.first().map(|r| r.generation)).ok_or(NoReports::AtAll)?;
+    let mut out = String::new();
+    for r in reports.iter().rev().filter(|r| r.generation == generation) {
+        let took = r.duration_ms.map(|ms| format!(" ({:.1} s)", ms as f64 / 1000.0)).unwrap_or_default();
+        out += &format!("{}  generation {}  {}{took}", timestamp(r.created_at), r.generation, r.phase);
+        if let Some(message) = r.message.as_deref().filter(|m| !m.is_empty()) {
+            out += &format!(": {message}");
+        }
+        out.push('\n');
+        for line in r.log_tail.as_deref().unwrap_or("").lines() {
+            out += &format!("    {line}\n");
+        }
+    }
+    if out.is_empty() {
+        return Err(NoReports::About(generation));
+    }
+    Ok(out)
+}
+
+/// Why `berth hosts log` has nothing to print.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NoReports {
+    /// The host never reported.
+    #[error("the host has reported nothing yet")]
+    AtAll,
+    /// Nothing about that generation among the newest reports.
+    #[error("no reports about generation {0} among the host's newest 100")]
+    About(i64),
+}
+
+/// `berth hosts log NAME [N]`.
+pub async fn log(api: &Api, name: &str, generation: Option<i64>) -> Result<String, ClientError> {
+    let reports: Vec<ReportRow> = api.get(&format!("/api/v1/hosts/{name}/reports")).await?;
+    render_log(&reports, generation).map_err(|e| ClientError::Nothing(e.to_string()))
 }
 
 /// `berth hosts`.
@@ -56,6 +118,13 @@ pub async fn list(api: &Api) -> Result<String, ClientError> {
 pub async fn rollback(api: &Api, name: &str, to: Option<i64>) -> Result<String, ClientError> {
     let made: Generation =
         api.post(&format!("/api/v1/hosts/{name}/rollback"), &serde_json::json!({ "to": to })).await?;
+    Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
+}
+
+/// `berth redeploy NAME [N]`: the new generation, as one line.
+pub async fn redeploy(api: &Api, name: &str, generation: Option<i64>) -> Result<String, ClientError> {
+    let made: Generation =
+        api.post(&format!("/api/v1/hosts/{name}/redeploy"), &serde_json::json!({ "generation": generation })).await?;
     Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
 }
 

@@ -36,6 +36,17 @@ pub struct BuildRow {
     pub attempts: i64,
 }
 
+/// Which builds `find_builds` lists (`None`: any).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BuildFilter<'a> {
+    /// Repository name.
+    pub repository: Option<&'a str>,
+    /// Branch.
+    pub branch: Option<&'a str>,
+    /// State (its stored spelling).
+    pub state: Option<&'a str>,
+}
+
 /// One host of a build.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
 pub struct BuildHostRow {
@@ -177,6 +188,19 @@ impl Db {
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?))
     }
 
+    /// The most recent builds matching `filter`, newest first.
+    pub async fn find_builds(&self, filter: &BuildFilter<'_>, limit: i64) -> Result<Vec<BuildRow>, DbError> {
+        // A NULL parameter matches every row, so one statement serves every combination.
+        let sql = format!(
+            "SELECT {BUILD_COLUMNS} FROM builds
+             WHERE ($1 IS NULL OR repository = $1) AND ($2 IS NULL OR branch = $2) AND ($3 IS NULL OR state = $3)
+             ORDER BY id DESC LIMIT $4"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql)
+            .bind(filter.repository).bind(filter.branch).bind(filter.state).bind(limit)
+            .fetch_all(pool).await?))
+    }
+
     /// A build's hosts, by name.
     pub async fn build_hosts(&self, id: i64) -> Result<Vec<BuildHostRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
@@ -221,11 +245,28 @@ impl Db {
 #[cfg(test)]
 mod tests {
     use crate::db::testing::for_each_backend;
-    use crate::db::Db;
+    use crate::db::{BuildFilter, Db};
 
     const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
 
     for_each_backend! {
+        async fn builds_are_found_by_repository_branch_and_state(db: Db) {
+            let (main, _) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
+            let (test, _) = db.enqueue_build("fleet", SHA, "test-a", "").await.unwrap();
+            let (other, _) = db.enqueue_build("infra", SHA, "main", "").await.unwrap();
+            assert!(db.cancel_build(test).await.unwrap());
+            let ids = |filter: BuildFilter<'static>| {
+                let db = db.clone();
+                async move { db.find_builds(&filter, 50).await.unwrap().into_iter().map(|b| b.id).collect::<Vec<_>>() }
+            };
+            assert_eq!(ids(BuildFilter::default()).await, [other, test, main]);
+            assert_eq!(ids(BuildFilter { repository: Some("fleet"), ..Default::default() }).await, [test, main]);
+            assert_eq!(ids(BuildFilter { branch: Some("main"), ..Default::default() }).await, [other, main]);
+            assert_eq!(ids(BuildFilter { state: Some("cancelled"), ..Default::default() }).await, [test]);
+            let all = BuildFilter { repository: Some("fleet"), branch: Some("main"), state: Some("queued") };
+            assert_eq!(ids(all).await, [main]);
+        }
+
         async fn a_commit_is_queued_once_and_claimed_once(db: Db) {
             let (id, created) = db.enqueue_build("fleet", SHA, "main", "").await.unwrap();
             assert!(created);

@@ -31,7 +31,7 @@ fn hash_of(store_path: &str) -> String {
 struct RawSnapshot {
     paths: Vec<(String, String, i64, i64)>,
     refs: Vec<(String, String)>,
-    generations: Vec<(String, i64, String, i64)>,
+    generations: Vec<(String, i64, String, i64, String)>,
     active: Vec<(String, i64)>,
     confirmed: Vec<(String, i64)>,
     last_reports: Vec<(String, i64, String)>,
@@ -59,7 +59,7 @@ macro_rules! read_snapshot {
                 .fetch_all(&mut *$tx)
                 .await?,
             refs: sqlx::query_as($refs).fetch_all(&mut *$tx).await?,
-            generations: sqlx::query_as("SELECT host, number, store_path, created_at FROM generations")
+            generations: sqlx::query_as("SELECT host, number, store_path, created_at, branch FROM generations")
                 .fetch_all(&mut *$tx)
                 .await?,
             active: sqlx::query_as("SELECT name, active_generation FROM hosts WHERE active_generation IS NOT NULL")
@@ -182,11 +182,12 @@ impl RawSnapshot {
                 .collect(),
             generations: generations
                 .into_iter()
-                .map(|(host, number, store_path, created_at)| GenerationEntry {
+                .map(|(host, number, store_path, created_at, branch)| GenerationEntry {
                     host,
                     number,
                     root: hash_of(&store_path),
                     created_at,
+                    branch,
                 })
                 .collect(),
             active: active.into_iter().collect(),

@@ -21,6 +21,10 @@ pub struct GenerationRow {
     pub created_at: i64,
     /// Who signed its commit (a trusted signer), when a signature was checked.
     pub signer: Option<String>,
+    /// What became of it on the host (filled by the API's history, not stored).
+    #[sqlx(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<crate::deploy::status::Outcome>,
 }
 
 /// A host and its newest generation.
@@ -34,6 +38,9 @@ pub struct HostRow {
     pub latest: Option<GenerationRow>,
     /// What the host last reported.
     pub status: super::HostStatus,
+    /// The state of its newest generation, or offline (filled by the API, not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<crate::deploy::status::HostState>,
 }
 
 const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at, signer";
@@ -113,7 +120,7 @@ impl Db {
         for (name, repository) in names {
             let latest = self.latest_generation(&name).await?;
             let status = self.host_status(&name).await?;
-            hosts.push(HostRow { name, repository, latest, status });
+            hosts.push(HostRow { name, repository, latest, status, state: None });
         }
         Ok(hosts)
     }

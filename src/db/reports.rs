@@ -76,6 +76,21 @@ impl Db {
         ).bind(host).fetch_optional(pool).await?.unwrap_or_default()))
     }
 
+    /// Every generation a host ever reported `confirmed`, in no order.
+    pub async fn confirmed_generations(&self, host: &str) -> Result<Vec<i64>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "SELECT DISTINCT generation FROM reports WHERE host = $1 AND phase = 'confirmed'",
+        ).bind(host).fetch_all(pool).await?))
+    }
+
+    /// Every report of a host as `(generation, phase, message)`, oldest first: what the
+    /// outcome of each generation is computed from (`deploy::status`).
+    pub async fn report_phases(&self, host: &str) -> Result<Vec<(i64, String, Option<String>)>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT generation, phase, message FROM reports WHERE host = $1 ORDER BY id",
+        ).bind(host).fetch_all(pool).await?))
+    }
+
     /// A host's reports, newest first.
     pub async fn reports(&self, host: &str, limit: i64) -> Result<Vec<ReportRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
@@ -121,6 +136,7 @@ mod tests {
             assert_eq!(status.active_generation, Some(1));
             assert_eq!(status.last_error.as_deref(), Some("health check failed"));
             assert_eq!(db.reports("a", 10).await.unwrap().len(), 2);
+            assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);
         }

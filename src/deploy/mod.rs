@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod manifest;
 pub mod rollback;
+pub mod status;
 
 use crate::db::GenerationRow;
 use manifest::Manifest;

@@ -4,7 +4,8 @@
 //!
 //! What is kept: per host the last N generations, every generation newer than the age
 //! limit, and — whatever N says — the generation the host reports active, the one it would
-//! roll back to (the newest earlier generation it confirmed, with another system), the one
+//! roll back to (`deploy::rollback::way_back`: the newest generation it confirmed before where
+//! what it runs stands, with another system), every generation whose system is pinned, the one
 //! it is applying (its last report is `downloading`, `activating` or `healthy`) and the
 //! newest (desired) one; every named pin; the toplevel of every build still in flight (it is about
 //! to become a generation, and may be an old system built again); every path pushed within
@@ -12,6 +13,8 @@
 //! closure of all of these, following references.
 
 use std::collections::{HashMap, HashSet};
+
+use crate::deploy::rollback::{way_back, Step};
 
 /// One published path, as the planner sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +42,8 @@ pub struct GenerationEntry {
     pub root: String,
     /// When it was made.
     pub created_at: i64,
+    /// The branch that made it (`rollback-to-N` and `redeploy-N` stand where N stands).
+    pub branch: String,
 }
 
 /// Everything the planner needs, read from the index at one moment.
@@ -165,21 +170,17 @@ fn split_generations<'a>(
 }
 
 /// The generations of `host` (`generations` newest first) that no `keep` may drop: the one
-/// it runs, the one it would roll back to, and the one it is applying. The newest is kept
+/// it runs, the one it would roll back to (the rule `berth rollback` follows), the one it is
+/// applying, and every one whose system is pinned (an admin's way back). The newest is kept
 /// by `keep_last`, which is at least 1.
 fn protected(snapshot: &Snapshot, host: &str, generations: &[&GenerationEntry]) -> Vec<i64> {
     let active = snapshot.active.get(host).copied();
-    let root_of = |n: i64| generations.iter().find(|g| g.number == n).map(|g| g.root.as_str());
     let confirmed = snapshot.confirmed.get(host).map(Vec::as_slice).unwrap_or_default();
-    // Newest first: the first confirmed generation before the active one, on another system
-    // (the same system is no rollback, and its closure is kept with the active one).
-    let rollback = active.and_then(|current| {
-        generations
-            .iter()
-            .find(|g| g.number < current && confirmed.contains(&g.number) && Some(g.root.as_str()) != root_of(current))
-            .map(|g| g.number)
-    });
-    active.into_iter().chain(rollback).chain(snapshot.in_flight.get(host).copied()).collect()
+    let steps: Vec<Step<'_>> =
+        generations.iter().map(|g| Step { number: g.number, system: &g.root, branch: &g.branch }).collect();
+    let rollback = active.and_then(|current| way_back(&steps, confirmed, current));
+    let pinned = generations.iter().filter(|g| snapshot.pins.contains(&g.root)).map(|g| g.number);
+    active.into_iter().chain(rollback).chain(snapshot.in_flight.get(host).copied()).chain(pinned).collect()
 }
 
 /// Every path reachable from `roots` (roots missing from the index are ignored).
@@ -228,7 +229,7 @@ mod tests {
     }
 
     fn generation(host: &str, number: i64, root: &str) -> GenerationEntry {
-        GenerationEntry { host: host.into(), number, root: root.into(), created_at: number }
+        GenerationEntry { host: host.into(), number, root: root.into(), created_at: number, branch: "main".into() }
     }
 
     fn policy(keep_last: usize) -> Policy {
@@ -311,6 +312,35 @@ mod tests {
         check_kept(None, &[], None, &[5]);
         // Applying 3 while 5 was made meanwhile: 3 stays until the host moves on.
         check_kept(Some(2), &[1, 2], Some(3), &[1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn retention_keeps_the_target_berth_rollback_picks() {
+        // 6 is `rollback --to 3` (3's system), confirmed: the way back is behind 3, so 2
+        // stays, and 4 and 5 (what the rollback left) may go.
+        let mut s = Snapshot { now: 10 * DAY, ..Snapshot::default() };
+        for n in 1..=6 {
+            let root = if n == 6 { "sys3".to_string() } else { format!("sys{n}") };
+            s.paths.push(path(&root, &[], 0));
+            let mut g = generation("a", n, &root);
+            if n == 6 {
+                g.branch = "rollback-to-3".into();
+            }
+            s.generations.push(g);
+        }
+        s.active.insert("a".into(), 6);
+        s.confirmed.insert("a".into(), vec![1, 2, 3, 4, 5, 6]);
+        let dropped = plan(&s, &policy(1)).drop_generations;
+        let kept: Vec<i64> = (1..=6).filter(|n| !dropped.contains(&("a".to_string(), *n))).collect();
+        assert_eq!(kept, [2, 6]);
+    }
+
+    #[test]
+    fn a_generation_whose_system_is_pinned_is_kept() {
+        let mut s = snapshot();
+        s.pins.push("sys1".into());
+        let dropped = plan(&s, &policy(1)).drop_generations;
+        assert!(!dropped.contains(&("a".to_string(), 1)), "{dropped:?}");
     }
 
     #[test]

@@ -1,9 +1,9 @@
-//! Build requests: `POST /api/v1/builds` (ci), `GET /api/v1/builds/{id}`, its log (followed
-//! while the build runs) and `POST …/cancel`.
+//! Build requests: `POST /api/v1/builds` (ci), `GET /api/v1/builds` (filtered),
+//! `GET /api/v1/builds/{id}`, its log (followed while the build runs) and `POST …/cancel`.
 
 use axum::{
     body::Body,
-    extract::{Path, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     http::{header, HeaderMap, StatusCode},
     response::{IntoResponse, Response},
     Json,
@@ -15,7 +15,7 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     build::model::{valid_branch, valid_commit, BuildState},
-    db::{BuildCommitRow, BuildHostRow, BuildRow},
+    db::{BuildCommitRow, BuildFilter, BuildHostRow, BuildRow},
 };
 
 /// `POST /api/v1/builds` body.
@@ -131,11 +131,44 @@ pub async fn status(
     Ok(Json(load(&state, id).await?))
 }
 
-/// `GET /api/v1/builds`: the 50 most recent builds.
-pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<BuildView>>, ApiError> {
+/// `GET /api/v1/builds?repo=R&branch=B&state=S&limit=N`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    /// Only this repository's builds.
+    repo: Option<String>,
+    /// Only builds of this branch.
+    branch: Option<String>,
+    /// Only builds in this state (`queued`, `running`, `succeeded`, `failed`, `cancelled`).
+    state: Option<String>,
+    /// How many (default 50, at most 500).
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/builds`: the most recent builds (50 by default), optionally only a
+/// repository's, a branch's or those in one state.
+pub async fn list(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<BuildView>>, ApiError> {
     auth::require(&state, &headers, Scope::Ci).await?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let build_state = match q.state.as_deref() {
+        Some(s) => Some(BuildState::parse(s).ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "unknown state {s:?}: expected queued, running, succeeded, failed or cancelled"
+            ))
+        })?),
+        None => None,
+    };
+    let filter = BuildFilter {
+        repository: q.repo.as_deref(),
+        branch: q.branch.as_deref(),
+        state: build_state.map(BuildState::as_str),
+    };
     let mut views = Vec::new();
-    for build in state.db.recent_builds(50).await? {
+    for build in state.db.find_builds(&filter, q.limit.unwrap_or(50).clamp(1, 500)).await? {
         let hosts = state.db.build_hosts(build.id).await?;
         let commits = state.db.build_commits(build.id).await?;
         views.push(BuildView::new(build, hosts, commits));

@@ -1,5 +1,6 @@
 //! The deployment side of the API: a host long-polls for its signed manifest and reports
-//! what it did (its `host:<name>` token allows nothing else); an admin rolls a host back.
+//! what it did (its `host:<name>` token allows nothing else); an admin rolls a host back or
+//! redeploys a generation.
 
 use std::time::Duration;
 
@@ -17,13 +18,10 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, NewGeneration, ReportRow},
-    deploy::{manifest::VERSION_HEADER, manifest_of, rollback},
+    deploy::{manifest::VERSION_HEADER, manifest_of, rollback, status::Phase},
     nixfmt::{StorePath, StorePathHash},
     text::{clip_head, clip_tail, without_nul},
 };
-
-/// Phases an agent may report.
-const PHASES: &[&str] = &["downloading", "activating", "healthy", "confirmed", "rolled_back", "failed", "needs_reboot"];
 
 fn host_name(name: &str) -> Result<(), ApiError> {
     if valid_host_name(name) {
@@ -114,8 +112,9 @@ pub async fn report(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
     let r: ReportRequest = json::read(&headers, body).await?;
-    if !PHASES.contains(&r.phase.as_str()) {
-        return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", PHASES.join(", "))));
+    if Phase::parse(&r.phase).is_none() {
+        let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
+        return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", names.join(", "))));
     }
     if state.db.generation(&name, r.generation).await?.is_none() {
         return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));
@@ -149,7 +148,8 @@ pub async fn reports(
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
-    /// The generation to go back to (default: the one before what the host runs).
+    /// The generation to go back to (default: the newest the host confirmed before what it
+    /// runs, `deploy::rollback`).
     #[serde(default)]
     to: Option<i64>,
 }
@@ -164,32 +164,76 @@ pub async fn rollback(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: RollbackRequest = json::read(&headers, body).await?;
-    let repository =
-        state.db.host_repository(&name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?;
+    let repository = known_host(&state, &name).await?;
     // Retention may not delete the target's system between the check and the new generation.
     let _gate = state.publish_gate.read().await?;
     let history = state.db.generations(&name).await?;
-    let active = state.db.host_status(&name).await?.active_generation;
-    let target = rollback::target(&history, request.to, active).map_err(ApiError::BadRequest)?;
+    let running = state.db.host_status(&name).await?.active_generation;
+    let confirmed = state.db.confirmed_generations(&name).await?;
+    let target = rollback::target(&history, &confirmed, running, request.to)?;
+    let made = resend(&state, &name, &repository, target, &rollback::rollback_branch(target.number)).await?;
+    tracing::info!(host = %name, number = made.number, to = target.number, "rollback");
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+/// `POST /api/v1/hosts/{name}/redeploy` body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedeployRequest {
+    /// The generation to send again (default: the newest, the desired one).
+    #[serde(default)]
+    generation: Option<i64>,
+}
+
+/// `POST /api/v1/hosts/{name}/redeploy` (admin): a new generation with the same system as
+/// `generation` (default: the newest), so a host that gave one up (rolled back, failed)
+/// tries it again once the cause is fixed.
+pub async fn redeploy(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, Json<GenerationRow>), ApiError> {
+    host_name(&name)?;
+    auth::require(&state, &headers, Scope::Admin).await?;
+    let request: RedeployRequest = json::read(&headers, body).await?;
+    let repository = known_host(&state, &name).await?;
+    let _gate = state.publish_gate.read().await?;
+    let history = state.db.generations(&name).await?;
+    let target = rollback::redeploy_target(&history, request.generation)?;
+    let made = resend(&state, &name, &repository, target, &rollback::redeploy_branch(target.number)).await?;
+    tracing::info!(host = %name, number = made.number, of = target.number, "redeploy");
+    Ok((StatusCode::CREATED, Json(made)))
+}
+
+async fn known_host(state: &AppState, name: &str) -> Result<String, ApiError> {
+    state.db.host_repository(name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))
+}
+
+/// A new generation of `target`'s system, commit and signer under `branch`, once its system
+/// is known to be in the cache (the caller holds the publish gate); the agents are woken.
+async fn resend(
+    state: &AppState,
+    name: &str,
+    repository: &str,
+    target: &GenerationRow,
+    branch: &str,
+) -> Result<GenerationRow, ApiError> {
     let path: StorePath = target.store_path.parse().map_err(|_| ApiError::Internal("stored path unparsable".into()))?;
     if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
         return Err(ApiError::BadRequest(format!("generation {}'s system is no longer in the cache", target.number)));
     }
-    let branch = format!("rollback-to-{}", target.number);
     let g = NewGeneration {
-        host: &name,
-        repository: &repository,
+        host: name,
+        repository,
         store_path: &target.store_path,
         commit_sha: &target.commit_sha,
-        branch: &branch,
+        branch,
         build_id: None,
         // The same commit as the target's, so the same signer authorised it.
         signer: target.signer.as_deref(),
     };
     let number = state.db.add_generation(&g).await?;
     state.deploys.notify_waiters();
-    tracing::info!(host = %name, number, to = target.number, "rollback");
-    let made =
-        state.db.generation(&name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))?;
-    Ok((StatusCode::CREATED, Json(made)))
+    state.db.generation(name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))
 }

@@ -92,6 +92,16 @@ impl IntoResponse for ApiError {
     }
 }
 
+impl From<crate::deploy::rollback::RollbackError> for ApiError {
+    fn from(e: crate::deploy::rollback::RollbackError) -> Self {
+        use crate::deploy::rollback::RollbackError;
+        match e {
+            RollbackError::NoGenerations | RollbackError::NoSuchGeneration(_) => Self::NotFound(e.to_string()),
+            RollbackError::NothingEarlier { .. } => Self::BadRequest(e.to_string()),
+        }
+    }
+}
+
 impl ApiError {
     /// The error a status stands for, for refusals made outside berth's handlers (axum's
     /// routing and extractors), with their one-line reason.

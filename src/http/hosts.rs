@@ -12,15 +12,34 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, HostRow},
+    deploy::status::{self, Phase},
 };
 
-/// `GET /api/v1/hosts`.
+/// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`).
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    Ok(Json(state.db.hosts().await?))
+    let mut hosts = state.db.hosts().await?;
+    let now = crate::db::now();
+    for h in &mut hosts {
+        let reports = state.db.report_phases(&h.name).await?;
+        let seen = seen(&reports);
+        let newest = h.latest.as_ref().map(|g| g.number);
+        h.state = Some(status::host_state(newest, &seen, h.status.last_seen, now, state.config.offline_after_secs));
+    }
+    Ok(Json(hosts))
 }
 
-/// `GET /api/v1/hosts/{name}/generations`: newest first.
+/// Reports as the status rule reads them (phases it does not know are left out).
+fn seen(reports: &[(i64, String, Option<String>)]) -> Vec<status::Seen<'_>> {
+    reports
+        .iter()
+        .filter_map(|(generation, phase, message)| {
+            Some(status::Seen { generation: *generation, phase: Phase::parse(phase)?, message: message.as_deref() })
+        })
+        .collect()
+}
+
+/// `GET /api/v1/hosts/{name}/generations`: newest first, each with its outcome.
 pub async fn generations(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -33,5 +52,12 @@ pub async fn generations(
     if !state.db.host_exists(&name).await? {
         return Err(ApiError::NotFound(format!("no host {name}")));
     }
-    Ok(Json(state.db.generations(&name).await?))
+    let mut generations = state.db.generations(&name).await?;
+    let reports = state.db.report_phases(&name).await?;
+    let seen = seen(&reports);
+    let newest = generations.first().map_or(0, |g| g.number);
+    for g in &mut generations {
+        g.outcome = Some(status::outcome(g.number, newest, &seen));
+    }
+    Ok(Json(generations))
 }

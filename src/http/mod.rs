@@ -53,6 +53,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts/{name}/manifest", get(deploy::manifest))
         .route("/api/v1/hosts/{name}/reports", get(deploy::reports).post(deploy::report))
         .route("/api/v1/hosts/{name}/rollback", post(deploy::rollback))
+        .route("/api/v1/hosts/{name}/redeploy", post(deploy::redeploy))
         .route(
             "/api/v1/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(crate::webhook::MAX_BODY_BYTES)),

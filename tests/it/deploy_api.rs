@@ -69,6 +69,7 @@ fn reports_set_the_host_status_and_rollback_makes_a_new_generation() {
         let body = json!({"generation": generation, "phase": phase, "message": message, "active_generation": null});
         http().post(b.api("hosts/alpha/reports")).bearer_auth(&alpha).json(&body).send().unwrap().status()
     };
+    assert_eq!(report(1, "confirmed", ""), StatusCode::NO_CONTENT);
     assert_eq!(report(2, "confirmed", ""), StatusCode::NO_CONTENT);
     assert_eq!(report(2, "sleeping", ""), StatusCode::BAD_REQUEST);
     assert_eq!(report(9, "confirmed", ""), StatusCode::NOT_FOUND);
@@ -97,5 +98,6 @@ fn reports_set_the_host_status_and_rollback_makes_a_new_generation() {
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&table.stdout);
-    assert!(table.contains("alpha") && table.contains("confirmed"), "{table}");
+    // The state is that of the desired generation 3 (the rollback), which the host has not started.
+    assert!(table.contains("alpha") && table.contains("waiting"), "{table}");
 }

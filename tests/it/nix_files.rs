@@ -222,7 +222,11 @@ fn agent_settings_are_accepted_by_the_agent() {
     tokenFile = render.credential "berth-agent.service" "token";
     deployPublicKey = "berth-test-deploy-1:qC0i8JQLQA6DqBM6oap0lqK69ZuWhR+uLs0ldegcJsY=";
     activation = "switch";
-    healthChecks = [ [ "curl" "-fsS" "http://127.0.0.1:8080/health" ] [ "systemctl" "is-active" "sshd.service" ] ];
+    healthChecks = [
+      [ "curl" "-fsS" "http://127.0.0.1:8080/health" ]
+      {{ command = [ "systemctl" "is-active" "sshd.service" ]; retries = 2; intervalSecs = 3; timeoutSecs = 5; }}
+      {{ command = [ "true" ]; retries = null; intervalSecs = null; timeoutSecs = null; }}
+    ];
     checkSystemRunning = true;
     healthTimeout = 60;
     activationTimeout = 600;
@@ -240,6 +244,9 @@ in {{
     assert_eq!(got["full"]["token_file"], "/run/credentials/berth-agent.service/token");
     assert_eq!(got["full"]["reboot_window"], "02:00-04:00");
     assert!(got["minimal"].get("reboot_window").is_none(), "null options are left out");
+    let checks = &got["full"]["health_checks"];
+    assert_eq!(checks[1]["interval_secs"], 3, "{checks}");
+    assert_eq!(checks[2], json!({"command": ["true"]}), "null check options are left out");
 
     let token = s.path("token");
     std::fs::write(&token, "berth_host_token\n").unwrap();

@@ -60,9 +60,10 @@ pub struct RawAgentConfig {
     pub state_dir: Option<PathBuf>,
     /// `switch` (default), `boot` or `test`.
     pub activation: Option<Activation>,
-    /// Commands (argv lists) that must exit 0 after the new system is running.
+    /// Commands that must exit 0 after the new system is running: argv lists, or tables
+    /// with the argv as `command` and `retries`, `interval_secs`, `timeout_secs`.
     #[serde(default)]
-    pub health_checks: Vec<Vec<String>>,
+    pub health_checks: Vec<RawHealthCheck>,
     /// Fail a switch that leaves `systemctl is-system-running` degraded. Default true.
     pub check_system_running: Option<bool>,
     /// Seconds the checks may take after the switch; the server must be reachable again
@@ -126,11 +127,56 @@ pub enum RebootPolicy {
     },
 }
 
+/// One `health_checks` entry as written: an argv list, or a table with options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum RawHealthCheck {
+    /// `["program", "arg", …]`: one attempt, bounded by `health_timeout_secs` only.
+    Argv(Vec<String>),
+    /// `{ command = [...], retries = 2, interval_secs = 5, timeout_secs = 10 }`.
+    Table(RawHealthCheckTable),
+}
+
+/// A `health_checks` entry with its options.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheckTable {
+    /// The argv.
+    pub command: Vec<String>,
+    /// Attempts after the first one that failed. Default 0.
+    pub retries: Option<u32>,
+    /// Seconds between attempts. Default 1.
+    pub interval_secs: Option<u64>,
+    /// Seconds one attempt may take before it is killed. Default: what is left of
+    /// `health_timeout_secs`.
+    pub timeout_secs: Option<u64>,
+}
+
+/// One health check command and how it is tried.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HealthCheck {
+    /// The argv; it passes when it exits 0.
+    pub command: Vec<String>,
+    /// Attempts after a failed one (so `retries + 1` at most).
+    pub retries: u32,
+    /// The pause between attempts.
+    pub interval: Duration,
+    /// How long one attempt may run before it is killed (never beyond the overall deadline).
+    pub timeout: Option<Duration>,
+}
+
+impl HealthCheck {
+    /// A check tried once.
+    pub fn once(command: Vec<String>) -> Self {
+        HealthCheck { command, retries: 0, interval: Duration::from_secs(1), timeout: None }
+    }
+}
+
 /// The health checks after a `test` activation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HealthOptions {
-    /// Commands that must exit 0 (argv lists).
-    pub commands: Vec<Vec<String>>,
+    /// Commands that must exit 0, in order.
+    pub commands: Vec<HealthCheck>,
     /// Whether `systemctl is-system-running` must not be degraded.
     pub check_system_running: bool,
     /// How long the checks may take, and the server may stay unreachable, after the switch.
@@ -269,13 +315,25 @@ fn read_token(path: &Path) -> Result<Token, ConfigError> {
 }
 
 fn health(
-    commands: Vec<Vec<String>>,
+    commands: Vec<RawHealthCheck>,
     system_running: Option<bool>,
     timeout: Option<u64>,
 ) -> Result<HealthOptions, ConfigError> {
-    let commands = commands.into_iter().map(|c| command("health_checks", c)).collect::<Result<_, _>>()?;
+    let commands = commands.into_iter().map(health_check).collect::<Result<_, _>>()?;
     let timeout = seconds("health_timeout_secs", timeout, 60)?;
     Ok(HealthOptions { commands, check_system_running: system_running.unwrap_or(true), timeout })
+}
+
+fn health_check(raw: RawHealthCheck) -> Result<HealthCheck, ConfigError> {
+    match raw {
+        RawHealthCheck::Argv(argv) => Ok(HealthCheck::once(command("health_checks", argv)?)),
+        RawHealthCheck::Table(t) => Ok(HealthCheck {
+            command: command("health_checks", t.command)?,
+            retries: t.retries.unwrap_or(0),
+            interval: Duration::from_secs(t.interval_secs.unwrap_or(1)),
+            timeout: t.timeout_secs.map(|secs| seconds("health_checks.timeout_secs", Some(secs), 1)).transpose()?,
+        }),
+    }
 }
 
 fn command(key: &'static str, argv: Vec<String>) -> Result<Vec<String>, ConfigError> {
@@ -362,12 +420,40 @@ mod tests {
         "#;
         let options = check(toml, None).unwrap();
         assert_eq!(options.activation, Activation::Test);
-        assert_eq!(options.health.commands, [vec!["curl", "-f", "http://localhost/"], vec!["true"]]);
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let once = |a: &[&str]| HealthCheck::once(argv(a));
+        assert_eq!(options.health.commands, [once(&["curl", "-f", "http://localhost/"]), once(&["true"])]);
         assert!(!options.health.check_system_running);
         assert_eq!(options.health.timeout, Duration::from_secs(5));
         let window = "22:30-02:00".parse().unwrap();
         assert_eq!(options.reboot, RebootPolicy::WhenNeeded { window: Some(window) });
         assert_eq!(options.store.as_deref(), Some("/tmp/chroot"));
+    }
+
+    #[test]
+    fn health_check_options() {
+        let toml = r#"
+            health_checks = [
+                ["true"],
+                { command = ["curl", "-f", "http://localhost/"], retries = 3, interval_secs = 5, timeout_secs = 10 },
+                { command = ["false"] },
+            ]
+        "#;
+        let options = check(toml, None).unwrap();
+        let argv = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let curl = HealthCheck {
+            command: argv(&["curl", "-f", "http://localhost/"]),
+            retries: 3,
+            interval: Duration::from_secs(5),
+            timeout: Some(Duration::from_secs(10)),
+        };
+        assert_eq!(
+            options.health.commands,
+            [HealthCheck::once(argv(&["true"])), curl, HealthCheck::once(argv(&["false"]))]
+        );
+        check("health_checks = [{ command = [\"true\"], timeout_secs = 0 }]", Some("timeout_secs"));
+        check("health_checks = [{ command = [] }]", Some("health_checks"));
+        check("health_checks = [{ command = [\"true\"], tries = 2 }]", Some("health_checks"));
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The health checks after `switch-to-configuration test`: the system's own state, the
-//! configured commands, and the berth server reachable again. All of them must pass within
-//! the health timeout; the first failure is the reason the deploy is rolled back.
+//! configured commands (each with its own retries, interval and per-attempt timeout), and
+//! the berth server reachable again. All of them must pass within the health timeout; the
+//! first check that fails for good is the reason the deploy is rolled back.
 //!
 //! The server check is deploy-rs's "magic rollback" owned by the host: a switch that breaks
 //! the network (a firewall rule, a wrong address) cannot confirm itself.
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::unbounded_channel;
 
 use super::client::Server;
-use super::config::HealthOptions;
+use super::config::{HealthCheck, HealthOptions};
 use super::plan::{self, Verdict};
 use super::report::LogTail;
 use crate::nix::system::SystemRoot;
@@ -30,16 +31,40 @@ pub async fn check(
     if health.check_system_running {
         system_running(system, state_before, deadline, health.timeout).await?;
     }
-    for command in &health.commands {
+    for check in &health.commands {
+        command(system, check, deadline, tail).await?;
+    }
+    server_reachable(server, deadline).await
+}
+
+/// One command, tried up to `retries + 1` times `interval` apart; each attempt is killed at
+/// its own `timeout` or the overall deadline, whichever comes first. The last failure is
+/// the reason; one that leaves no time for another attempt ends the retries.
+async fn command(
+    system: &SystemRoot,
+    check: &HealthCheck,
+    deadline: Instant,
+    tail: &mut LogTail,
+) -> Result<(), String> {
+    let argv = &check.command;
+    let mut attempt = 0;
+    loop {
+        let limit = check.timeout.map_or(left(deadline), |t| t.min(left(deadline))).max(POLL);
         let (tx, mut rx) = unbounded_channel();
-        let result = system.run_check(command, left(deadline).max(POLL), &tx).await;
+        let result = system.run_check(argv, limit, &tx).await;
         drop(tx);
         while let Ok(line) = rx.try_recv() {
             tail.push(&line);
         }
-        result.map_err(|e| format!("health check {command:?} failed: {e}"))?;
+        let Err(e) = result else { return Ok(()) };
+        attempt += 1;
+        let tries = if attempt == 1 { String::new() } else { format!(" ({attempt} attempts)") };
+        if attempt > check.retries || Instant::now() + check.interval >= deadline {
+            return Err(format!("health check {argv:?} failed{tries}: {e}"));
+        }
+        tracing::warn!(check = ?argv, attempt, "health check failed, trying again: {e}");
+        tokio::time::sleep(check.interval).await;
     }
-    server_reachable(server, deadline).await
 }
 
 /// `systemctl is-system-running`, asked again while the system is still starting.

@@ -14,25 +14,7 @@ const TAIL_LINES: usize = 40;
 /// Characters kept of one log line.
 const LINE_CHARS: usize = 400;
 
-/// A phase of a deploy.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    /// Realising the system from the cache.
-    Downloading,
-    /// Running `switch-to-configuration`.
-    Activating,
-    /// The health checks passed.
-    Healthy,
-    /// The generation is applied (the boot default, except in `test` mode).
-    Confirmed,
-    /// It failed and the previous generation is back.
-    RolledBack,
-    /// It failed (not realised, or no way back).
-    Failed,
-    /// It is confirmed but runs fully only after a reboot.
-    NeedsReboot,
-}
+pub use crate::deploy::status::Phase;
 
 /// The body of `POST /api/v1/hosts/{host}/reports`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

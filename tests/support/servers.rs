@@ -96,6 +96,10 @@ fn http_status(port: u16, method: &str, path: &str) -> u16 {
     std::str::from_utf8(&head[9..12]).ok().and_then(|s| s.parse().ok()).unwrap_or(0)
 }
 
+/// How long a test server may take to start: generous, because on a loaded 2-core CI machine
+/// (the fuzz targets and the other tests running beside it) SeaweedFS has needed over a minute.
+const STARTUP_LIMIT: Duration = Duration::from_secs(240);
+
 fn wait_until(what: &str, dir: &Path, timeout: Duration, mut ready: impl FnMut() -> bool) {
     let start = Instant::now();
     while !ready() {
@@ -265,8 +269,8 @@ impl Seaweed {
         // SIGKILL: SeaweedFS takes seconds to stop otherwise, and its data is thrown away.
         spawn_watched(&argv, "KILL", &dir);
         let weed = Seaweed { s3_port: s3, filer_port: filer, dir };
-        wait_until("SeaweedFS filer", &weed.dir, Duration::from_secs(60), || http_status(filer, "GET", "/") != 0);
-        wait_until("SeaweedFS S3", &weed.dir, Duration::from_secs(60), || http_status(s3, "GET", "/") != 0);
+        wait_until("SeaweedFS filer", &weed.dir, STARTUP_LIMIT, || http_status(filer, "GET", "/") != 0);
+        wait_until("SeaweedFS S3", &weed.dir, STARTUP_LIMIT, || http_status(s3, "GET", "/") != 0);
         weed
     }
 

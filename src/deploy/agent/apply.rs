@@ -84,7 +84,7 @@ impl Agent {
             let checked =
                 health::check(&self.system, &self.server, &self.opts.health, before.as_deref(), &mut tail).await;
             if let Err(why) = checked {
-                return self.roll_back(&pending, why, tail, started).await;
+                return self.roll_back(&pending, why.to_string(), tail, started).await;
             }
             self.report(with_tail(
                 Report::new(generation, Phase::Healthy, "health checks passed", Some(started)),

@@ -351,7 +351,8 @@ fn seconds(key: &'static str, value: Option<u64>, default: u64) -> Result<Durati
 }
 
 fn reboot(mode: RebootMode, window: Option<&str>) -> Result<RebootPolicy, ConfigError> {
-    let window = window.map(|w| w.parse::<RebootWindow>().map_err(|e| invalid("reboot_window", e))).transpose()?;
+    let window =
+        window.map(|w| w.parse::<RebootWindow>().map_err(|e| invalid("reboot_window", e.to_string()))).transpose()?;
     match (mode, window) {
         (RebootMode::Never, Some(_)) => Err(invalid("reboot_window", "only meaningful with reboot = \"when-needed\"")),
         (RebootMode::Never, None) => Ok(RebootPolicy::Never),

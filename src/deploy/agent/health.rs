@@ -10,11 +10,51 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
 
-use super::client::Server;
+use super::client::{ClientError, Server};
 use super::config::{HealthCheck, HealthOptions};
 use super::plan::{self, Verdict};
 use super::report::LogTail;
-use crate::nix::system::SystemRoot;
+use crate::nix::{system::SystemRoot, NixError};
+
+/// Why the health checks failed: the reason the deploy is rolled back.
+#[derive(Debug, thiserror::Error)]
+pub enum HealthError {
+    /// A configured command failed for good.
+    #[error("health check {argv:?} failed{}: {source}", attempts_note(*.attempts))]
+    Command {
+        /// The command.
+        argv: Vec<String>,
+        /// How many times it was tried.
+        attempts: u32,
+        /// The last failure.
+        source: NixError,
+    },
+    /// systemd could not be asked.
+    #[error("cannot ask systemd for the system state: {0}")]
+    SystemState(NixError),
+    /// systemd says the system failed (or degraded since the switch).
+    #[error("{0}")]
+    SystemFailed(String),
+    /// The system was still starting at the deadline.
+    #[error("the system was still {state} after {secs}s")]
+    StillStarting {
+        /// The last state systemd gave.
+        state: String,
+        /// The health timeout.
+        secs: u64,
+    },
+    /// The berth server did not answer after the switch.
+    #[error("the server is unreachable after the switch: {0}")]
+    ServerUnreachable(ClientError),
+}
+
+fn attempts_note(attempts: u32) -> String {
+    if attempts <= 1 {
+        String::new()
+    } else {
+        format!(" ({attempts} attempts)")
+    }
+}
 
 /// How often a condition that is not met yet is asked again.
 const POLL: Duration = Duration::from_secs(1);
@@ -26,7 +66,7 @@ pub async fn check(
     health: &HealthOptions,
     state_before: Option<&str>,
     tail: &mut LogTail,
-) -> Result<(), String> {
+) -> Result<(), HealthError> {
     let deadline = Instant::now() + health.timeout;
     if health.check_system_running {
         system_running(system, state_before, deadline, health.timeout).await?;
@@ -45,7 +85,7 @@ async fn command(
     check: &HealthCheck,
     deadline: Instant,
     tail: &mut LogTail,
-) -> Result<(), String> {
+) -> Result<(), HealthError> {
     let argv = &check.command;
     let mut attempt = 0;
     loop {
@@ -58,9 +98,8 @@ async fn command(
         }
         let Err(e) = result else { return Ok(()) };
         attempt += 1;
-        let tries = if attempt == 1 { String::new() } else { format!(" ({attempt} attempts)") };
         if attempt > check.retries || Instant::now() + check.interval >= deadline {
-            return Err(format!("health check {argv:?} failed{tries}: {e}"));
+            return Err(HealthError::Command { argv: argv.clone(), attempts: attempt, source: e });
         }
         tracing::warn!(check = ?argv, attempt, "health check failed, trying again: {e}");
         tokio::time::sleep(check.interval).await;
@@ -73,14 +112,14 @@ async fn system_running(
     before: Option<&str>,
     deadline: Instant,
     timeout: Duration,
-) -> Result<(), String> {
+) -> Result<(), HealthError> {
     loop {
-        let state = system.system_state().await.map_err(|e| format!("cannot ask systemd for the system state: {e}"))?;
+        let state = system.system_state().await.map_err(HealthError::SystemState)?;
         match plan::system_state(before, &state) {
             Verdict::Pass => return Ok(()),
-            Verdict::Fail(why) => return Err(why),
+            Verdict::Fail(why) => return Err(HealthError::SystemFailed(why)),
             Verdict::Wait if Instant::now() >= deadline => {
-                return Err(format!("the system was still {state} after {}s", timeout.as_secs()));
+                return Err(HealthError::StillStarting { state, secs: timeout.as_secs() });
             }
             Verdict::Wait => tokio::time::sleep(POLL).await,
         }
@@ -88,14 +127,14 @@ async fn system_running(
 }
 
 /// `GET /healthz` until it answers, or the deadline passes (at least one attempt).
-async fn server_reachable(server: &Server, deadline: Instant) -> Result<(), String> {
+async fn server_reachable(server: &Server, deadline: Instant) -> Result<(), HealthError> {
     loop {
         let error = match server.healthz(left(deadline).max(POLL)).await {
             Ok(()) => return Ok(()),
             Err(e) => e,
         };
         if Instant::now() + POLL >= deadline {
-            return Err(format!("the server is unreachable after the switch: {error}"));
+            return Err(HealthError::ServerUnreachable(error));
         }
         tokio::time::sleep(POLL).await;
     }

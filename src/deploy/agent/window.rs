@@ -24,15 +24,26 @@ pub struct RebootWindow {
     end: u16,
 }
 
-impl std::str::FromStr for RebootWindow {
-    type Err = String;
+/// Why a reboot window was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WindowError {
+    /// Not `HH:MM-HH:MM`.
+    #[error("{0:?}: expected HH:MM-HH:MM (UTC), e.g. 02:00-04:00")]
+    Form(String),
+    /// Start and end are the same minute.
+    #[error("{0:?}: the window is empty")]
+    Empty(String),
+}
 
-    fn from_str(s: &str) -> Result<Self, String> {
-        let err = || format!("{s:?}: expected HH:MM-HH:MM (UTC), e.g. 02:00-04:00");
+impl std::str::FromStr for RebootWindow {
+    type Err = WindowError;
+
+    fn from_str(s: &str) -> Result<Self, WindowError> {
+        let err = || WindowError::Form(s.to_owned());
         let (start, end) = s.split_once('-').ok_or_else(err)?;
         let (start, end) = (minute_of(start.trim()).ok_or_else(err)?, minute_of(end.trim()).ok_or_else(err)?);
         if start == end {
-            return Err(format!("{s:?}: the window is empty"));
+            return Err(WindowError::Empty(s.to_owned()));
         }
         Ok(Self { start, end })
     }

@@ -4,6 +4,12 @@
 //! the machine's `nix.conf`. Nix's own settings are used as they are, remote `builders`
 //! included. `--no-update-lock-file`: a build host builds exactly what the commit pins; a
 //! flake whose lock file is missing an input is an error, not a fresh resolution.
+//! `--option eval-cache false`: Nix's evaluation cache is one SQLite file per flake under
+//! `$XDG_CACHE_HOME/nix/eval-cache-v*/`, and an evaluation holds a write transaction on it
+//! from start to end; a second evaluation of the same flake at once (another host of the
+//! build, another worker, an operator's `nix build`) then logs `error (ignored): SQLite
+//! database … is busy`. The builder evaluates each commit once, so the cache would only
+//! ever serve a retried build: it is off, and build logs stay clean.
 //!
 //! Quirk (Nix 2.8): `flake#nixosConfigurations.x` is looked up as
 //! `packages.<system>.nixosConfigurations.x` and `legacyPackages.<system>.…` before
@@ -19,7 +25,8 @@ use super::args::{check_flake, check_host, percent_encode};
 use super::{argv, path_arg, process, run_env, Env, NixError};
 
 /// Nix's options that every flake command takes.
-const FLAKE_OPTIONS: [&str; 3] = ["--extra-experimental-features", "nix-command flakes", "--no-update-lock-file"];
+const FLAKE_OPTIONS: [&str; 6] =
+    ["--extra-experimental-features", "nix-command flakes", "--no-update-lock-file", "--option", "eval-cache", "false"];
 
 /// A flake reference to exactly `commit` in the bare mirror at `mirror`, after
 /// [`super::git::fetch`] brought the commit in (and pinned it as `refs/berth/<commit>`).
@@ -234,6 +241,51 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
         // Nix, stopped with SIGTERM, killed its builder (which runs in a session of its own).
         assert_eq!(processes_with_env("salt", &scratch.salt()), 0, "the builder outlived the timeout");
+    }
+
+    /// Four hosts of one flake evaluated at once, each evaluation slow enough to overlap the
+    /// others (as NixOS systems do): none of the builds logs `error (ignored): SQLite database
+    /// '…/eval-cache-v…' is busy`. (Failed before: three of four did, with Nix 2.8 and 2.26.)
+    #[tokio::test]
+    async fn parallel_evaluations_of_one_flake_log_no_busy_cache() {
+        const HOSTS: [&str; 4] = ["a", "b", "c", "d"];
+        let scratch = Scratch::new();
+        let repo = scratch.path("slow-fleet");
+        std::fs::create_dir(&repo).unwrap();
+        let system = std::process::Command::new("nix")
+            .args(["eval", "--impure", "--raw", "--expr", "builtins.currentSystem"])
+            .envs(scratch.nix_env())
+            .output()
+            .unwrap();
+        assert!(system.status.success(), "{system:?}");
+        let flake = r#"{
+          outputs = { self }: let
+            slow = builtins.foldl' (a: b: a + b) 0 (builtins.genList (x: x) 3000000);
+            mk = name: derivation {
+              inherit name; system = "SYSTEM"; builder = "/bin/sh";
+              args = [ "-c" "echo ${toString slow} ${self.outPath} > $out" ];
+            };
+          in {
+            nixosConfigurations = builtins.listToAttrs (map (h: { name = h; value.config.system.build.toplevel = mk h; }) [ "a" "b" "c" "d" ]);
+          };
+        }"#;
+        std::fs::write(repo.join("flake.nix"), flake.replace("SYSTEM", &String::from_utf8_lossy(&system.stdout)))
+            .unwrap();
+        for args in [
+            &["init", "-q"][..],
+            &["add", "-A"],
+            &["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "slow"],
+        ] {
+            let status = std::process::Command::new("git").args(args).current_dir(&repo).status().unwrap();
+            assert!(status.success(), "git {args:?}");
+        }
+        let flake = format!("git+file://{}", repo.display());
+        let builds = HOSTS.map(|host| build(&scratch, &flake, host, Duration::from_secs(300)));
+        for (host, (built, log)) in HOSTS.iter().zip(futures::future::join_all(builds).await) {
+            built.unwrap_or_else(|e| panic!("{host}: {e}"));
+            let busy: Vec<_> = log.iter().filter(|l| l.contains("is busy")).collect();
+            assert!(busy.is_empty(), "{host}: {busy:?}");
+        }
     }
 
     #[tokio::test]

@@ -35,6 +35,32 @@ pub enum HostState {
     Failed,
 }
 
+/// What a build decided for one of its hosts, once it ended: the generation it made, or why
+/// it made none. `berth hosts` shows each host's latest, so "why did main not deploy?" needs
+/// no build id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Verdict {
+    /// A new generation (`generation` says which).
+    Deployed,
+    /// The system is the one the host already has: nothing to deploy.
+    Unchanged,
+    /// The branch deploys nothing, or not to this host (built for CI only).
+    BuildOnly,
+    /// A commit that needed a trusted signature has none.
+    Unsigned,
+    /// A commit's signature is not by a trusted signer.
+    UntrustedSigner,
+    /// The deploy branch was rewound (`require_fast_forward`).
+    Rewound,
+    /// The history could not be checked (too many commits since the last deploy).
+    Unchecked,
+    /// This host's system failed to build or to publish.
+    Failed,
+    /// It built, but another host of the build failed, so the build deployed nothing.
+    HeldBack,
+}
+
 macro_rules! text_enum {
     ($t:ty { $($v:ident => $s:literal),* $(,)? }) => {
         impl $t {
@@ -58,6 +84,11 @@ macro_rules! text_enum {
 }
 
 text_enum!(BuildState { Queued => "queued", Running => "running", Succeeded => "succeeded", Failed => "failed", Cancelled => "cancelled" });
+text_enum!(Verdict {
+    Deployed => "deployed", Unchanged => "unchanged", BuildOnly => "build-only", Unsigned => "unsigned",
+    UntrustedSigner => "untrusted-signer", Rewound => "rewound", Unchecked => "unchecked", Failed => "failed",
+    HeldBack => "held-back",
+});
 text_enum!(HostState { Queued => "queued", Building => "building", Publishing => "publishing", Succeeded => "succeeded", Failed => "failed" });
 
 impl BuildState {
@@ -97,6 +128,11 @@ mod tests {
         }
         assert!(BuildState::Cancelled.is_final() && !BuildState::Running.is_final());
         assert_eq!(HostState::parse("publishing"), Some(HostState::Publishing));
+        use Verdict::*;
+        for v in [Deployed, Unchanged, BuildOnly, Unsigned, UntrustedSigner, Rewound, Unchecked, Failed, HeldBack] {
+            assert_eq!(Verdict::parse(v.as_str()), Some(v));
+            assert_eq!(serde_json::to_value(v).unwrap(), v.as_str(), "the API spells it as stored");
+        }
     }
 
     #[track_caller]

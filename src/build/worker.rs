@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::{
     history,
     log::BuildLog,
-    model::{BuildState, HostState},
+    model::{BuildState, HostState, Verdict},
     policy, publish,
     trust::CommitTrust,
 };
@@ -167,6 +167,9 @@ impl Worker {
         let built = self.build_hosts(build, &flake, &hosts, log).await;
         let failed: Vec<&str> = built.iter().filter(|(_, r)| r.is_err()).map(|(h, _)| h.as_str()).collect();
         if !failed.is_empty() {
+            for (host, _) in built.iter().filter(|(_, r)| r.is_ok()) {
+                self.record_verdict(build.id, host, Verdict::HeldBack).await;
+            }
             return Err(format!("{} of {} hosts failed: {}", failed.len(), hosts.len(), failed.join(", ")));
         }
         let built: Vec<(String, String)> = built.into_iter().map(|(h, r)| (h, r.expect("checked"))).collect();
@@ -222,6 +225,7 @@ impl Worker {
             generation: None,
             started_at: Some(now()),
             finished_at: None,
+            verdict: None,
         };
         recorded(self.state.db.set_build_host(build.id, &row).await, "recording a host's state");
         let result = self.build_and_publish(build, flake, host, log, &mut row).await;
@@ -231,6 +235,7 @@ impl Worker {
             Err(e) => {
                 row.state = HostState::Failed.as_str().into();
                 row.error = Some(e.clone());
+                row.verdict = Some(Verdict::Failed.as_str().into());
                 log.line(format!("[{host}] failed: {e}"));
             }
         }
@@ -285,6 +290,7 @@ impl Worker {
         }
         let new = policy::new_generations(&targets, built, &current);
         if new.is_empty() {
+            self.record_verdicts(build.id, &policy::verdicts(&targets, built, &current, None)).await;
             let why = if targets == policy::Targets::None {
                 format!("branch {} deploys nothing", build.branch)
             } else {
@@ -294,7 +300,10 @@ impl Worker {
         }
         let fast_forward = self.fast_forward(build, repo, mirror).await?;
         let check = history::Check { state: &self.state, build, repo, mirror, log };
-        if let Err(refusal) = check.gate(&targets, trust, fast_forward).await.map_err(|e| e.to_string())? {
+        let refusal = check.gate(&targets, trust, fast_forward).await.map_err(|e| e.to_string())?.err();
+        let verdicts = policy::verdicts(&targets, built, &current, refusal.as_ref());
+        self.record_verdicts(build.id, &verdicts).await;
+        if let Some(refusal) = refusal {
             log.line(format!("not deploying: {refusal}"));
             return Ok(format!("built {} host(s); {refusal}; it was built but not deployed", built.len()));
         }
@@ -316,6 +325,18 @@ impl Worker {
             made.push(format!("{host}#{number}"));
         }
         Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
+    }
+
+    /// Records each host's verdict but `deployed`, which comes with its generation.
+    async fn record_verdicts(&self, id: i64, verdicts: &[(String, Verdict)]) {
+        for (host, verdict) in verdicts.iter().filter(|(_, v)| *v != Verdict::Deployed) {
+            self.record_verdict(id, host, *verdict).await;
+        }
+    }
+
+    async fn record_verdict(&self, id: i64, host: &str, verdict: Verdict) {
+        let result = self.state.db.set_build_host_verdict(id, host, verdict.as_str()).await;
+        recorded(result, "recording what a build decided for a host");
     }
 
     /// `Some(false)` when the deploy branch was rewound and the repository refuses that.

@@ -108,7 +108,12 @@ pub fn render(b: &Build) -> String {
         out += &format!("    {} {verdict}\n", c.commit);
     }
     for h in &b.hosts {
-        let generation = h.generation.map(|g| format!(" -> generation {g}")).unwrap_or_default();
+        // Why a host that built got no generation (`failed` says itself).
+        let generation = match (h.generation, h.verdict.as_deref()) {
+            (Some(g), _) => format!(" -> generation {g}"),
+            (None, Some(verdict)) if verdict != "failed" => format!(" ({verdict})"),
+            (None, _) => String::new(),
+        };
         out += &format!("  {:<20} {:<10} {}{generation}\n", h.host, h.state, h.store_path.as_deref().unwrap_or("-"));
         if let Some(error) = &h.error {
             for line in error.lines() {
@@ -216,6 +221,7 @@ mod tests {
                     generation: Some(2),
                     started_at: None,
                     finished_at: None,
+                    verdict: None,
                 },
                 BuildHostRow {
                     host: "b".into(),
@@ -225,6 +231,17 @@ mod tests {
                     generation: None,
                     started_at: None,
                     finished_at: None,
+                    verdict: Some("failed".into()),
+                },
+                BuildHostRow {
+                    host: "c".into(),
+                    state: "succeeded".into(),
+                    store_path: Some("/nix/store/x-c".into()),
+                    error: None,
+                    generation: None,
+                    started_at: None,
+                    finished_at: None,
+                    verdict: Some("held-back".into()),
                 },
             ],
         };
@@ -238,6 +255,7 @@ mod tests {
           b                    failed     -
               boom
               tail
+          c                    succeeded  /nix/store/x-c (held-back)
           1 of 2 hosts failed: b
         ");
     }

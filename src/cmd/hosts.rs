@@ -4,16 +4,17 @@
 use super::timestamp;
 use crate::{
     client::{Api, ClientError},
-    db::{GenerationRow as Generation, HostRow as Host, ReportRow},
+    db::{GenerationRow as Generation, HostRow as Host, LastBuild, ReportRow},
     deploy::status::{HostState, Outcome},
 };
 
 /// The table `berth hosts` prints: desired and current generation, the state of the desired
-/// one (or `offline`), last contact, and the error of that generation only.
+/// one (or `offline`), last contact, the host's newest build and what it decided for the host
+/// (why main did not deploy, without a build id), and the error of that generation only.
 pub fn render_hosts(hosts: &[Host]) -> String {
     let mut out = format!(
-        "{:<20} {:>7} {:>7}  {:<12} {:<19}  {:<12} LAST ERROR\n",
-        "HOST", "DESIRED", "CURRENT", "STATE", "LAST SEEN", "COMMIT"
+        "{:<20} {:>7} {:>7}  {:<12} {:<19}  {:<12} {:<24} LAST ERROR\n",
+        "HOST", "DESIRED", "CURRENT", "STATE", "LAST SEEN", "COMMIT", "LAST BUILD"
     );
     for h in hosts {
         let dash = || "-".to_owned();
@@ -29,9 +30,24 @@ pub fn render_hosts(hosts: &[Host]) -> String {
                 h.status.last_error.as_deref().unwrap_or(""),
             ),
         };
-        out += &format!("{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {error}\n", h.name);
+        let build = h.last_build.as_ref().map_or_else(dash, last_build);
+        out += &format!(
+            "{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {build:<24} {error}\n",
+            h.name
+        );
     }
     out
+}
+
+/// `#12 deployed 5`, `#13 unsigned`, `#14 building`: a build, and its verdict for the host
+/// or, while it runs, where the host is in it.
+fn last_build(b: &LastBuild) -> String {
+    match (&b.verdict, b.generation) {
+        (Some(verdict), Some(generation)) => format!("#{} {verdict} {generation}", b.id),
+        (Some(verdict), None) => format!("#{} {verdict}", b.id),
+        (None, _) if matches!(b.state.as_str(), "cancelled" | "failed") => format!("#{} {}", b.id, b.state),
+        (None, _) => format!("#{} {}", b.id, b.host_state),
+    }
 }
 
 fn reason(state: &HostState) -> Option<&str> {
@@ -41,19 +57,21 @@ fn reason(state: &HostState) -> Option<&str> {
     }
 }
 
-/// The table `berth hosts history NAME` prints: each generation and what became of it
-/// (with the host's reason when it was rolled back or failed).
+/// The table `berth hosts history NAME` prints: each generation, what became of it (with
+/// the host's reason when it was rolled back or failed) and the host's own profile
+/// generation it became (`PROFILE` 5: the host's `system-5-link`).
 pub fn render_history(generations: &[Generation]) -> String {
     let mut out = format!(
-        "{:>4}  {:<19}  {:<16} {:<12} {:>6}  {:<13}  STORE PATH\n",
-        "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD", "OUTCOME"
+        "{:>4}  {:<19}  {:<16} {:<12} {:>6}  {:<13} {:>7}  STORE PATH\n",
+        "GEN", "CREATED", "BRANCH", "COMMIT", "BUILD", "OUTCOME", "PROFILE"
     );
     for g in generations {
         let commit: String = g.commit_sha.chars().take(12).collect();
         let build = g.build_id.map(|b| b.to_string()).unwrap_or_else(|| "-".into());
         let outcome = g.outcome.as_ref().map_or("-", Outcome::label);
+        let profile = g.profile_generation.map_or_else(|| "-".into(), |n| n.to_string());
         out += &format!(
-            "{:>4}  {}  {:<16} {:<12} {:>6}  {outcome:<13}  {}\n",
+            "{:>4}  {}  {:<16} {:<12} {:>6}  {outcome:<13} {profile:>7}  {}\n",
             g.number,
             timestamp(g.created_at),
             g.branch,
@@ -132,4 +150,32 @@ pub async fn redeploy(api: &Api, name: &str, generation: Option<i64>) -> Result<
 pub async fn history(api: &Api, name: &str) -> Result<String, ClientError> {
     let generations: Vec<Generation> = api.get(&format!("/api/v1/hosts/{name}/generations")).await?;
     Ok(render_history(&generations))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_build_says_what_the_build_decided_or_where_it_is() {
+        let b = |state: &str, host_state: &str, verdict: Option<&str>, generation: Option<i64>| LastBuild {
+            id: 12,
+            commit_sha: "c".into(),
+            branch: "main".into(),
+            state: state.into(),
+            host_state: host_state.into(),
+            verdict: verdict.map(Into::into),
+            generation,
+        };
+        for (build, shown) in [
+            (b("succeeded", "succeeded", Some("deployed"), Some(5)), "#12 deployed 5"),
+            (b("succeeded", "succeeded", Some("unsigned"), None), "#12 unsigned"),
+            (b("failed", "succeeded", Some("held-back"), None), "#12 held-back"),
+            (b("running", "building", None, None), "#12 building"),
+            (b("failed", "succeeded", None, None), "#12 failed"),
+            (b("cancelled", "building", None, None), "#12 cancelled"),
+        ] {
+            assert_eq!(last_build(&build), shown);
+        }
+    }
 }

@@ -64,6 +64,28 @@ pub struct BuildHostRow {
     pub started_at: Option<i64>,
     /// Ended at.
     pub finished_at: Option<i64>,
+    /// What the build decided for the host (`build::model::Verdict`), once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verdict: Option<String>,
+}
+
+/// A host's newest build: what `berth hosts` shows beside the host.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+pub struct LastBuild {
+    /// Build id.
+    pub id: i64,
+    /// Its commit.
+    pub commit_sha: String,
+    /// Its branch.
+    pub branch: String,
+    /// The build's state (`build::model::BuildState`).
+    pub state: String,
+    /// The host's state in it (`build::model::HostState`).
+    pub host_state: String,
+    /// What it decided for the host (`build::model::Verdict`), once it did.
+    pub verdict: Option<String>,
+    /// The generation it made for the host, if any.
+    pub generation: Option<i64>,
 }
 
 const BUILD_COLUMNS: &str = "id, repository, commit_sha, branch, hosts, state, reason, signature, history_base, \
@@ -204,7 +226,7 @@ impl Db {
     /// A build's hosts, by name.
     pub async fn build_hosts(&self, id: i64) -> Result<Vec<BuildHostRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT host, state, store_path, error, generation, started_at, finished_at
+            "SELECT host, state, store_path, error, generation, started_at, finished_at, verdict
              FROM build_hosts WHERE build_id = $1 ORDER BY host",
         ).bind(id).fetch_all(pool).await?))
     }
@@ -213,24 +235,50 @@ impl Db {
     pub async fn set_build_host(&self, id: i64, row: &BuildHostRow) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query(
-                "INSERT INTO build_hosts (build_id, host, state, store_path, error, generation, started_at, finished_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                "INSERT INTO build_hosts (build_id, host, state, store_path, error, generation, started_at, finished_at, verdict)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
                  ON CONFLICT (build_id, host) DO UPDATE SET state = $3, store_path = $4, error = $5,
-                     generation = $6, started_at = $7, finished_at = $8",
+                     generation = $6, started_at = $7, finished_at = $8, verdict = $9",
             )
             .bind(id).bind(&row.host).bind(&row.state).bind(&row.store_path).bind(&row.error)
-            .bind(row.generation).bind(row.started_at).bind(row.finished_at).execute(pool).await?;
+            .bind(row.generation).bind(row.started_at).bind(row.finished_at).bind(&row.verdict).execute(pool).await?;
             Ok(())
         })
     }
 
-    /// Records the generation a build made for one of its hosts.
+    /// Records the generation a build made for one of its hosts (its verdict: `deployed`).
     pub async fn set_build_host_generation(&self, id: i64, host: &str, generation: i64) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("UPDATE build_hosts SET generation = $1 WHERE build_id = $2 AND host = $3")
+            sqlx::query("UPDATE build_hosts SET generation = $1, verdict = 'deployed' WHERE build_id = $2 AND host = $3")
                 .bind(generation).bind(id).bind(host).execute(pool).await?;
             Ok(())
         })
+    }
+
+    /// Records what a build decided for one of its hosts (`build::model::Verdict`).
+    pub async fn set_build_host_verdict(&self, id: i64, host: &str, verdict: &str) -> Result<(), DbError> {
+        on_pool!(self, pool => {
+            sqlx::query("UPDATE build_hosts SET verdict = $1 WHERE build_id = $2 AND host = $3")
+                .bind(verdict).bind(id).bind(host).execute(pool).await?;
+            Ok(())
+        })
+    }
+
+    /// Every host's newest build, in one query, by host name.
+    pub async fn last_builds(&self) -> Result<Vec<(String, LastBuild)>, DbError> {
+        #[derive(sqlx::FromRow)]
+        struct Row {
+            host: String,
+            #[sqlx(flatten)]
+            build: LastBuild,
+        }
+        let rows: Vec<Row> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT bh.host, b.id, b.commit_sha, b.branch, b.state, bh.state AS host_state, bh.verdict, bh.generation
+             FROM build_hosts bh JOIN builds b ON b.id = bh.build_id
+             WHERE bh.build_id = (SELECT MAX(x.build_id) FROM build_hosts x WHERE x.host = bh.host)
+             ORDER BY bh.host",
+        ).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|r| (r.host, r.build)).collect())
     }
 
     /// Forgets a build's host rows (before it runs again).
@@ -312,6 +360,7 @@ mod tests {
                 generation: None,
                 started_at: Some(1),
                 finished_at: None,
+                verdict: None,
             };
             db.set_build_host(id, &row).await.unwrap();
             row.state = "succeeded".into();
@@ -319,14 +368,26 @@ mod tests {
             db.set_build_host(id, &row).await.unwrap();
             db.set_build_host(id, &crate::db::BuildHostRow { host: "a".into(), ..row.clone() }).await.unwrap();
             db.set_build_host_generation(id, "b", 7).await.unwrap();
+            db.set_build_host_verdict(id, "a", "unchanged").await.unwrap();
             let hosts = db.build_hosts(id).await.unwrap();
             assert_eq!(hosts.iter().map(|h| (h.host.as_str(), h.generation)).collect::<Vec<_>>(), [("a", None), ("b", Some(7))]);
+            let verdicts: Vec<_> = hosts.iter().map(|h| h.verdict.as_deref()).collect();
+            assert_eq!(verdicts, [Some("unchanged"), Some("deployed")]);
             assert_eq!(hosts[1].store_path.as_deref(), Some("/nix/store/x"));
             db.claim_build("w").await.unwrap().unwrap();
             db.finish_build(id, "succeeded", Some("done")).await.unwrap();
             let build = db.build(id).await.unwrap().unwrap();
             assert_eq!((build.state.as_str(), build.signature.as_deref()), ("succeeded", Some("unsigned")));
             assert_eq!(db.recent_builds(1).await.unwrap(), [build]);
+            // Each host's newest build: a later build of `a` alone replaces `a`'s only.
+            let (later, _) = db.enqueue_build("fleet", SHA, "test-a", "a").await.unwrap();
+            db.set_build_host(later, &crate::db::BuildHostRow { host: "a".into(), state: "building".into(), verdict: None, ..row.clone() }).await.unwrap();
+            let last: Vec<_> = db.last_builds().await.unwrap().into_iter()
+                .map(|(host, b)| (host, b.id, b.host_state, b.verdict, b.generation)).collect();
+            assert_eq!(last, [
+                ("a".to_string(), later, "building".to_string(), None, None),
+                ("b".to_string(), id, "succeeded".to_string(), Some("deployed".to_string()), Some(7)),
+            ]);
             db.clear_build_hosts(id).await.unwrap();
             assert!(db.build_hosts(id).await.unwrap().is_empty());
         }

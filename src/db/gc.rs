@@ -501,6 +501,7 @@ mod tests {
                 generation: None,
                 started_at: None,
                 finished_at: None,
+                verdict: None,
             };
             db.set_build_host(id, &row).await.unwrap();
             assert_eq!(db.gc_snapshot().await.unwrap().building, [hash('a')]);
@@ -530,6 +531,7 @@ mod tests {
                 message: None,
                 log_tail: None,
                 duration_ms: None,
+                profile_generation: None,
                 created_at: 0,
             };
             db.add_report("h", &report(1, "confirmed"), None).await.unwrap();

@@ -25,6 +25,11 @@ pub struct GenerationRow {
     #[sqlx(skip)]
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<crate::deploy::status::Outcome>,
+    /// The host's own profile generation it became when confirmed (`system-5-link`: 5;
+    /// filled by the API's history from the host's reports, not stored here).
+    #[sqlx(skip)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_generation: Option<i64>,
 }
 
 /// A host and its newest generation.
@@ -41,6 +46,9 @@ pub struct HostRow {
     /// The state of its newest generation, or offline (filled by the API, not stored).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state: Option<crate::deploy::status::HostState>,
+    /// Its newest build and what that build decided for it (filled by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_build: Option<super::LastBuild>,
 }
 
 const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at, signer";
@@ -120,7 +128,7 @@ impl Db {
         for (name, repository) in names {
             let latest = self.latest_generation(&name).await?;
             let status = self.host_status(&name).await?;
-            hosts.push(HostRow { name, repository, latest, status, state: None });
+            hosts.push(HostRow { name, repository, latest, status, state: None, last_build: None });
         }
         Ok(hosts)
     }

@@ -141,6 +141,11 @@ const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE builds ADD COLUMN history_base TEXT;
     ALTER TABLE generations ADD COLUMN signer TEXT;",
+    // 8: the host's own profile generation a confirmed generation became, and what each
+    // build decided for each of its hosts.
+    "ALTER TABLE reports ADD COLUMN profile_generation BIGINT;
+    ALTER TABLE build_hosts ADD COLUMN verdict TEXT;
+    CREATE INDEX build_hosts_host ON build_hosts (host, build_id);",
 ];
 
 fn serial(db: &Db) -> &'static str {

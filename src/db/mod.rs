@@ -23,7 +23,7 @@ use sqlx::{
     sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous},
 };
 
-pub use builds::{BuildFilter, BuildHostRow, BuildRow};
+pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
 pub use commits::BuildCommitRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};

@@ -15,6 +15,9 @@ pub struct ReportRow {
     pub log_tail: Option<String>,
     /// How long the phase took.
     pub duration_ms: Option<i64>,
+    /// On `confirmed`: the host's own profile generation it became (`system-5-link`: 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile_generation: Option<i64>,
     /// When it arrived.
     #[serde(default)]
     pub created_at: i64,
@@ -43,11 +46,11 @@ impl Db {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             sqlx::query(
-                "INSERT INTO reports (host, generation, phase, message, log_tail, duration_ms, created_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO reports (host, generation, phase, message, log_tail, duration_ms, created_at, profile_generation)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(host).bind(report.generation).bind(&report.phase).bind(&report.message).bind(&report.log_tail)
-            .bind(report.duration_ms).bind(t).execute(&mut *tx).await?;
+            .bind(report.duration_ms).bind(t).bind(report.profile_generation).execute(&mut *tx).await?;
             sqlx::query(
                 "UPDATE hosts SET phase = $1, last_seen = $2,
                     active_generation = COALESCE($3, active_generation),
@@ -91,10 +94,21 @@ impl Db {
         ).bind(host).fetch_all(pool).await?))
     }
 
+    /// `(generation, profile generation)` for each generation of `host` whose confirmation
+    /// named the profile generation it became (the newest such report of each).
+    pub async fn profile_generations(&self, host: &str) -> Result<Vec<(i64, i64)>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT r.generation, r.profile_generation FROM reports r
+             WHERE r.host = $1 AND r.profile_generation IS NOT NULL
+               AND r.id = (SELECT MAX(id) FROM reports n
+                           WHERE n.host = r.host AND n.generation = r.generation AND n.profile_generation IS NOT NULL)",
+        ).bind(host).fetch_all(pool).await?))
+    }
+
     /// A host's reports, newest first.
     pub async fn reports(&self, host: &str, limit: i64) -> Result<Vec<ReportRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT generation, phase, message, log_tail, duration_ms, created_at FROM reports
+            "SELECT generation, phase, message, log_tail, duration_ms, profile_generation, created_at FROM reports
              WHERE host = $1 ORDER BY id DESC LIMIT $2",
         ).bind(host).bind(limit).fetch_all(pool).await?))
     }
@@ -112,6 +126,7 @@ mod tests {
             message: message.map(Into::into),
             log_tail: None,
             duration_ms: None,
+            profile_generation: None,
             created_at: 0,
         }
     }
@@ -139,6 +154,15 @@ mod tests {
             assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+            // The profile generation each confirmation named; the newest one counts.
+            for (generation, profile) in [(1, 4), (3, 5), (1, 6)] {
+                let confirmed = ReportRow { profile_generation: Some(profile), ..report(generation, "confirmed", None) };
+                db.add_report("a", &confirmed, None).await.unwrap();
+            }
+            let mut profiles = db.profile_generations("a").await.unwrap();
+            profiles.sort();
+            assert_eq!(profiles, [(1, 6), (3, 5)]);
+            assert_eq!(db.reports("a", 1).await.unwrap()[0].profile_generation, Some(6));
         }
     }
 }

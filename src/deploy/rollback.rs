@@ -134,6 +134,7 @@ mod tests {
             created_at: 0,
             signer: None,
             outcome: None,
+            profile_generation: None,
         }
     }
 

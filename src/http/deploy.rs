@@ -96,6 +96,9 @@ pub struct ReportRequest {
     /// The generation the host runs now (after a rollback: the previous one).
     #[serde(default)]
     active_generation: Option<i64>,
+    /// On `confirmed`: the host's own profile generation it became.
+    #[serde(default)]
+    profile_generation: Option<i64>,
 }
 
 /// Bytes kept of a report's one-line message (its beginning) and of its log tail (its end).
@@ -116,6 +119,9 @@ pub async fn report(
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
         return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", names.join(", "))));
     }
+    if r.profile_generation.is_some_and(|n| n < 1) {
+        return Err(ApiError::BadRequest("profile_generation: expected a number from 1".into()));
+    }
     if state.db.generation(&name, r.generation).await?.is_none() {
         return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));
     }
@@ -126,6 +132,7 @@ pub async fn report(
         message,
         log_tail: r.log_tail.map(|t| without_nul(clip_tail(&t, LOG_TAIL_BYTES))),
         duration_ms: r.duration_ms,
+        profile_generation: r.profile_generation,
         created_at: 0,
     };
     tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");

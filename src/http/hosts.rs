@@ -15,12 +15,15 @@ use crate::{
     deploy::status::{self, Phase},
 };
 
-/// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`).
+/// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`)
+/// and its newest build's verdict.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let mut hosts = state.db.hosts().await?;
+    let mut last_builds: std::collections::HashMap<_, _> = state.db.last_builds().await?.into_iter().collect();
     let now = crate::db::now();
     for h in &mut hosts {
+        h.last_build = last_builds.remove(&h.name);
         let reports = state.db.report_phases(&h.name).await?;
         let seen = seen(&reports);
         let newest = h.latest.as_ref().map(|g| g.number);
@@ -56,8 +59,11 @@ pub async fn generations(
     let reports = state.db.report_phases(&name).await?;
     let seen = seen(&reports);
     let newest = generations.first().map_or(0, |g| g.number);
+    let profiles: std::collections::HashMap<i64, i64> =
+        state.db.profile_generations(&name).await?.into_iter().collect();
     for g in &mut generations {
         g.outcome = Some(status::outcome(g.number, newest, &seen));
+        g.profile_generation = profiles.get(&g.number).copied();
     }
     Ok(Json(generations))
 }

@@ -137,6 +137,19 @@ impl SystemRoot {
         Err(invalid_data(format!("{}: too many levels of symbolic links", profile.display())))
     }
 
+    /// The number of the profile generation `profile` (logical) points at now: Nix's
+    /// `system` → `system-5-link` is 5. `None` when there is no profile, or its link is not
+    /// one of Nix's generation links.
+    pub fn profile_generation(&self, profile: &Path) -> std::io::Result<Option<u64>> {
+        let target = match std::fs::read_link(self.physical(profile)) {
+            Ok(target) => target,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let name = profile.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        Ok(target.file_name().and_then(|t| t.to_str()).and_then(|t| generation_of_link(name, t)))
+    }
+
     /// `nix-env -p PROFILE --set PATH`: a new generation of the profile pointing at `path`.
     pub async fn set_profile(&self, profile: &Path, path: &str) -> Result<(), NixError> {
         check_output_path(path)?;
@@ -246,6 +259,15 @@ fn check_output_path(path: &str) -> Result<(), NixError> {
 }
 
 /// The store path `/nix/store/<hash>-<name>` that `target` is or lies in.
+/// `5` from `system-5-link`, the name Nix gives generation 5 of the profile `system`.
+fn generation_of_link(profile: &str, link: &str) -> Option<u64> {
+    let number = link.strip_prefix(profile)?.strip_prefix('-')?.strip_suffix("-link")?;
+    match number.bytes().all(|b| b.is_ascii_digit()) && !number.starts_with('0') {
+        true => number.parse().ok(),
+        false => None,
+    }
+}
+
 fn store_path_of(target: &Path) -> std::io::Result<String> {
     let name = target.strip_prefix(STORE_DIR).ok().and_then(|rest| rest.iter().next());
     let path = name.map(|n| Path::new(STORE_DIR).join(n)).and_then(|p| p.to_str().map(str::to_owned));
@@ -318,6 +340,25 @@ mod tests {
     }
 
     #[test]
+    fn profile_generation_numbers_come_from_nix_link_names() {
+        for (profile, link, number) in [
+            ("system", "system-5-link", Some(5)),
+            ("system", "system-123-link", Some(123)),
+            ("system", "system-0-link", None),
+            ("system", "system-05-link", None),
+            ("system", "system--5-link", None),
+            ("system", "system-5", None),
+            ("system", "other-5-link", None),
+            ("system", "system-x-link", None),
+            ("system", "system-99999999999999999999999-link", None),
+            ("system", "system-٥-link", None),
+            ("my-system", "my-system-2-link", Some(2)),
+        ] {
+            assert_eq!(generation_of_link(profile, link), number, "{link}");
+        }
+    }
+
+    #[test]
     fn only_output_paths_reach_a_command_line() {
         let good = "/nix/store/0c6kzph7l0dcbqmjknjmggwd3ggi7mrl-nixos-system-web";
         assert!(check_output_path(good).is_ok());
@@ -347,8 +388,10 @@ mod tests {
 
         system.set_profile(profile, &a).await.unwrap();
         assert_eq!(system.profile_target(profile).unwrap().as_deref(), Some(a.as_str()));
+        assert_eq!(system.profile_generation(profile).unwrap(), Some(1));
         system.set_profile(profile, &b).await.unwrap();
         assert_eq!(system.profile_target(profile).unwrap().as_deref(), Some(b.as_str()));
+        assert_eq!(system.profile_generation(profile).unwrap(), Some(2));
         // The link lives under the chroot, as `system -> system-2-link -> /nix/store/…`.
         let physical = root.join("nix/var/nix/profiles/system");
         assert_eq!(std::fs::read_link(&physical).unwrap(), Path::new("system-2-link"));

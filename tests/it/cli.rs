@@ -134,7 +134,8 @@ fn documented_commands() -> Vec<(String, String)> {
     found
 }
 
-/// Splits a documented command line as a shell would (quotes; `$VARIABLES` become values).
+/// Splits a documented command line as a shell would (quotes; `$VARIABLES` become values),
+/// up to its first redirection, pipe or `&`.
 fn words(line: &str) -> Vec<String> {
     let mut words = Vec::new();
     let (mut word, mut quote, mut started) = (String::new(), None, false);
@@ -154,6 +155,9 @@ fn words(line: &str) -> Vec<String> {
     if started {
         words.push(word);
     }
+    // The command ends where the shell's redirections, pipes and `&` begin.
+    let end = words.iter().position(|w| ["&", "&&", "|", ";", "2>&1"].contains(&w.as_str()) || w.starts_with('>'));
+    words.truncate(end.unwrap_or(words.len()));
     words
         .into_iter()
         .map(|w| if w.starts_with('$') { "0123456789abcdef0123456789abcdef01234567".to_owned() } else { w })

@@ -25,3 +25,4 @@ mod replicas;
 mod rollback;
 mod signed_history;
 mod status;
+mod try_guide;

@@ -92,3 +92,100 @@ fn build_list_filters_by_repository_branch_and_state() {
     let out = refused.output().unwrap();
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("unknown state"), "{out:?}");
 }
+
+/// `berth hosts` says why each host's newest build did or did not deploy, without a build
+/// id: deployed, no change, a rewind, a failed build (and the host it held back), an
+/// untrusted signer, an unsigned commit, a branch that deploys elsewhere. The API carries the
+/// same. (Failed before: `berth hosts` showed no build at all.)
+#[test]
+fn hosts_show_why_their_newest_build_did_or_did_not_deploy() {
+    let b = build_host(&["alpha", "beta"], "require_fast_forward = true\n");
+    let submit = |commit: &str, branch: &str| b.submit_wait(commit, branch);
+    let verdicts = || {
+        let table = hosts(&b, &[]);
+        let column = |host: &str| {
+            let line = table.lines().find(|l| l.starts_with(host)).unwrap_or_else(|| panic!("{table}"));
+            let at = line.find('#').unwrap_or_else(|| panic!("no build beside {host}: {table}"));
+            line[at..].split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+        };
+        (column("alpha"), column("beta"))
+    };
+    let c1 = b.fleet.commit("main", "one", Signing::Trusted);
+    assert!(submit(&c1, "main").0);
+    assert_eq!(verdicts(), ("#1 deployed 1".into(), "#1 deployed 1".into()));
+
+    assert!(submit(&b.fleet.commit("main", "nothing changes", Signing::Trusted), "main").0);
+    let (alpha, beta) = verdicts();
+    assert!(alpha.starts_with("#2 unchanged") && beta.starts_with("#2 unchanged"), "{alpha} / {beta}");
+
+    b.fleet.set_host("alpha", "two");
+    assert!(submit(&b.fleet.commit("main", "alpha two", Signing::Trusted), "main").0);
+    let (alpha, beta) = verdicts();
+    assert!(alpha == "#3 deployed 2" && beta.starts_with("#3 unchanged"), "{alpha} / {beta}");
+
+    // A commit beside main's history (alpha as in one), submitted as main: a rewind.
+    b.fleet.branch_at("old", &c1);
+    let rewind = b.fleet.commit("old", "rewind", Signing::Trusted);
+    assert!(submit(&rewind, "main").0, "the build succeeds; it deploys nothing");
+    let (alpha, beta) = verdicts();
+    assert!(alpha.starts_with("#4 rewound") && beta.starts_with("#4 unchanged"), "{alpha} / {beta}");
+    b.fleet.commit("main", "back on main", Signing::Trusted);
+
+    b.fleet.set_broken("alpha", true);
+    b.fleet.set_host("beta", "two");
+    assert!(!submit(&b.fleet.commit("main", "alpha breaks", Signing::Trusted), "main").0);
+    let (alpha, beta) = verdicts();
+    assert!(alpha.starts_with("#5 failed") && beta.starts_with("#5 held-back"), "{alpha} / {beta}");
+    b.fleet.set_broken("alpha", false);
+
+    b.fleet.set_host("alpha", "three");
+    assert!(submit(&b.fleet.commit("main", "by a stranger", Signing::OtherKey), "main").0);
+    let (alpha, beta) = verdicts();
+    assert!(alpha.starts_with("#6 untrusted-signer") && beta.starts_with("#6 untrusted-signer"), "{alpha} / {beta}");
+
+    // A test branch from the last commit deployed to beta, one unsigned commit on it.
+    b.fleet.branch_at("test-beta", &c1);
+    b.fleet.commit("test-beta", "onto test-beta", Signing::Trusted);
+    b.fleet.set_host("beta", "tried");
+    let unsigned = b.fleet.commit("test-beta", "beta, unsigned", Signing::Unsigned);
+    assert!(submit(&unsigned, "test-beta").0);
+    let (alpha, beta) = verdicts();
+    assert!(alpha.starts_with("#7 build-only") && beta.starts_with("#7 unsigned"), "{alpha} / {beta}");
+
+    let api: Vec<serde_json::Value> = http().get(b.api("hosts")).bearer_auth(&b.admin).send().unwrap().json().unwrap();
+    let beta = api.iter().find(|h| h["name"] == "beta").unwrap();
+    assert_eq!(beta["last_build"]["id"], 7, "{beta}");
+    assert_eq!(beta["last_build"]["verdict"], "unsigned", "{beta}");
+    assert_eq!(beta["last_build"]["commit_sha"], unsigned.as_str(), "{beta}");
+}
+
+/// `berth hosts history` names the host's own profile generation each confirmed generation
+/// became: berth's generation 3 is the host's `system-2-link` when generation 2 was rolled
+/// back before the profile was touched. (Failed before: nothing said so.)
+#[test]
+fn history_names_the_profile_generation_each_generation_became() {
+    let b = build_host(&["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let _agent = host.spawn(&b, &b.server.url);
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+    b.fleet.set_switch_fails("alpha", true);
+    b.fleet.set_host("alpha", "two");
+    assert!(b.submit_wait(&b.fleet.commit("main", "two", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 2, &["rolled_back"]);
+    b.fleet.set_switch_fails("alpha", false);
+    b.fleet.set_host("alpha", "three");
+    assert!(b.submit_wait(&b.fleet.commit("main", "three", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 3, &["confirmed"]);
+
+    let link = std::fs::read_link(host.root.join("store/nix/var/nix/profiles/system")).unwrap();
+    assert_eq!(link.to_str(), Some("system-2-link"), "the host's own numbering");
+    let history = hosts(&b, &["history", "alpha"]);
+    let profile = |n: i64| {
+        let line = history.lines().find(|l| l.trim_start().starts_with(&format!("{n} "))).unwrap();
+        let before_path = line.split("/nix/store/").next().unwrap();
+        before_path.split_whitespace().last().unwrap().to_owned()
+    };
+    assert_eq!((profile(1), profile(2), profile(3)), ("1".into(), "-".into(), "2".into()), "{history}");
+    assert!(history.lines().next().unwrap().contains("PROFILE"), "{history}");
+}

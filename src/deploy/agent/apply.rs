@@ -6,7 +6,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::unbounded_channel;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::plan::{self, Step};
 use super::report::{LogTail, Phase, Report};
@@ -108,10 +108,11 @@ impl Agent {
         self.state.needs_reboot = needs_reboot.then(|| path.clone());
         // A failed save leaves `pending` on disk: a restart re-applies this same generation,
         // which is harmless; the next turn saves again first.
-        let _ = self.save();
+        self.save_or_warn("a confirmed generation");
         let mut report =
             with_tail(Report::new(generation, Phase::Confirmed, &format!("{path} confirmed"), Some(started)), tail);
         report.active_generation = Some(generation);
+        report.profile_generation = self.profile_generation(pending.activation);
         self.report(report).await;
         if needs_reboot {
             let message = "the boot files changed: the generation runs fully after a reboot";
@@ -120,6 +121,20 @@ impl Agent {
             self.report(report).await;
         }
         settled
+    }
+
+    /// The profile generation the deploy just made, when its mode sets the profile.
+    fn profile_generation(&self, mode: super::Activation) -> Option<u64> {
+        if !plan::sets_profile(mode) {
+            return None;
+        }
+        match self.system.profile_generation(&self.opts.profile) {
+            Ok(number) => number,
+            Err(e) => {
+                warn!(profile = %self.opts.profile.display(), "cannot read the profile's generation: {e}");
+                None
+            }
+        }
     }
 
     /// Realises `path` from the substituters, held by the agent's GC root.
@@ -144,7 +159,7 @@ impl Agent {
         started: Instant,
     ) -> Progress {
         let count = self.state.download_failed(generation);
-        let _ = self.save();
+        self.save_or_warn("a failed download");
         let give_up = count >= plan::MAX_DOWNLOADS;
         let message = match give_up {
             true => format!("{why} (attempt {count} of {}, giving up)", plan::MAX_DOWNLOADS),
@@ -159,7 +174,7 @@ impl Agent {
         let settled =
             Settled { generation, store_path: path.into(), ending: Ending::Failed, reason: Some(why), at: now() };
         self.state.settle(settled.clone());
-        let _ = self.save();
+        self.save_or_warn("a generation given up");
         Progress::Settled(settled)
     }
 

@@ -315,6 +315,14 @@ impl Agent {
         saved
     }
 
+    /// [`Self::save`], where a failure can wait: it is logged, and the state stays `dirty`,
+    /// so the next turn of the loop saves again before it does anything else.
+    fn save_or_warn(&mut self, what: &str) {
+        if let Err(e) = self.save() {
+            warn!("cannot save the agent's state ({what}); saving again on the next turn: {e}");
+        }
+    }
+
     /// Queues a report and sends what waits.
     async fn report(&mut self, report: Report) {
         info!(generation = report.generation, phase = ?report.phase, "{}", report.message);

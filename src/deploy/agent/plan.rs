@@ -43,6 +43,11 @@ pub fn commit(activation: Activation, new: &str) -> Vec<Step> {
     }
 }
 
+/// Whether a deploy in `activation` mode makes a new generation of the system profile.
+pub fn sets_profile(activation: Activation) -> bool {
+    commit(activation, "").iter().any(|step| matches!(step, Step::SetProfile(_)))
+}
+
 /// Why there is no way back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NoPrevious;

@@ -16,7 +16,7 @@ impl Agent {
         if !self.needs_reboot(self.opts.activation, &target) {
             info!(system = target, "booted into the new boot files");
             self.state.needs_reboot = None;
-            let _ = self.save();
+            self.save_or_warn("the reboot done");
             return;
         }
         let now = u64::try_from(super::apply::now()).unwrap_or(0);

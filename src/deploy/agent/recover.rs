@@ -51,7 +51,7 @@ impl Agent {
             at: now(),
         };
         self.state.settle(settled.clone());
-        let _ = self.save();
+        self.save_or_warn("a rollback");
         let phase = if ending == Ending::RolledBack { Phase::RolledBack } else { Phase::Failed };
         let mut report = with_tail(Report::new(generation, phase, &reason, Some(started)), &tail);
         report.active_generation =

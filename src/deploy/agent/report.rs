@@ -31,6 +31,11 @@ pub struct Report {
     pub duration_ms: Option<u64>,
     /// The generation running now, when known.
     pub active_generation: Option<u64>,
+    /// On `confirmed`: the number of the host's own profile generation it became
+    /// (`system-5-link` is 5), when the deploy set the profile. Left out otherwise, so a
+    /// server that predates it accepts the other reports.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub profile_generation: Option<u64>,
 }
 
 impl Report {
@@ -43,6 +48,7 @@ impl Report {
             log_tail: None,
             duration_ms: started.map(|s| s.elapsed().as_millis().try_into().unwrap_or(u64::MAX)),
             active_generation: None,
+            profile_generation: None,
         }
     }
 }

@@ -99,12 +99,10 @@ impl PathInfo {
     pub fn parse(bytes: &[u8]) -> Result<Self, NarInfoError> {
         let inner = NarInfo::parse_in(&StoreDir::default(), bytes)?;
         // A `Sig:` line that is not `name:base64` is a lie about who signed (the parser
-        // would drop it silently): refused, as the push API refuses it.
-        for line in bytes.split(|b| *b == b'\n') {
-            if let Some(sig) = line.strip_prefix(b"Sig: ") {
-                let sig = std::str::from_utf8(sig).map_err(|e| field("Sig", e))?;
-                NixSignature::parse(sig).map_err(|e| field("Sig", e))?;
-            }
+        // keeps it as it comes, however the line is spaced): refused, as the push API
+        // refuses it.
+        for sig in inner.signatures() {
+            NixSignature::parse(&format!("{}:{}", sig.key_name, sig.encoded)).map_err(|e| field("Sig", e))?;
         }
         let info = Self { inner };
         info.sha256_nar_hash()?;
@@ -282,8 +280,11 @@ Deriver: ydmbj8cmmyn2nfgxlbx9lb7w8zpbywzz-hello.drv
 
     #[test]
     fn refuses_a_malformed_signature() {
-        let text = format!("{UPLOADED}Sig: no-colon-here\n");
-        assert!(PathInfo::parse(text.as_bytes()).unwrap_err().to_string().contains("Sig"));
+        // Found by the fuzzer: `Sig:` without its space, empty, or a tab.
+        for sig in ["Sig: no-colon-here", "Sig:", "Sig:2u+fM0C2x8t8u9w0f3fC6o0VZl5y3Xb8nBw==", "Sig:\tx", "Sig: k:"] {
+            let text = format!("{UPLOADED}{sig}\n");
+            assert!(PathInfo::parse(text.as_bytes()).unwrap_err().to_string().contains("Sig"), "{sig:?}");
+        }
     }
 
     #[test]

@@ -19,12 +19,74 @@ use super::{
 use crate::{
     app::AppState,
     config::Repository,
-    db::{now, BuildHostRow, BuildRow, NewGeneration},
-    nix,
+    db::{now, BuildHostRow, BuildRow, DbError, NewGeneration},
+    nix::{self, NixError},
 };
 
 /// A build is tried at most this many times when workers keep dying under it.
 const MAX_ATTEMPTS: i64 = 3;
+
+/// Why a build failed: its `reason`, as recorded and shown.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The repository left the configuration while the build waited.
+    #[error("repository {0:?} is no longer configured")]
+    RepositoryGone(String),
+    /// git could not fetch the commit.
+    #[error("fetching the commit: {0}")]
+    Fetch(#[source] NixError),
+    /// git could not check the commit's signature.
+    #[error("checking the signature: {0}")]
+    Signature(#[source] NixError),
+    /// git could not say whether the commit descends from the last deployed one.
+    #[error("checking ancestry: {0}")]
+    Ancestry(#[source] NixError),
+    /// Nix could not list the flake's hosts.
+    #[error("listing nixosConfigurations: {0}")]
+    ListHosts(#[source] NixError),
+    /// The flake has no host to build.
+    #[error("the flake defines no nixosConfigurations")]
+    NoHosts,
+    /// Some hosts did not build or publish (each host's error is on its row).
+    #[error("{} of {total} hosts failed: {}", failed.len(), failed.join(", "))]
+    HostsFailed {
+        /// The hosts that failed, in build order.
+        failed: Vec<String>,
+        /// Hosts in the build.
+        total: usize,
+    },
+    /// The signed-history check could not run.
+    #[error(transparent)]
+    History(#[from] history::CheckError),
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// A user cancelled it.
+    #[error("cancelled")]
+    Cancelled,
+    /// This process stopped under it (it is run again at the next start).
+    #[error("the server stopped during the build; it will run again")]
+    Stopped,
+}
+
+/// Why one host of a build failed: its row's `error`.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The GC-root directory could not be made.
+    #[error("creating {}: {source}", dir.display())]
+    GcRootDir {
+        /// The directory.
+        dir: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// `nix build` failed (evaluation or build; with the log tail).
+    #[error(transparent)]
+    Nix(#[from] NixError),
+    /// The closure could not be published.
+    #[error(transparent)]
+    Publish(#[from] publish::PublishError),
+}
 
 /// Runs `concurrent_builds` workers until `shutdown` fires.
 pub fn spawn(state: AppState, shutdown: CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
@@ -96,14 +158,14 @@ impl Worker {
         recorded(self.state.db.clear_build_commits(id).await, "clearing the commits an earlier attempt checked");
         let outcome = tokio::select! {
             outcome = self.execute(&build, &log) => outcome,
-            _ = cancel.cancelled() => Err("cancelled".to_owned()),
-            _ = shutdown.cancelled() => Err("the server stopped during the build; it will run again".to_owned()),
+            _ = cancel.cancelled() => Err(BuildError::Cancelled),
+            _ = shutdown.cancelled() => Err(BuildError::Stopped),
         };
         heartbeat.abort();
         self.state.builds.end(id);
         let (state, reason) = match outcome {
             Ok(summary) => (BuildState::Succeeded, summary),
-            Err(reason) => (BuildState::Failed, reason),
+            Err(error) => (BuildState::Failed, error.to_string()),
         };
         log.line(format!("build {id} {state}: {reason}"));
         if let Err(e) = log.finish(&self.state.store, id).await {
@@ -138,39 +200,36 @@ impl Worker {
     }
 
     /// Runs one build to its end; `Ok` carries the summary, `Err` the reason it failed.
-    async fn execute(&self, build: &BuildRow, log: &BuildLog) -> Result<String, String> {
+    async fn execute(&self, build: &BuildRow, log: &BuildLog) -> Result<String, BuildError> {
         let config = &self.state.config;
-        let repo = config
-            .repository(&build.repository)
-            .ok_or_else(|| format!("repository {:?} is no longer configured", build.repository))?;
+        let repo =
+            config.repository(&build.repository).ok_or_else(|| BuildError::RepositoryGone(build.repository.clone()))?;
         let mirror = config.data_dir.join("repos").join(format!("{}.git", repo.name));
         log.line(format!("fetching {} at {}", repo.url, build.commit_sha));
         let trust = {
             let _mirror = self.state.builds.lock_mirror(&repo.name).await;
-            nix::git::fetch(&mirror, &repo.url, &build.commit_sha)
-                .await
-                .map_err(|e| format!("fetching the commit: {e}"))?;
+            nix::git::fetch(&mirror, &repo.url, &build.commit_sha).await.map_err(BuildError::Fetch)?;
             self.check_commit(build, repo, &mirror, log).await?
         };
         let flake = nix::flake::flake_ref(&mirror, &build.commit_sha);
         let hosts: Vec<String> = if build.hosts.is_empty() {
             nix::flake::list_hosts(&flake, self.state.config.builder.store.as_deref())
                 .await
-                .map_err(|e| format!("listing nixosConfigurations: {e}"))?
+                .map_err(BuildError::ListHosts)?
         } else {
             build.hosts.split_whitespace().map(str::to_owned).collect()
         };
         if hosts.is_empty() {
-            return Err("the flake defines no nixosConfigurations".into());
+            return Err(BuildError::NoHosts);
         }
         log.line(format!("building {} host(s): {}", hosts.len(), hosts.join(" ")));
         let built = self.build_hosts(build, &flake, &hosts, log).await;
-        let failed: Vec<&str> = built.iter().filter(|(_, r)| r.is_err()).map(|(h, _)| h.as_str()).collect();
+        let failed: Vec<String> = built.iter().filter(|(_, r)| r.is_err()).map(|(h, _)| h.clone()).collect();
         if !failed.is_empty() {
             for (host, _) in built.iter().filter(|(_, r)| r.is_ok()) {
                 self.record_verdict(build.id, host, Verdict::HeldBack).await;
             }
-            return Err(format!("{} of {} hosts failed: {}", failed.len(), hosts.len(), failed.join(", ")));
+            return Err(BuildError::HostsFailed { failed, total: hosts.len() });
         }
         let built: Vec<(String, String)> = built.into_iter().map(|(h, r)| (h, r.expect("checked"))).collect();
         self.deploy(build, repo, &mirror, &trust, &built, log).await
@@ -184,17 +243,13 @@ impl Worker {
         repo: &Repository,
         mirror: &std::path::Path,
         log: &BuildLog,
-    ) -> Result<CommitTrust, String> {
+    ) -> Result<CommitTrust, BuildError> {
         let signature = nix::git::verify_commit(mirror, &build.commit_sha, &history::policy(repo))
             .await
-            .map_err(|e| format!("checking the signature: {e}"))?;
+            .map_err(BuildError::Signature)?;
         let trust = history::trust_of(signature);
         log.line(format!("commit signature: {trust}"));
-        self.state
-            .db
-            .set_build_signature(build.id, &trust.to_string())
-            .await
-            .map_err(|e| format!("recording the signature: {e}"))?;
+        self.state.db.set_build_signature(build.id, &trust.to_string()).await?;
         Ok(trust)
     }
 
@@ -204,7 +259,7 @@ impl Worker {
         flake: &str,
         hosts: &[String],
         log: &BuildLog,
-    ) -> Vec<(String, Result<String, String>)> {
+    ) -> Vec<(String, Result<String, HostError>)> {
         let parallel = self.state.config.builder.parallel_hosts;
         futures::stream::iter(hosts.iter().cloned())
             .map(|host| async move {
@@ -216,7 +271,7 @@ impl Worker {
             .await
     }
 
-    async fn build_host(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog) -> Result<String, String> {
+    async fn build_host(&self, build: &BuildRow, flake: &str, host: &str, log: &BuildLog) -> Result<String, HostError> {
         let mut row = BuildHostRow {
             host: host.to_owned(),
             state: HostState::Building.as_str().into(),
@@ -234,7 +289,7 @@ impl Worker {
             Ok(_) => row.state = HostState::Succeeded.as_str().into(),
             Err(e) => {
                 row.state = HostState::Failed.as_str().into();
-                row.error = Some(e.clone());
+                row.error = Some(e.to_string());
                 row.verdict = Some(Verdict::Failed.as_str().into());
                 log.line(format!("[{host}] failed: {e}"));
             }
@@ -250,22 +305,22 @@ impl Worker {
         host: &str,
         log: &BuildLog,
         row: &mut BuildHostRow,
-    ) -> Result<String, String> {
+    ) -> Result<String, HostError> {
         let config = &self.state.config;
         let out_link = gc_root(&config.data_dir, host, build.id);
         if let Some(dir) = out_link.parent() {
-            tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|source| HostError::GcRootDir { dir: dir.to_owned(), source })?;
         }
         let lines = log.sender(format!("[{host}] "));
         let store = config.builder.store.as_deref();
-        let path = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines)
-            .await
-            .map_err(|e| e.to_string())?;
+        let path = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines).await?;
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
         recorded(self.state.db.set_build_host(build.id, row).await, "recording a host's state");
-        let counts = publish::closure(&self.state, &path).await.map_err(|e| e.to_string())?;
+        let counts = publish::closure(&self.state, &path).await?;
         log.line(format!("[{host}] published: {} new path(s), {} already in the cache", counts.new, counts.present));
         Ok(path)
     }
@@ -279,12 +334,12 @@ impl Worker {
         trust: &CommitTrust,
         built: &[(String, String)],
         log: &BuildLog,
-    ) -> Result<String, String> {
+    ) -> Result<String, BuildError> {
         let db = &self.state.db;
         let targets = policy::targets(&repo.deploy_branch, &repo.test_branch_prefix, &build.branch);
         let mut current = HashMap::new();
         for (host, _) in built {
-            if let Some(g) = db.latest_generation(host).await.map_err(|e| e.to_string())? {
+            if let Some(g) = db.latest_generation(host).await? {
                 current.insert(host.clone(), g.store_path);
             }
         }
@@ -300,7 +355,7 @@ impl Worker {
         }
         let fast_forward = self.fast_forward(build, repo, mirror).await?;
         let check = history::Check { state: &self.state, build, repo, mirror, log };
-        let refusal = check.gate(&targets, trust, fast_forward).await.map_err(|e| e.to_string())?.err();
+        let refusal = check.gate(&targets, trust, fast_forward).await?.err();
         let verdicts = policy::verdicts(&targets, built, &current, refusal.as_ref());
         self.record_verdicts(build.id, &verdicts).await;
         if let Some(refusal) = refusal {
@@ -318,9 +373,9 @@ impl Worker {
                 build_id: Some(build.id),
                 signer: trust.signer(),
             };
-            let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
+            let number = db.add_generation(&g).await?;
             self.state.deploys.notify_waiters();
-            db.set_build_host_generation(build.id, host, number).await.map_err(|e| e.to_string())?;
+            db.set_build_host_generation(build.id, host, number).await?;
             log.line(format!("[{host}] generation {number}: {path}"));
             made.push(format!("{host}#{number}"));
         }
@@ -345,19 +400,14 @@ impl Worker {
         build: &BuildRow,
         repo: &Repository,
         mirror: &std::path::Path,
-    ) -> Result<Option<bool>, String> {
+    ) -> Result<Option<bool>, BuildError> {
         if !repo.require_fast_forward || build.branch != repo.deploy_branch {
             return Ok(None);
         }
-        let Some(last) =
-            self.state.db.last_deployed_commit(&repo.name, &repo.deploy_branch).await.map_err(|e| e.to_string())?
-        else {
+        let Some(last) = self.state.db.last_deployed_commit(&repo.name, &repo.deploy_branch).await? else {
             return Ok(None);
         };
-        nix::git::is_ancestor(mirror, &last, &build.commit_sha)
-            .await
-            .map(Some)
-            .map_err(|e| format!("checking ancestry: {e}"))
+        nix::git::is_ancestor(mirror, &last, &build.commit_sha).await.map(Some).map_err(BuildError::Ancestry)
     }
 }
 

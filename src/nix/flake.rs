@@ -105,7 +105,7 @@ pub(crate) async fn build_toplevel_in(
     argv.extend(store_args(store)?);
     argv.extend(["--".to_owned(), format!("{flake}#nixosConfigurations.{host}.config.system.build.toplevel")]);
     let stdout = process::run_streaming(&argv, env, timeout, &log).await?;
-    out_path(&stdout).map_err(|reason| NixError::Output { argv, reason })
+    out_path(&stdout).map_err(|e| NixError::Output { argv, reason: e.to_string() })
 }
 
 /// `--store DIR` for a chroot store, nothing for the machine's own.
@@ -116,16 +116,27 @@ fn store_args(store: Option<&Path>) -> Result<Vec<String>, NixError> {
     })
 }
 
+/// What `nix build --json` printed, when it is not one installable with an `out` path.
+#[derive(Debug, thiserror::Error)]
+enum OutPathError {
+    #[error("{0}")]
+    Json(#[from] serde_json::Error),
+    #[error("no `out` path")]
+    NoOut,
+    #[error("expected one built installable, got {0}")]
+    Count(usize),
+}
+
 /// The `out` output of the single installable in `nix build --json`'s output.
-fn out_path(stdout: &[u8]) -> Result<String, String> {
+fn out_path(stdout: &[u8]) -> Result<String, OutPathError> {
     #[derive(serde::Deserialize)]
     struct Built {
         outputs: std::collections::HashMap<String, String>,
     }
-    let built: Vec<Built> = serde_json::from_slice(stdout).map_err(|e| e.to_string())?;
+    let built: Vec<Built> = serde_json::from_slice(stdout)?;
     match built.as_slice() {
-        [one] => one.outputs.get("out").filter(|p| p.starts_with('/')).cloned().ok_or_else(|| "no `out` path".into()),
-        _ => Err(format!("expected one built installable, got {}", built.len())),
+        [one] => one.outputs.get("out").filter(|p| p.starts_with('/')).cloned().ok_or(OutPathError::NoOut),
+        _ => Err(OutPathError::Count(built.len())),
     }
 }
 

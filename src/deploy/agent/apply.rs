@@ -13,6 +13,7 @@ use super::report::{LogTail, Phase, Report};
 use super::state::{Ending, Pending, Settled, GC_ROOT};
 use super::{health, Agent};
 use crate::deploy::manifest::Manifest;
+use crate::nix::NixError;
 
 /// How long realising a system from the cache may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(3600);
@@ -23,6 +24,14 @@ pub(super) enum Progress {
     Settled(Settled),
     /// It could not go on now; nothing was touched; the same manifest is tried again later.
     Retry(String),
+}
+
+/// A system that could not be realised from the substituters.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot realise {path} from the substituters: {source}")]
+pub(super) struct RealiseError {
+    path: String,
+    source: NixError,
 }
 
 /// Seconds since the Unix epoch.
@@ -43,7 +52,7 @@ impl Agent {
         self.report(Report::new(generation, Phase::Downloading, &format!("realising {path}"), Some(started))).await;
         let mut tail = LogTail::default();
         if let Err(why) = self.realise(path, &mut tail).await {
-            return self.download_failed(generation, path, why, tail, started).await;
+            return self.download_failed(generation, path, why.to_string(), tail, started).await;
         }
         let previous = match self.system.profile_target(&self.opts.profile) {
             Ok(previous) => previous,
@@ -78,7 +87,7 @@ impl Agent {
         };
         let trial = plan::trial(mode, path);
         if let Err(why) = self.run_steps(&trial, &mut tail).await {
-            return self.roll_back(&pending, why, tail, started).await;
+            return self.roll_back(&pending, why.to_string(), tail, started).await;
         }
         if !trial.is_empty() {
             let checked =
@@ -93,7 +102,7 @@ impl Agent {
             .await;
         }
         if let Err(why) = self.run_steps(&plan::commit(mode, path), &mut tail).await {
-            return self.roll_back(&pending, why, tail, started).await;
+            return self.roll_back(&pending, why.to_string(), tail, started).await;
         }
         self.confirm(&pending, &tail, started).await
     }
@@ -138,7 +147,7 @@ impl Agent {
     }
 
     /// Realises `path` from the substituters, held by the agent's GC root.
-    pub(super) async fn realise(&self, path: &str, tail: &mut LogTail) -> Result<(), String> {
+    pub(super) async fn realise(&self, path: &str, tail: &mut LogTail) -> Result<(), RealiseError> {
         let (tx, mut rx) = unbounded_channel();
         let gc_root = self.opts.state_dir.join(GC_ROOT);
         let result = self.system.realise(path, &gc_root, DOWNLOAD_TIMEOUT, &tx).await;
@@ -146,7 +155,7 @@ impl Agent {
         while let Ok(line) = rx.try_recv() {
             tail.push(&line);
         }
-        result.map_err(|e| format!("cannot realise {path} from the substituters: {e}"))
+        result.map_err(|source| RealiseError { path: path.to_owned(), source })
     }
 
     /// Counts a failed realise; gives the generation up after [`plan::MAX_DOWNLOADS`].
@@ -179,7 +188,7 @@ impl Agent {
     }
 
     /// Runs `steps` in order, their output into `tail`; stops at the first failure.
-    pub(super) async fn run_steps(&self, steps: &[Step], tail: &mut LogTail) -> Result<(), String> {
+    pub(super) async fn run_steps(&self, steps: &[Step], tail: &mut LogTail) -> Result<(), NixError> {
         for step in steps {
             let (tx, mut rx) = unbounded_channel();
             let result = match step {
@@ -197,7 +206,7 @@ impl Agent {
                 info!(target: "berth::agent::activation", "{line}");
                 tail.push(&line);
             }
-            result.map_err(|e| e.to_string())?;
+            result?;
         }
         Ok(())
     }

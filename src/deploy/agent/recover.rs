@@ -83,7 +83,7 @@ impl Agent {
         warn!(generation, attempt = pending.attempts, "the agent stopped mid-deploy; trying it again");
         let mut tail = LogTail::default();
         if let Err(why) = self.realise(&pending.store_path, &mut tail).await {
-            return Progress::Settled(self.roll_back(&pending, why, tail, started).await);
+            return Progress::Settled(self.roll_back(&pending, why.to_string(), tail, started).await);
         }
         Progress::Settled(self.activate(pending, tail, started).await)
     }

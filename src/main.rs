@@ -89,6 +89,18 @@ enum Command {
         /// The generation to send again.
         generation: Option<i64>,
     },
+    /// What switching a host from generation FROM (default: what it runs) to TO (default:
+    /// the newest) changes: packages added, removed and changed, bytes to download, reboot.
+    Diff {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Host name.
+        name: String,
+        /// The generation it switches from.
+        from: Option<i64>,
+        /// The generation it switches to.
+        to: Option<i64>,
+    },
     /// Roll a host back: a new generation with an older system (default: the newest
     /// generation the host confirmed before what it runs now).
     Rollback {
@@ -428,6 +440,13 @@ async fn run(command: Command) -> Result<()> {
                 bail!("invalid host name {name:?}");
             }
             print!("{}", berth::cmd::hosts::rollback(&client.api()?, &name, to).await?);
+            Ok(())
+        }
+        Command::Diff { client, name, from, to } => {
+            if !berth::auth::valid_host_name(&name) {
+                bail!("invalid host name {name:?}");
+            }
+            print!("{}", berth::cmd::hosts::diff(&client.api()?, &name, from, to).await?);
             Ok(())
         }
         Command::Redeploy { client, name, generation } => {

@@ -377,9 +377,21 @@ impl Worker {
             self.state.deploys.notify_waiters();
             db.set_build_host_generation(build.id, host, number).await?;
             log.line(format!("[{host}] generation {number}: {path}"));
+            let runs = self.running_system(host).await.or_else(|| current.get(host.as_str()).cloned());
+            match crate::deploy::closures::between(db, runs.as_deref(), path).await {
+                Ok(diff) => log.line(format!("[{host}] closure: {diff}")),
+                Err(e) => tracing::warn!(error = %e, host, "computing the closure diff"),
+            }
             made.push(format!("{host}#{number}"));
         }
         Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
+    }
+
+    /// The system `host` last confirmed running, when it said.
+    async fn running_system(&self, host: &str) -> Option<String> {
+        let db = &self.state.db;
+        let active = db.host_status(host).await.ok()?.active_generation?;
+        db.generation(host, active).await.ok()?.map(|g| g.store_path)
     }
 
     /// Records each host's verdict but `deployed`, which comes with its generation.

@@ -5,7 +5,10 @@ use super::timestamp;
 use crate::{
     client::{Api, ClientError},
     db::{GenerationRow as Generation, HostRow as Host, LastBuild, ReportRow},
-    deploy::status::{HostState, Outcome},
+    deploy::{
+        diff::DiffView,
+        status::{HostState, Outcome},
+    },
 };
 
 /// The table `berth hosts` prints: desired and current generation, the state of the desired
@@ -144,6 +147,36 @@ pub async fn redeploy(api: &Api, name: &str, generation: Option<i64>) -> Result<
     let made: Generation =
         api.post(&format!("/api/v1/hosts/{name}/redeploy"), &serde_json::json!({ "generation": generation })).await?;
     Ok(format!("{name}: generation {} ({}) -> {}\n", made.number, made.branch, made.store_path))
+}
+
+/// What `berth diff HOST [FROM] [TO]` prints: the two generations, the summary line, and
+/// each package added, removed and changed.
+pub fn render_diff(view: &DiffView) -> String {
+    let from = view.from.as_ref().map_or_else(|| "nothing".to_owned(), |f| format!("{} ({})", f.number, f.store_path));
+    let mut out =
+        format!("{}: generation {from} -> {} ({})\n{}\n", view.host, view.to.number, view.to.store_path, view.diff);
+    for added in &view.diff.added {
+        out += &format!("  + {added}\n");
+    }
+    for removed in &view.diff.removed {
+        out += &format!("  - {removed}\n");
+    }
+    for c in &view.diff.changed {
+        out += &format!("  ~ {} {} -> {}\n", c.name, c.from.join(", "), c.to.join(", "));
+    }
+    out
+}
+
+/// `berth diff HOST [FROM] [TO]`.
+pub async fn diff(api: &Api, name: &str, from: Option<i64>, to: Option<i64>) -> Result<String, ClientError> {
+    let mut query = ::url::form_urlencoded::Serializer::new(String::new());
+    for (key, value) in [("from", from), ("to", to)] {
+        if let Some(value) = value {
+            query.append_pair(key, &value.to_string());
+        }
+    }
+    let view: DiffView = api.get(&format!("/api/v1/hosts/{name}/diff?{}", query.finish())).await?;
+    Ok(render_diff(&view))
 }
 
 /// `berth hosts history NAME`.

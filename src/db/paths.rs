@@ -100,6 +100,26 @@ impl Db {
     }
 }
 
+/// One path of a closure: basename, NAR size, NAR file size.
+pub type ClosureRow = (String, i64, i64);
+
+impl Db {
+    /// The closure of the published path `hash` (itself included), each path once, in one
+    /// recursive query; paths the index lacks (never published, or collected) are left out.
+    pub async fn closure(&self, hash: &str) -> Result<Vec<ClosureRow>, DbError> {
+        // A reference is a basename, whose first 32 characters are the path's hash.
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "WITH RECURSIVE closure (hash) AS (
+                 SELECT CAST($1 AS TEXT)
+                 UNION
+                 SELECT substr(r.reference, 1, 32) FROM refs r JOIN closure c ON r.referrer = c.hash
+             )
+             SELECT p.store_path, p.nar_size, p.file_size FROM closure c JOIN paths p ON p.hash = c.hash
+             ORDER BY p.store_path",
+        ).bind(hash).fetch_all(pool).await?))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -129,6 +149,28 @@ mod tests {
             assert_eq!(db.narinfo("b").await.unwrap(), None);
             let present = db.present(&["a".into(), "b".into()]).await.unwrap();
             assert_eq!(present, HashSet::from(["a".to_string()]));
+        }
+
+        async fn closures_follow_references_once_whatever_the_cycles(db: Db) {
+            let h = |c: char| c.to_string().repeat(32);
+            let path = |c: char, refs: &[String]| PathRow {
+                store_path: format!("{}-{c}", h(c)),
+                references: refs.to_vec(),
+                nar_size: 10,
+                file_size: 4,
+                ..row(&h(c), &[])
+            };
+            let name = |c: char| format!("{}-{c}", h(c));
+            // top -> a -> b, top -> b, b -> b (itself), a -> missing (not in the index).
+            db.insert_path(&path('b', &[name('b')])).await.unwrap();
+            db.insert_path(&path('a', &[name('b'), name('m')])).await.unwrap();
+            db.insert_path(&path('t', &[name('a'), name('b')])).await.unwrap();
+            let closure = db.closure(&h('t')).await.unwrap();
+            let names: Vec<&str> = closure.iter().map(|(n, _, _)| n.as_str()).collect();
+            assert_eq!(names, [name('a'), name('b'), name('t')]);
+            assert!(closure.iter().all(|(_, nar, file)| (*nar, *file) == (10, 4)));
+            assert_eq!(db.closure(&h('b')).await.unwrap().len(), 1);
+            assert!(db.closure(&h('z')).await.unwrap().is_empty());
         }
 
         async fn nar_files_are_idempotent(db: Db) {

@@ -2,6 +2,8 @@
 //! activates, checks and confirms or rolls back.
 
 pub mod agent;
+pub mod closures;
+pub mod diff;
 pub mod manifest;
 pub mod rollback;
 pub mod status;

@@ -2,7 +2,7 @@
 //! `GET /api/v1/hosts/{name}/generations` (admin, or that host's own token).
 
 use axum::{
-    extract::{Path, State},
+    extract::{rejection::QueryRejection, Path, Query, State},
     http::HeaderMap,
     Json,
 };
@@ -12,6 +12,7 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, HostRow},
+    deploy::diff::{DiffEnd, DiffView},
     deploy::status::{self, Phase},
 };
 
@@ -66,4 +67,53 @@ pub async fn generations(
         g.profile_generation = profiles.get(&g.number).copied();
     }
     Ok(Json(generations))
+}
+
+/// `GET /api/v1/hosts/{name}/diff?from=N&to=M` query.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiffQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+/// `GET /api/v1/hosts/{name}/diff?from=N&to=M` (admin, or that host's own token): what
+/// switching from generation N (default: what the host runs) to M (default: the newest)
+/// changes, from the cache's index.
+pub async fn diff(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    query: Result<Query<DiffQuery>, QueryRejection>,
+) -> Result<Json<DiffView>, ApiError> {
+    if !valid_host_name(&name) {
+        return Err(ApiError::BadRequest("invalid host name".into()));
+    }
+    auth::require(&state, &headers, Scope::Host(name.clone())).await?;
+    let Query(q) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let newest = state
+        .db
+        .latest_generation(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation")))?;
+    let active = state.db.host_status(&name).await?.active_generation;
+    let (from, to) = crate::deploy::diff::endpoints(newest.number, active, q.from, q.to);
+    let end = |number: i64| {
+        let state = state.clone();
+        let name = name.clone();
+        async move {
+            let g = state.db.generation(&name, number).await?;
+            let g = g.ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation {number}")))?;
+            Ok::<_, ApiError>(DiffEnd { number, store_path: g.store_path })
+        }
+    };
+    let to = end(to).await?;
+    let from = match from {
+        Some(n) => Some(end(n).await?),
+        None => None,
+    };
+    let diff =
+        crate::deploy::closures::between(&state.db, from.as_ref().map(|f| f.store_path.as_str()), &to.store_path)
+            .await?;
+    Ok(Json(DiffView { host: name, from, to, diff }))
 }

@@ -189,3 +189,55 @@ fn history_names_the_profile_generation_each_generation_became() {
     assert_eq!((profile(1), profile(2), profile(3)), ("1".into(), "-".into(), "2".into()), "{history}");
     assert!(history.lines().next().unwrap().contains("PROFILE"), "{history}");
 }
+
+/// `berth diff HOST [FROM] [TO]`: from what the host runs to its newest generation by
+/// default, from the cache's index; the build log carries the same summary. Bad numbers,
+/// another host's token and unknown generations are refused. (Failed before: no diff.)
+#[test]
+fn berth_diff_says_what_a_switch_changes() {
+    let b = build_host(&["alpha", "beta"], "");
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    b.fleet.set_host("alpha", "two");
+    let (ok, log, _) = b.submit_wait(&b.fleet.commit("main", "two", Signing::Trusted), "main");
+    assert!(ok, "{log}");
+    assert!(log.contains("[alpha] closure: +0 -0 ~0 packages, 1 paths to download"), "{log}");
+
+    let diff = |args: &[&str]| {
+        let out =
+            b.s.berth()
+                .args(["diff", "--server", &b.server.url])
+                .args(args)
+                .env("BERTH_TOKEN", &b.admin)
+                .output()
+                .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // No agent reported yet: from the generation before the newest.
+    let (ok, out, err) = diff(&["alpha"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("alpha: generation 1 (/nix/store/") && out.contains(") -> 2 (/nix/store/"), "{out}");
+    assert!(out.contains("1 paths to download") && out.contains("reboot: no"), "{out}");
+    let (ok, out, _) = diff(&["alpha", "2", "1"]);
+    assert!(ok && out.contains("generation 2 (") && out.contains("-> 1 ("), "{out}");
+    let (ok, out, _) = diff(&["beta"]);
+    assert!(
+        ok && out.starts_with("beta: generation nothing -> 1")
+            && out.contains("+2 -0 ~0 packages")
+            && out.contains("  + berth-fleet-common\n"),
+        "{out}"
+    );
+
+    let (ok, _, err) = diff(&["alpha", "9"]);
+    assert!(!ok && err.contains("no generation 9"), "{err}");
+    let get = |path: &str, token: &str| http().get(b.api(path)).bearer_auth(token).send().unwrap();
+    assert_eq!(get("hosts/alpha/diff?from=x", &b.admin).status(), 400);
+    assert_eq!(get("hosts/alpha/diff?what=1", &b.admin).status(), 400);
+    assert_eq!(get("hosts/alpha/diff", &b.server.token("host:beta")).status(), 403);
+    assert_eq!(get("hosts/alpha/diff", &b.server.token("host:alpha")).status(), 200);
+    assert_eq!(get("hosts/..%2Fetc/diff", &b.admin).status(), 400);
+    assert_eq!(get("hosts/gamma/diff", &b.admin).status(), 404);
+}

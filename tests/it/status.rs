@@ -240,4 +240,12 @@ fn berth_diff_says_what_a_switch_changes() {
     assert_eq!(get("hosts/alpha/diff", &b.server.token("host:alpha")).status(), 200);
     assert_eq!(get("hosts/..%2Fetc/diff", &b.admin).status(), 400);
     assert_eq!(get("hosts/gamma/diff", &b.admin).status(), 404);
+
+    // The agent logs the same summary before it switches.
+    let host = Host::new(&b, "alpha", "");
+    let out = host.agent(&b, &b.server.url, &deploy_public_key(&b)).arg("--once").output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    let closure = log.find("closure: +0 -0 ~0 packages, 1 paths to download").unwrap_or_else(|| panic!("{log}"));
+    assert!(closure < log.find("switch-to-configuration").unwrap(), "before the switch: {log}");
 }

@@ -49,6 +49,11 @@ impl Agent {
         // its repository requires no signature).
         let signer = manifest.signer.as_deref().unwrap_or("none");
         info!(generation, path, commit = manifest.commit, branch = manifest.branch, signer, "new generation");
+        // What the switch changes, before it happens (a server without diffs: said, not fatal).
+        match self.server.diff(generation).await {
+            Ok(view) => info!(generation, "closure: {}", view.diff),
+            Err(e) => warn!(generation, "no closure diff from the server: {e}"),
+        }
         self.report(Report::new(generation, Phase::Downloading, &format!("realising {path}"), Some(started))).await;
         let mut tail = LogTail::default();
         if let Err(why) = self.realise(path, &mut tail).await {

@@ -95,6 +95,14 @@ impl Server {
         Ok(Some(SignedManifest { manifest: body.manifest, signature: body.signature }))
     }
 
+    /// What switching to generation `to` changes, from what the server knows the host runs.
+    pub async fn diff(&self, to: u64) -> Result<crate::deploy::diff::DiffView, ClientError> {
+        let url = format!("{}/api/v1/hosts/{}/diff?to={to}", self.base, self.host);
+        let request = self.http.get(url).bearer_auth(self.token.expose()).timeout(SHORT_TIMEOUT);
+        let response = self.send(request).await?;
+        response.json().await.map_err(|e| ClientError::Protocol(root_cause(&e)))
+    }
+
     /// Sends one report.
     pub async fn report(&self, report: &Report) -> Result<(), ClientError> {
         let url = format!("{}/api/v1/hosts/{}/reports", self.base, self.host);

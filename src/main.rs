@@ -278,6 +278,17 @@ enum HostsAction {
         /// Host name.
         name: String,
     },
+    /// Hold a host on its current generation (a maintenance freeze): newer generations wait
+    /// for `resume`.
+    Pause {
+        /// Host name.
+        name: String,
+    },
+    /// Release a paused host: it gets its newest generation.
+    Resume {
+        /// Host name.
+        name: String,
+    },
     /// The activation log of one generation of a host (default: the newest it reported on):
     /// each phase it reported, with what the commands printed.
     Log {
@@ -466,6 +477,13 @@ async fn run(command: Command) -> Result<()> {
                     }
                     berth::cmd::hosts::history(&api, &name).await?
                 }
+                Some(HostsAction::Pause { name }) | Some(HostsAction::Resume { name })
+                    if !berth::auth::valid_host_name(&name) =>
+                {
+                    bail!("invalid host name {name:?}")
+                }
+                Some(HostsAction::Pause { name }) => berth::cmd::hosts::pause(&api, &name, true).await?,
+                Some(HostsAction::Resume { name }) => berth::cmd::hosts::pause(&api, &name, false).await?,
                 Some(HostsAction::Log { name, generation }) => {
                     if !berth::auth::valid_host_name(&name) {
                         bail!("invalid host name {name:?}");

@@ -179,6 +179,17 @@ pub async fn diff(api: &Api, name: &str, from: Option<i64>, to: Option<i64>) -> 
     Ok(render_diff(&view))
 }
 
+/// `berth hosts pause NAME` (`paused`) and `berth hosts resume NAME`, as one line.
+pub async fn pause(api: &Api, name: &str, paused: bool) -> Result<String, ClientError> {
+    let action = if paused { "pause" } else { "resume" };
+    let view: serde_json::Value = api.post(&format!("/api/v1/hosts/{name}/{action}"), &serde_json::json!({})).await?;
+    let held = view["paused"].as_bool().unwrap_or(paused);
+    Ok(match held {
+        true => format!("{name}: paused; newer generations wait for `berth hosts resume {name}`\n"),
+        false => format!("{name}: resumed\n"),
+    })
+}
+
 /// `berth hosts history NAME`.
 pub async fn history(api: &Api, name: &str) -> Result<String, ClientError> {
     let generations: Vec<Generation> = api.get(&format!("/api/v1/hosts/{name}/generations")).await?;

@@ -146,6 +146,8 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE reports ADD COLUMN profile_generation BIGINT;
     ALTER TABLE build_hosts ADD COLUMN verdict TEXT;
     CREATE INDEX build_hosts_host ON build_hosts (host, build_id);",
+    // 9: a host held on its current generation (`berth hosts pause`) since when.
+    "ALTER TABLE hosts ADD COLUMN paused_at BIGINT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

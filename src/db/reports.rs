@@ -34,6 +34,9 @@ pub struct HostStatus {
     pub last_error: Option<String>,
     /// When it last polled or reported.
     pub last_seen: Option<i64>,
+    /// Since when `berth hosts pause` holds it on its current generation, if it does.
+    #[serde(default)]
+    pub paused_at: Option<i64>,
 }
 
 impl Db {
@@ -75,8 +78,22 @@ impl Db {
     /// A host's status.
     pub async fn host_status(&self, host: &str) -> Result<HostStatus, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT active_generation, phase, last_error, last_seen FROM hosts WHERE name = $1",
+            "SELECT active_generation, phase, last_error, last_seen, paused_at FROM hosts WHERE name = $1",
         ).bind(host).fetch_optional(pool).await?.unwrap_or_default()))
+    }
+
+    /// Holds a known host on its current generation (`paused`), or releases it; `false` for an
+    /// unknown host. Pausing a paused host keeps the time it was first paused.
+    pub async fn set_paused(&self, host: &str, paused: bool) -> Result<bool, DbError> {
+        let at = paused.then(now);
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE hosts SET paused_at = CASE WHEN $1 THEN COALESCE(paused_at, $2) ELSE NULL END WHERE name = $3",
+        ).bind(paused).bind(at).bind(host).execute(pool).await?.rows_affected() == 1))
+    }
+
+    /// Whether a host is paused.
+    pub async fn paused(&self, host: &str) -> Result<bool, DbError> {
+        Ok(self.host_status(host).await?.paused_at.is_some())
     }
 
     /// Every generation a host ever reported `confirmed`, in no order.
@@ -154,6 +171,14 @@ mod tests {
             assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+            assert!(!db.paused("a").await.unwrap());
+            assert!(db.set_paused("a", true).await.unwrap());
+            let since = db.host_status("a").await.unwrap().paused_at.unwrap();
+            assert!(db.set_paused("a", true).await.unwrap());
+            assert_eq!(db.host_status("a").await.unwrap().paused_at, Some(since), "paused since the first pause");
+            assert!(db.set_paused("a", false).await.unwrap());
+            assert!(!db.paused("a").await.unwrap());
+            assert!(!db.set_paused("nobody", true).await.unwrap());
             // The profile generation each confirmation named; the newest one counts.
             for (generation, profile) in [(1, 4), (3, 5), (1, 6)] {
                 let confirmed = ReportRow { profile_generation: Some(profile), ..report(generation, "confirmed", None) };

@@ -150,6 +150,8 @@ pub enum HostState {
     NeverSeen,
     /// Its agent has not asked for its manifest (nor reported) for too long.
     Offline,
+    /// Held on its current generation by `berth hosts pause` (newer ones wait for resume).
+    Paused,
     /// The outcome of its newest generation, so far.
     Generation(Outcome),
 }
@@ -160,23 +162,28 @@ impl HostState {
         match self {
             HostState::NeverSeen => "never_seen",
             HostState::Offline => "offline",
+            HostState::Paused => "paused",
             HostState::Generation(o) => o.label(),
         }
     }
 }
 
 /// The state of a host whose newest generation is `newest` (none yet: `None`), last seen at
-/// `last_seen`, at `now`.
+/// `last_seen`, paused or not, at `now`. Offline comes before paused: a paused host that
+/// stopped asking is gone, not merely held.
 pub fn host_state(
     newest: Option<i64>,
     reports: &[Seen<'_>],
     last_seen: Option<i64>,
+    paused: bool,
     now: i64,
     offline_after: i64,
 ) -> HostState {
     match (last_seen, newest) {
+        (None, _) if paused => HostState::Paused,
         (None, _) => HostState::NeverSeen,
         (Some(seen), _) if now - seen > offline_after => HostState::Offline,
+        _ if paused => HostState::Paused,
         (Some(_), Some(newest)) => HostState::Generation(outcome(newest, newest, reports)),
         (Some(_), None) => HostState::Generation(Outcome::Waiting),
     }
@@ -227,7 +234,7 @@ mod tests {
     #[test]
     fn host_states() {
         let reports = seen(&[(1, Confirmed, None), (2, RolledBack, Some("boom")), (3, Activating, None)]);
-        let state = |newest, seen, now| host_state(newest, &reports, seen, now, 120);
+        let state = |newest, seen, now| host_state(newest, &reports, seen, false, now, 120);
         assert_eq!(state(Some(3), Some(100), 150), HostState::Generation(Outcome::InProgress { phase: Activating }));
         assert_eq!(state(Some(3), Some(100), 221), HostState::Offline);
         assert_eq!(state(Some(3), Some(100), 220), HostState::Generation(Outcome::InProgress { phase: Activating }));
@@ -235,6 +242,10 @@ mod tests {
         assert_eq!(state(Some(4), Some(100), 150), HostState::Generation(Outcome::Waiting));
         assert_eq!(state(None, Some(100), 150), HostState::Generation(Outcome::Waiting));
         assert_eq!(HostState::Offline.label(), "offline");
+        let paused = |newest, seen, now| host_state(newest, &reports, seen, true, now, 120);
+        assert_eq!(paused(Some(4), Some(100), 150), HostState::Paused);
+        assert_eq!(paused(Some(4), Some(100), 221), HostState::Offline, "gone, not merely held");
+        assert_eq!(paused(Some(4), None, 150), HostState::Paused);
         assert_eq!(Phase::ALL.map(|p| Phase::parse(p.as_str())), Phase::ALL.map(Some));
     }
 }

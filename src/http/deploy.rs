@@ -65,7 +65,9 @@ pub async fn manifest(
         let made = state.deploys.notified();
         tokio::pin!(made);
         made.as_mut().enable();
-        if let Some(g) = state.db.latest_generation(&name).await?.filter(|g| g.number > after) {
+        // A paused host is handed nothing newer until it is resumed (which wakes this loop).
+        let held = state.db.paused(&name).await?;
+        if let Some(g) = state.db.latest_generation(&name).await?.filter(|g| g.number > after && !held) {
             state.db.touch_host(&name).await?;
             return Ok(Json(manifest_of(&g, version).sign(&state.deploy_key)).into_response());
         }

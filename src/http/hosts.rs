@@ -28,7 +28,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
         let reports = state.db.report_phases(&h.name).await?;
         let seen = seen(&reports);
         let newest = h.latest.as_ref().map(|g| g.number);
-        h.state = Some(status::host_state(newest, &seen, h.status.last_seen, now, state.config.offline_after_secs));
+        let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
+        h.state = Some(status::host_state(newest, &seen, seen_at, paused, now, state.config.offline_after_secs));
     }
     Ok(Json(hosts))
 }
@@ -116,4 +117,52 @@ pub async fn diff(
         crate::deploy::closures::between(&state.db, from.as_ref().map(|f| f.store_path.as_str()), &to.store_path)
             .await?;
     Ok(Json(DiffView { host: name, from, to, diff }))
+}
+
+/// `POST /api/v1/hosts/{name}/pause` and `…/resume` answer.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PauseView {
+    /// Host name.
+    pub host: String,
+    /// Whether it is held on its current generation now.
+    pub paused: bool,
+}
+
+/// `POST /api/v1/hosts/{name}/pause` (admin): holds the host on its current generation; its
+/// agent is handed no newer one until `resume`.
+pub async fn pause(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PauseView>, ApiError> {
+    set_paused(state, headers, name, true).await
+}
+
+/// `POST /api/v1/hosts/{name}/resume` (admin): releases a paused host; its agent is woken and
+/// handed its newest generation.
+pub async fn resume(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Json<PauseView>, ApiError> {
+    set_paused(state, headers, name, false).await
+}
+
+async fn set_paused(
+    state: AppState,
+    headers: HeaderMap,
+    name: String,
+    paused: bool,
+) -> Result<Json<PauseView>, ApiError> {
+    if !valid_host_name(&name) {
+        return Err(ApiError::BadRequest("invalid host name".into()));
+    }
+    auth::require(&state, &headers, Scope::Admin).await?;
+    if !state.db.set_paused(&name, paused).await? {
+        return Err(ApiError::NotFound(format!("no host {name}")));
+    }
+    tracing::info!(host = %name, paused, "pause");
+    // Waiting long-polls look again: on resume they find the newest generation.
+    state.deploys.notify_waiters();
+    Ok(Json(PauseView { host: name, paused }))
 }

@@ -51,6 +51,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts", get(hosts::list))
         .route("/api/v1/hosts/{name}/generations", get(hosts::generations))
         .route("/api/v1/hosts/{name}/diff", get(hosts::diff))
+        .route("/api/v1/hosts/{name}/pause", post(hosts::pause))
+        .route("/api/v1/hosts/{name}/resume", post(hosts::resume))
         .route("/api/v1/hosts/{name}/manifest", get(deploy::manifest))
         .route("/api/v1/hosts/{name}/reports", get(deploy::reports).post(deploy::report))
         .route("/api/v1/hosts/{name}/rollback", post(deploy::rollback))

@@ -249,3 +249,38 @@ fn berth_diff_says_what_a_switch_changes() {
     let closure = log.find("closure: +0 -0 ~0 packages, 1 paths to download").unwrap_or_else(|| panic!("{log}"));
     assert!(closure < log.find("switch-to-configuration").unwrap(), "before the switch: {log}");
 }
+
+/// `berth hosts pause` holds a host on its current generation: a newer one is made but its
+/// agent is handed nothing, and `berth hosts` says `paused`; `resume` hands it the newest
+/// at once. Only an admin may; an unknown host is 404. (Failed before: no pause.)
+#[test]
+fn a_paused_host_stays_on_its_generation_until_resumed() {
+    let b = build_host(&["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let _agent = host.spawn(&b, &b.server.url);
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+    let first = host.profile().unwrap();
+
+    let paused = hosts(&b, &["pause", "alpha"]);
+    assert!(paused.starts_with("alpha: paused"), "{paused}");
+    b.fleet.set_host("alpha", "two");
+    assert!(b.submit_wait(&b.fleet.commit("main", "two", Signing::Trusted), "main").0);
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(host.profile().unwrap(), first, "held on generation 1");
+    assert!(!reports(&b, "alpha").iter().any(|r| r["generation"] == 2), "generation 2 never reached the agent");
+    let table = hosts(&b, &[]);
+    let line = table.lines().find(|l| l.starts_with("alpha")).unwrap();
+    assert!(line.contains("paused") && line.contains("      2       1"), "desired 2, current 1, paused: {table}");
+
+    let resumed = hosts(&b, &["resume", "alpha"]);
+    assert!(resumed.starts_with("alpha: resumed"), "{resumed}");
+    wait_report(&b, "alpha", 2, &["confirmed"]);
+    assert_ne!(host.profile().unwrap(), first);
+
+    let post = |path: &str, token: &str| http().post(b.api(path)).bearer_auth(token).send().unwrap().status();
+    assert_eq!(post("hosts/alpha/pause", &b.server.token("host:alpha")), 403, "a host cannot pause itself");
+    assert_eq!(post("hosts/alpha/pause", &b.ci), 403);
+    assert_eq!(post("hosts/nobody/pause", &b.admin), 404);
+    assert_eq!(post("hosts/..%2Fx/resume", &b.admin), 400);
+}

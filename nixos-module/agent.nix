@@ -31,6 +31,8 @@ let
       reboot
       rebootWindow
       rebootCommand
+      activationWindows
+      timeZone
       ;
     tokenFile = render.credential unit "token";
   };
@@ -197,6 +199,30 @@ in
       description = ''
         With `reboot = "when-needed"`, the daily window (`HH:MM-HH:MM`, **UTC**, may wrap
         midnight) in which the agent may reboot; `null`: any time.
+      '';
+    };
+
+    activationWindows = lib.mkOption {
+      type = lib.types.listOf lib.types.str;
+      default = [ ];
+      example = [
+        "Mon-Fri 02:00-05:00"
+        "Sat,Sun 00:00-24:00"
+      ];
+      description = ''
+        When new generations may be switched to: `[DAYS ]HH:MM-HH:MM` entries in the host's
+        time zone (see `timeZone`); `[ ]`: any time. Outside them a new generation waits
+        (docs/agent.md, "Activation windows").
+      '';
+    };
+
+    timeZone = lib.mkOption {
+      type = lib.types.nullOr lib.types.str;
+      default = null;
+      example = "Europe/Berlin";
+      description = ''
+        The IANA time zone `activationWindows` are read in; `null`: the host's own
+        (`/etc/localtime`, which `time.timeZone` sets).
       '';
     };
 

@@ -141,6 +141,8 @@ rec {
       reboot,
       rebootWindow,
       rebootCommand,
+      activationWindows ? [ ],
+      timeZone ? null,
     }:
     withoutNulls {
       inherit server host activation reboot;
@@ -152,5 +154,7 @@ rec {
       activation_timeout_secs = activationTimeout;
       reboot_window = rebootWindow;
       reboot_command = rebootCommand;
+      activation_windows = if activationWindows == [ ] then null else activationWindows;
+      time_zone = timeZone;
     };
 }

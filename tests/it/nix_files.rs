@@ -233,10 +233,12 @@ fn agent_settings_are_accepted_by_the_agent() {
     reboot = "when-needed";
     rebootWindow = "02:00-04:00";
     rebootCommand = [ "systemctl" "reboot" ];
+    activationWindows = [ "Mon-Fri 02:00-05:00" "Sat,Sun 00:00-24:00" ];
+    timeZone = "Europe/Berlin";
   }};
 in {{
   full = render.agentSettings options;
-  minimal = render.agentSettings (options // {{ reboot = "never"; rebootWindow = null; activation = "boot"; }});
+  minimal = render.agentSettings (options // {{ reboot = "never"; rebootWindow = null; activation = "boot"; activationWindows = [ ]; timeZone = null; }});
 }}"#,
         root = nix_path(&root()),
     );
@@ -244,6 +246,9 @@ in {{
     assert_eq!(got["full"]["token_file"], "/run/credentials/berth-agent.service/token");
     assert_eq!(got["full"]["reboot_window"], "02:00-04:00");
     assert!(got["minimal"].get("reboot_window").is_none(), "null options are left out");
+    assert_eq!(got["full"]["activation_windows"][0], "Mon-Fri 02:00-05:00");
+    assert_eq!(got["full"]["time_zone"], "Europe/Berlin");
+    assert!(got["minimal"].get("activation_windows").is_none() && got["minimal"].get("time_zone").is_none());
     let checks = &got["full"]["health_checks"];
     assert_eq!(checks[1]["interval_secs"], 3, "{checks}");
     assert_eq!(checks[2], json!({"command": ["true"]}), "null check options are left out");

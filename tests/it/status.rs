@@ -284,3 +284,52 @@ fn a_paused_host_stays_on_its_generation_until_resumed() {
     assert_eq!(post("hosts/nobody/pause", &b.admin), 404);
     assert_eq!(post("hosts/..%2Fx/resume", &b.admin), 400);
 }
+
+/// `HH:MM` of the current UTC time moved by `minutes`.
+fn utc_in(minutes: i64) -> String {
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let minute = (now / 60 + minutes).rem_euclid(24 * 60);
+    format!("{:02}:{:02}", minute / 60, minute % 60)
+}
+
+/// `activation_windows` in the host's time zone: outside them a new generation waits (the
+/// host shows `waiting`, `--once` says so and exits 0); inside, it is applied. (Failed
+/// before: the key was refused as unknown.)
+#[test]
+fn a_generation_waits_for_the_hosts_activation_window() {
+    let b = build_host(&["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let base = std::fs::read_to_string(&host.config).unwrap();
+    let windows = |window: String| {
+        std::fs::write(&host.config, format!("{base}time_zone = \"UTC\"\nactivation_windows = [\"{window}\"]\n"))
+            .unwrap();
+    };
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+
+    windows(format!("Mon-Sun {}-{}", utc_in(120), utc_in(180)));
+    let once = || host.agent(&b, &b.server.url, &deploy_public_key(&b)).arg("--once").output().unwrap();
+    let out = once();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{log}");
+    assert!(
+        log.contains("generation 1 waits for an activation window") || log.contains("waits for an activation window"),
+        "{log}"
+    );
+    assert!(host.profile().is_none() && reports(&b, "alpha").is_empty(), "nothing switched, nothing reported: {log}");
+    let table = hosts(&b, &[]);
+    assert!(table.lines().any(|l| l.starts_with("alpha") && l.contains("waiting")), "{table}");
+
+    windows(format!("{}-{}", utc_in(-60), utc_in(60)));
+    let out = once();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(host.profile().is_some());
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+
+    // A window or zone the agent cannot read stops it at start-up, naming the key.
+    for (key, value) in [("activation_windows", "[\"Moon 02:00-03:00\"]"), ("time_zone", "\"Mars/Olympus\"")] {
+        std::fs::write(&host.config, format!("{base}{key} = {value}\n")).unwrap();
+        let out = once();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(key), "{key}: {err}");
+    }
+}

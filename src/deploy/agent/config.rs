@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::window::RebootWindow;
+use super::window::{ActivationWindow, RebootWindow};
 use crate::config::ConfigError;
 use crate::nixfmt::PublicKey;
 
@@ -77,6 +77,12 @@ pub struct RawAgentConfig {
     pub reboot_window: Option<String>,
     /// The reboot command. Default `["systemctl", "reboot"]`.
     pub reboot_command: Option<Vec<String>>,
+    /// When new generations may be switched to: `[DAYS ]HH:MM-HH:MM` entries in `time_zone`
+    /// (e.g. `["Mon-Fri 02:00-05:00"]`). Default: any time.
+    pub activation_windows: Option<Vec<String>>,
+    /// The IANA time zone the activation windows are read in (`Europe/Berlin`). Default: the
+    /// host's own (`/etc/localtime`, else `TZ`), UTC when it has none.
+    pub time_zone: Option<String>,
 }
 
 /// How a new generation is activated.
@@ -227,6 +233,10 @@ pub struct AgentOptions {
     pub reboot: RebootPolicy,
     /// The reboot command (argv).
     pub reboot_command: Vec<String>,
+    /// When new generations may be switched to (empty: any time).
+    pub activation_windows: Vec<ActivationWindow>,
+    /// The time zone the windows are read in.
+    pub time_zone: jiff::tz::TimeZone,
     /// Apply what is pending or new, then exit.
     pub once: bool,
 }
@@ -284,6 +294,8 @@ impl AgentOptions {
                 "reboot_command",
                 raw.reboot_command.unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
             )?,
+            activation_windows: activation_windows(raw.activation_windows.unwrap_or_default())?,
+            time_zone: time_zone(raw.time_zone.as_deref())?,
             once: cli.once,
         })
     }
@@ -347,6 +359,23 @@ fn seconds(key: &'static str, value: Option<u64>, default: u64) -> Result<Durati
     match value.unwrap_or(default) {
         0 => Err(invalid(key, "must be at least 1")),
         secs => Ok(Duration::from_secs(secs)),
+    }
+}
+
+fn activation_windows(windows: Vec<String>) -> Result<Vec<ActivationWindow>, ConfigError> {
+    windows
+        .iter()
+        .map(|w| {
+            w.parse().map_err(|e: super::window::ActivationWindowError| invalid("activation_windows", e.to_string()))
+        })
+        .collect()
+}
+
+fn time_zone(name: Option<&str>) -> Result<jiff::tz::TimeZone, ConfigError> {
+    match name {
+        Some(name) => jiff::tz::TimeZone::get(name)
+            .map_err(|e| invalid("time_zone", format!("{name:?}: not a time zone this host knows ({e})"))),
+        None => Ok(jiff::tz::TimeZone::system()),
     }
 }
 

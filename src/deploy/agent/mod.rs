@@ -81,6 +81,11 @@ pub enum Outcome {
         /// Why.
         reason: String,
     },
+    /// (`--once`) A new generation waits for an activation window.
+    Outside {
+        /// Its generation.
+        generation: u64,
+    },
     /// (`--once`) The server offered a manifest the agent refuses.
     Refused {
         /// Why.
@@ -91,7 +96,7 @@ pub enum Outcome {
 impl Outcome {
     /// Whether `berth agent` should exit 0.
     pub fn is_success(&self) -> bool {
-        matches!(self, Self::Stopped | Self::Idle | Self::Confirmed { .. })
+        matches!(self, Self::Stopped | Self::Idle | Self::Confirmed { .. } | Self::Outside { .. })
     }
 }
 
@@ -107,6 +112,7 @@ impl std::fmt::Display for Outcome {
             }
             Self::Failed { generation, reason } => write!(f, "generation {generation} failed: {}", one_line(reason)),
             Self::Retrying { reason } => write!(f, "will retry: {}", one_line(reason)),
+            Self::Outside { generation } => write!(f, "generation {generation} waits for an activation window"),
             Self::Refused { reason } => write!(f, "refused the server's manifest: {}", one_line(reason)),
         }
     }
@@ -155,6 +161,8 @@ struct Agent {
     outbox: Outbox,
     /// The signature of the last manifest refused (reported once).
     refused: Option<String>,
+    /// The generation last found outside the activation windows (logged once).
+    held: Option<u64>,
 }
 
 /// What one turn of the loop did.
@@ -165,7 +173,12 @@ enum Turn {
     Idle,
     /// Applied a new manifest.
     Deployed(Outcome),
+    /// A new generation waits for an activation window.
+    Outside(u64),
 }
+
+/// How often a generation that waits for an activation window looks at the clock again.
+const WINDOW_CHECK: Duration = Duration::from_secs(30);
 
 /// Why a turn could not complete.
 enum Hitch {
@@ -211,6 +224,15 @@ pub async fn run(opts: AgentOptions, shutdown: CancellationToken) -> Result<Outc
                 failures = 0;
                 continue;
             }
+            Ok(Turn::Outside(generation)) if once => {
+                outcome = Outcome::Outside { generation };
+                break;
+            }
+            Ok(Turn::Outside(_)) => {
+                failures = 0;
+                pause(&shutdown, WINDOW_CHECK).await;
+                continue;
+            }
             Err(hitch) => hitch,
         };
         failures += 1;
@@ -253,7 +275,7 @@ impl Agent {
         let server = Server::new(&opts.server, &opts.host, opts.token.clone())?;
         let system = SystemRoot::new(opts.store.as_deref());
         info!(host = opts.host, server = opts.server, applied = ?state.applied, "berth agent started");
-        Ok(Self { opts, system, server, state, dirty: false, outbox: Outbox::default(), refused: None })
+        Ok(Self { opts, system, server, state, dirty: false, outbox: Outbox::default(), refused: None, held: None })
     }
 
     /// One unit of work: settle a pending deploy, or poll and apply what comes.
@@ -280,6 +302,14 @@ impl Agent {
             Err(refused) => return Err(Hitch::Refused(self.refuse(&signed, refused).await)),
         };
         self.refused = None;
+        if !self.in_activation_window() {
+            if self.held != Some(manifest.generation) {
+                info!(generation = manifest.generation, "waits for an activation window");
+                self.held = Some(manifest.generation);
+            }
+            return Ok(Turn::Outside(manifest.generation));
+        }
+        self.held = None;
         match self.deploy(&manifest).await {
             apply::Progress::Settled(settled) => {
                 // A host on a timer (`--once`) reboots in the same run.
@@ -288,6 +318,14 @@ impl Agent {
             }
             apply::Progress::Retry(why) => Err(Hitch::Retry(why)),
         }
+    }
+
+    /// Whether a new generation may be switched to now, in the host's time zone.
+    fn in_activation_window(&self) -> bool {
+        let now = jiff::Zoned::now().with_time_zone(self.opts.time_zone.clone());
+        let weekday = now.weekday().to_monday_zero_offset() as usize;
+        let minute = now.hour() as u16 * 60 + now.minute() as u16;
+        window::activation_allowed(&self.opts.activation_windows, weekday, minute)
     }
 
     /// Reports a refused manifest to the server once, when it at least claims to be this

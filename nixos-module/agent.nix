@@ -33,6 +33,7 @@ let
       rebootCommand
       activationWindows
       timeZone
+      dryActivate
       ;
     tokenFile = render.credential unit "token";
   };
@@ -213,6 +214,16 @@ in
         When new generations may be switched to: `[DAYS ]HH:MM-HH:MM` entries in the host's
         time zone (see `timeZone`); `[ ]`: any time. Outside them a new generation waits
         (docs/agent.md, "Activation windows").
+      '';
+    };
+
+    dryActivate = lib.mkOption {
+      type = lib.types.bool;
+      default = false;
+      example = true;
+      description = ''
+        Before each switch, run `switch-to-configuration dry-activate` and report the units
+        the switch would stop, restart, reload and start (in the `activating` report).
       '';
     };
 

@@ -143,6 +143,7 @@ rec {
       rebootCommand,
       activationWindows ? [ ],
       timeZone ? null,
+      dryActivate ? false,
     }:
     withoutNulls {
       inherit server host activation reboot;
@@ -156,5 +157,6 @@ rec {
       reboot_command = rebootCommand;
       activation_windows = if activationWindows == [ ] then null else activationWindows;
       time_zone = timeZone;
+      dry_activate = if dryActivate then true else null;
     };
 }

@@ -36,6 +36,8 @@ pub enum SwitchAction {
     Test,
     /// Make it the bootloader's default; the running system is unchanged.
     Boot,
+    /// Say what `test` would do (units stopped, restarted, started), doing nothing.
+    DryActivate,
 }
 
 impl SwitchAction {
@@ -44,6 +46,7 @@ impl SwitchAction {
         match self {
             Self::Test => "test",
             Self::Boot => "boot",
+            Self::DryActivate => "dry-activate",
         }
     }
 }

@@ -72,6 +72,10 @@ const FLAKE: &str = r#"{
         if [ -n "\$BERTH_TEST_NETWORK_FLAG" ]; then
           if [ -n "$cutnet" ]; then touch "\$BERTH_TEST_NETWORK_FLAG"; else rm -f "\$BERTH_TEST_NETWORK_FLAG"; fi
         fi
+        if [ "\$1" = dry-activate ]; then
+          echo "would restart the following units: $host-app.service"
+          exit 0
+        fi
         if [ "\$1" = test ]; then sleep $switchpause; fi
         if [ -n "$switchfail" ]; then
           echo "error: activation of $host fails on purpose" >&2

@@ -235,10 +235,11 @@ fn agent_settings_are_accepted_by_the_agent() {
     rebootCommand = [ "systemctl" "reboot" ];
     activationWindows = [ "Mon-Fri 02:00-05:00" "Sat,Sun 00:00-24:00" ];
     timeZone = "Europe/Berlin";
+    dryActivate = true;
   }};
 in {{
   full = render.agentSettings options;
-  minimal = render.agentSettings (options // {{ reboot = "never"; rebootWindow = null; activation = "boot"; activationWindows = [ ]; timeZone = null; }});
+  minimal = render.agentSettings (options // {{ reboot = "never"; rebootWindow = null; activation = "boot"; activationWindows = [ ]; timeZone = null; dryActivate = false; }});
 }}"#,
         root = nix_path(&root()),
     );
@@ -248,6 +249,7 @@ in {{
     assert!(got["minimal"].get("reboot_window").is_none(), "null options are left out");
     assert_eq!(got["full"]["activation_windows"][0], "Mon-Fri 02:00-05:00");
     assert_eq!(got["full"]["time_zone"], "Europe/Berlin");
+    assert_eq!(got["full"]["dry_activate"], true);
     assert!(got["minimal"].get("activation_windows").is_none() && got["minimal"].get("time_zone").is_none());
     let checks = &got["full"]["health_checks"];
     assert_eq!(checks[1]["interval_secs"], 3, "{checks}");

@@ -333,3 +333,23 @@ fn a_generation_waits_for_the_hosts_activation_window() {
         assert!(!out.status.success() && err.contains(key), "{key}: {err}");
     }
 }
+
+/// `dry_activate = true`: before the switch the agent asks `switch-to-configuration
+/// dry-activate` and its `activating` report names the units the switch would restart.
+/// (Failed before: the key was refused as unknown.)
+#[test]
+fn dry_activation_reports_the_units_a_switch_would_restart() {
+    let b = build_host(&["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let base = std::fs::read_to_string(&host.config).unwrap();
+    std::fs::write(&host.config, format!("{base}dry_activate = true\n")).unwrap();
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    let out = host.agent(&b, &b.server.url, &deploy_public_key(&b)).arg("--once").output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let activating = wait_report(&b, "alpha", 1, &["activating"]);
+    let message = activating["message"].as_str().unwrap();
+    assert!(message.ends_with("; would restart alpha-app.service"), "{message}");
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+    let order: Vec<String> = host.activations().lines().map(String::from).collect();
+    assert_eq!(order, ["alpha dry-activate", "alpha test", "alpha boot"], "dry-activate first, then the switch");
+}

@@ -84,7 +84,11 @@ impl Agent {
     /// From the pending record on: trial, checks, commit, confirm (or roll back).
     pub(super) async fn activate(&mut self, pending: Pending, mut tail: LogTail, started: Instant) -> Settled {
         let (generation, path, mode) = (pending.generation, pending.store_path.as_str(), pending.activation);
-        let message = format!("activating {path} ({} mode, attempt {})", mode.as_str(), pending.attempts);
+        let mut message = format!("activating {path} ({} mode, attempt {})", mode.as_str(), pending.attempts);
+        if let Some(would) = self.dry_activation(path, mode).await {
+            info!(generation, "dry-activate: would {would}");
+            message += &format!("; would {would}");
+        }
         self.report(Report::new(generation, Phase::Activating, &message, Some(started))).await;
         let before = match self.opts.health.check_system_running {
             true => self.system.system_state().await.ok(),
@@ -110,6 +114,30 @@ impl Agent {
             return self.roll_back(&pending, why.to_string(), tail, started).await;
         }
         self.confirm(&pending, &tail, started).await
+    }
+
+    /// With `dry_activate`, what `switch-to-configuration dry-activate` says the switch would
+    /// do to units (`boot` mode switches nothing now: not asked). A failure is logged, and the
+    /// switch itself decides.
+    async fn dry_activation(&self, path: &str, mode: super::Activation) -> Option<String> {
+        if !self.opts.dry_activate || mode == super::Activation::Boot {
+            return None;
+        }
+        let (tx, mut rx) = unbounded_channel();
+        let action = crate::nix::system::SwitchAction::DryActivate;
+        let result = self.system.switch_to_configuration(path, action, self.opts.activation_timeout, &tx).await;
+        drop(tx);
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.try_recv() {
+            lines.push(line);
+        }
+        match result {
+            Ok(()) => plan::dry_activation_summary(&lines),
+            Err(e) => {
+                warn!("switch-to-configuration dry-activate failed: {e}");
+                None
+            }
+        }
     }
 
     /// Records and reports a deploy that succeeded, and whether it needs a reboot.

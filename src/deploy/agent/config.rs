@@ -80,6 +80,9 @@ pub struct RawAgentConfig {
     /// When new generations may be switched to: `[DAYS ]HH:MM-HH:MM` entries in `time_zone`
     /// (e.g. `["Mon-Fri 02:00-05:00"]`). Default: any time.
     pub activation_windows: Option<Vec<String>>,
+    /// Run `switch-to-configuration dry-activate` before each switch and report the units it
+    /// would stop, restart, reload and start. Default false.
+    pub dry_activate: Option<bool>,
     /// The IANA time zone the activation windows are read in (`Europe/Berlin`). Default: the
     /// host's own (`/etc/localtime`, else `TZ`), UTC when it has none.
     pub time_zone: Option<String>,
@@ -235,6 +238,8 @@ pub struct AgentOptions {
     pub reboot_command: Vec<String>,
     /// When new generations may be switched to (empty: any time).
     pub activation_windows: Vec<ActivationWindow>,
+    /// Report what `dry-activate` says before each switch.
+    pub dry_activate: bool,
     /// The time zone the windows are read in.
     pub time_zone: jiff::tz::TimeZone,
     /// Apply what is pending or new, then exit.
@@ -295,6 +300,7 @@ impl AgentOptions {
                 raw.reboot_command.unwrap_or_else(|| vec!["systemctl".into(), "reboot".into()]),
             )?,
             activation_windows: activation_windows(raw.activation_windows.unwrap_or_default())?,
+            dry_activate: raw.dry_activate.unwrap_or(false),
             time_zone: time_zone(raw.time_zone.as_deref())?,
             once: cli.once,
         })

@@ -43,6 +43,21 @@ pub fn commit(activation: Activation, new: &str) -> Vec<Step> {
     }
 }
 
+/// What `switch-to-configuration dry-activate` said the switch would do, in one line: its
+/// `would stop|restart|reload|start the following units: …` lines, as `restart a, b; start
+/// c` (`None` when it names no unit).
+pub fn dry_activation_summary(lines: &[String]) -> Option<String> {
+    let parts: Vec<String> = lines
+        .iter()
+        .filter_map(|line| {
+            let rest = line.trim().strip_prefix("would ")?;
+            let (verb, units) = rest.split_once(" the following units: ")?;
+            matches!(verb, "stop" | "restart" | "reload" | "start").then(|| format!("{verb} {}", units.trim()))
+        })
+        .collect();
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
 /// Whether a deploy in `activation` mode makes a new generation of the system profile.
 pub fn sets_profile(activation: Activation) -> bool {
     commit(activation, "").iter().any(|step| matches!(step, Step::SetProfile(_)))
@@ -153,6 +168,28 @@ mod tests {
     use super::*;
     use crate::nix::system::SwitchAction::{Boot, Test};
     use Activation as A;
+
+    #[test]
+    fn dry_activation_names_the_units_a_switch_touches() {
+        // As NixOS's switch-to-configuration prints it.
+        let lines: Vec<String> = [
+            "would stop the following units: old.service",
+            "would activate the configuration...",
+            "would restart systemd",
+            "would restart the following units: nginx.service, sshd.service",
+            "would start the following units: new.timer",
+            "would reload the following units: dbus.service",
+            "would frobnicate the following units: x",
+        ]
+        .map(String::from)
+        .into();
+        assert_eq!(
+            dry_activation_summary(&lines).as_deref(),
+            Some("stop old.service; restart nginx.service, sshd.service; start new.timer; reload dbus.service")
+        );
+        assert_eq!(dry_activation_summary(&["would activate the configuration...".into()]), None);
+        assert_eq!(dry_activation_summary(&[]), None);
+    }
 
     const OLD: &str = "/nix/store/00000000000000000000000000000000-old";
     const NEW: &str = "/nix/store/11111111111111111111111111111111-new";

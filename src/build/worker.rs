@@ -387,11 +387,18 @@ impl Worker {
         Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
     }
 
-    /// The system `host` last confirmed running, when it said.
+    /// The system `host` last confirmed running, when it said (a failed lookup is logged: the
+    /// diff is then taken against its newest generation instead).
     async fn running_system(&self, host: &str) -> Option<String> {
         let db = &self.state.db;
-        let active = db.host_status(host).await.ok()?.active_generation?;
-        db.generation(host, active).await.ok()?.map(|g| g.store_path)
+        let lookup = async {
+            let Some(active) = db.host_status(host).await?.active_generation else { return Ok(None) };
+            Ok::<_, DbError>(db.generation(host, active).await?.map(|g| g.store_path))
+        };
+        lookup.await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, host, "reading what the host runs");
+            None
+        })
     }
 
     /// Records each host's verdict but `deployed`, which comes with its generation.

@@ -99,24 +99,22 @@ pub async fn diff(
         .ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation")))?;
     let active = state.db.host_status(&name).await?.active_generation;
     let (from, to) = crate::deploy::diff::endpoints(newest.number, active, q.from, q.to);
-    let end = |number: i64| {
-        let state = state.clone();
-        let name = name.clone();
-        async move {
-            let g = state.db.generation(&name, number).await?;
-            let g = g.ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation {number}")))?;
-            Ok::<_, ApiError>(DiffEnd { number, store_path: g.store_path })
-        }
-    };
-    let to = end(to).await?;
+    let to = diff_end(&state, &name, to).await?;
     let from = match from {
-        Some(n) => Some(end(n).await?),
+        Some(n) => Some(diff_end(&state, &name, n).await?),
         None => None,
     };
     let diff =
         crate::deploy::closures::between(&state.db, from.as_ref().map(|f| f.store_path.as_str()), &to.store_path)
             .await?;
     Ok(Json(DiffView { host: name, from, to, diff }))
+}
+
+/// Generation `number` of `name` as one end of a diff (404 when it has none).
+async fn diff_end(state: &AppState, name: &str, number: i64) -> Result<DiffEnd, ApiError> {
+    let g = state.db.generation(name, number).await?;
+    let g = g.ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation {number}")))?;
+    Ok(DiffEnd { number, store_path: g.store_path })
 }
 
 /// `POST /api/v1/hosts/{name}/pause` and `…/resume` answer.

@@ -309,8 +309,7 @@ impl Worker {
                 build_id: Some(build.id),
                 signer: trust.signer(),
             };
-            let number = db.add_generation(&g).await.map_err(|e| e.to_string())?;
-            self.state.deploys.notify_waiters();
+            let number = crate::deploy::watch::add_generation(&self.state, &g).await.map_err(|e| e.to_string())?;
             db.set_build_host_generation(build.id, host, number).await.map_err(|e| e.to_string())?;
             log.line(format!("[{host}] generation {number}: {path}"));
             made.push(format!("{host}#{number}"));

@@ -5,6 +5,7 @@ pub mod agent;
 pub mod manifest;
 pub mod rollback;
 pub mod status;
+pub mod watch;
 
 use crate::db::GenerationRow;
 use manifest::Manifest;

@@ -1,6 +1,8 @@
 //! Hosts and their generations: `GET /api/v1/hosts` (admin) and
 //! `GET /api/v1/hosts/{name}/generations` (admin, or that host's own token).
 
+use std::collections::HashMap;
+
 use axum::{
     extract::{Path, State},
     http::HeaderMap,
@@ -16,13 +18,17 @@ use crate::{
 };
 
 /// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`).
+/// A fixed number of queries, whatever the fleet's size.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let mut hosts = state.db.hosts().await?;
+    let mut reports: HashMap<String, Vec<(i64, String, Option<String>)>> = HashMap::new();
+    for (host, generation, phase, message) in state.db.newest_report_phases().await? {
+        reports.entry(host).or_default().push((generation, phase, message));
+    }
     let now = crate::db::now();
     for h in &mut hosts {
-        let reports = state.db.report_phases(&h.name).await?;
-        let seen = seen(&reports);
+        let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         h.state = Some(status::host_state(newest, &seen, h.status.last_seen, now, state.config.offline_after_secs));
     }

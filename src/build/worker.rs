@@ -3,14 +3,15 @@
 //! generations; a heartbeat proves the worker alive, so a crashed worker's build is settled
 //! (run again or failed) instead of staying `running` forever.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use futures::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    history,
+    capacity, history,
     log::BuildLog,
     model::{BuildState, HostState},
     policy, publish,
@@ -251,11 +252,18 @@ impl Worker {
         if let Some(dir) = out_link.parent() {
             tokio::fs::create_dir_all(dir).await.map_err(|e| format!("creating {}: {e}", dir.display()))?;
         }
-        let lines = log.sender(format!("[{host}] "));
+        let (lines, evaluated) = timed(log.sender(format!("[{host}] ")));
         let store = config.builder.store.as_deref();
-        let path = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines)
-            .await
-            .map_err(|e| e.to_string())?;
+        let started = Instant::now();
+        let built = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines).await;
+        let took = started.elapsed();
+        // The sender went with the build: the forwarder has seen every line once it ends.
+        let evaluation = evaluated.await.ok().flatten().map_or(took, |at| at.duration_since(started));
+        let path = built.map_err(|e| format!("{e} (after {:.1} s)", took.as_secs_f64()))?;
+        self.state.metrics.host_evaluation.observe(evaluation);
+        self.state.metrics.host_build.observe(took);
+        let seconds = |d: std::time::Duration| format!("{:.1} s", d.as_secs_f64());
+        log.line(format!("[{host}] evaluated in {}, built in {} in all", seconds(evaluation), seconds(took)));
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
@@ -337,6 +345,25 @@ impl Worker {
             .map(Some)
             .map_err(|e| format!("checking ancestry: {e}"))
     }
+}
+
+/// A sender of Nix's stderr lines to `log`, and the forwarder that ends (once every sender
+/// is gone) with when the first line showing the evaluation over went by
+/// (`capacity::evaluation_ended`).
+fn timed(log: UnboundedSender<String>) -> (UnboundedSender<String>, tokio::task::JoinHandle<Option<Instant>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let forwarder = tokio::spawn(async move {
+        let mut ended = None;
+        while let Some(line) = rx.recv().await {
+            if ended.is_none() && capacity::evaluation_ended(&line) {
+                ended = Some(Instant::now());
+            }
+            // The log's writer is gone only when the build is over: the timing still counts.
+            let _ = log.send(line);
+        }
+        ended
+    });
+    (tx, forwarder)
 }
 
 /// Logs a failed write of a build's progress: the build goes on (its end is recorded by

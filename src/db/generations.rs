@@ -235,6 +235,10 @@ mod tests {
             assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
             assert_eq!(hosts[0].latest.as_ref().map(|g| g.number), Some(2));
             assert_eq!(db.generations("a").await.unwrap().len(), 2);
+            let wanted = ["a", "b", "c"].map(String::from);
+            let mut newest = db.newest_generations(&wanted).await.unwrap();
+            newest.sort();
+            assert_eq!(newest, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
             assert_eq!(db.host_repository("a").await.unwrap().as_deref(), Some("fleet"));
             assert!(db.host_exists("b").await.unwrap() && !db.host_exists("c").await.unwrap());
             assert_eq!(db.last_deployed_commit("fleet", "main").await.unwrap().as_deref(), Some("c1"));

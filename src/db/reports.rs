@@ -151,6 +151,9 @@ mod tests {
             assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+            // Only the reports about each host's newest generation (here 1) decide its state.
+            let newest = db.newest_report_phases().await.unwrap();
+            assert_eq!(newest, [("a".to_owned(), 1, "confirmed".to_owned(), None)]);
         }
     }
 }

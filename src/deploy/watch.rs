@@ -216,23 +216,28 @@ mod tests {
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
     }
 
+    /// Whether a wake-up enabled before `made` fired.
+    fn woken(n: &mut std::pin::Pin<Box<Notified<'_>>>) -> bool {
+        futures::FutureExt::now_or_never(n.as_mut()).is_some()
+    }
+
     #[tokio::test]
     async fn a_generation_wakes_only_its_own_hosts_waiters_and_only_once() {
         let watch = Watch::default();
         let (web, db, also_web) = (watch.subscribe("web"), watch.subscribe("db"), watch.subscribe("web"));
         web.knows(3);
-        let mut woken = [web.notified(), db.notified(), also_web.notified()].map(Box::pin);
-        for n in woken.iter_mut() {
-            n.as_mut().enable();
+        {
+            let mut n = [web.notified(), db.notified(), also_web.notified()].map(Box::pin);
+            n.iter_mut().for_each(|n| {
+                n.as_mut().enable();
+            });
+            watch.made("web", 3);
+            assert!(!n.iter_mut().any(woken), "generation 3 was known");
+            watch.made("web", 4);
+            let [web_n, db_n, also_n] = &mut n;
+            assert!(woken(web_n) && woken(also_n), "both of web's waiters");
+            assert!(!woken(db_n), "another host's");
         }
-        watch.made("web", 3);
-        assert!(woken.iter_mut().all(|n| futures::FutureExt::now_or_never(n.as_mut()).is_none()), "known");
-        watch.made("web", 4);
-        let [mut web_woken, mut db_woken, mut also_woken] = woken;
-        assert!(futures::FutureExt::now_or_never(web_woken.as_mut()).is_some());
-        assert!(futures::FutureExt::now_or_never(also_woken.as_mut()).is_some());
-        assert!(futures::FutureExt::now_or_never(db_woken.as_mut()).is_none(), "another host");
-        drop((web_woken, db_woken, also_woken));
         assert_eq!((watch.waiting().len(), watch.polls()), (2, 3));
         drop((web, also_web));
         assert_eq!(watch.waiting(), ["db"], "the last waiter of a host takes its entry along");

@@ -251,3 +251,22 @@ fn after_the_listener_connection_is_cut_waiting_long_polls_look_at_the_database_
     assert_eq!(status, StatusCode::OK);
     assert!(answered - made < Duration::from_secs(1), "{:?}", answered - made);
 }
+
+#[test]
+fn each_hosts_evaluation_time_is_in_the_build_log_and_the_metrics() {
+    let b = crate::builds::build_host(&["alpha", "beta"], "");
+    let commit = b.fleet.commit("main", "two hosts", crate::fleet::Signing::Trusted);
+    let (ok, log, status) = b.submit_wait(&commit, "main");
+    assert!(ok, "{status}\n{log}");
+    for host in ["alpha", "beta"] {
+        let line =
+            log.lines().find(|l| l.contains(&format!("[{host}] evaluated in "))).unwrap_or_else(|| panic!("{log}"));
+        let seconds: Vec<f64> =
+            line.split(" s").filter_map(|part| part.rsplit(' ').next()?.parse().ok()).collect::<Vec<_>>();
+        assert!(matches!(seconds[..], [evaluation, all] if evaluation <= all && all > 0.0), "{line}");
+    }
+    assert_eq!(metric(&b.server, "berth_host_evaluation_seconds_count"), 2);
+    assert_eq!(metric(&b.server, "berth_host_build_seconds_count"), 2);
+    let text = http().get(format!("{}/metrics", b.server.url)).send().unwrap().text().unwrap();
+    assert!(text.contains("berth_host_evaluation_seconds_bucket{le=\"+Inf\"} 2"), "{text}");
+}

@@ -71,8 +71,8 @@ pub struct AppInner {
     pub signing_key: SecretKey,
     /// The deploy key that signs host manifests.
     pub deploy_key: SecretKey,
-    /// Wakes manifest long-polls when a generation is made.
-    pub deploys: tokio::sync::Notify,
+    /// The hosts whose manifest long-polls wait, woken when their generation is made.
+    pub deploys: crate::deploy::watch::Watch,
     /// Publications hold it for reading, retention for writing (see `gc::run`); with
     /// PostgreSQL it holds across replicas.
     pub publish_gate: PublishGate,
@@ -217,6 +217,8 @@ pub async fn serve(
     }
     let stop = tokio_util::sync::CancellationToken::new();
     let mut workers = crate::build::worker::spawn(state.clone(), stop.clone());
+    // PostgreSQL: generations other replicas make wake this one's long-polls.
+    workers.push(tokio::spawn(crate::deploy::watch::follow(state.clone(), stop.clone())));
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
     }

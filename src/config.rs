@@ -162,7 +162,10 @@ pub struct RawRetention {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBuilder {
-    /// Hosts of one build built at the same time. Default 2.
+    /// Hosts of one build evaluated and built at the same time. Default: the memory
+    /// available at start-up (`MemAvailable`, or the service's cgroup `memory.max` when
+    /// lower) divided by 1 GiB (a NixOS evaluation takes ~0.8 GB), at least 1, at most the
+    /// number of cores (`build::capacity`).
     pub parallel_hosts: Option<usize>,
     /// Seconds one host's build may take before it is killed. Default 7200.
     pub timeout_secs: Option<u64>,
@@ -467,7 +470,10 @@ impl RawConfig {
         let metrics_public = self.metrics_public.unwrap_or(!cache.require_read_token);
         let server = self.server.validate()?;
         let builder = BuilderConfig {
-            parallel_hosts: positive("builder.parallel_hosts", self.builder.parallel_hosts.unwrap_or(2))?,
+            parallel_hosts: positive(
+                "builder.parallel_hosts",
+                self.builder.parallel_hosts.unwrap_or_else(machine_parallel_hosts),
+            )?,
             timeout: std::time::Duration::from_secs(self.builder.timeout_secs.unwrap_or(7200).max(1)),
             // 0: a replica that only serves (others build).
             concurrent_builds: self.builder.concurrent_builds.unwrap_or(1),
@@ -569,6 +575,23 @@ fn decoder_budget(raw: &RawCache, per_decoder: u32) -> Result<u32, ConfigError> 
         });
     }
     Ok(budget)
+}
+
+/// [`crate::build::capacity::default_parallel_hosts`] of this machine: its available
+/// memory (within this process's cgroup v2 limit) and its cores.
+fn machine_parallel_hosts() -> usize {
+    use crate::build::capacity;
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| capacity::mem_available(&m));
+    let limit = std::fs::read_to_string("/proc/self/cgroup").ok().and_then(|c| {
+        let dir = std::path::Path::new("/sys/fs/cgroup").join(capacity::cgroup_path(&c)?);
+        capacity::cgroup_limit(&std::fs::read_to_string(dir.join("memory.max")).ok()?)
+    });
+    let memory = match (available, limit) {
+        (Some(a), Some(l)) => Some(a.min(l)),
+        (a, l) => a.or(l),
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    capacity::default_parallel_hosts(memory, cores)
 }
 
 fn positive(key: &'static str, n: usize) -> Result<usize, ConfigError> {

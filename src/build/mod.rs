@@ -3,6 +3,7 @@
 //! `ingest`, check the signatures of the commits a deploy would bring, and record the
 //! generations the branch policy and the signed-history gate allow.
 
+pub mod capacity;
 pub mod history;
 pub mod log;
 pub mod model;

@@ -3,14 +3,15 @@
 //! generations; a heartbeat proves the worker alive, so a crashed worker's build is settled
 //! (run again or failed) instead of staying `running` forever.
 
-use std::{collections::HashMap, path::PathBuf};
+use std::{collections::HashMap, path::PathBuf, time::Instant};
 
 use futures::StreamExt;
+use tokio::sync::mpsc::UnboundedSender;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{
-    history,
+    capacity, history,
     log::BuildLog,
     model::{BuildState, HostState, Verdict},
     policy, publish,
@@ -80,9 +81,14 @@ pub enum HostError {
         /// Why.
         source: std::io::Error,
     },
-    /// `nix build` failed (evaluation or build; with the log tail).
-    #[error(transparent)]
-    Nix(#[from] NixError),
+    /// `nix build` failed (evaluation or build; with the log tail), after `seconds`.
+    #[error("{source} (after {seconds:.1} s)")]
+    Nix {
+        /// What Nix said.
+        source: NixError,
+        /// How long it ran.
+        seconds: f64,
+    },
     /// The closure could not be published.
     #[error(transparent)]
     Publish(#[from] publish::PublishError),
@@ -313,9 +319,18 @@ impl Worker {
                 .await
                 .map_err(|source| HostError::GcRootDir { dir: dir.to_owned(), source })?;
         }
-        let lines = log.sender(format!("[{host}] "));
+        let (lines, evaluated) = timed(log.sender(format!("[{host}] ")));
         let store = config.builder.store.as_deref();
-        let path = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines).await?;
+        let started = Instant::now();
+        let built = nix::flake::build_toplevel(flake, host, store, &out_link, config.builder.timeout, lines).await;
+        let took = started.elapsed();
+        // The sender went with the build: the forwarder has seen every line once it ends.
+        let evaluation = evaluated.await.ok().flatten().map_or(took, |at| at.duration_since(started));
+        let path = built.map_err(|source| HostError::Nix { source, seconds: took.as_secs_f64() })?;
+        self.state.metrics.host_evaluation.observe(evaluation);
+        self.state.metrics.host_build.observe(took);
+        let seconds = |d: std::time::Duration| format!("{:.1} s", d.as_secs_f64());
+        log.line(format!("[{host}] evaluated in {}, built in {} in all", seconds(evaluation), seconds(took)));
         log.line(format!("[{host}] built {path}; publishing its closure"));
         row.state = HostState::Publishing.as_str().into();
         row.store_path = Some(path.clone());
@@ -373,8 +388,7 @@ impl Worker {
                 build_id: Some(build.id),
                 signer: trust.signer(),
             };
-            let number = db.add_generation(&g).await?;
-            self.state.deploys.notify_waiters();
+            let number = crate::deploy::watch::add_generation(&self.state, &g).await?;
             db.set_build_host_generation(build.id, host, number).await?;
             log.line(format!("[{host}] generation {number}: {path}"));
             let runs = self.running_system(host).await.or_else(|| current.get(host.as_str()).cloned());
@@ -428,6 +442,25 @@ impl Worker {
         };
         nix::git::is_ancestor(mirror, &last, &build.commit_sha).await.map(Some).map_err(BuildError::Ancestry)
     }
+}
+
+/// A sender of Nix's stderr lines to `log`, and the forwarder that ends (once every sender
+/// is gone) with when the first line showing the evaluation over went by
+/// (`capacity::evaluation_ended`).
+fn timed(log: UnboundedSender<String>) -> (UnboundedSender<String>, tokio::task::JoinHandle<Option<Instant>>) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let forwarder = tokio::spawn(async move {
+        let mut ended = None;
+        while let Some(line) = rx.recv().await {
+            if ended.is_none() && capacity::evaluation_ended(&line) {
+                ended = Some(Instant::now());
+            }
+            // The log's writer is gone only when the build is over: the timing still counts.
+            let _ = log.send(line);
+        }
+        ended
+    });
+    (tx, forwarder)
 }
 
 /// Logs a failed write of a build's progress: the build goes on (its end is recorded by

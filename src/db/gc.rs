@@ -205,6 +205,7 @@ impl Db {
     /// Reads everything the planner needs, in one read transaction (for dry runs: by the
     /// time a plan made from it would be applied, the index may have changed).
     pub async fn gc_snapshot(&self) -> Result<Snapshot, DbError> {
+        super::count_query();
         let raw = match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;
@@ -231,6 +232,7 @@ impl Db {
     /// the tables the plan depends on, locked against writers), so every writer waits for the
     /// commit and then sees the plan's result; readers are never blocked.
     pub async fn gc_apply(&self, decide: impl FnOnce(&Snapshot) -> Plan, nar_due: i64) -> Result<Plan, DbError> {
+        super::count_query();
         match self {
             Db::Sqlite(pool) => {
                 let mut tx = pool.begin().await?;

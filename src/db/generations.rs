@@ -51,6 +51,50 @@ pub struct HostRow {
     pub last_build: Option<super::LastBuild>,
 }
 
+/// A row of [`Db::hosts`]' join: the host, and its newest generation if it has one.
+#[derive(sqlx::FromRow)]
+struct HostJoin {
+    name: String,
+    repository: String,
+    #[sqlx(flatten)]
+    status: super::HostStatus,
+    number: Option<i64>,
+    store_path: Option<String>,
+    commit_sha: Option<String>,
+    branch: Option<String>,
+    build_id: Option<i64>,
+    created_at: Option<i64>,
+    signer: Option<String>,
+}
+
+impl HostJoin {
+    fn into_row(self) -> HostRow {
+        let latest = match (self.number, self.store_path, self.commit_sha, self.branch, self.created_at) {
+            (Some(number), Some(store_path), Some(commit_sha), Some(branch), Some(created_at)) => Some(GenerationRow {
+                host: self.name.clone(),
+                number,
+                store_path,
+                commit_sha,
+                branch,
+                build_id: self.build_id,
+                created_at,
+                signer: self.signer,
+                outcome: None,
+                profile_generation: None,
+            }),
+            _ => None,
+        };
+        HostRow {
+            name: self.name,
+            repository: self.repository,
+            latest,
+            status: self.status,
+            state: None,
+            last_build: None,
+        }
+    }
+}
+
 const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at, signer";
 
 /// What a new generation records.
@@ -74,6 +118,8 @@ pub struct NewGeneration<'a> {
 
 impl Db {
     /// Records a new generation and returns its number (one more than the host's newest).
+    /// With PostgreSQL the same transaction notifies every replica (`listen.rs`); waking this
+    /// process's long-polls is the caller's (`deploy::watch::add_generation`).
     /// Numbers never collide, even between replicas: the host's row is locked first (an
     /// upsert that changes nothing still locks the row it finds), so concurrent writers for
     /// one host take turns, and each reads the number the previous one committed. (SQLite:
@@ -97,6 +143,10 @@ impl Db {
             .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
             .bind(g.signer)
             .execute(&mut *tx).await?;
+            if let Some(notify) = super::notify_sql(pool) {
+                let made = super::Notice::Made { host: g.host.to_owned(), number };
+                sqlx::query(notify).bind(super::GENERATIONS_CHANNEL).bind(made.payload()).execute(&mut *tx).await?;
+            }
             tx.commit().await?;
             Ok(number)
         })
@@ -120,17 +170,35 @@ impl Db {
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_all(pool).await?))
     }
 
-    /// Every host with its newest generation, by name.
+    /// Every host with its newest generation and its status, by name: one query, whatever
+    /// the fleet's size.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, DbError> {
-        let names: Vec<(String, String)> = on_pool!(self, pool =>
-            sqlx::query_as("SELECT name, repository FROM hosts ORDER BY name").fetch_all(pool).await?);
-        let mut hosts = Vec::with_capacity(names.len());
-        for (name, repository) in names {
-            let latest = self.latest_generation(&name).await?;
-            let status = self.host_status(&name).await?;
-            hosts.push(HostRow { name, repository, latest, status, state: None, last_build: None });
+        let sql = "SELECT h.name, h.repository, h.active_generation, h.phase, h.last_error, h.last_seen, h.paused_at,
+                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer
+             FROM hosts h LEFT JOIN generations g
+               ON g.host = h.name AND g.number = (SELECT MAX(number) FROM generations WHERE host = h.name)
+             ORDER BY h.name";
+        let rows: Vec<HostJoin> = on_pool!(self, pool => sqlx::query_as(sql).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(HostJoin::into_row).collect())
+    }
+
+    /// The number of the newest generation of each of `hosts` that has one (a few queries
+    /// of 500 hosts each: what every waiting long-poll would look up, at once).
+    pub async fn newest_generations(&self, hosts: &[String]) -> Result<Vec<(String, i64)>, DbError> {
+        let mut newest = Vec::new();
+        for chunk in hosts.chunks(500) {
+            on_pool!(self, pool => {
+                let mut q = sqlx::QueryBuilder::new("SELECT host, MAX(number) FROM generations WHERE host IN (");
+                let mut list = q.separated(", ");
+                for host in chunk {
+                    list.push_bind(host);
+                }
+                q.push(") GROUP BY host");
+                let rows: Vec<(String, i64)> = q.build_query_as().fetch_all(pool).await?;
+                newest.extend(rows);
+            });
         }
-        Ok(hosts)
+        Ok(newest)
     }
 
     /// The repository of a known host.
@@ -183,6 +251,10 @@ mod tests {
             assert_eq!(hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>(), ["a", "b"]);
             assert_eq!(hosts[0].latest.as_ref().map(|g| g.number), Some(2));
             assert_eq!(db.generations("a").await.unwrap().len(), 2);
+            let wanted = ["a", "b", "c"].map(String::from);
+            let mut newest = db.newest_generations(&wanted).await.unwrap();
+            newest.sort();
+            assert_eq!(newest, [("a".to_owned(), 2), ("b".to_owned(), 1)]);
             assert_eq!(db.host_repository("a").await.unwrap().as_deref(), Some("fleet"));
             assert!(db.host_exists("b").await.unwrap() && !db.host_exists("c").await.unwrap());
             assert_eq!(db.last_deployed_commit("fleet", "main").await.unwrap().as_deref(), Some("c1"));

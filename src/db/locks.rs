@@ -87,6 +87,7 @@ impl PublishGate {
 
     async fn lock(&self, sql: &str) -> Result<Option<Transaction<'static, Postgres>>, DbError> {
         let Some(pool) = &self.shared else { return Ok(None) };
+        super::count_query();
         let mut tx = pool.begin().await?;
         sqlx::query(sql).bind(PUBLISH_GATE_KEY).execute(&mut *tx).await?;
         Ok(Some(tx))
@@ -108,6 +109,7 @@ impl Db {
     /// process owns the database, and its in-process lock is enough.)
     pub async fn try_lock_collection(&self) -> Result<Option<CollectionLock>, DbError> {
         let Db::Postgres(pool) = self else { return Ok(Some(CollectionLock { session: None })) };
+        super::count_query();
         let mut session = pool.acquire().await?;
         // Before the lock is asked for: however this ends (an error, a cancelled future), the
         // session never goes back to the pool, lock and all.

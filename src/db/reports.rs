@@ -122,6 +122,18 @@ impl Db {
         ).bind(host).fetch_all(pool).await?))
     }
 
+    /// Every host's reports about its newest generation as `(host, generation, phase,
+    /// message)`, oldest first: what each host's state is computed from, for the whole fleet
+    /// in one query.
+    pub async fn newest_report_phases(&self) -> Result<Vec<(String, i64, String, Option<String>)>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT r.host, r.generation, r.phase, r.message FROM reports r
+             JOIN (SELECT host, MAX(number) AS number FROM generations GROUP BY host) n
+               ON r.host = n.host AND r.generation = n.number
+             ORDER BY r.id",
+        ).fetch_all(pool).await?))
+    }
+
     /// A host's reports, newest first.
     pub async fn reports(&self, host: &str, limit: i64) -> Result<Vec<ReportRow>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_as(
@@ -171,6 +183,9 @@ mod tests {
             assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);
+            // Only the reports about each host's newest generation (here 1) decide its state.
+            let newest = db.newest_report_phases().await.unwrap();
+            assert_eq!(newest, [("a".to_owned(), 1, "confirmed".to_owned(), None)]);
             assert!(!db.paused("a").await.unwrap());
             assert!(db.set_paused("a", true).await.unwrap());
             let since = db.host_status("a").await.unwrap().paused_at.unwrap();

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod manifest;
 pub mod rollback;
 pub mod status;
+pub mod watch;
 
 use crate::db::GenerationRow;
 use manifest::Manifest;

@@ -60,21 +60,24 @@ pub async fn manifest(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u32>().ok())
         .unwrap_or(1);
+    // Nothing looks at the database while the host's generation does not change: the watch
+    // wakes this request when one is made, here or (PostgreSQL) on another replica.
+    let watch = state.deploys.subscribe(&name);
     loop {
         // Registered before the check, so a generation made in between is not missed.
-        let made = state.deploys.notified();
+        let made = watch.notified();
         tokio::pin!(made);
         made.as_mut().enable();
         // A paused host is handed nothing newer until it is resumed (which wakes this loop).
         let held = state.db.paused(&name).await?;
-        if let Some(g) = state.db.latest_generation(&name).await?.filter(|g| g.number > after && !held) {
+        let latest = state.db.latest_generation(&name).await?;
+        watch.knows(latest.as_ref().map_or(0, |g| g.number));
+        if let Some(g) = latest.filter(|g| g.number > after && !held) {
             state.db.touch_host(&name).await?;
             return Ok(Json(manifest_of(&g, version).sign(&state.deploy_key)).into_response());
         }
         tokio::select! {
             _ = &mut made => {}
-            // Another replica may have made it: look again now and then.
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             _ = tokio::time::sleep_until(deadline) => {
                 state.db.touch_host(&name).await?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
@@ -242,7 +245,6 @@ async fn resend(
         // The same commit as the target's, so the same signer authorised it.
         signer: target.signer.as_deref(),
     };
-    let number = state.db.add_generation(&g).await?;
-    state.deploys.notify_waiters();
+    let number = crate::deploy::watch::add_generation(state, &g).await?;
     state.db.generation(name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))
 }

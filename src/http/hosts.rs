@@ -1,6 +1,8 @@
 //! Hosts and their generations: `GET /api/v1/hosts` (admin) and
 //! `GET /api/v1/hosts/{name}/generations` (admin, or that host's own token).
 
+use std::collections::HashMap;
+
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
     http::HeaderMap,
@@ -17,16 +19,19 @@ use crate::{
 };
 
 /// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`)
-/// and its newest build's verdict.
+/// and its newest build's verdict. A fixed number of queries, whatever the fleet's size.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let mut hosts = state.db.hosts().await?;
-    let mut last_builds: std::collections::HashMap<_, _> = state.db.last_builds().await?.into_iter().collect();
+    let mut last_builds: HashMap<_, _> = state.db.last_builds().await?.into_iter().collect();
+    let mut reports: HashMap<String, Vec<(i64, String, Option<String>)>> = HashMap::new();
+    for (host, generation, phase, message) in state.db.newest_report_phases().await? {
+        reports.entry(host).or_default().push((generation, phase, message));
+    }
     let now = crate::db::now();
     for h in &mut hosts {
         h.last_build = last_builds.remove(&h.name);
-        let reports = state.db.report_phases(&h.name).await?;
-        let seen = seen(&reports);
+        let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
         h.state = Some(status::host_state(newest, &seen, seen_at, paused, now, state.config.offline_after_secs));
@@ -160,7 +165,8 @@ async fn set_paused(
         return Err(ApiError::NotFound(format!("no host {name}")));
     }
     tracing::info!(host = %name, paused, "pause");
-    // Waiting long-polls look again: on resume they find the newest generation.
-    state.deploys.notify_waiters();
+    // Its waiting long-polls here look again: on resume they find the newest generation (on
+    // another replica, at their next poll).
+    state.deploys.wake(&name);
     Ok(Json(PauseView { host: name, paused }))
 }

@@ -25,5 +25,13 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     if !state.config.metrics_public {
         auth::require(&state, &headers, Scope::Metrics).await?;
     }
-    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], state.metrics.render()))
+    let mut text = state.metrics.render();
+    let waiting = state.deploys.polls();
+    crate::metrics::Metrics::render_gauge(
+        &mut text,
+        "berth_manifest_polls_waiting",
+        "manifest long-polls held",
+        waiting,
+    );
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text))
 }

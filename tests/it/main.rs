@@ -15,6 +15,7 @@ mod consistency;
 mod crash;
 mod deploy_api;
 mod fleet;
+mod fleet_scale;
 mod gc;
 mod health;
 mod hostile;

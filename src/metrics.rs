@@ -56,6 +56,13 @@ impl Metrics {
         for (name, help, value) in counters {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Relaxed));
         }
+        let (name, help) = ("berth_db_queries_total", "database statements or transactions run");
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", crate::db::queries());
         out
+    }
+
+    /// One gauge in the exposition text.
+    pub fn render_gauge(out: &mut String, name: &str, help: &str, value: u64) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
     }
 }

@@ -16,7 +16,11 @@ mod reports;
 pub(crate) mod testing;
 mod tokens;
 
-use std::{collections::HashSet, str::FromStr};
+use std::{
+    collections::HashSet,
+    str::FromStr,
+    sync::atomic::{AtomicU64, Ordering},
+};
 
 use sqlx::{
     postgres::{PgPool, PgPoolOptions},
@@ -29,7 +33,7 @@ pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};
-pub use paths::{NarFileRow, PathRow};
+pub use paths::{NarFileRow, PathListener, PathRow};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;
 
@@ -68,14 +72,31 @@ pub enum Db {
 /// Runs `$body` with `$pool` bound to whichever pool `$db` holds: the query is written once
 /// and type-checked for each dialect.
 macro_rules! on_pool {
-    ($db:expr, $pool:ident => $body:expr) => {
+    ($db:expr, $pool:ident => $body:expr) => {{
+        $crate::db::count_query();
         match $db {
             $crate::db::Db::Sqlite($pool) => $body,
             $crate::db::Db::Postgres($pool) => $body,
         }
-    };
+    }};
 }
 pub(crate) use on_pool;
+
+/// Database operations begun by this process (see [`queries`]).
+static QUERIES: AtomicU64 = AtomicU64::new(0);
+
+/// Counts one database operation: every `on_pool!` (one statement, or one transaction of a
+/// few) and the few queries written per dialect. Process-wide, like the `/metrics` it feeds.
+pub(crate) fn count_query() {
+    QUERIES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// How many database operations (a statement or a transaction) this process has run:
+/// `berth_db_queries_total`, so that what idle long-polls or `berth hosts` cost is measured,
+/// not guessed.
+pub fn queries() -> u64 {
+    QUERIES.load(Ordering::Relaxed)
+}
 
 impl Db {
     /// Opens (creating if needed) and migrates the database at `url`.
@@ -176,6 +197,9 @@ pub(crate) trait Dialect {
     /// Run first in each migration's transaction (bound to the migration lock's key), so
     /// that replicas starting together take turns. SQLite's `BEGIN IMMEDIATE` suffices.
     const LOCK_MIGRATIONS: Option<&'static str>;
+    /// Run in the transaction that makes a generation, bound to the channel and the payload,
+    /// so that every replica hears of it at commit (`listen.rs`). SQLite: one process.
+    const NOTIFY: Option<&'static str>;
 }
 
 impl Dialect for SqlitePool {
@@ -183,6 +207,7 @@ impl Dialect for SqlitePool {
     const SKIP_LOCKED: &'static str = "";
     const LOCK_BUILDS: Option<&'static str> = None;
     const LOCK_MIGRATIONS: Option<&'static str> = None;
+    const NOTIFY: Option<&'static str> = None;
 }
 
 impl Dialect for PgPool {
@@ -190,6 +215,7 @@ impl Dialect for PgPool {
     const SKIP_LOCKED: &'static str = "FOR UPDATE SKIP LOCKED";
     const LOCK_BUILDS: Option<&'static str> = Some("LOCK TABLE builds IN SHARE ROW EXCLUSIVE MODE");
     const LOCK_MIGRATIONS: Option<&'static str> = Some("SELECT pg_advisory_xact_lock($1)");
+    const NOTIFY: Option<&'static str> = Some("SELECT pg_notify($1, $2)");
 }
 
 /// [`Dialect::BEGIN`] for `pool`'s dialect.
@@ -205,6 +231,11 @@ pub(crate) fn lock_builds<P: Dialect>(_: &P) -> Option<&'static str> {
 /// [`Dialect::LOCK_MIGRATIONS`] for `pool`'s dialect.
 pub(crate) fn lock_migrations<P: Dialect>(_: &P) -> Option<&'static str> {
     P::LOCK_MIGRATIONS
+}
+
+/// [`Dialect::NOTIFY`] for `pool`'s dialect.
+pub(crate) fn notify_sql<P: Dialect>(_: &P) -> Option<&'static str> {
+    P::NOTIFY
 }
 
 /// [`Dialect::SKIP_LOCKED`] for `pool`'s dialect.

@@ -27,6 +27,7 @@ use crate::nixfmt::{
     self, declared_memory, sha256_nix_string, verify_nar, Compression, Declared, NarDigest, NarFileInfo, NarFileName,
     NarInfoError, PathInfo, SecretKey, StorePathHash, VerifyError,
 };
+use crate::published::PublishedSet;
 use crate::store::{ObjectKey, Store, StoreError};
 
 /// Why an upload was refused or failed.
@@ -276,11 +277,13 @@ pub struct Cache<'a> {
     pub gate: &'a PublishGate,
     /// What decompressing uploads may cost in memory.
     pub decoders: &'a DecoderBudget,
+    /// The published-path set, which a publication joins.
+    pub published: &'a PublishedSet,
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
 pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
-    let Cache { store, db, key, gate, .. } = cache;
+    let Cache { store, db, key, gate, published, .. } = cache;
     // Retention cannot plan or delete while this publication checks and indexes.
     let _gate = gate.read().await?;
     let file = info.nar_file()?;
@@ -299,6 +302,7 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
     }
     let hash = info.hash();
     if db.narinfo(hash.as_str()).await?.is_some() {
+        published.insert(&hash);
         return Ok(Published::AlreadyPresent);
     }
     missing_references(db, &info).await?;
@@ -319,6 +323,8 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
             references: signed.reference_basenames(),
         })
         .await?;
+    // Still under the gate: a collection cannot remove it before it is added.
+    published.insert(&hash);
     crash::point(Step::NarInfoIndexed);
     Ok(if inserted { Published::New } else { Published::AlreadyPresent })
 }

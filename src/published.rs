@@ -113,6 +113,18 @@ impl PublishedSet {
         self.is_complete() && !self.inner.read().expect("not poisoned").hashes.contains(&hash.to_bytes())
     }
 
+    /// Which of `hashes` are published, when the set answers exactly both ways: one process
+    /// (SQLite), loaded. With replicas a path another one deleted may linger in the set
+    /// until it reloads, so there `None`: ask the index.
+    pub fn present_exactly(&self, hashes: &[String]) -> Option<HashSet<String>> {
+        if self.shared || !self.is_complete() {
+            return None;
+        }
+        let inner = self.inner.read().expect("not poisoned");
+        let present = |h: &String| StorePathHash::parse(h).is_ok_and(|h| inner.hashes.contains(&h.to_bytes()));
+        Some(hashes.iter().filter(|h| present(h)).cloned().collect())
+    }
+
     /// Whether every publication is known to be in the set.
     pub fn is_complete(&self) -> bool {
         let fresh = self.fresh_as_of.load(SeqCst);

@@ -128,7 +128,7 @@ impl PublishedSet {
     /// Whether every publication is known to be in the set.
     pub fn is_complete(&self) -> bool {
         let fresh = self.fresh_as_of.load(SeqCst);
-        fresh != 0 && (!self.shared || self.now_ms() + 1 <= fresh + STALENESS.as_millis() as u64)
+        fresh != 0 && (!self.shared || self.now_ms() < fresh + STALENESS.as_millis() as u64)
     }
 
     /// Adds a path just published.

@@ -64,6 +64,8 @@ free_port() {
 start_berth() {
   local dir=$1
   shift
+  # Made before the server starts: the loop below may read it before the child opens it.
+  : >"$dir.out"
   "$BERTH" serve --data-dir "$dir" --listen 127.0.0.1:0 "$@" >"$dir.out" 2>"$dir.err" &
   BERTH_PID=$!
   echo "$BERTH_PID" >>"$PIDFILE"

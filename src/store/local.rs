@@ -54,7 +54,7 @@ fn resolve(range: Option<ByteRange>, size: u64) -> Result<Range<u64>, StoreError
 /// Bytes read per chunk: below glibc's mmap threshold (1 MiB, set in `main.rs`), so a buffer
 /// is never a mapping of its own (a page fault per page, every chunk), and small enough that
 /// 16 concurrent downloads hold a few MiB.
-const CHUNK: usize = 256 << 10;
+const CHUNK: usize = 128 << 10;
 /// Chunks queued between the reading thread and the socket.
 const QUEUED: usize = 1;
 /// Buffers a download keeps for reuse: one being read, one queued, about two in hyper's

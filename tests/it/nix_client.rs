@@ -104,7 +104,7 @@ fn berth_push_then_substitute(client: NixClient) {
 }
 
 /// The server's peak RSS while it ingests and serves, whatever the NAR's size
-/// (docs/scaling.md): uploads in 512 KiB parts, downloads through a few reused 256 KiB
+/// (docs/scaling.md): uploads in 512 KiB parts, downloads through a few reused 128 KiB
 /// buffers, two malloc arenas.
 const SERVE_RSS_BOUND_KIB: u64 = 48 * 1024;
 

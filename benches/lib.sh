@@ -64,6 +64,8 @@ free_port() {
 start_berth() {
   local dir=$1
   shift
+  # Made before the server starts: the loop below may read it before the child opens it.
+  : >"$dir.out"
   "$BERTH" serve --data-dir "$dir" --listen 127.0.0.1:0 "$@" >"$dir.out" 2>"$dir.err" &
   BERTH_PID=$!
   echo "$BERTH_PID" >>"$PIDFILE"
@@ -132,6 +134,24 @@ curl_dl() {
   done
   awk -v n="$bytes" -v a="$t0" -v b="$t1" 'BEGIN { printf "%.0f\n", n / 1e6 / (b - a) }'
 }
+
+# cpu_ticks PID...: user + system clock ticks (USER_HZ) used so far by the PIDs and their
+# children still running (nginx's workers).
+cpu_ticks() {
+  local pids=" $* " p
+  for p in $(awk -v want="$pids" '{ if (index(want, " " $4 " ")) print $1 }' /proc/[0-9]*/stat 2>/dev/null); do
+    pids="$pids$p "
+  done
+  local total=0 t
+  for p in $pids; do
+    t=$(awk '{ sub(/^.*\) /, ""); print $12 + $13 }' "/proc/$p/stat" 2>/dev/null || echo 0)
+    total=$((total + t))
+  done
+  echo "$total"
+}
+
+# peak_rss_mib PID: the process's peak resident set (VmHWM), MiB.
+peak_rss_mib() { awk '/^VmHWM:/ { printf "%.0f\n", $2 / 1024 }' "/proc/$1/status"; }
 
 # wrk_dl URL: DL_CONNS connections for DUR seconds; prints MB/s.
 wrk_dl() {

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Load benchmark of berth against plain baselines measured in the same run, on this machine:
 #   a. narinfo lookups/s (hits, misses): berth vs nginx serving the same DIR/cache directory;
-#   b. NAR download MB/s: berth vs nginx, one large incompressible NAR;
-#   c. ingest MB/s: `berth push` (and `nix copy --to http://berth`) vs
-#      `nix copy --to file://…?compression=zstd`, each into an empty cache.
+#   b. NAR download MB/s and server CPU per byte: berth vs nginx, one large incompressible
+#      NAR, 1 and 16 connections; berth's peak RSS;
+#   c. ingest: `berth push` (and `nix copy --to http://berth`) vs
+#      `nix copy --to file://…?compression=zstd`, each into an empty cache: one big path, a
+#      closure of 301 paths and 1 GiB, a closure of 2,001 small paths; berth's peak RSS.
 # Prints a table and writes docs/benchmarks.md (figures as ratios against the baselines).
 #
 #   bash benches/load.sh                 # full run (~10 minutes)
@@ -21,20 +23,23 @@ ROOT=$PWD
 
 QUICK=${BENCH_QUICK:-0}
 if [ "$QUICK" = 1 ]; then
-  N_SMALL=200 BIG_MIB=64 DUR=3 REPS=1 MICRO_MIB=16 MICRO_SECS=0.5
+  N_SMALL=200 BIG_MIB=64 N_MID=30 MID_KIB=1024 DUR=3 REPS=1 MICRO_MIB=16 MICRO_SECS=0.5
   DOC=${BENCH_DOC:-$ROOT/target/bench/benchmarks-quick.md}
 else
-  N_SMALL=2000 BIG_MIB=512 DUR=10 REPS=3 MICRO_MIB=64 MICRO_SECS=2
+  N_SMALL=2000 BIG_MIB=512 N_MID=300 MID_KIB=3495 DUR=10 REPS=3 MICRO_MIB=64 MICRO_SECS=2
   DOC=${BENCH_DOC:-$ROOT/docs/benchmarks.md}
 fi
 CONNS=64     # narinfo lookups: concurrent connections
-DL_CONNS=4   # NAR downloads with wrk: concurrent connections
+DL_CONNS=16  # NAR downloads with wrk: concurrent connections
 . benches/lib.sh
 
 # ---------------------------------------------------------------------------------------
 # Tools.
 bench_install wrk=wrk nginx=nginx-light zstd=zstd curl=curl openssl=openssl nix-store=nix-bin
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
+# The 1-minute load average every 15 s during the run (the machine may be shared).
+( while sleep 15; do cut -d' ' -f1 /proc/loadavg >>"$WORK/load"; done ) &
+echo $! >>"$PIDFILE"
 have cargo || { echo "bench: cargo is needed (see scripts/deps.sh)" >&2; exit 1; }
 
 awk -v l="${LOAD_BEFORE%% *}" 'BEGIN { exit !(l > 0.5) }' \
@@ -76,6 +81,17 @@ EOF
 ROOT_PATH=$(nix-build "${NIXOPT[@]}" --option sandbox false --no-out-link --quiet "$WORK/closure.nix" \
   --arg listFile "$WORK/small-list.nix" --argstr name "berth-bench-closure-$N_SMALL")
 
+# N_MID incompressible paths of MID_KIB each under one root: the "1 GiB closure".
+log "creating $N_MID paths of $MID_KIB KiB"
+mkdir -p "$WORK/mid"
+head -c $((N_MID * MID_KIB * 1024)) /dev/zero \
+  | openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:berth-bench-mid 2>/dev/null \
+  | (cd "$WORK/mid" && split -b "${MID_KIB}k" -d -a 4 - berth-bench-mid-)
+nix-store "${NIXOPT[@]}" --add "$WORK/mid"/* >"$WORK/mid.list"
+{ echo '['; sed 's/.*/"&"/' "$WORK/mid.list"; echo ']'; } >"$WORK/mid-list.nix"
+MID_ROOT=$(nix-build "${NIXOPT[@]}" --option sandbox false --no-out-link --quiet "$WORK/closure.nix" \
+  --arg listFile "$WORK/mid-list.nix" --argstr name "berth-bench-mid-closure-$N_MID")
+
 mkdir -p "$WORK/big"
 head -c $((BIG_MIB << 20)) /dev/zero \
   | openssl enc -aes-128-ctr -nosalt -pbkdf2 -pass pass:berth-bench 2>/dev/null >"$WORK/big/berth-bench-big-${BIG_MIB}m"
@@ -85,10 +101,13 @@ BIG_PATH=$(nix-store "${NIXOPT[@]}" --add "$WORK/big/berth-bench-big-${BIG_MIB}m
 nar_bytes() { nix-store "${NIXOPT[@]}" --query --size "$@" | awk '{ s += $1 } END { print s }'; }
 CLOSURE_PATHS=$(nix-store --query --requisites "$ROOT_PATH" | wc -l)
 CLOSURE_BYTES=$(nar_bytes $(nix-store --query --requisites "$ROOT_PATH"))
+MID_PATHS=$(nix-store --query --requisites "$MID_ROOT" | wc -l)
+MID_BYTES=$(nar_bytes $(nix-store --query --requisites "$MID_ROOT"))
 BIG_BYTES=$(nar_bytes "$BIG_PATH")
 # Read both once so every contender starts with them in the page cache.
 nix-store --dump "$BIG_PATH" >/dev/null
 nix-store --query --requisites "$ROOT_PATH" | xargs cat >/dev/null
+nix-store --query --requisites "$MID_ROOT" | xargs cat >/dev/null
 
 # ---------------------------------------------------------------------------------------
 # The cache under load: berth with the closure and the big path, and nginx on its files.
@@ -175,10 +194,19 @@ NAR_URL=$(curl -sf "$SERVE_URL/$BIG_HASH.narinfo" | sed -n 's/^URL: //p')
 NAR_FILE_BYTES=$(stat -c %s "$CACHE_DIR/$NAR_URL")
 
 log "b. NAR download ($((NAR_FILE_BYTES / 1000000)) MB file), 1 connection (curl) and $DL_CONNS (wrk), ${DUR}s each"
-B_CURL_B=$(curl_dl "$SERVE_URL/$NAR_URL" "$NAR_FILE_BYTES")
-B_CURL_N=$(curl_dl "$NGINX_URL/$NAR_URL" "$NAR_FILE_BYTES")
-B_WRK_B=$(wrk_dl "$SERVE_URL/$NAR_URL")
-B_WRK_N=$(wrk_dl "$NGINX_URL/$NAR_URL")
+# Server CPU per byte: clock ticks of the server (nginx: master and workers) during the
+# run, over the bytes the run moved.
+per_gb() { awk -v t="$1" -v mbs="$2" -v d="$DUR" 'BEGIN { if (mbs == 0) print "n/a"; else printf "%.2f\n", t / 100 / (mbs * d / 1000) }'; }
+c0=$(cpu_ticks "$SERVE_PID"); B_CURL_B=$(curl_dl "$SERVE_URL/$NAR_URL" "$NAR_FILE_BYTES"); c1=$(cpu_ticks "$SERVE_PID")
+B_CURL_BCPU=$(per_gb $((c1 - c0)) "$B_CURL_B")
+c0=$(cpu_ticks "$NGINX_PID"); B_CURL_N=$(curl_dl "$NGINX_URL/$NAR_URL" "$NAR_FILE_BYTES"); c1=$(cpu_ticks "$NGINX_PID")
+B_CURL_NCPU=$(per_gb $((c1 - c0)) "$B_CURL_N")
+c0=$(cpu_ticks "$SERVE_PID"); B_WRK_B=$(wrk_dl "$SERVE_URL/$NAR_URL"); c1=$(cpu_ticks "$SERVE_PID")
+B_WRK_BCPU=$(per_gb $((c1 - c0)) "$B_WRK_B")
+c0=$(cpu_ticks "$NGINX_PID"); B_WRK_N=$(wrk_dl "$NGINX_URL/$NAR_URL"); c1=$(cpu_ticks "$NGINX_PID")
+B_WRK_NCPU=$(per_gb $((c1 - c0)) "$B_WRK_N")
+# berth's peak RSS since it started: the nix copy that filled it, lookups, downloads.
+B_RSS=$(peak_rss_mib "$SERVE_PID")
 
 stop_pid "$NGINX_PID"
 stop_pid "$SERVE_PID"
@@ -213,11 +241,13 @@ ingest_once() {
         BERTH_TOKEN=$token timeout "$TMO" "$BERTH" push --server "$BERTH_URL" "$@" >"$dir.push" 2>&1 \
           || { cat "$dir.push" >&2; exit 1; }
         t1=$(now)
+        peak_rss_mib "$BERTH_PID" >>"$WORK/rss-push"
       else
         printf 'machine 127.0.0.1 login x password %s\n' "$token" >"$WORK/netrc"
         t0=$(now)
         timeout "$TMO" nix copy --quiet "${NIXOPT[@]}" --option netrc-file "$WORK/netrc" --to "$BERTH_URL?compression=zstd" "$@"
         t1=$(now)
+        peak_rss_mib "$BERTH_PID" >>"$WORK/rss-nixhttp"
       fi
       stop_pid "$BERTH_PID"
       ;;
@@ -225,6 +255,7 @@ ingest_once() {
   # Every path must have arrived.
   local want=$#
   [ "$1" = "$ROOT_PATH" ] && want=$CLOSURE_PATHS
+  [ "$1" = "$MID_ROOT" ] && want=$MID_PATHS
   local got
   got=$(find "$dir/cache" -maxdepth 1 -name '*.narinfo' | wc -l)
   [ "$got" -ge "$want" ] || { echo "bench: $kind stored $got narinfos, expected $want" >&2; exit 1; }
@@ -247,6 +278,9 @@ med() { median <"$WORK/times-$1"; }
 log "c. ingest of the big path (${BIG_MIB} MiB), $REPS round(s)"
 ingest big "$BIG_PATH"
 C_BIG_FILE=$(med big-file) C_BIG_PUSH=$(med big-push) C_BIG_HTTP=$(med big-nixhttp)
+log "c. ingest of the 1 GiB closure ($MID_PATHS paths), $REPS round(s)"
+ingest mid "$MID_ROOT"
+C_MID_FILE=$(med mid-file) C_MID_PUSH=$(med mid-push) C_MID_HTTP=$(med mid-nixhttp)
 log "c. ingest of the closure ($CLOSURE_PATHS paths), $REPS round(s)"
 ingest closure "$ROOT_PATH"
 C_CL_FILE=$(med closure-file) C_CL_PUSH=$(med closure-push) C_CL_HTTP=$(med closure-nixhttp)
@@ -282,18 +316,33 @@ R_BIG_PUSH=$(ratio "$C_BIG_FILE" "$C_BIG_PUSH")
 R_BIG_HTTP=$(ratio "$C_BIG_FILE" "$C_BIG_HTTP")
 R_CL_PUSH=$(ratio "$C_CL_FILE" "$C_CL_PUSH")
 R_CL_HTTP=$(ratio "$C_CL_FILE" "$C_CL_HTTP")
+R_MID_PUSH=$(ratio "$C_MID_FILE" "$C_MID_PUSH")
+R_MID_HTTP=$(ratio "$C_MID_FILE" "$C_MID_HTTP")
+R_CURL_CPU=$(ratio "$B_CURL_BCPU" "$B_CURL_NCPU")
+R_WRK_CPU=$(ratio "$B_WRK_BCPU" "$B_WRK_NCPU")
+C_RSS=$(sort -n "$WORK/rss-push" | tail -n 1)
+C_RSS_HTTP=$(sort -n "$WORK/rss-nixhttp" | tail -n 1)
+at_most() { # at_most VALUE BOUND
+  awk -v r="$1" -v g="$2" 'BEGIN { if (r == "n/a") print "?"; else if (r + 0 <= g) print "ok"; else print "**over goal**" }'
+}
 
 TABLE=$(cat <<EOF
 | measurement | berth | baseline | berth / baseline | goal |
 |---|---:|---:|---:|---|
 | a. narinfo hits, lookups/s ($CONNS conns) | $A_HIT_B (p99 $A_HIT_B99 ms) | nginx $A_HIT_N (p99 $A_HIT_N99 ms) | $R_HIT | ≥ 1.0: $(verdict "$R_HIT" 0.995) |
-| a. narinfo misses, lookups/s ($CONNS conns) | $A_MISS_B (p99 $A_MISS_B99 ms) | nginx $A_MISS_N (p99 $A_MISS_N99 ms) | $R_MISS | — |
-| b. NAR download, MB/s, 1 conn (curl) | $B_CURL_B | nginx $B_CURL_N | $R_CURL | ≥ 0.90: $(verdict "$R_CURL" 0.90) |
-| b. NAR download, MB/s, $DL_CONNS conns (wrk) | $B_WRK_B | nginx $B_WRK_N | $R_WRK | ≥ 0.90: $(verdict "$R_WRK" 0.90) |
-| c. ingest ${BIG_MIB} MiB path, \`berth push\`, MB/s | $C_BIG_PUSH_MBS (${C_BIG_PUSH} s) | file:// zstd $C_BIG_FILE_MBS (${C_BIG_FILE} s) | $R_BIG_PUSH | > 1.0: $(verdict "$R_BIG_PUSH" 1.0) |
-| c. ingest ${BIG_MIB} MiB path, \`nix copy\` to berth, MB/s | $C_BIG_HTTP_MBS (${C_BIG_HTTP} s) | file:// zstd $C_BIG_FILE_MBS | $R_BIG_HTTP | — |
-| c. ingest closure of $CLOSURE_PATHS paths, \`berth push\`, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_PUSH") (${C_CL_PUSH} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") (${C_CL_FILE} s) | $R_CL_PUSH | > 1.0: $(verdict "$R_CL_PUSH" 1.0) |
-| c. ingest closure of $CLOSURE_PATHS paths, \`nix copy\` to berth, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_HTTP") (${C_CL_HTTP} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") | $R_CL_HTTP | — |
+| a. narinfo misses, lookups/s ($CONNS conns) | $A_MISS_B (p99 $A_MISS_B99 ms) | nginx $A_MISS_N (p99 $A_MISS_N99 ms) | $R_MISS | ≥ 1.0: $(verdict "$R_MISS" 0.995) |
+| b. NAR download, MB/s, 1 conn (curl) | $B_CURL_B | nginx $B_CURL_N | $R_CURL | ≥ 1.0: $(verdict "$R_CURL" 0.995) |
+| b. NAR download, server CPU s per GB, 1 conn | $B_CURL_BCPU | nginx $B_CURL_NCPU | $R_CURL_CPU | ≤ 1.2: $(at_most "$R_CURL_CPU" 1.2) |
+| b. NAR download, MB/s, $DL_CONNS conns (wrk) | $B_WRK_B | nginx $B_WRK_N | $R_WRK | ≥ 1.0: $(verdict "$R_WRK" 0.995) |
+| b. NAR download, server CPU s per GB, $DL_CONNS conns | $B_WRK_BCPU | nginx $B_WRK_NCPU | $R_WRK_CPU | ≤ 1.2: $(at_most "$R_WRK_CPU" 1.2) |
+| b. berth peak RSS, MiB (filled by \`nix copy\`, then a, then b) | $B_RSS | — | — | ≤ 48: $(at_most "$B_RSS" 48) |
+| c. ingest ${BIG_MIB} MiB path, \`berth push\`, MB/s | $C_BIG_PUSH_MBS (${C_BIG_PUSH} s) | file:// zstd $C_BIG_FILE_MBS (${C_BIG_FILE} s) | $R_BIG_PUSH | ≥ 2.0: $(verdict "$R_BIG_PUSH" 2.0) |
+| c. ingest ${BIG_MIB} MiB path, \`nix copy\` to berth, MB/s | $C_BIG_HTTP_MBS (${C_BIG_HTTP} s) | file:// zstd $C_BIG_FILE_MBS | $R_BIG_HTTP | ≥ 0.8: $(verdict "$R_BIG_HTTP" 0.8) |
+| c. ingest closure of $MID_PATHS paths ($((MID_BYTES / 1000000)) MB), \`berth push\`, s | ${C_MID_PUSH} | file:// zstd ${C_MID_FILE} | $R_MID_PUSH | ≥ 2.0: $(verdict "$R_MID_PUSH" 2.0) |
+| c. ingest closure of $MID_PATHS paths, \`nix copy\` to berth, s | ${C_MID_HTTP} | file:// zstd ${C_MID_FILE} | $R_MID_HTTP | ≥ 0.8: $(verdict "$R_MID_HTTP" 0.8) |
+| c. ingest closure of $CLOSURE_PATHS paths, \`berth push\`, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_PUSH") (${C_CL_PUSH} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") (${C_CL_FILE} s) | $R_CL_PUSH | ≥ 2.0: $(verdict "$R_CL_PUSH" 2.0) |
+| c. ingest closure of $CLOSURE_PATHS paths, \`nix copy\` to berth, paths/s | $(pps "$CLOSURE_PATHS" "$C_CL_HTTP") (${C_CL_HTTP} s) | file:// zstd $(pps "$CLOSURE_PATHS" "$C_CL_FILE") | $R_CL_HTTP | ≥ 0.8: $(verdict "$R_CL_HTTP" 0.8) |
+| c. berth peak RSS while ingesting, MiB (\`berth push\` / \`nix copy\`, worst run) | $C_RSS / $C_RSS_HTTP | — | — | ≤ 48: $(at_most "$C_RSS" 48) / $(at_most "$C_RSS_HTTP" 48) |
 EOF
 )
 
@@ -344,7 +393,10 @@ are the median of $REPS run(s), each into an empty cache (a fresh data directory
 - **b. NAR download**: one $((NAR_FILE_BYTES / 1000000)) MB \`.nar.zst\` (a ${BIG_MIB} MiB file of
   incompressible bytes), fetched back to back over one connection by curl for ${DUR}s, and by
   \`wrk -t2 -c$DL_CONNS -d${DUR}s\`; MB/s of body bytes. Same file, same page cache for berth and nginx.
-- **c. ingest**: the big path ($((BIG_BYTES / 1000000)) MB NAR) and a closure of $CLOSURE_PATHS
+  Server CPU per byte: user + system time of the server's processes (nginx: master and
+  workers, \`/proc/PID/stat\`) during the run, over the bytes the run moved. Peak RSS: VmHWM.
+- **c. ingest**: the big path ($((BIG_BYTES / 1000000)) MB NAR), a closure of $MID_PATHS paths
+  ($((MID_BYTES / 1000000)) MB of NAR: $N_MID incompressible files of $MID_KIB KiB and a root), and a closure of $CLOSURE_PATHS
   small paths ($((CLOSURE_BYTES / 1000)) kB of NAR in all: $N_SMALL files of 0.25–4 KiB and one
   root referencing them), pushed to an empty berth by \`berth push\` (defaults: 4 jobs, zstd -3)
   and by \`nix copy --to 'http://…?compression=zstd'\`, against the baseline
@@ -377,6 +429,7 @@ $MICRO
 | wrk | $(wrk -v 2>&1 | head -n 1 | awk '{ print $2 }') |
 | curl | $(curl --version | head -n 1 | awk '{ print $2 }') |
 | load average (1, 5, 15 min) | $LOAD_BEFORE before the run, $(cut -d' ' -f1-3 /proc/loadavg) after |
+| 1-min load during the run | $(sort -g "$WORK/load" 2>/dev/null | awk '{ v[NR] = $1 } END { if (NR) printf "min %s, median %s, max %s (%d samples, every 15 s)", v[1], v[int((NR + 1) / 2)], v[NR], NR; else print "n/a" }') |
 EOF
 if [ -n "$NOTES" ]; then printf '\n%s\n' "$NOTES" >>"$DOC"; fi
 log "wrote $DOC"

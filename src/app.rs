@@ -87,6 +87,8 @@ pub struct AppInner {
     pub metrics: Metrics,
     /// Published narinfos in memory.
     pub narinfos: crate::narinfo_cache::NarinfoCache,
+    /// The hashes of every published path, so that misses skip the index.
+    pub published: crate::published::PublishedSet,
     /// The whole validated configuration (repositories, builder settings, data directory).
     pub config: Config,
     /// Wakes build workers and cancels running builds.
@@ -113,6 +115,7 @@ impl AppState {
         let state = Self(Arc::new(AppInner {
             store,
             publish_gate: PublishGate::new(&db),
+            published: crate::published::PublishedSet::new(db.is_shared()),
             db,
             signing_key: key,
             deploy_key,
@@ -140,6 +143,7 @@ impl AppState {
             key: &self.signing_key,
             gate: &self.publish_gate,
             decoders: &self.decoders,
+            published: &self.published,
         }
     }
 
@@ -216,9 +220,20 @@ pub async fn serve(
         }
     }
     let stop = tokio_util::sync::CancellationToken::new();
+    if !db.is_shared() {
+        // One process: load before serving, so the first misses already skip the index.
+        let n = crate::published::load(&db, &state.published).await?;
+        tracing::info!(paths = n, "loaded the published-path set");
+    }
     let mut workers = crate::build::worker::spawn(state.clone(), stop.clone());
     // PostgreSQL: generations other replicas make wake this one's long-polls.
     workers.push(tokio::spawn(crate::deploy::watch::follow(state.clone(), stop.clone())));
+    if db.is_shared() {
+        let (following, stop) = (state.clone(), stop.clone());
+        workers.push(tokio::spawn(async move {
+            crate::published::follow(following.db.clone(), &following.published, stop).await
+        }));
+    }
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
     }

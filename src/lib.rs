@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod narinfo_cache;
 pub mod nix;
 pub mod nixfmt;
+pub mod published;
 pub mod push;
 pub mod store;
 pub mod text;

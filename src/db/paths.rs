@@ -3,7 +3,22 @@
 
 use std::collections::HashSet;
 
+use futures::{stream::BoxStream, StreamExt, TryStreamExt};
+use sqlx::postgres::PgListener;
+
 use super::{on_pool, Db, DbError};
+use crate::published;
+
+/// Notifications on the published-path channel, over a connection of its own.
+pub struct PathListener(PgListener);
+
+impl PathListener {
+    /// The next payload; `None` when the connection was lost (and made again: what was sent
+    /// meanwhile is lost, so the caller reloads).
+    pub async fn next(&mut self) -> Result<Option<String>, DbError> {
+        Ok(self.0.try_recv().await?.map(|n| n.payload().to_owned()))
+    }
+}
 
 /// A published path. `hash` is the store-path hash part, `references` are basenames.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +76,11 @@ impl Db {
                     sqlx::query("INSERT INTO refs (referrer, reference) VALUES ($1, $2) ON CONFLICT DO NOTHING")
                         .bind(&row.hash).bind(reference).execute(&mut *tx).await?;
                 }
+                // Sent at commit, to every replica's published-path set (`published.rs`).
+                if let Some(notify) = super::notify_sql(pool) {
+                    sqlx::query(notify).bind(published::CHANNEL).bind(published::Notice::published(&row.hash))
+                        .execute(&mut *tx).await?;
+                }
             }
             tx.commit().await?;
             Ok(inserted)
@@ -71,6 +91,34 @@ impl Db {
     pub async fn narinfo(&self, hash: &str) -> Result<Option<String>, DbError> {
         on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT narinfo FROM paths WHERE hash = $1")
             .bind(hash).fetch_optional(pool).await?))
+    }
+
+    /// How many paths are published.
+    pub async fn count_paths(&self) -> Result<i64, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar("SELECT count(*) FROM paths").fetch_one(pool).await?))
+    }
+
+    /// Every published path's hash, streamed (the published-path set's load).
+    pub fn published_hashes(&self) -> BoxStream<'_, Result<String, DbError>> {
+        on_pool!(self, pool => sqlx::query_scalar("SELECT hash FROM paths").fetch(pool).map_err(DbError::from).boxed())
+    }
+
+    /// Sends `payload` on the published-path channel (PostgreSQL; nothing to tell with SQLite).
+    pub async fn notify_paths(&self, payload: &str) -> Result<(), DbError> {
+        if let Db::Postgres(pool) = self {
+            super::count_query();
+            sqlx::query("SELECT pg_notify($1, $2)").bind(published::CHANNEL).bind(payload).execute(pool).await?;
+        }
+        Ok(())
+    }
+
+    /// A listener on the published-path channel (PostgreSQL; `None` with SQLite, which one
+    /// process owns).
+    pub async fn listen_paths(&self) -> Result<Option<PathListener>, DbError> {
+        let Db::Postgres(pool) = self else { return Ok(None) };
+        let mut listener = PgListener::connect_with(pool).await?;
+        listener.listen(published::CHANNEL).await?;
+        Ok(Some(PathListener(listener)))
     }
 
     /// Which of `hashes` are published.

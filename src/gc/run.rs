@@ -150,6 +150,14 @@ async fn collect_alone(state: &AppState, policy: &Policy, dry_run: bool) -> Resu
             let plan = state.db.gc_apply(|snapshot| plan::plan(snapshot, policy), nar_due).await?;
             // After the commit: a lookup that read the old index cannot cache it any more.
             state.narinfos.forget(&plan.delete_paths);
+            state.published.remove(&plan.delete_paths);
+            if !plan.delete_paths.is_empty() {
+                // Other replicas reload their sets; until they do, their stale entries only
+                // send those misses to the index.
+                if let Err(e) = state.db.notify_paths(crate::published::COLLECTED).await {
+                    tracing::warn!(error = %e, "could not tell other replicas of the deleted paths");
+                }
+            }
             plan
         }
     };

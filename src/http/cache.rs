@@ -85,6 +85,10 @@ async fn narinfo(state: &AppState, hash: &StorePathHash) -> Result<Option<Bytes>
     if let Some(text) = state.narinfos.get(hash.as_str()) {
         return Ok(Some(text));
     }
+    // A miss never reaches the index (`published.rs`).
+    if state.published.certainly_absent(hash) {
+        return Ok(None);
+    }
     let epoch = state.narinfos.epoch();
     let Some(text) = state.db.narinfo(hash.as_str()).await? else { return Ok(None) };
     let text = Bytes::from(text);

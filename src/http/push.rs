@@ -56,7 +56,7 @@ pub async fn missing(
         let parsed: StorePath = path.parse().map_err(|e| ApiError::BadRequest(format!("{path:?}: {e}")))?;
         hashes.push(StorePathHash::of(&parsed).to_string());
     }
-    let present = state.db.present(&hashes).await?;
+    let present = ingest::present(&state.db, &state.published, &hashes).await?;
     let missing = request.paths.into_iter().zip(hashes).filter(|(_, h)| !present.contains(h)).map(|(p, _)| p).collect();
     Ok(Json(MissingResponse { missing }))
 }
@@ -100,7 +100,7 @@ where
             wanted.push(StorePathHash::of(&r).to_string());
         }
     }
-    let present = state.db.present(&wanted).await?;
+    let present = ingest::present(&state.db, &state.published, &wanted).await?;
     let absent: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
     if !absent.is_empty() {
         return Err(ingest::IngestError::MissingReferences(absent).into());

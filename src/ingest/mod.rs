@@ -18,6 +18,8 @@ mod channel;
 
 pub use budget::DecoderBudget;
 
+use std::collections::HashSet;
+
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 
@@ -27,6 +29,7 @@ use crate::nixfmt::{
     self, declared_memory, sha256_nix_string, verify_nar, Compression, Declared, NarDigest, NarFileInfo, NarFileName,
     NarInfoError, PathInfo, SecretKey, StorePathHash, VerifyError,
 };
+use crate::published::PublishedSet;
 use crate::store::{ObjectKey, Store, StoreError};
 
 /// Why an upload was refused or failed.
@@ -276,11 +279,13 @@ pub struct Cache<'a> {
     pub gate: &'a PublishGate,
     /// What decompressing uploads may cost in memory.
     pub decoders: &'a DecoderBudget,
+    /// The published-path set, which a publication joins.
+    pub published: &'a PublishedSet,
 }
 
 /// Checks a narinfo against its received NAR and the index, signs it and publishes it.
 pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, IngestError> {
-    let Cache { store, db, key, gate, .. } = cache;
+    let Cache { store, db, key, gate, published, .. } = cache;
     // Retention cannot plan or delete while this publication checks and indexes.
     let _gate = gate.read().await?;
     let file = info.nar_file()?;
@@ -298,10 +303,11 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
         return Err(IngestError::NarMissing(file.url()));
     }
     let hash = info.hash();
-    if db.narinfo(hash.as_str()).await?.is_some() {
+    if present(db, published, &[hash.to_string()]).await?.contains(hash.as_str()) {
+        published.insert(&hash);
         return Ok(Published::AlreadyPresent);
     }
-    missing_references(db, &info).await?;
+    missing_references(db, published, &info).await?;
     let signed = info.signed(key);
     let text = signed.to_text();
     store.put(&ObjectKey::NarInfo(hash.clone()), Bytes::from(text.clone())).await?;
@@ -319,6 +325,8 @@ pub async fn publish(cache: Cache<'_>, info: PathInfo) -> Result<Published, Inge
             references: signed.reference_basenames(),
         })
         .await?;
+    // Still under the gate: a collection cannot remove it before it is added.
+    published.insert(&hash);
     crash::point(Step::NarInfoIndexed);
     Ok(if inserted { Published::New } else { Published::AlreadyPresent })
 }
@@ -354,10 +362,18 @@ fn check(field: &'static str, claimed: String, actual: &str) -> Result<(), Inges
     }
 }
 
+/// Which of `hashes` are published: from the set when it is exact, else from the index.
+pub async fn present(db: &Db, published: &PublishedSet, hashes: &[String]) -> Result<HashSet<String>, IngestError> {
+    match published.present_exactly(hashes) {
+        Some(present) => Ok(present),
+        None => Ok(db.present(hashes).await?),
+    }
+}
+
 /// Fails with the list of references (other than the path itself) not yet published.
-pub async fn missing_references(db: &Db, info: &PathInfo) -> Result<(), IngestError> {
+pub async fn missing_references(db: &Db, published: &PublishedSet, info: &PathInfo) -> Result<(), IngestError> {
     let wanted: Vec<String> = info.foreign_references().map(|h| h.to_string()).collect();
-    let present = db.present(&wanted).await?;
+    let present = present(db, published, &wanted).await?;
     let missing: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
     if missing.is_empty() {
         Ok(())

@@ -18,6 +18,7 @@ struct TestCache {
     key: SecretKey,
     gate: PublishGate,
     decoders: DecoderBudget,
+    published: crate::published::PublishedSet,
 }
 
 fn cache(db: Db) -> TestCache {
@@ -27,6 +28,7 @@ fn cache(db: Db) -> TestCache {
         db,
         key: SecretKey::generate("t-1").unwrap(),
         decoders: DecoderBudget::new(32, 128),
+        published: crate::published::PublishedSet::new(false),
     }
 }
 
@@ -56,7 +58,14 @@ fn body(bytes: Vec<u8>) -> impl Stream<Item = Result<Bytes, std::io::Error>> + U
 
 impl TestCache {
     fn target(&self) -> Cache<'_> {
-        Cache { store: &self.store, db: &self.db, key: &self.key, gate: &self.gate, decoders: &self.decoders }
+        Cache {
+            store: &self.store,
+            db: &self.db,
+            key: &self.key,
+            gate: &self.gate,
+            decoders: &self.decoders,
+            published: &self.published,
+        }
     }
 
     async fn push(&self, claim: &PathClaim, nar: &[u8]) -> Result<Published, IngestError> {

@@ -69,6 +69,17 @@ const IS_NIXBASE32: [bool; 256] = {
     table
 };
 
+/// The value of each [`NIXBASE32`] digit (0 for other bytes, which never get that far).
+const DIGIT: [u8; 256] = {
+    let mut table = [0u8; 256];
+    let mut i = 0;
+    while i < NIXBASE32.len() {
+        table[NIXBASE32[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
 fn is_nixbase32(s: &str) -> bool {
     s.bytes().all(|b| IS_NIXBASE32[b as usize])
 }
@@ -95,6 +106,22 @@ impl StorePathHash {
     /// The hash as text.
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The 160 bits the 32 characters spell (5 bits each), packed into 20 bytes: how the
+    /// in-memory set of published paths keeps them (21 bytes a path instead of 56).
+    pub fn to_bytes(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        for (i, c) in self.0.bytes().enumerate() {
+            let (digit, at) = (u16::from(DIGIT[c as usize]), i * 5);
+            // Five bits starting at bit `at`, across at most two bytes.
+            let spread = digit << (at % 8);
+            out[at / 8] |= spread as u8;
+            if at / 8 + 1 < out.len() {
+                out[at / 8 + 1] |= (spread >> 8) as u8;
+            }
+        }
+        out
     }
 }
 
@@ -227,6 +254,29 @@ mod tests {
     #[track_caller]
     fn check_hash(input: &str, ok: bool) {
         assert_eq!(StorePathHash::parse(input).is_ok(), ok, "{input:?}");
+    }
+
+    #[test]
+    fn hashes_pack_into_twenty_bytes_one_to_one() {
+        let bytes = |s: &str| StorePathHash::parse(s).unwrap().to_bytes();
+        assert_eq!(bytes(&"0".repeat(32)), [0; 20]);
+        let mut first = [0; 20];
+        first[0] = 31;
+        assert_eq!(bytes(&format!("z{}", "0".repeat(31))), first);
+        let mut last = [0; 20];
+        last[19] = 0b1111_1000;
+        assert_eq!(bytes(&format!("{}z", "0".repeat(31))), last);
+        assert_eq!(bytes(&"z".repeat(32)), [0xff; 20]);
+        // Every digit at every position lands in its own bits.
+        let mut seen = std::collections::HashSet::new();
+        for position in 0..32 {
+            for digit in NIXBASE32 {
+                let mut s = vec![b'0'; 32];
+                s[position] = *digit;
+                seen.insert(bytes(std::str::from_utf8(&s).unwrap()));
+            }
+        }
+        assert_eq!(seen.len(), 32 * 31 + 1);
     }
 
     #[test]

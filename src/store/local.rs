@@ -51,12 +51,43 @@ fn resolve(range: Option<ByteRange>, size: u64) -> Result<Range<u64>, StoreError
     Ok(r)
 }
 
-/// Large sequential reads straight from the file on a blocking thread, each chunk read
-/// directly into the buffer that is sent: object_store's local reader hands out 8 KiB chunks,
+/// Bytes read per chunk: below glibc's mmap threshold (1 MiB, set in `main.rs`), so a buffer
+/// is never a mapping of its own (a page fault per page, every chunk), and small enough that
+/// 16 concurrent downloads hold a few MiB.
+const CHUNK: usize = 128 << 10;
+/// Chunks queued between the reading thread and the socket.
+const QUEUED: usize = 1;
+/// Buffers a download keeps for reuse: one being read, one queued, about two in hyper's
+/// write queue.
+const POOLED: usize = 4;
+
+/// A chunk on its way to the socket: its buffer goes back to the reading thread when hyper
+/// has written it, so a download reuses a few buffers instead of allocating (and zeroing)
+/// one per chunk.
+struct Pooled {
+    buf: Vec<u8>,
+    len: usize,
+    home: std::sync::mpsc::SyncSender<Vec<u8>>,
+}
+
+impl AsRef<[u8]> for Pooled {
+    fn as_ref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        // A full pool or a finished download: the buffer is simply freed.
+        let _ = self.home.try_send(std::mem::take(&mut self.buf));
+    }
+}
+
+/// Large sequential reads straight from the file on a blocking thread, into a few reused
+/// buffers that are sent as they are: object_store's local reader hands out 8 KiB chunks,
 /// one blocking-pool trip each, and tokio's file reader copies every chunk once more.
 pub(super) async fn get_local(path: PathBuf, range: Option<ByteRange>) -> Result<Option<ObjectBody>, StoreError> {
     use std::io::{Read, Seek};
-    const CHUNK: u64 = 1 << 20;
     let opened = tokio::task::spawn_blocking(move || match std::fs::File::open(&path) {
         Ok(file) => file.metadata().map(|m| Some((file, m.len()))),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -66,21 +97,23 @@ pub(super) async fn get_local(path: PathBuf, range: Option<ByteRange>) -> Result
     .map_err(|e| std::io::Error::other(e.to_string()))??;
     let Some((mut file, size)) = opened else { return Ok(None) };
     let range = resolve(range, size)?;
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, StoreError>>(QUEUED);
     let (start, mut remaining) = (range.start, range.end - range.start);
     tokio::task::spawn_blocking(move || {
         if let Err(e) = file.seek(std::io::SeekFrom::Start(start)) {
             let _ = tx.blocking_send(Err(e.into()));
             return;
         }
+        let (home, pool) = std::sync::mpsc::sync_channel::<Vec<u8>>(POOLED);
         while remaining > 0 {
-            let mut buf = bytes::BytesMut::zeroed(remaining.min(CHUNK) as usize);
-            let chunk = match file.read(&mut buf) {
+            // Zeroed once when made; a reused buffer is overwritten as it is.
+            let mut buf = pool.try_recv().unwrap_or_else(|_| vec![0; CHUNK]);
+            let want = remaining.min(CHUNK as u64) as usize;
+            let chunk = match file.read(&mut buf[..want]) {
                 Ok(0) => Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into()),
                 Ok(n) => {
-                    buf.truncate(n);
                     remaining -= n as u64;
-                    Ok(buf.freeze())
+                    Ok(Bytes::from_owner(Pooled { buf, len: n, home: home.clone() }))
                 }
                 Err(e) => Err(e.into()),
             };

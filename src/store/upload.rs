@@ -14,9 +14,13 @@ use tokio::task::JoinSet;
 
 use super::{path, Backend, ObjectKey, Store, StoreError};
 
-/// Multipart part size: S3's minimum. With two parts in flight and one filling, an upload
-/// holds at most ~15 MiB, however large the NAR.
-const PART_SIZE: usize = 5 << 20;
+/// Multipart part size on S3: its minimum. With two parts in flight and one filling, an
+/// upload holds at most ~15 MiB, however large the NAR.
+const S3_PART_SIZE: usize = 5 << 20;
+/// Part size elsewhere (a local directory writes each part at its offset in one file; no
+/// minimum): an upload holds at most ~1.5 MiB, and each part is one allocation below
+/// glibc's mmap threshold (1 MiB, `main.rs`), reused rather than mapped and unmapped.
+const LOCAL_PART_SIZE: usize = 512 << 10;
 /// Parts uploading at once.
 const MAX_IN_FLIGHT: usize = 2;
 
@@ -37,6 +41,7 @@ pub struct Upload {
 struct Parts {
     upload: Box<dyn MultipartUpload>,
     buffer: PutPayloadMut,
+    part_size: usize,
     in_flight: JoinSet<object_store::Result<()>>,
 }
 
@@ -53,7 +58,8 @@ impl Store {
             }
         };
         let upload = self.inner.put_multipart(&path(&location)).await?;
-        let parts = Parts { upload, buffer: PutPayloadMut::new(), in_flight: JoinSet::new() };
+        let part_size = if matches!(self.backend, Backend::S3(_)) { S3_PART_SIZE } else { LOCAL_PART_SIZE };
+        let parts = Parts { upload, buffer: Parts::buffer(part_size), part_size, in_flight: JoinSet::new() };
         Ok(Upload { store: self.clone(), target: target.cloned(), staging, parts: Some(parts), written: 0 })
     }
 }
@@ -64,10 +70,10 @@ impl Upload {
         let parts = self.parts.as_mut().expect("write after commit or abort");
         self.written += bytes.len() as u64;
         while !bytes.is_empty() {
-            let take = bytes.len().min(PART_SIZE - parts.buffer.content_length());
+            let take = bytes.len().min(parts.part_size - parts.buffer.content_length());
             parts.buffer.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
-            if parts.buffer.content_length() == PART_SIZE {
+            if parts.buffer.content_length() == parts.part_size {
                 parts.send_part(MAX_IN_FLIGHT).await?;
             }
         }
@@ -140,12 +146,17 @@ impl Drop for Upload {
 }
 
 impl Parts {
+    /// An empty part buffer that fills one block of `part_size` (8 KiB blocks by default).
+    fn buffer(part_size: usize) -> PutPayloadMut {
+        PutPayloadMut::new().with_block_size(part_size)
+    }
+
     /// Sends the buffer as a part once fewer than `limit` parts are in flight.
     async fn send_part(&mut self, limit: usize) -> Result<(), StoreError> {
         while self.in_flight.len() >= limit {
             self.join_one().await?;
         }
-        let payload = std::mem::take(&mut self.buffer).freeze();
+        let payload = std::mem::replace(&mut self.buffer, Self::buffer(self.part_size)).freeze();
         self.in_flight.spawn(self.upload.put_part(payload));
         Ok(())
     }

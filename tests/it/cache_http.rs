@@ -280,3 +280,32 @@ fn nar_downloads_redirect_to_a_cdn_base_url_and_nix_follows() {
     let redirects = http().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
     assert!(!redirects.contains("berth_nar_redirects_total 0\n"), "counted: {redirects}");
 }
+
+/// `berth_db_queries_total` from `/metrics`.
+fn db_queries(f: &Fixture) -> u64 {
+    let metrics = f.client.get(f.url("metrics")).send().unwrap().text().unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("berth_db_queries_total ")).expect("the query counter");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn narinfo_misses_never_reach_the_database() {
+    let f = fixture(&[]);
+    let (path, nar) = f.simple_path("misses");
+    let miss = |hash: &str| f.client.get(f.url(&format!("{hash}.narinfo"))).send().unwrap().status();
+    let before = db_queries(&f);
+    let hashes: Vec<String> =
+        (0..200).map(|i| nixbase32(&Sha256::digest(format!("miss {i}")))[..32].to_owned()).collect();
+    for hash in &hashes {
+        assert_eq!(miss(hash), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(miss(hash_of(&path)), StatusCode::NOT_FOUND, "not published yet");
+    assert_eq!(db_queries(&f) - before, 0, "201 misses, answered without the database");
+
+    // Published after start-up: found at once, and then so is its listing's owner.
+    let name = nar_name(&nar);
+    assert_eq!(f.put(&format!("nar/{name}"), nar.clone()).0, StatusCode::OK);
+    let (status, body) = f.put(&format!("{}.narinfo", hash_of(&path)), narinfo(&path, &name, &nar, "").into_bytes());
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(miss(hash_of(&path)), StatusCode::OK);
+}

@@ -239,7 +239,7 @@ fn after_the_listener_connection_is_cut_waiting_long_polls_look_at_the_database_
         "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
          WHERE datname = current_database() AND query LIKE 'LISTEN%'",
     );
-    assert_eq!(cut.trim(), "2", "one listener per replica");
+    assert_eq!(cut.trim(), "4", "two listeners per replica: generations and published paths");
     let cut_at = Instant::now();
     let (status, body, answered) = waiting.join().unwrap();
     assert_eq!(status, StatusCode::OK, "{body}");

@@ -363,3 +363,40 @@ fn nars_are_redirected_to_presigned_bucket_urls_and_nix_follows() {
     let r = no_follow.get(format!("{}/{nar_url}", c.a.url)).send().unwrap();
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+/// `berth_db_queries_total` of a replica.
+fn db_queries(server: &Server) -> u64 {
+    let metrics = http().get(format!("{}/metrics", server.url)).send().unwrap().text().unwrap();
+    let line = metrics.lines().find(|l| l.starts_with("berth_db_queries_total ")).expect("the query counter");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// Each replica answers misses from its own set of published paths, and a path published
+/// through one replica is found by the other within the set's staleness bound (it hears of
+/// it by NOTIFY).
+#[test]
+fn a_path_published_on_one_replica_is_no_miss_on_the_other() {
+    let c = Cluster::start("");
+    let top = c.s.build_closure("replicas-set");
+    let hash = store_hash(&top);
+    let status = |server: &Server| http().get(format!("{}/{hash}.narinfo", server.url)).send().unwrap().status();
+    let bound = berth::published::STALENESS + berth::published::PING_EVERY;
+    let found_within_bound = |server: &Server| {
+        let published = Instant::now();
+        while status(server) != StatusCode::OK {
+            assert!(published.elapsed() < bound, "not found {bound:?} after its publication elsewhere");
+            thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // B's set is loaded (start-up) and trusted: 100 misses cost no queries beyond its pings.
+    thread::sleep(Duration::from_secs(1));
+    let before = db_queries(&c.b);
+    for _ in 0..100 {
+        assert_eq!(status(&c.b), StatusCode::NOT_FOUND);
+    }
+    let queries = db_queries(&c.b) - before;
+    assert!(queries < 20, "100 misses on B ran {queries} queries");
+
+    push(&c.a, &c.token("push"), &top);
+    found_within_bound(&c.b);
+}

@@ -254,8 +254,11 @@ impl Seaweed {
             "-s3".into(),
             arg("s3.port", s3.to_string()),
             arg("s3.config", dir.join("s3.json").display().to_string()),
-            arg("master.volumeSizeLimitMB", "256".into()),
-            arg("volume.max", "32".into()),
+            // Every bucket is a collection, and SeaweedFS grows each collection by 7 volumes
+            // at once: room for dozens of buckets per test process, volumes small (nothing
+            // is preallocated).
+            arg("master.volumeSizeLimitMB", "64".into()),
+            arg("volume.max", "512".into()),
         ];
         // Side services on fixed default ports, which parallel test processes would share,
         // and telemetry: turned off where this version has them (older ones refuse the flags).

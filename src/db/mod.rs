@@ -29,7 +29,7 @@ pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};
-pub use paths::{ClosureRow, NarFileRow, PathRow};
+pub use paths::{CacheStats, ClosureRow, NarFileRow, PathRow, RecentPath};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;
 

@@ -1,6 +1,7 @@
 //! Retention: the admin's prune. `plan` (pure) decides; `run` applies, one collection at a
 //! time, in an order that keeps the cache consistent at every instant.
 
+pub mod pins;
 pub mod plan;
 pub mod reconcile;
 pub mod run;

@@ -222,10 +222,8 @@ mod tests {
 
     #[test]
     fn number_fields() {
-        for (field, expected) in
-            [(None, Ok(None)), (Some(""), Ok(None)), (Some(" 3 "), Ok(Some(3))), (Some("1"), Ok(Some(1)))]
-        {
-            assert_eq!(number(&field.map(str::to_owned), "to").ok(), expected.ok(), "{field:?}");
+        for (field, expected) in [(None, None), (Some(""), None), (Some(" 3 "), Some(3)), (Some("1"), Some(1))] {
+            assert_eq!(number(&field.map(str::to_owned), "to").unwrap(), expected, "{field:?}");
         }
         for bad in ["0", "-1", "x", "1e3", "99999999999999999999"] {
             assert!(number(&Some(bad.into()), "to").is_err(), "{bad}");

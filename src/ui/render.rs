@@ -64,7 +64,58 @@ mod tests {
     fn values_are_escaped() {
         let page = html("error.html", context! { status => 400, message => "<script>alert(1)</script>&\"'" }).unwrap();
         assert!(!page.contains("<script>alert"), "{page}");
-        assert!(page.contains("&lt;script&gt;alert(1)&lt;/script&gt;&amp;&quot;&#x27;"), "{page}");
+        assert!(page.contains("&lt;script&gt;alert(1)&lt;&#x2f;script&gt;&amp;&quot;&#x27;"), "{page}");
         assert!(page.contains(r#"<meta name="viewport""#), "readable on a phone: {page}");
+    }
+
+    /// Each page with the values its handler passes, so a template that fails at run time
+    /// fails here.
+    #[test]
+    fn every_page_renders() {
+        let evil = "<b>x</b>";
+        let host = context! { name => "web-1", desired => 3, current => 2, state => "rolled_back", tone => "bad",
+        reason => evil, last_seen => "2026-01-01 00:00:00", offline => false, paused => true, commit => "0123456789ab",
+        signer => evil, last_build => "#12 deployed 3", last_build_id => 12, store_path => "/nix/store/x-y" };
+        let entry = context! { at => "t", phase => "failed", message => evil, took => "1.0 s", tail => evil };
+        let generation = context! { number => 3, created => "t", branch => "rollback-to-1", commit => "0123", signer => evil,
+        build_id => 4, outcome => "failed", tone => "bad", reason => evil, profile => 5,
+        store_path => "/nix/store/aaaa-gtk+3", log => vec![entry] };
+        let build = context! { id => 4, repository => "fleet", branch => "main", commit => "0123", commit_full => "0123",
+        state => "running", tone => "busy", reason => evil, created => "t", took => "4 s" };
+        let base = |nav: &str| context! { nav, viewer => "admin", csrf => "tok" };
+        let pages = [
+            ("login.html", context! { next => "/ui/", error => evil }),
+            ("fleet.html", context! { hosts => vec![host.clone()], ..base("fleet") }),
+            ("host.html", context! { name => "web-1", host, generations => vec![generation], ..base("fleet") }),
+            (
+                "builds.html",
+                context! { builds => vec![build.clone()], states => vec!["queued"], state => "queued", ..base("builds") },
+            ),
+            (
+                "build.html",
+                context! { build => build.clone(), live => true, hosts => vec![context! { host => "web-1", state => "failed", error => evil }],
+                commits => vec![context! { commit => "0123456789abcdef", verdict => "trusted", signer => evil }], ..base("builds") },
+            ),
+            ("build.html", context! { build, live => false, log => evil, ..base("builds") }),
+            (
+                "cache.html",
+                context! { paths => 3, recent => vec![context! { store_path => evil, size => "1 B" }], keys => vec!["k:1"], ..base("cache") },
+            ),
+            (
+                "retention.html",
+                context! { report => context! { summary => evil, dropped_generations => vec![("web-1", 1)] }, pins => vec![context! { name => evil }], ..base("retention") },
+            ),
+            (
+                "confirm.html",
+                context! { question => evil, action => "/ui/gc", hidden => vec![context! { name => "keep", value => 2 }], plan => evil, ..base("retention") },
+            ),
+            ("done.html", context! { message => evil, back => "/ui/", details => evil, ..base("retention") }),
+        ];
+        for (name, ctx) in pages {
+            let page = html(name, ctx).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(!page.contains(evil), "{name} printed markup: {page}");
+        }
+        let host_page = html("host.html", context! { name => "w", generations => vec![context! { number => 1, store_path => "/nix/store/a-gtk+3" }], viewer => "admin" }).unwrap();
+        assert!(host_page.contains("a-gtk%2B3"), "query values are URL-encoded (a + is no space): {host_page}");
     }
 }

@@ -32,7 +32,7 @@ use axum::{
     http::{header, HeaderValue},
     middleware::{self, Next},
     response::{Redirect, Response},
-    routing::get,
+    routing::{get, post},
     Router,
 };
 
@@ -52,28 +52,26 @@ const MAX_FORM_BYTES: usize = 16 * 1024;
 /// The dashboard's routes (`/`, `/ui`, `/ui/…`).
 pub fn router(app: AppState) -> Router {
     let state = UiState { app, sessions: Arc::new(Sessions::default()) };
-    let ui = Router::new()
-        .route("/", get(pages::fleet))
-        .route("/login", get(login::form).post(login::login))
-        .route("/logout", axum::routing::post(login::logout))
-        .route("/assets/{file}", get(assets::get))
-        .route("/hosts/{name}", get(pages::host))
-        .route("/hosts/{name}/rollback", get(actions::confirm_rollback).post(actions::rollback))
-        .route("/hosts/{name}/redeploy", get(actions::confirm_redeploy).post(actions::redeploy))
-        .route("/builds", get(pages::builds))
-        .route("/builds/{id}", get(pages::build))
-        .route("/builds/{id}/log", get(pages::build_log))
-        .route("/cache", get(pages::cache))
-        .route("/retention", get(pages::retention))
-        .route("/pins", get(actions::confirm_pin).post(actions::pin))
-        .route("/gc", get(actions::confirm_gc).post(actions::gc))
+    Router::new()
+        .route("/ui/", get(pages::fleet))
+        .route("/ui/login", get(login::form).post(login::login))
+        .route("/ui/logout", post(login::logout))
+        .route("/ui/assets/{file}", get(assets::get))
+        .route("/ui/hosts/{name}", get(pages::host))
+        .route("/ui/hosts/{name}/rollback", get(actions::confirm_rollback).post(actions::rollback))
+        .route("/ui/hosts/{name}/redeploy", get(actions::confirm_redeploy).post(actions::redeploy))
+        .route("/ui/builds", get(pages::builds))
+        .route("/ui/builds/{id}", get(pages::build))
+        .route("/ui/builds/{id}/log", get(pages::build_log))
+        .route("/ui/cache", get(pages::cache))
+        .route("/ui/retention", get(pages::retention))
+        .route("/ui/pins", get(actions::confirm_pin).post(actions::pin))
+        .route("/ui/gc", get(actions::confirm_gc).post(actions::gc))
+        .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn(security_headers))
-        .with_state(state);
-    Router::new()
+        .with_state(state)
         .route("/", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .nest("/ui", ui)
 }
 
 /// Every dashboard response: no framing, no sniffing, no referrer (URLs name hosts and

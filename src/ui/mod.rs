@@ -74,8 +74,9 @@ pub fn router(app: AppState) -> Router {
         .route("/", get(|| async { Redirect::to("/ui/") }))
 }
 
-/// Every dashboard response: no framing, no sniffing, no referrer (URLs name hosts and
-/// builds), nothing cached, and only the dashboard's own embedded style and script.
+/// Every dashboard response: no framing, no sniffing, no referrer to other sites (URLs name
+/// hosts and builds; `no-referrer` would make browsers send `Origin: null` on the
+/// dashboard's own forms), nothing cached, and only the dashboard's own style and script.
 async fn security_headers(request: Request, next: Next) -> Response {
     let mut response = next.run(request).await;
     let h = response.headers_mut();
@@ -84,7 +85,7 @@ async fn security_headers(request: Request, next: Next) -> Response {
     h.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static(csp));
     h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("same-origin"));
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

@@ -105,9 +105,9 @@ fn the_dashboard_in_a_real_browser() {
     // A read token cannot act: no buttons, the confirmation page is 403, and so is the form.
     browser.goto(&format!("{url}/ui/hosts/alpha"));
     assert!(!browser.source().contains("id=\"rollback\""), "no rollback button for a read token");
+    let (read_cookie, read_csrf) = session_of(&browser);
     browser.goto(&format!("{url}/ui/hosts/alpha/rollback?to=1"));
     assert!(browser.text("#error").contains("a read token cannot do this"), "{}", browser.source());
-    let (read_cookie, read_csrf) = session_of(&browser);
     let (status, _) =
         post_form(&url, "/ui/hosts/alpha/rollback", &read_cookie, &[], &[("csrf", &read_csrf), ("to", "1")]);
     assert_eq!(status, 403);
@@ -126,7 +126,9 @@ fn the_dashboard_in_a_real_browser() {
     let first = log(&browser);
     browser.screenshot("build-live");
     browser.wait_until(30, "more ticks", |br| log(br).contains("tick 6"));
-    assert!(log(&browser).len() > first.len() && log(&browser).starts_with(&first[..first.len().min(40)]));
+    let later = log(&browser);
+    let head: String = first.chars().take(40).collect();
+    assert!(later.len() > first.len() && later.starts_with(&head), "the log grew in place:\n{first}\n---\n{later}");
     assert_eq!(b.wait(id)["state"], "succeeded");
     browser.wait_until(30, "the stream ends", |br| {
         br.eval("return document.getElementById('log').dataset.ended || '';") == "1"

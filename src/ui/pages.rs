@@ -211,7 +211,13 @@ pub async fn retention(State(state): State<UiState>, viewer: Viewer) -> Result<R
         Err(GcError::Busy) => (None, true),
         Err(e) => return Err(e.into()),
     };
-    let pins = app.db.pins().await?;
+    let pins: Vec<_> = app
+        .db
+        .pins()
+        .await?
+        .into_iter()
+        .map(|p| context! { name => p.name, store_path => p.store_path, since => crate::cmd::timestamp(p.created_at) })
+        .collect();
     let freed = report.as_ref().map(|r| view::bytes(r.bytes_freed));
     Ok(render::page(
         "retention.html",

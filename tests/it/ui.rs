@@ -197,8 +197,24 @@ fn the_dashboard_in_a_real_browser() {
     browser.wait_until(10, "the history shows it", |br| br.text("#generation-3").contains("confirmed"));
     assert!(browser.text("#generation-3").contains("rollback-to-1"));
 
-    // The plan of a collection, confirmed (nothing is old enough to go, but it runs).
-    browser.goto(&format!("{url}/ui/gc"));
+    // Pin generation 2's system from its history entry, then see the pin on the retention page.
+    browser.click("#generation-2 a.pin");
+    browser.wait_until(10, "the pin's confirmation", |br| br.url().contains("/ui/pins?"));
+    assert_eq!(browser.eval("return document.querySelector('input[name=name]').value;"), "alpha-2");
+    browser.screenshot("confirm-pin");
+    browser.click("#confirm");
+    browser.wait_until(10, "pinned", |br| br.source().contains("id=\"done\""));
+    let second = toplevel(&b, "alpha", 2);
+    assert_eq!(browser.text("#done"), format!("Pinned {second} as alpha-2."));
+    browser.goto(&format!("{url}/ui/retention"));
+    assert!(browser.text("tr[data-pin=alpha-2]").contains(&second));
+    let pins: Value = http().get(b.api("pins")).bearer_auth(&b.admin).send().unwrap().json().unwrap();
+    assert_eq!(pins[0]["name"], "alpha-2", "the API sees the dashboard's pin: {pins}");
+
+    // The plan of a collection keeping one generation per host, then the collection.
+    browser.goto(&format!("{url}/ui/gc?keep=1"));
+    assert!(browser.text("#plan").starts_with("drop "), "{}", browser.text("main"));
+    assert_eq!(browser.eval("return document.querySelector('input[name=keep]').value;"), "1");
     browser.screenshot("confirm-gc");
     browser.click("#confirm");
     browser.wait_until(30, "collected", |br| br.source().contains("id=\"done\""));

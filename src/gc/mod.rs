@@ -7,4 +7,4 @@ pub mod reconcile;
 pub mod run;
 
 pub use plan::{Plan, Policy};
-pub use run::{collect, GcError, GcReport};
+pub use run::{collect, preview, GcError, GcReport};

@@ -178,7 +178,7 @@ fn policy(state: &UiState, keep: Option<i64>) -> gc::Policy {
     }
 }
 
-/// `GET /ui/gc?keep=N`: the plan (a dry run) and the form that runs it.
+/// `GET /ui/gc?keep=N`: the plan as things stand (`gc::preview`) and the form that runs it.
 pub async fn confirm_gc(
     State(state): State<UiState>,
     viewer: Viewer,
@@ -186,16 +186,11 @@ pub async fn confirm_gc(
 ) -> Result<Response, UiError> {
     viewer.require_admin()?;
     let keep = number(&query(q)?.keep, "keep")?;
-    let plan = gc::collect(&state.app, &policy(&state, keep), true).await?;
-    let question = format!("Run a collection now? It frees {}:", view::bytes(plan.bytes_freed));
+    let plan = gc::preview(&state.app, &policy(&state, keep)).await?;
+    let question = format!("Run a collection now? As things stand it frees {}:", view::bytes(plan.bytes_freed));
     let hidden = vec![context! { name => "keep", value => keep }];
-    confirm(
-        &viewer,
-        "retention",
-        question,
-        "/ui/gc".into(),
-        context! { hidden, plan => plan.summary, back => "/ui/retention" },
-    )
+    let fields = context! { hidden, plan => gc::plan::render(&plan), back => "/ui/retention" };
+    confirm(&viewer, "retention", question, "/ui/gc".into(), fields)
 }
 
 /// `POST /ui/gc`: runs the collection.

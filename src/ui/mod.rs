@@ -11,7 +11,7 @@
 //! template with realistic values, so a broken template fails `cargo test`, not a user.
 //!
 //! Every page and action calls the library functions the API uses: `deploy::fleet` (hosts,
-//! history), `deploy::resend` (rollback, redeploy), `gc::pins::pin`, `gc::collect`. Handlers
+//! history), `deploy::resend` (rollback, redeploy), `gc::pins::pin`, `gc::collect` (`gc::preview` to look). Handlers
 //! here only extract, check access, call one of those and render.
 
 mod actions;

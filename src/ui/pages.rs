@@ -20,7 +20,7 @@ use crate::{
     build::model::BuildState,
     db::{now, BuildFilter},
     deploy::fleet,
-    gc::{self, GcError},
+    gc,
     text::clip_tail,
 };
 
@@ -202,15 +202,11 @@ fn load(counter: &std::sync::atomic::AtomicU64) -> u64 {
     counter.load(std::sync::atomic::Ordering::Relaxed)
 }
 
-/// `GET /ui/retention`: what `berth gc --dry-run` would delete now (`gc::collect`, dry),
-/// and the pins.
+/// `GET /ui/retention`: what `berth gc --dry-run` would delete now (`gc::plan` on one read
+/// of the index: `gc::preview`), and the pins.
 pub async fn retention(State(state): State<UiState>, viewer: Viewer) -> Result<Response, UiError> {
     let app = &state.app;
-    let (report, busy) = match gc::collect(app, &app.config.retention, true).await {
-        Ok(report) => (Some(report), false),
-        Err(GcError::Busy) => (None, true),
-        Err(e) => return Err(e.into()),
-    };
+    let plan = gc::preview(app, &app.config.retention).await?;
     let pins: Vec<_> = app
         .db
         .pins()
@@ -218,12 +214,14 @@ pub async fn retention(State(state): State<UiState>, viewer: Viewer) -> Result<R
         .into_iter()
         .map(|p| context! { name => p.name, store_path => p.store_path, since => crate::cmd::timestamp(p.created_at) })
         .collect();
-    let freed = report.as_ref().map(|r| view::bytes(r.bytes_freed));
     Ok(render::page(
         "retention.html",
         context! {
-            nav => "retention", viewer => viewer.role, csrf => viewer.csrf(), report, busy, freed, pins,
+            nav => "retention", viewer => viewer.role, csrf => viewer.csrf(), pins,
             keep => app.config.retention.keep_last,
+            freed => view::bytes(plan.bytes_freed), summary => gc::plan::render(&plan),
+            paths_deleted => plan.delete_paths.len(), nar_files_deleted => plan.delete_nar_files.len(),
+            paths_kept => plan.kept_paths, dropped => plan.drop_generations,
         },
     )?)
 }

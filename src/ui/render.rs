@@ -103,7 +103,7 @@ mod tests {
             ),
             (
                 "retention.html",
-                context! { report => context! { summary => evil, dropped_generations => vec![("web-1", 1)] }, pins => vec![context! { name => evil }], ..base("retention") },
+                context! { summary => evil, dropped => vec![("web-1", 1)], pins => vec![context! { name => evil }], ..base("retention") },
             ),
             (
                 "confirm.html",

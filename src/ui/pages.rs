@@ -157,16 +157,24 @@ pub async fn build_log(
     state.app.db.build(id).await?.ok_or_else(|| UiError::NotFound(format!("no build {id}")))?;
     let stream = crate::build::log::of_build(&state.app, id).await?;
     let stream = stream.ok_or_else(|| UiError::NotFound(format!("build {id} has no log yet")))?;
-    let mut sent = 0usize;
-    let bounded = stream.take_while(move |chunk| {
-        let more = sent < LIVE_LOG_BYTES;
-        sent += chunk.as_ref().map_or(0, |c| c.len());
-        futures::future::ready(more)
-    });
-    let mut response = Response::new(Body::from_stream(bounded));
+    let mut response = Response::new(Body::from_stream(bounded(stream, LIVE_LOG_BYTES)));
     let kind = header::HeaderValue::from_static("text/plain; charset=utf-8");
     response.headers_mut().insert(header::CONTENT_TYPE, kind);
     Ok(response)
+}
+
+/// `stream` until `max` bytes are sent: the chunk that reaches `max` is the last one (so
+/// at most `max` plus one chunk, which the log follower keeps small).
+fn bounded<S, E>(stream: S, max: usize) -> impl futures::Stream<Item = Result<bytes::Bytes, E>>
+where
+    S: futures::Stream<Item = Result<bytes::Bytes, E>>,
+{
+    let mut sent = 0usize;
+    stream.take_while(move |chunk| {
+        let more = sent < max;
+        sent += chunk.as_ref().map_or(0, |c| c.len());
+        futures::future::ready(more)
+    })
 }
 
 /// `GET /ui/cache`: what the cache holds, its newest paths, and the narinfo hit rate since
@@ -224,4 +232,19 @@ pub async fn retention(State(state): State<UiState>, viewer: Viewer) -> Result<R
             paths_kept => plan.kept_paths, dropped => plan.drop_generations,
         },
     )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_live_log_stream_ends_at_its_budget() {
+        let chunks =
+            || futures::stream::iter((0..100).map(|_| Ok::<_, std::io::Error>(bytes::Bytes::from(vec![b'x'; 10]))));
+        for (max, sent) in [(0, 0), (1, 10), (25, 30), (30, 30), (5000, 1000)] {
+            let got: Vec<_> = bounded(chunks(), max).collect().await;
+            assert_eq!(got.iter().map(|c| c.as_ref().unwrap().len()).sum::<usize>(), sent, "budget {max}");
+        }
+    }
 }

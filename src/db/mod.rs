@@ -35,7 +35,7 @@ pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use listen::{GenerationListener, Heard, Notice, CHANNEL as GENERATIONS_CHANNEL};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};
-pub use paths::{ClosureRow, NarFileRow, PathListener, PathRow};
+pub use paths::{CacheStats, ClosureRow, NarFileRow, PathListener, PathRow, RecentPath};
 pub use reports::{HostStatus, ReportRow};
 pub use tokens::TokenRow;
 

@@ -148,10 +148,49 @@ impl Db {
     }
 }
 
+/// What the cache holds, for the dashboard.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct CacheStats {
+    /// Published paths.
+    pub paths: i64,
+    /// Sum of their uncompressed NAR sizes.
+    pub nar_bytes: i64,
+    /// Sum of their stored (compressed) NAR file sizes.
+    pub file_bytes: i64,
+}
+
+/// A published path as the dashboard lists it.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize)]
+pub struct RecentPath {
+    /// Store-path basename.
+    pub store_path: String,
+    /// Uncompressed NAR size.
+    pub nar_size: i64,
+    /// Stored file size.
+    pub file_size: i64,
+    /// When it was published (Unix seconds).
+    pub created_at: i64,
+}
+
 /// One path of a closure: basename, NAR size, NAR file size.
 pub type ClosureRow = (String, i64, i64);
 
 impl Db {
+    /// How many paths the cache holds and their bytes.
+    pub async fn cache_stats(&self) -> Result<CacheStats, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT CAST(COUNT(*) AS BIGINT) AS paths, CAST(COALESCE(SUM(nar_size), 0) AS BIGINT) AS nar_bytes,
+                    CAST(COALESCE(SUM(file_size), 0) AS BIGINT) AS file_bytes FROM paths",
+        ).fetch_one(pool).await?))
+    }
+
+    /// The `limit` paths published last, newest first.
+    pub async fn recent_paths(&self, limit: i64) -> Result<Vec<RecentPath>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT store_path, nar_size, file_size, created_at FROM paths ORDER BY created_at DESC, hash LIMIT $1",
+        ).bind(limit).fetch_all(pool).await?))
+    }
+
     /// The closure of the published path `hash` (itself included), each path once, in one
     /// recursive query; paths the index lacks (never published, or collected) are left out.
     pub async fn closure(&self, hash: &str) -> Result<Vec<ClosureRow>, DbError> {
@@ -219,6 +258,18 @@ mod tests {
             assert!(closure.iter().all(|(_, nar, file)| (*nar, *file) == (10, 4)));
             assert_eq!(db.closure(&h('b')).await.unwrap().len(), 1);
             assert!(db.closure(&h('z')).await.unwrap().is_empty());
+        }
+
+        async fn cache_stats_count_paths_and_bytes_and_list_the_newest(db: Db) {
+            assert_eq!(db.cache_stats().await.unwrap(), CacheStats::default());
+            assert!(db.recent_paths(5).await.unwrap().is_empty());
+            for (hash, nar, file) in [("a", 10, 4), ("b", 30, 7)] {
+                db.insert_path(&PathRow { nar_size: nar, file_size: file, ..row(hash, &[]) }).await.unwrap();
+            }
+            assert_eq!(db.cache_stats().await.unwrap(), CacheStats { paths: 2, nar_bytes: 40, file_bytes: 11 });
+            let recent = db.recent_paths(1).await.unwrap();
+            assert_eq!(recent.len(), 1);
+            assert_eq!(db.recent_paths(5).await.unwrap().len(), 2);
         }
 
         async fn nar_files_are_idempotent(db: Db) {

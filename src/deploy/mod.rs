@@ -4,7 +4,9 @@
 pub mod agent;
 pub mod closures;
 pub mod diff;
+pub mod fleet;
 pub mod manifest;
+pub mod resend;
 pub mod rollback;
 pub mod status;
 pub mod watch;

@@ -82,6 +82,14 @@ pub struct Policy {
     pub grace_period: i64,
 }
 
+impl Policy {
+    /// This policy with `keep` generations kept per host, every per-host override dropped:
+    /// what `berth gc --keep N` asks for one run.
+    pub fn with_keep(&self, keep: usize) -> Policy {
+        Policy { keep_last: keep, keep_last_per_host: HashMap::new(), ..self.clone() }
+    }
+}
+
 /// What a collection will do.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Plan {

@@ -123,6 +123,14 @@ pub struct GcReport {
     pub summary: String,
 }
 
+/// What a collection with `policy` would do now, for people to look at (the dashboard's
+/// retention page): the planner on one read of the index, without the collection lock or the
+/// publish gate, so looking never delays a publication nor makes a collection `Busy`.
+/// `collect(…, true)`, the API's dry run, plans under both.
+pub async fn preview(state: &AppState, policy: &Policy) -> Result<plan::Plan, GcError> {
+    Ok(plan::plan(&state.db.gc_snapshot().await?, policy))
+}
+
 /// Runs one collection with `policy`, unless one is running (in any process sharing the
 /// database).
 pub async fn collect(state: &AppState, policy: &Policy, dry_run: bool) -> Result<GcReport, GcError> {

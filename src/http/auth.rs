@@ -14,7 +14,7 @@ use crate::{
 
 /// The token of `Authorization: Bearer <token>` or `Basic base64(user:token)`; the scheme
 /// is case-insensitive (RFC 9110 §11.1), so `bearer` and `BASIC` are the same.
-fn presented_token(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn presented_token(headers: &HeaderMap) -> Option<String> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, credentials) = value.trim_start().split_once(' ')?;
     let credentials = credentials.trim();

@@ -183,13 +183,7 @@ pub async fn log(State(state): State<AppState>, headers: HeaderMap, Path(id): Pa
     if build.state == BuildState::Queued.as_str() {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
     }
-    let db = state.db.clone();
-    let running = move || {
-        let db = db.clone();
-        async move { matches!(db.build(id).await, Ok(Some(b)) if b.state == BuildState::Running.as_str()) }
-    };
-    let dir = state.config.data_dir.join("logs");
-    let stream = crate::build::log::read(state.store.clone(), &dir, id, running)
+    let stream = crate::build::log::of_build(&state, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("build {id} has no log")))?;
     let mut response = Response::new(Body::from_stream(stream));

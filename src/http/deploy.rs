@@ -17,9 +17,8 @@ use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
-    db::{GenerationRow, NewGeneration, ReportRow},
-    deploy::{manifest::VERSION_HEADER, manifest_of, rollback, status::Phase},
-    nixfmt::{StorePath, StorePathHash},
+    db::{GenerationRow, ReportRow},
+    deploy::{manifest::VERSION_HEADER, manifest_of, resend, status::Phase},
     text::{clip_head, clip_tail, without_nul},
 };
 
@@ -176,15 +175,7 @@ pub async fn rollback(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: RollbackRequest = json::read(&headers, body).await?;
-    let repository = known_host(&state, &name).await?;
-    // Retention may not delete the target's system between the check and the new generation.
-    let _gate = state.publish_gate.read().await?;
-    let history = state.db.generations(&name).await?;
-    let running = state.db.host_status(&name).await?.active_generation;
-    let confirmed = state.db.confirmed_generations(&name).await?;
-    let target = rollback::target(&history, &confirmed, running, request.to)?;
-    let made = resend(&state, &name, &repository, target, &rollback::rollback_branch(target.number)).await?;
-    tracing::info!(host = %name, number = made.number, to = target.number, "rollback");
+    let made = resend::rollback(&state, &name, request.to).await?;
     Ok((StatusCode::CREATED, Json(made)))
 }
 
@@ -209,42 +200,6 @@ pub async fn redeploy(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: RedeployRequest = json::read(&headers, body).await?;
-    let repository = known_host(&state, &name).await?;
-    let _gate = state.publish_gate.read().await?;
-    let history = state.db.generations(&name).await?;
-    let target = rollback::redeploy_target(&history, request.generation)?;
-    let made = resend(&state, &name, &repository, target, &rollback::redeploy_branch(target.number)).await?;
-    tracing::info!(host = %name, number = made.number, of = target.number, "redeploy");
+    let made = resend::redeploy(&state, &name, request.generation).await?;
     Ok((StatusCode::CREATED, Json(made)))
-}
-
-async fn known_host(state: &AppState, name: &str) -> Result<String, ApiError> {
-    state.db.host_repository(name).await?.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))
-}
-
-/// A new generation of `target`'s system, commit and signer under `branch`, once its system
-/// is known to be in the cache (the caller holds the publish gate); the agents are woken.
-async fn resend(
-    state: &AppState,
-    name: &str,
-    repository: &str,
-    target: &GenerationRow,
-    branch: &str,
-) -> Result<GenerationRow, ApiError> {
-    let path: StorePath = target.store_path.parse().map_err(|_| ApiError::Internal("stored path unparsable".into()))?;
-    if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
-        return Err(ApiError::BadRequest(format!("generation {}'s system is no longer in the cache", target.number)));
-    }
-    let g = NewGeneration {
-        host: name,
-        repository,
-        store_path: &target.store_path,
-        commit_sha: &target.commit_sha,
-        branch,
-        build_id: None,
-        // The same commit as the target's, so the same signer authorised it.
-        signer: target.signer.as_deref(),
-    };
-    let number = crate::deploy::watch::add_generation(state, &g).await?;
-    state.db.generation(name, number).await?.ok_or_else(|| ApiError::Internal("generation vanished".into()))
 }

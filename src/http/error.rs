@@ -102,6 +102,19 @@ impl From<crate::deploy::rollback::RollbackError> for ApiError {
     }
 }
 
+impl From<crate::deploy::resend::ResendError> for ApiError {
+    fn from(e: crate::deploy::resend::ResendError) -> Self {
+        use crate::deploy::resend::ResendError;
+        match e {
+            ResendError::NoHost(_) => Self::NotFound(e.to_string()),
+            ResendError::Target(e) => e.into(),
+            ResendError::Collected(_) => Self::BadRequest(e.to_string()),
+            ResendError::Unparsable(_) | ResendError::Vanished(_) => Self::Internal(e.to_string()),
+            ResendError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl ApiError {
     /// The error a status stands for, for refusals made outside berth's handlers (axum's
     /// routing and extractors), with their one-line reason.
@@ -122,14 +135,16 @@ impl ApiError {
 
 /// Middleware: every refusal is `{code, message}` JSON, including those axum makes itself
 /// (a path or query that does not parse, a method a route does not answer), which are
-/// plain text or empty. berth's own errors are JSON already and pass untouched, as does
-/// every success.
+/// plain text or empty. berth's own errors are JSON already and pass untouched, as do the
+/// dashboard's HTML refusals and every success.
 pub async fn json_refusals(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let status = response.status();
     let is_json =
         response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if !(status.is_client_error() || status.is_server_error()) || is_json {
+    // The dashboard's refusals are pages, for a person.
+    let is_html = response.headers().get(header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"text/html"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json || is_html {
         return response;
     }
     let (parts, body) = response.into_parts();

@@ -14,8 +14,11 @@ use crate::{
     app::AppState,
     auth::Scope,
     db::PinRow,
-    gc::{self, GcError, GcReport},
-    nixfmt::{StorePath, StorePathHash},
+    gc::{
+        self,
+        pins::{self, valid_pin_name, PinError},
+        GcError, GcReport,
+    },
 };
 
 /// `POST /api/v1/gc` body.
@@ -48,25 +51,28 @@ pub async fn collect(
 ) -> Result<Json<GcReport>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: GcRequest = json::read(&headers, body).await?;
-    let mut policy = state.config.retention.clone();
-    if let Some(keep) = request.keep {
-        if keep == 0 {
-            return Err(ApiError::BadRequest("keep must be at least 1".into()));
-        }
-        policy.keep_last = keep;
-        policy.keep_last_per_host.clear();
-    }
+    let policy = match request.keep {
+        Some(0) => return Err(ApiError::BadRequest("keep must be at least 1".into())),
+        Some(keep) => state.config.retention.with_keep(keep),
+        None => state.config.retention.clone(),
+    };
     Ok(Json(gc::collect(&state, &policy, request.dry_run).await?))
 }
 
 fn pin_name(name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if valid_pin_name(name) {
         Ok(())
     } else {
-        Err(ApiError::BadRequest("pin names are 1-64 letters, digits, '-', '_', '.'".into()))
+        Err(PinError::BadName.into())
+    }
+}
+
+impl From<PinError> for ApiError {
+    fn from(e: PinError) -> Self {
+        match e {
+            PinError::BadName | PinError::BadPath(_) | PinError::NotInCache(_) => ApiError::BadRequest(e.to_string()),
+            PinError::Db(e) => e.into(),
+        }
     }
 }
 
@@ -87,14 +93,7 @@ pub async fn pin(
 ) -> Result<StatusCode, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: PinRequest = json::read(&headers, body).await?;
-    pin_name(&name)?;
-    let path: StorePath = request.store_path.parse().map_err(|e| ApiError::BadRequest(format!("store_path: {e}")))?;
-    // Retention may not delete the path between the check and the pin.
-    let _gate = state.publish_gate.read().await?;
-    if state.db.present(&[StorePathHash::of(&path).to_string()]).await?.is_empty() {
-        return Err(ApiError::BadRequest(format!("{} is not in the cache", request.store_path)));
-    }
-    state.db.set_pin(&name, &path.to_absolute_path()).await?;
+    pins::pin(&state, &name, &request.store_path).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,8 +1,6 @@
 //! Hosts and their generations: `GET /api/v1/hosts` (admin) and
 //! `GET /api/v1/hosts/{name}/generations` (admin, or that host's own token).
 
-use std::collections::HashMap;
-
 use axum::{
     extract::{rejection::QueryRejection, Path, Query, State},
     http::HeaderMap,
@@ -15,38 +13,14 @@ use crate::{
     auth::{valid_host_name, Scope},
     db::{GenerationRow, HostRow},
     deploy::diff::{DiffEnd, DiffView},
-    deploy::status::{self, Phase},
+    deploy::fleet,
 };
 
 /// `GET /api/v1/hosts`: each host with the state of its newest generation (or `offline`)
 /// and its newest build's verdict. A fixed number of queries, whatever the fleet's size.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    let mut hosts = state.db.hosts().await?;
-    let mut last_builds: HashMap<_, _> = state.db.last_builds().await?.into_iter().collect();
-    let mut reports: HashMap<String, Vec<(i64, String, Option<String>)>> = HashMap::new();
-    for (host, generation, phase, message) in state.db.newest_report_phases().await? {
-        reports.entry(host).or_default().push((generation, phase, message));
-    }
-    let now = crate::db::now();
-    for h in &mut hosts {
-        h.last_build = last_builds.remove(&h.name);
-        let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
-        let newest = h.latest.as_ref().map(|g| g.number);
-        let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
-        h.state = Some(status::host_state(newest, &seen, seen_at, paused, now, state.config.offline_after_secs));
-    }
-    Ok(Json(hosts))
-}
-
-/// Reports as the status rule reads them (phases it does not know are left out).
-fn seen(reports: &[(i64, String, Option<String>)]) -> Vec<status::Seen<'_>> {
-    reports
-        .iter()
-        .filter_map(|(generation, phase, message)| {
-            Some(status::Seen { generation: *generation, phase: Phase::parse(phase)?, message: message.as_deref() })
-        })
-        .collect()
+    Ok(Json(fleet::hosts(&state.db, state.config.offline_after_secs).await?))
 }
 
 /// `GET /api/v1/hosts/{name}/generations`: newest first, each with its outcome.
@@ -59,20 +33,8 @@ pub async fn generations(
         return Err(ApiError::BadRequest("invalid host name".into()));
     }
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
-    if !state.db.host_exists(&name).await? {
-        return Err(ApiError::NotFound(format!("no host {name}")));
-    }
-    let mut generations = state.db.generations(&name).await?;
-    let reports = state.db.report_phases(&name).await?;
-    let seen = seen(&reports);
-    let newest = generations.first().map_or(0, |g| g.number);
-    let profiles: std::collections::HashMap<i64, i64> =
-        state.db.profile_generations(&name).await?.into_iter().collect();
-    for g in &mut generations {
-        g.outcome = Some(status::outcome(g.number, newest, &seen));
-        g.profile_generation = profiles.get(&g.number).copied();
-    }
-    Ok(Json(generations))
+    let history = fleet::history(&state.db, &name).await?;
+    Ok(Json(history.ok_or_else(|| ApiError::NotFound(format!("no host {name}")))?))
 }
 
 /// `GET /api/v1/hosts/{name}/diff?from=N&to=M` query.

@@ -2,7 +2,7 @@
 //! validate into a typed value, call one function, render. Every response carries an
 //! `x-request-id`, and every request is logged in a span with it.
 
-mod auth;
+pub(crate) mod auth;
 mod builds;
 mod cache;
 mod conn;
@@ -66,10 +66,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/pins/{name}", put(gc::pin).delete(gc::unpin))
         .route("/healthz", get(ops::healthz))
         .route("/metrics", get(ops::metrics))
+        .with_state(state.clone())
+        // The dashboard: `/` redirects to `/ui/` (`/{file}` above never matches `/`).
+        .merge(crate::ui::router(state))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn(error::json_refusals))
         .layer(middleware::from_fn(request_span))
-        .with_state(state)
 }
 
 /// Serves until `shutdown` resolves, with the connection limits of `[server]` (see `conn`).

@@ -84,7 +84,7 @@ impl BuildHost {
     }
 
     /// Waits for build `id` to end and returns it.
-    fn wait(&self, id: i64) -> Value {
+    pub fn wait(&self, id: i64) -> Value {
         for _ in 0..600 {
             let build = self.build(id);
             if ["succeeded", "failed", "cancelled"].contains(&build["state"].as_str().unwrap()) {

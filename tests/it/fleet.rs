@@ -54,7 +54,12 @@ const FLAKE: &str = r#"{
         cutnet = if files ? "${host}.cutnet" then "1" else "";
         switchpause = if files ? "${host}.switchpause" then builtins.readFile (./hosts + "/${host}.switchpause") else "0";
       } ''
-        sleep "$pause"
+        i=0
+        while [ "$i" -lt "$pause" ]; do
+          i=$((i + 1))
+          echo "building $host: tick $i"
+          sleep 1
+        done
         if [ -n "$broken" ]; then
           echo "error: host $host is broken on purpose" >&2
           exit 1
@@ -222,7 +227,8 @@ impl Fleet {
         }
     }
 
-    /// Makes `host`'s build take `seconds` longer (for tests that interrupt a build).
+    /// Makes `host`'s build take `seconds` longer, printing `building <host>: tick N` each
+    /// second (for tests that interrupt a build or follow its log).
     pub fn set_slow(&self, host: &str, seconds: u32) {
         fs::write(self.host_file(host, "sleep"), seconds.to_string()).unwrap();
     }

@@ -7,6 +7,7 @@ mod harness;
 mod servers;
 
 mod agent;
+mod browser;
 mod builds;
 mod cache_http;
 mod ci_examples;
@@ -27,3 +28,4 @@ mod rollback;
 mod signed_history;
 mod status;
 mod try_guide;
+mod ui;

@@ -1,0 +1,227 @@
+//! The dashboard's actions (admin): rollback, redeploy, pin and gc. Each is a confirmation
+//! page (GET: what will happen, and a form) and the form's POST, which checks the session's
+//! CSRF token and the request's origin (`Viewer::may_act`) and then calls the function the
+//! API handler calls: `deploy::resend::{rollback, redeploy}`, `gc::pins::pin`, `gc::collect`.
+
+use axum::{
+    extract::{rejection::QueryRejection, Path, Query, State},
+    http::HeaderMap,
+    response::Response,
+    Form,
+};
+use minijinja::{context, Value};
+
+use super::{auth::Viewer, error::UiError, pages::host_name, render, view, UiState};
+use crate::{
+    deploy::resend,
+    gc::{self, pins},
+};
+
+/// The fields an action's query or form may carry (each action reads its own).
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ActionFields {
+    #[serde(default)]
+    csrf: Option<String>,
+    #[serde(default)]
+    to: Option<String>,
+    #[serde(default)]
+    generation: Option<String>,
+    #[serde(default)]
+    keep: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    store_path: Option<String>,
+}
+
+/// An optional number field: empty is none; anything else must be a number from 1.
+fn number(field: &Option<String>, what: &str) -> Result<Option<i64>, UiError> {
+    match field.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+        None => Ok(None),
+        Some(s) => match s.parse::<i64>() {
+            Ok(n) if n >= 1 => Ok(Some(n)),
+            _ => Err(UiError::BadRequest(format!("{what} must be a number from 1"))),
+        },
+    }
+}
+
+fn query(q: Result<Query<ActionFields>, QueryRejection>) -> Result<ActionFields, UiError> {
+    q.map(|Query(q)| q).map_err(|e| UiError::BadRequest(e.body_text()))
+}
+
+/// The confirmation page: `question`, the plan if any, and a form posting `hidden` and
+/// `editable` fields (with the CSRF token) to `action`.
+fn confirm(viewer: &Viewer, nav: &str, question: String, action: String, fields: Value) -> Result<Response, UiError> {
+    viewer.require_admin()?;
+    Ok(render::page(
+        "confirm.html",
+        context! { nav, viewer => viewer.role, csrf => viewer.csrf(), question, action, ..fields },
+    )?)
+}
+
+fn done(
+    viewer: &Viewer,
+    nav: &str,
+    message: String,
+    back: String,
+    details: Option<String>,
+) -> Result<Response, UiError> {
+    Ok(render::page(
+        "done.html",
+        context! { nav, viewer => viewer.role, csrf => viewer.csrf(), message, back, details },
+    )?)
+}
+
+/// `GET /ui/hosts/{name}/rollback?to=N`.
+pub async fn confirm_rollback(
+    viewer: Viewer,
+    Path(name): Path<String>,
+    q: Result<Query<ActionFields>, QueryRejection>,
+) -> Result<Response, UiError> {
+    host_name(&name)?;
+    let to = number(&query(q)?.to, "to")?;
+    let question = match to {
+        Some(n) => format!("Roll {name} back to generation {n}'s system?"),
+        None => format!("Roll {name} back to the newest generation it confirmed before what it runs?"),
+    };
+    let hidden = vec![context! { name => "to", value => to }];
+    confirm(
+        &viewer,
+        "fleet",
+        question,
+        format!("/ui/hosts/{name}/rollback"),
+        context! { hidden, back => format!("/ui/hosts/{name}") },
+    )
+}
+
+/// `POST /ui/hosts/{name}/rollback`: a new generation with the older system.
+pub async fn rollback(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<ActionFields>,
+) -> Result<Response, UiError> {
+    host_name(&name)?;
+    viewer.may_act(&headers, f.csrf.as_deref())?;
+    let made = resend::rollback(&state.app, &name, number(&f.to, "to")?).await?;
+    let message = format!("Made generation {} ({}) of {name}; its agent picks it up next.", made.number, made.branch);
+    done(&viewer, "fleet", message, format!("/ui/hosts/{name}"), None)
+}
+
+/// `GET /ui/hosts/{name}/redeploy?generation=N`.
+pub async fn confirm_redeploy(
+    viewer: Viewer,
+    Path(name): Path<String>,
+    q: Result<Query<ActionFields>, QueryRejection>,
+) -> Result<Response, UiError> {
+    host_name(&name)?;
+    let generation = number(&query(q)?.generation, "generation")?;
+    let question = match generation {
+        Some(n) => format!("Send generation {n} of {name} again?"),
+        None => format!("Send the newest generation of {name} again?"),
+    };
+    let hidden = vec![context! { name => "generation", value => generation }];
+    confirm(
+        &viewer,
+        "fleet",
+        question,
+        format!("/ui/hosts/{name}/redeploy"),
+        context! { hidden, back => format!("/ui/hosts/{name}") },
+    )
+}
+
+/// `POST /ui/hosts/{name}/redeploy`.
+pub async fn redeploy(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    Form(f): Form<ActionFields>,
+) -> Result<Response, UiError> {
+    host_name(&name)?;
+    viewer.may_act(&headers, f.csrf.as_deref())?;
+    let made = resend::redeploy(&state.app, &name, number(&f.generation, "generation")?).await?;
+    let message = format!("Made generation {} ({}) of {name}; its agent picks it up next.", made.number, made.branch);
+    done(&viewer, "fleet", message, format!("/ui/hosts/{name}"), None)
+}
+
+/// `GET /ui/pins?name=N&store_path=P`: the pin's name can still be edited.
+pub async fn confirm_pin(viewer: Viewer, q: Result<Query<ActionFields>, QueryRejection>) -> Result<Response, UiError> {
+    let q = query(q)?;
+    let path = q.store_path.unwrap_or_default();
+    let question = format!("Keep the closure of {path} through every collection, under this name?");
+    let hidden = vec![context! { name => "store_path", value => path }];
+    let editable = vec![context! { name => "name", label => "Pin name", value => q.name.unwrap_or_default() }];
+    confirm(&viewer, "retention", question, "/ui/pins".into(), context! { hidden, editable, back => "/ui/retention" })
+}
+
+/// `POST /ui/pins`.
+pub async fn pin(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<ActionFields>,
+) -> Result<Response, UiError> {
+    viewer.may_act(&headers, f.csrf.as_deref())?;
+    let (name, path) = (f.name.unwrap_or_default(), f.store_path.unwrap_or_default());
+    pins::pin(&state.app, name.trim(), path.trim()).await?;
+    done(&viewer, "retention", format!("Pinned {} as {}.", path.trim(), name.trim()), "/ui/retention".into(), None)
+}
+
+/// The policy of a collection asked with `keep` (none: the configured one).
+fn policy(state: &UiState, keep: Option<i64>) -> gc::Policy {
+    match keep {
+        Some(keep) => state.app.config.retention.with_keep(keep as usize),
+        None => state.app.config.retention.clone(),
+    }
+}
+
+/// `GET /ui/gc?keep=N`: the plan as things stand (`gc::preview`) and the form that runs it.
+pub async fn confirm_gc(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    q: Result<Query<ActionFields>, QueryRejection>,
+) -> Result<Response, UiError> {
+    viewer.require_admin()?;
+    let keep = number(&query(q)?.keep, "keep")?;
+    let plan = gc::preview(&state.app, &policy(&state, keep)).await?;
+    let question = format!("Run a collection now? As things stand it frees {}:", view::bytes(plan.bytes_freed));
+    let hidden = vec![context! { name => "keep", value => keep }];
+    let fields = context! { hidden, plan => gc::plan::render(&plan), back => "/ui/retention" };
+    confirm(&viewer, "retention", question, "/ui/gc".into(), fields)
+}
+
+/// `POST /ui/gc`: runs the collection.
+pub async fn gc(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    Form(f): Form<ActionFields>,
+) -> Result<Response, UiError> {
+    viewer.may_act(&headers, f.csrf.as_deref())?;
+    let report = gc::collect(&state.app, &policy(&state, number(&f.keep, "keep")?), false).await?;
+    let message = format!(
+        "Collected: {} paths deleted, {} freed, {} generations dropped.",
+        report.paths_deleted,
+        view::bytes(report.bytes_freed),
+        report.dropped_generations.len()
+    );
+    done(&viewer, "retention", message, "/ui/retention".into(), Some(report.summary))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn number_fields() {
+        for (field, expected) in [(None, None), (Some(""), None), (Some(" 3 "), Some(3)), (Some("1"), Some(1))] {
+            assert_eq!(number(&field.map(str::to_owned), "to").unwrap(), expected, "{field:?}");
+        }
+        for bad in ["0", "-1", "x", "1e3", "99999999999999999999"] {
+            assert!(number(&Some(bad.into()), "to").is_err(), "{bad}");
+        }
+    }
+}

@@ -93,6 +93,8 @@ pub struct AppInner {
     pub builds: Queue,
     /// What decompressing uploads may cost in memory.
     pub decoders: crate::ingest::DecoderBudget,
+    /// The fleet's events, for the stream, the forge statuses and the notifications.
+    pub events: crate::events::Bus,
 }
 
 impl AppState {
@@ -128,6 +130,7 @@ impl AppState {
                 config.cache.max_decoder_memory_mib,
                 config.cache.decoder_memory_budget_mib,
             ),
+            events: Default::default(),
         }));
         Ok((state, origin))
     }
@@ -220,6 +223,9 @@ pub async fn serve(
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
     }
+    workers.extend(crate::forge::spawn(&state, &stop));
+    workers.extend(crate::notify::spawn(&state, &stop));
+    workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();
     let shutdown = async move {
         shutdown.await;

@@ -20,6 +20,7 @@ use crate::{
     app::AppState,
     config::Repository,
     db::{now, BuildHostRow, BuildRow, DbError, NewGeneration},
+    events::{Event, GenerationRef},
     nix::{self, NixError},
 };
 
@@ -147,10 +148,13 @@ impl Worker {
     async fn run_build_in_span(&self, build: BuildRow, shutdown: &CancellationToken) {
         let id = build.id;
         tracing::info!(branch = %build.branch, attempt = build.attempts, "build started");
+        self.state.events.publish(Event::BuildStarted { build: (&build).into() });
         let logs = self.state.config.data_dir.join("logs");
         let log = match BuildLog::open(&logs, id).await {
             Ok(log) => log,
-            Err(e) => return self.finish(id, BuildState::Failed, &format!("cannot write the build log: {e}")).await,
+            Err(e) => {
+                return self.finish(&build, BuildState::Failed, &format!("cannot write the build log: {e}")).await
+            }
         };
         let cancel = self.state.builds.start(id);
         let heartbeat = self.heartbeat(id, cancel.clone());
@@ -175,14 +179,15 @@ impl Worker {
             // Leave it `running`: the next start requeues it (recover_builds).
             return;
         }
-        self.finish(id, state, &reason).await;
+        self.finish(&build, state, &reason).await;
     }
 
-    async fn finish(&self, id: i64, state: BuildState, reason: &str) {
+    async fn finish(&self, build: &BuildRow, state: BuildState, reason: &str) {
         tracing::info!(%state, reason, "build ended");
-        if let Err(e) = self.state.db.finish_build(id, state.as_str(), Some(reason)).await {
-            tracing::error!(error = %e, "recording the end of build {id}");
+        if let Err(e) = self.state.db.finish_build(build.id, state.as_str(), Some(reason)).await {
+            tracing::error!(error = %e, "recording the end of build {}", build.id);
         }
+        self.state.events.publish(Event::of_build_end(build, state == BuildState::Succeeded, reason));
     }
 
     /// Beats every third of the stale period; cancels when the build is no longer ours.
@@ -376,6 +381,7 @@ impl Worker {
             let number = db.add_generation(&g).await?;
             self.state.deploys.notify_waiters();
             db.set_build_host_generation(build.id, host, number).await?;
+            self.state.events.publish(Event::GenerationCreated { generation: GenerationRef::of_new(&g, number) });
             log.line(format!("[{host}] generation {number}: {path}"));
             let runs = self.running_system(host).await.or_else(|| current.get(host.as_str()).cloned());
             match crate::deploy::closures::between(db, runs.as_deref(), path).await {

@@ -223,7 +223,12 @@ pub async fn serve(
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
     }
-    workers.extend(crate::forge::spawn(&state, &stop));
+    let links = match (&state.config.public_url, listener.local_addr()) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(addr)) => format!("http://{addr}"),
+        (None, Err(e)) => return Err(StartError::Serve(e)),
+    };
+    workers.extend(crate::forge::spawn(&state, &stop, links));
     workers.extend(crate::notify::spawn(&state, &stop));
     workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();

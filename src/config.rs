@@ -92,7 +92,7 @@ pub struct RawConfig {
     #[serde(default)]
     pub deploy: RawDeploy,
     /// The URL people reach this server at, for links in commit statuses and notifications
-    /// (`https://berth.example.org`). Default `http://<listen>`.
+    /// (`https://berth.example.org`). Default `http://` and the address berth listens on.
     pub public_url: Option<String>,
     /// Outbound webhooks on events (`docs/forge.md`).
     #[serde(default)]
@@ -398,8 +398,9 @@ pub struct Config {
     pub gc_schedule: Option<std::time::Duration>,
     /// Seconds without a poll or report after which a host is shown `offline`.
     pub offline_after_secs: i64,
-    /// The server's URL for links, without a trailing slash.
-    pub public_url: String,
+    /// The server's URL for links, without a trailing slash (`None`: `http://` and the
+    /// address it listens on).
+    pub public_url: Option<String>,
     /// Outbound webhooks.
     pub notify: Vec<NotifyConfig>,
 }
@@ -523,7 +524,7 @@ impl RawConfig {
             grace_period: self.retention.grace_period_secs.unwrap_or(3600) as i64,
         };
         let gc_schedule = self.retention.schedule_secs.map(|s| std::time::Duration::from_secs(s.max(60)));
-        let public_url = public_url(self.public_url.as_deref(), &listen)?;
+        let public_url = self.public_url.as_deref().map(public_url).transpose()?;
         let notify = self.notify.into_iter().map(RawNotify::validate).collect::<Result<_, _>>()?;
         Ok(Config {
             listen,
@@ -550,9 +551,8 @@ impl RawConfig {
     }
 }
 
-/// The configured public URL (http(s), no query or fragment), or `http://<listen>`.
-fn public_url(configured: Option<&str>, listen: &SocketAddr) -> Result<String, ConfigError> {
-    let Some(text) = configured else { return Ok(format!("http://{listen}")) };
+/// The configured public URL, checked: http(s), no query, fragment or credentials.
+fn public_url(text: &str) -> Result<String, ConfigError> {
     let invalid = |reason: String| ConfigError::Invalid { key: "public_url", reason };
     let url = url::Url::parse(text).map_err(|e| invalid(format!("{text:?}: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {

@@ -192,4 +192,56 @@ mod tests {
             assert!(api_url(ForgeKind::Gitea, Some(bad)).is_err(), "{bad}");
         }
     }
+
+    fn parse(text: &str) -> Result<crate::config::Config, ConfigError> {
+        let raw: crate::config::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        raw.validate(crate::config::Overrides::default())
+    }
+
+    #[test]
+    fn forges_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "ghp_s3cret\n").unwrap();
+        let repo = "[[repositories]]\nname = \"fleet\"\nrequire_signed_commits = false\n";
+        let forge = |url: &str, table: &str| {
+            parse(&format!(
+                "{repo}url = \"{url}\"\n[repositories.forge]\ntoken_file = \"{}\"\n{table}",
+                token.display()
+            ))
+        };
+        let c = forge("git+https://github.com/acme/fleet.git", "kind = \"github\"\naggregate = true").unwrap();
+        let f = c.repository("fleet").unwrap().forge.clone().unwrap();
+        assert_eq!(
+            (f.kind, f.owner.as_str(), f.name.as_str(), f.aggregate),
+            (ForgeKind::Github, "acme", "fleet", true)
+        );
+        assert_eq!(f.token.0, b"ghp_s3cret");
+        assert!(!format!("{c:?}").contains("s3cret"), "the token is never in Debug output");
+        let c = forge(
+            "git+file:///srv/fleet",
+            "kind = \"forgejo\"\napi_url = \"http://127.0.0.1:3000/api/v1\"\nrepository = \"ops/fleet\"",
+        )
+        .unwrap();
+        assert_eq!(c.repository("fleet").unwrap().forge.as_ref().unwrap().owner, "ops");
+        for (url, table, key) in [
+            (
+                "git+file:///srv/fleet",
+                "kind = \"forgejo\"\napi_url = \"http://x/api/v1\"",
+                "repositories.forge.repository",
+            ),
+            ("git+https://x/a/b", "kind = \"gitlab\"", "repositories.forge.kind"),
+            ("git+https://x/a/b", "kind = \"gitea\"", "repositories.forge.api_url"),
+            ("git+https://x/a/b", "kind = \"github\"\nrepository = \"a/../b\"", "repositories.forge.repository"),
+            ("git+https://x/a/b", "kind = \"github\"\napi_url = \"https://u:p@x/api\"", "repositories.forge.api_url"),
+            ("git+https://x/a/b", "kind = \"github\"\ncontext = \"x\"", "unknown field `context`"),
+        ] {
+            let err = forge(url, table).unwrap_err().to_string();
+            assert!(err.contains(key), "{table}: {err}");
+        }
+        std::fs::write(&token, "two\nlines").unwrap();
+        let err = forge("git+https://x/a/b", "kind = \"github\"").unwrap_err().to_string();
+        assert!(err.contains("token_file") && !err.contains("two"), "{err}");
+    }
 }

@@ -155,3 +155,45 @@ impl RawNotify {
         Ok(NotifyConfig { url, events, format, timeout })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<NotifyConfig>, ConfigError> {
+        let raw: crate::config::RawConfig =
+            toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
+        Ok(raw.validate(crate::config::Overrides::default())?.notify)
+    }
+
+    #[test]
+    fn notifications_are_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "k3y\n").unwrap();
+        let s = secret.display();
+        let n = parse(&format!("[[notify]]\nurl = \"https://hooks.example/b\"\nsecret_file = \"{s}\"")).unwrap();
+        assert!(matches!(&n[0].format, NotifyFormat::Json { secret } if secret.0 == b"k3y"));
+        assert!(n[0].wants(Kind::BuildFailed) && !n[0].wants(Kind::BuildSucceeded));
+        let n = parse("[[notify]]\nurl = \"https://ntfy.sh/fleet\"\nformat = \"ntfy\"\nevents = [\"build_succeeded\"]")
+            .unwrap();
+        assert!(n[0].wants(Kind::BuildSucceeded) && !n[0].wants(Kind::BuildFailed));
+        let matrix =
+            format!("[[notify]]\nurl = \"https://m.example\"\nformat = \"matrix\"\naccess_token_file = \"{s}\"\n");
+        assert!(parse(&format!("{matrix}room_id = \"!r:m.example\"")).is_ok());
+        for (text, key) in [
+            ("[[notify]]\nurl = \"https://h/b\"", "notify.secret_file"),
+            ("[[notify]]\nurl = \"ftp://h/b\"\nformat = \"slack\"", "notify.url"),
+            ("[[notify]]\nurl = \"https://u:p@h/b\"\nformat = \"slack\"", "notify.url"),
+            ("[[notify]]\nurl = \"https://h/b\"\nformat = \"irc\"", "notify.format"),
+            ("[[notify]]\nurl = \"https://h/b\"\nformat = \"slack\"\nevents = [\"everything\"]", "notify.events"),
+            ("[[notify]]\nurl = \"https://h/b\"\nformat = \"slack\"\ntimeout_secs = 0", "notify.timeout_secs"),
+            ("[[notify]]\nurl = \"https://h/b\"\nformat = \"slack\"\nsecrett = 1", "unknown field"),
+            (&format!("{matrix}room_id = \"#alias:m.example\""), "notify.room_id"),
+            (&matrix, "notify.room_id"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+}

@@ -35,7 +35,8 @@ struct Posted {
 const REMEMBERED: usize = 10_000;
 
 /// Starts one queue per repository with a forge, and the dispatcher; none without a forge.
-pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<tokio::task::JoinHandle<()>> {
+/// Statuses link to `<links>/ui/builds/<id>` (the dashboard).
+pub fn spawn(state: &AppState, stop: &CancellationToken, links: String) -> Vec<tokio::task::JoinHandle<()>> {
     let client = outbound::client(outbound::DEFAULT_TIMEOUT);
     let mut queues = HashMap::new();
     let mut tasks = Vec::new();
@@ -47,7 +48,7 @@ pub fn spawn(state: &AppState, stop: &CancellationToken) -> Vec<tokio::task::Joi
     }
     if !queues.is_empty() {
         let events = state.events.subscribe();
-        let dispatcher = Dispatcher { state: state.clone(), queues, last: HashMap::new() };
+        let dispatcher = Dispatcher { state: state.clone(), queues, last: HashMap::new(), links };
         tasks.push(tokio::spawn(dispatcher.run(events, stop.clone())));
     }
     tasks
@@ -83,6 +84,8 @@ struct Dispatcher {
     queues: HashMap<String, Queue<Posted>>,
     /// The last status queued per (build, context).
     last: HashMap<(i64, String), (State, String)>,
+    /// The base URL of links.
+    links: String,
 }
 
 impl Dispatcher {
@@ -139,7 +142,7 @@ impl Dispatcher {
         if self.last.get(&key) == Some(&(status.state, status.description.clone())) {
             return Ok(());
         }
-        let target = format!("{}/ui/builds/{build_id}", self.state.config.public_url);
+        let target = format!("{}/ui/builds/{build_id}", self.links);
         let request = match request::status_request(forge, &build.commit_sha, &status, &target) {
             Ok(request) => request,
             Err(e) => {

@@ -258,7 +258,7 @@ impl Event {
 
     /// The event a collection is (none for a dry run: nothing happened).
     pub fn of_collection(report: &crate::gc::GcReport) -> Option<Event> {
-        (!report.dry_run).then(|| Event::CollectionFinished {
+        (!report.dry_run).then_some(Event::CollectionFinished {
             generations_dropped: report.dropped_generations.len(),
             paths_deleted: report.paths_deleted,
             bytes_freed: report.bytes_freed,

@@ -105,3 +105,81 @@ pub async fn send(client: &reqwest::Client, request: &Request) -> Result<(), Sen
     let body = response.text().await.unwrap_or_default();
     Err(SendError::Status { status: status.as_u16(), body: crate::text::clip_head(body.trim(), 200).to_owned() })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    };
+
+    use tokio::{
+        io::{AsyncReadExt, AsyncWriteExt},
+        net::TcpListener,
+    };
+
+    use super::*;
+
+    /// A server answering every request with `answer` (a full HTTP response head), counting them.
+    async fn server(answer: String) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let hits = Arc::new(AtomicUsize::new(0));
+        let counted = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let mut buf = [0; 4096];
+                if stream.read(&mut buf).await.is_ok() {
+                    stream.write_all(answer.as_bytes()).await.unwrap();
+                }
+            }
+        });
+        (url, hits)
+    }
+
+    fn request(url: &str) -> Request {
+        Request {
+            method: Method::POST,
+            url: url::Url::parse(url).unwrap(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(b"{}"),
+            label: "test".into(),
+        }
+    }
+
+    #[tokio::test]
+    async fn redirects_to_other_hosts_are_not_followed() {
+        let (elsewhere, stolen) = server("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n".into()).await;
+        let (here, _) =
+            server(format!("HTTP/1.1 307 Temporary Redirect\r\nLocation: {elsewhere}/x\r\nContent-Length: 0\r\n\r\n"))
+                .await;
+        let err = send(&client(DEFAULT_TIMEOUT), &request(&here)).await.unwrap_err();
+        assert!(matches!(err, SendError::Status { status: 307, .. }), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(stolen.load(Ordering::SeqCst), 0, "the body (and its signature) went to another host");
+    }
+
+    #[tokio::test]
+    async fn a_hanging_receiver_times_out_and_counts_as_transient() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream); // never answered
+            }
+        });
+        let started = std::time::Instant::now();
+        let err = send(&client(Duration::from_millis(300)), &request(&url)).await.unwrap_err();
+        assert!(matches!(err, SendError::Transport(_)) && err.is_transient(), "{err}");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn which_answers_are_worth_retrying() {
+        let status = |status| SendError::Status { status, body: String::new() };
+        assert!(status(503).is_transient() && status(429).is_transient() && status(408).is_transient());
+        assert!(!status(401).is_transient() && !status(404).is_transient() && !status(422).is_transient());
+    }
+}

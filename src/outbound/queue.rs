@@ -87,6 +87,7 @@ async fn work<T: Clone + Send>(
 ) {
     loop {
         let (request, tag) = tokio::select! {
+            biased;
             _ = stop.cancelled() => break,
             next = receiver.recv() => match next { Some(next) => next, None => break },
         };
@@ -110,7 +111,12 @@ async fn deliver<T: Clone>(
     let mut attempts = 0;
     loop {
         attempts += 1;
-        let error = match send(client, &request).await {
+        let sent = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            sent = send(client, &request) => sent,
+        };
+        let error = match sent {
             Ok(()) => {
                 tracing::debug!(destination = %name, request = %request.label, attempts, "delivered");
                 return recorder(tag, Progress::Delivered { attempts }).await;
@@ -128,5 +134,39 @@ async fn deliver<T: Clone>(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use reqwest::{header::HeaderMap, Method};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_instead_of_growing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = url::Url::parse(&format!("http://{}", listener.local_addr().unwrap())).unwrap();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((stream, _)) = listener.accept().await {
+                held.push(stream); // a receiver that never answers
+            }
+        });
+        let stop = CancellationToken::new();
+        let recorder: Recorder<()> = Arc::new(|(), _| Box::pin(async {}));
+        let (queue, worker) =
+            Queue::spawn("test".into(), crate::outbound::client(Duration::from_secs(60)), recorder, stop.clone());
+        let request =
+            Request { method: Method::POST, url, headers: HeaderMap::new(), body: Bytes::new(), label: "r".into() };
+        let accepted = (0..CAPACITY + 10).filter(|_| queue.push(request.clone(), ())).count();
+        // The worker holds at most one; the queue the rest up to its capacity.
+        assert!((CAPACITY..=CAPACITY + 1).contains(&accepted), "{accepted}");
+        stop.cancel();
+        worker.await.unwrap();
+        assert!(!queue.push(request, ()), "a stopped queue takes nothing");
     }
 }

@@ -48,7 +48,7 @@ fn last(forge: &Forge, sha: &str, context: &str) -> Option<(String, String)> {
         .into_iter()
         .filter(|a| a.sha == sha && a.context == context)
         .map(|a| (a.state, a.description))
-        .last()
+        .next_back()
 }
 
 fn build_id(b: &BuildHost, host: &str) -> i64 {

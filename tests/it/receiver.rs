@@ -4,7 +4,7 @@
 
 use std::{
     collections::BTreeMap,
-    io::{BufRead, BufReader, Read as _, Write},
+    io::{BufRead, BufReader, Write},
     net::TcpListener,
     sync::{Arc, Mutex},
 };

@@ -366,6 +366,51 @@ mod tests {
         insta::assert_snapshot!(json.to_string(), @r#"{"at":100,"generation":{"branch":"main","build_id":7,"commit":"cccccccccccccccccccccccccccccccccccccccc","host":"beta","number":3},"id":5,"kind":"generation_rolled_back","reason":"boom"}"#);
     }
 
+    /// One example of each kind, as docs/forge.md shows them.
+    fn examples() -> Vec<Event> {
+        let build = BuildRef { id: 42, repository: "fleet".into(), commit: "9f2c".repeat(10), branch: "main".into() };
+        let g = |host: &str| GenerationRef {
+            host: host.into(),
+            number: 7,
+            commit: "9f2c".repeat(10),
+            branch: "main".into(),
+            build_id: Some(42),
+        };
+        vec![
+            Event::BuildStarted { build: build.clone() },
+            Event::BuildSucceeded {
+                build: build.clone(),
+                summary: "built 2 host(s); new generations: alpha#7, beta#7".into(),
+            },
+            Event::BuildFailed { build, reason: "1 of 2 hosts failed: beta".into() },
+            Event::GenerationCreated { generation: g("alpha") },
+            Event::GenerationActivating { generation: g("alpha"), phase: Phase::Activating, message: None },
+            Event::GenerationConfirmed { generation: g("alpha") },
+            Event::GenerationRolledBack {
+                generation: g("beta"),
+                reason: Some("health check curl -f localhost failed".into()),
+            },
+            Event::GenerationFailed { generation: g("beta"), reason: Some("realising the system: HTTP 404".into()) },
+            Event::HostOffline { host: "beta".into(), last_seen: 1_764_763_200 },
+            Event::HostBack { host: "beta".into() },
+            Event::CollectionFinished { generations_dropped: 3, paths_deleted: 120, bytes_freed: 734_003_200 },
+        ]
+    }
+
+    #[test]
+    fn the_documented_payloads_are_the_real_ones() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/forge.md")).unwrap();
+        let examples = examples();
+        assert_eq!(examples.iter().map(Event::kind).collect::<Vec<_>>(), Kind::ALL, "one example of each kind");
+        let missing: Vec<String> = examples
+            .into_iter()
+            .enumerate()
+            .map(|(n, event)| serde_json::to_string(&Envelope { id: n as u64 + 1, at: 1_764_763_395, event }).unwrap())
+            .filter(|json| !doc.contains(json.as_str()))
+            .collect();
+        assert!(missing.is_empty(), "docs/forge.md lacks these payloads:\n{}", missing.join("\n"));
+    }
+
     #[tokio::test]
     async fn a_slow_subscriber_learns_what_it_missed() {
         let bus = Bus::default();

@@ -157,6 +157,7 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     let secret = b"notify-s3cret";
     let json = Receiver::start(|_| (204, String::new()));
     let slack = Receiver::start(|_| (200, "ok".into()));
+    let matrix = Receiver::start(|_| (200, "{\"event_id\":\"$e\"}".into()));
     let hanging = Receiver::start(|_| {
         std::thread::sleep(Duration::from_secs(8));
         (200, String::new())
@@ -165,14 +166,20 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     let (token_file, secret_file) = (dir.path().join("token"), dir.path().join("secret"));
     std::fs::write(&token_file, token).unwrap();
     std::fs::write(&secret_file, secret).unwrap();
+    let matrix_token = dir.path().join("matrix-token");
+    std::fs::write(&matrix_token, "syt_matrixTestToken").unwrap();
     let notify = format!(
         "[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"build_succeeded\", \"generation_confirmed\", \"generation_rolled_back\", \"generation_failed\"]\n\
          [[notify]]\nurl = \"{}/slack\"\nformat = \"slack\"\nevents = [\"build_succeeded\"]\n\
-         [[notify]]\nurl = \"{}/ntfy\"\nformat = \"ntfy\"\nevents = [\"build_started\"]\ntimeout_secs = 1\n",
+         [[notify]]\nurl = \"{}/ntfy\"\nformat = \"ntfy\"\nevents = [\"build_started\"]\ntimeout_secs = 1\n\
+         [[notify]]\nurl = \"{}\"\nformat = \"matrix\"\nroom_id = \"!ops:example.org\"\naccess_token_file = \"{}\"\nevents = [\"host_offline\"]\n\
+         [deploy]\noffline_after_secs = 3\n",
         json.url,
         secret_file.display(),
         slack.url,
-        hanging.url
+        hanging.url,
+        matrix.url,
+        matrix_token.display()
     );
     let b = build_host(&["alpha", "beta"], &format!("{}{notify}", forge_table("forgejo", &forge, &token_file, true)));
 
@@ -204,7 +211,7 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     std::fs::write(&broken, "").unwrap();
     let alpha = Host::new(&b, "alpha", "");
     let beta = Host::new(&b, "beta", &format!("[\"test\", \"!\", \"-e\", \"{}\"]", broken.display()));
-    let _agents = (alpha.spawn(&b, &b.server.url), beta.spawn(&b, &b.server.url));
+    let agents = (alpha.spawn(&b, &b.server.url), beta.spawn(&b, &b.server.url));
     b.fleet.set_host("alpha", "one");
     b.fleet.set_host("beta", "one");
     let one = b.fleet.commit("main", "one", Signing::Trusted);
@@ -248,6 +255,7 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     wait_for("the stream to show the build's end", || {
         lines.lock().unwrap().iter().any(|l| l == "event: build_succeeded")
     });
+    let shared = lines.clone();
     let lines = lines.lock().unwrap().clone();
     let data =
         lines.iter().filter_map(|l| l.strip_prefix("data: ")).find(|d| d.contains("\"generation_confirmed\"")).unwrap();
@@ -256,4 +264,29 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
         (event["generation"]["host"].as_str(), event["generation"]["commit"].as_str()),
         (Some("alpha"), Some(one.as_str()))
     );
+
+    // Hosts going offline (their agents stop) and coming back (alpha asks again). The
+    // agents' 30 s long-polls outlast the 3 s threshold, so an offline may come earlier:
+    // it is the same rule either way.
+    drop(agents);
+    let has = |lines: &Arc<Mutex<Vec<String>>>, from: usize, kind: &str, host: &str| {
+        let lines = lines.lock().unwrap();
+        lines[from.min(lines.len())..]
+            .windows(2)
+            .any(|w| w[0] == format!("event: {kind}") && w[1].contains(&format!("\"host\":\"{host}\"")))
+    };
+    wait_for("alpha offline on the stream", || has(&shared, 0, "host_offline", "alpha"));
+    let mark = shared.lock().unwrap().len();
+    let r = http().get(b.api("hosts/alpha/manifest?after=1&timeout=1")).bearer_auth(&host_token).send().unwrap();
+    assert_eq!(r.status(), 204);
+    wait_for("alpha back on the stream", || has(&shared, mark, "host_back", "alpha"));
+    // Matrix: the client-server API's send endpoint, with the access token as a bearer.
+    wait_for("the Matrix message", || !matrix.requests().is_empty());
+    let m = &matrix.requests()[0];
+    assert_eq!(m.method, "PUT");
+    assert!(m.path.starts_with("/_matrix/client/v3/rooms/!ops:example.org/send/m.room.message/"), "{}", m.path);
+    assert_eq!(m.header("authorization"), Some("Bearer syt_matrixTestToken"));
+    let body: Value = serde_json::from_slice(&m.body).unwrap();
+    assert_eq!(body["msgtype"], "m.text");
+    assert!(body["body"].as_str().unwrap().contains("is offline"), "{body}");
 }

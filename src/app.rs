@@ -232,9 +232,12 @@ pub async fn serve(
     workers.extend(crate::notify::spawn(&state, &stop));
     workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();
+    let events = state.clone();
     let shutdown = async move {
         shutdown.await;
         stop_on_shutdown.cancel();
+        // Event streams never end by themselves: end them, or connections never close.
+        events.events.close();
     };
     let served = crate::http::serve(state, listener, shutdown).await.map_err(StartError::Serve);
     stop.cancel();

@@ -291,11 +291,13 @@ pub struct Envelope {
 pub struct Bus {
     sender: broadcast::Sender<std::sync::Arc<Envelope>>,
     next: AtomicU64,
+    /// Cancelled when the server stops: streams end, so connections can close.
+    closing: tokio_util::sync::CancellationToken,
 }
 
 impl Default for Bus {
     fn default() -> Self {
-        Self { sender: broadcast::channel(CAPACITY).0, next: AtomicU64::new(1) }
+        Self { sender: broadcast::channel(CAPACITY).0, next: AtomicU64::new(1), closing: Default::default() }
     }
 }
 
@@ -315,6 +317,16 @@ impl Bus {
         if let Some(event) = event {
             self.publish(event);
         }
+    }
+
+    /// Ends every stream (the server is stopping).
+    pub fn close(&self) {
+        self.closing.cancel();
+    }
+
+    /// Cancelled once [`Bus::close`] was called.
+    pub fn closing(&self) -> tokio_util::sync::CancellationToken {
+        self.closing.clone()
     }
 
     /// A new subscription, starting with the next event.

@@ -3,7 +3,8 @@
 //! `id: N`, `event: <kind>`, `data: <the JSON payload of docs/forge.md>`; a comment every
 //! 15 s keeps proxies from closing a quiet stream. A client that reads too slowly misses
 //! the oldest events (the bus keeps [`crate::events::CAPACITY`]) and is sent
-//! `event: lagged` with how many; nothing is buffered for it without bound.
+//! `event: lagged` with how many; nothing is buffered for it without bound. Streams end
+//! when the server stops.
 
 use std::{convert::Infallible, time::Duration};
 
@@ -28,8 +29,13 @@ pub async fn stream(
         return Err(ApiError::Forbidden(format!("a {scope} token cannot watch the fleet's events: use read or admin")));
     }
     let receiver = state.events.subscribe();
-    let events = futures::stream::unfold(receiver, |mut receiver| async move {
-        let event = match receiver.recv().await {
+    let closing = state.events.closing();
+    let events = futures::stream::unfold((receiver, closing), |(mut receiver, closing)| async move {
+        let next = tokio::select! {
+            _ = closing.cancelled() => return None,
+            next = receiver.recv() => next,
+        };
+        let event = match next {
             Ok(envelope) => SseEvent::default()
                 .id(envelope.id.to_string())
                 .event(envelope.event.kind().as_str())
@@ -41,7 +47,7 @@ pub async fn stream(
             }
             Err(RecvError::Closed) => return None,
         };
-        Some((Ok(event), receiver))
+        Some((Ok(event), (receiver, closing)))
     });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15)).text("keep-alive")))
 }

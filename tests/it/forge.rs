@@ -5,6 +5,7 @@
 
 use std::{
     io::BufRead,
+    process::Command,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
 };
@@ -289,4 +290,14 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     let body: Value = serde_json::from_slice(&m.body).unwrap();
     assert_eq!(body["msgtype"], "m.text");
     assert!(body["body"].as_str().unwrap().contains("is offline"), "{body}");
+
+    // SIGTERM with the stream still open: the server stops anyway.
+    let mut server = b.server;
+    run_ok(Command::new("kill").args(["-TERM", &server.child.id().to_string()]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while server.child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "berth serve did not stop with an event stream open");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    server.kill();
 }

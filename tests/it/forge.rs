@@ -291,6 +291,29 @@ fn forgejo_aggregate_status_notifications_and_the_event_stream() {
     assert_eq!(body["msgtype"], "m.text");
     assert!(body["body"].as_str().unwrap().contains("is offline"), "{body}");
 
+    // A build from a forge webhook (not CI) gets its status too.
+    let feature = b.fleet.commit("feature", "via webhook", Signing::Trusted);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "ref": "refs/heads/feature", "before": "0".repeat(40), "after": feature,
+        "repository": { "full_name": "acme/fleet", "clone_url": b.fleet.url().trim_start_matches("git+"), "html_url": "", "ssh_url": "" }
+    }))
+    .unwrap();
+    let r = http()
+        .post(b.api("webhooks/forgejo"))
+        .header("X-Forgejo-Event", "push")
+        .header("X-Forgejo-Signature", sign(&body))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    wait_for("the webhook build's status", || {
+        last(&forge, &feature, "berth/build").is_some_and(|(s, _)| s == "success")
+    });
+    assert!(last(&forge, &feature, "berth/build").unwrap().1.contains("branch feature deploys nothing"));
+    assert_eq!(forge.accepted().iter().filter(|a| a.sha == feature).map(|a| a.state.as_str()).next(), Some("pending"));
+    forge.assert_no_violations();
+
     // SIGTERM with the stream still open: the server stops anyway.
     let mut server = b.server;
     run_ok(Command::new("kill").args(["-TERM", &server.child.id().to_string()]));

@@ -63,9 +63,10 @@ rec {
 
   # The copy of the server's settings that `berth check-config` reads at build time. Files that
   # exist only on the running machine (webhook secrets under /run/credentials, an allowed-signers
-  # file or GnuPG home outside the Nix store) are replaced by stand-ins in `dummies`, a
-  # directory holding `webhook-secret`, `allowed_signers` and `gnupg/`. Store paths and Nix
-  # path values are kept: they exist when the check runs, so they are checked for real.
+  # file or GnuPG home outside the Nix store, a forge token, a notification's secret or access
+  # token) are replaced by stand-ins in `dummies`, a directory holding `webhook-secret` (also
+  # the stand-in of every other one-line secret), `allowed_signers` and `gnupg/`. Store paths
+  # and Nix path values are kept: they exist when the check runs, so they are checked for real.
   checkSettings =
     { settings, dummies }:
     let
@@ -98,8 +99,15 @@ rec {
               }
             ]
         );
+      secret = attrs: key: if attrs ? ${key} && !(keep attrs.${key}) then { ${key} = "${dummies}/webhook-secret"; } else { };
+      withForge =
+        repository:
+        if repository ? forge then repository // { forge = repository.forge // secret repository.forge "token_file"; } else repository;
+      notify = entry: entry // secret entry "secret_file" // secret entry "access_token_file";
     in
-    settings // { repositories = map replace (settings.repositories or [ ]); };
+    settings
+    // { repositories = map (repository: withForge (replace repository)) (settings.repositories or [ ]); }
+    // (if settings ? notify then { notify = map notify settings.notify; } else { });
 
   # The TCP port of a `listen` address such as "127.0.0.1:8080" or "[::]:443".
   listenPort =

@@ -109,3 +109,26 @@ berth_install_current_nix() {
     || { echo "berth: the unpacked Nix does not run: $("$dir/bin/nix" --version 2>&1)" >&2; exit 1; }
   export BERTH_CURRENT_NIX="$dir/bin"
 }
+
+# GitHub's official OpenAPI description (npm's @octokit/openapi), which tests/it/forge.rs
+# checks every commit status berth posts against. The registry tarball, pinned by its
+# SHA-256, unpacked under target/tools/octokit-openapi; no npm needed.
+BERTH_OCTOKIT_OPENAPI_VERSION=23.0.2
+BERTH_OCTOKIT_OPENAPI_SHA256=71a18407dd5e8464f4e0525daf03deabbe65abd9287d6adc7b5d98f516cd0d0c
+berth_install_forge_api() {
+  local dir="$PWD/target/tools/octokit-openapi"
+  if [ -f "$dir/$BERTH_OCTOKIT_OPENAPI_VERSION/package/generated/api.github.com.json" ]; then
+    export BERTH_GITHUB_OPENAPI="$dir/$BERTH_OCTOKIT_OPENAPI_VERSION/package/generated/api.github.com.json"
+    return
+  fi
+  have curl || apt_install curl
+  echo "berth: fetching @octokit/openapi $BERTH_OCTOKIT_OPENAPI_VERSION into $dir" >&2
+  mkdir -p "$dir/$BERTH_OCTOKIT_OPENAPI_VERSION"
+  local tgz="$dir/openapi-$BERTH_OCTOKIT_OPENAPI_VERSION.tgz"
+  curl -fsSL -o "$tgz" "https://registry.npmjs.org/@octokit/openapi/-/openapi-$BERTH_OCTOKIT_OPENAPI_VERSION.tgz"
+  echo "$BERTH_OCTOKIT_OPENAPI_SHA256  $tgz" | sha256sum -c --quiet - \
+    || { echo "berth: @octokit/openapi tarball has the wrong SHA-256" >&2; rm -f "$tgz"; exit 1; }
+  tar -xzf "$tgz" -C "$dir/$BERTH_OCTOKIT_OPENAPI_VERSION" package/generated/api.github.com.json
+  rm -f "$tgz"
+  export BERTH_GITHUB_OPENAPI="$dir/$BERTH_OCTOKIT_OPENAPI_VERSION/package/generated/api.github.com.json"
+}

@@ -9,6 +9,7 @@ cd "$(dirname "$0")/.."
 berth_install_deps
 berth_install_test_servers
 berth_install_current_nix
+berth_install_forge_api
 
 echo "== Nix clients: $(nix --version) (Debian, system store); $("$BERTH_CURRENT_NIX/nix" --version) (current, chroot stores)"
 

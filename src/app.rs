@@ -95,6 +95,8 @@ pub struct AppInner {
     pub builds: Queue,
     /// What decompressing uploads may cost in memory.
     pub decoders: crate::ingest::DecoderBudget,
+    /// The fleet's events, for the stream, the forge statuses and the notifications.
+    pub events: crate::events::Bus,
 }
 
 impl AppState {
@@ -131,6 +133,7 @@ impl AppState {
                 config.cache.max_decoder_memory_mib,
                 config.cache.decoder_memory_budget_mib,
             ),
+            events: Default::default(),
         }));
         Ok((state, origin))
     }
@@ -237,10 +240,21 @@ pub async fn serve(
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));
     }
+    let links = match (&state.config.public_url, listener.local_addr()) {
+        (Some(url), _) => url.clone(),
+        (None, Ok(addr)) => format!("http://{addr}"),
+        (None, Err(e)) => return Err(StartError::Serve(e)),
+    };
+    workers.extend(crate::forge::spawn(&state, &stop, links));
+    workers.extend(crate::notify::spawn(&state, &stop));
+    workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();
+    let events = state.clone();
     let shutdown = async move {
         shutdown.await;
         stop_on_shutdown.cancel();
+        // Event streams never end by themselves: end them, or connections never close.
+        events.events.close();
     };
     let served = crate::http::serve(state, listener, shutdown).await.map_err(StartError::Serve);
     stop.cancel();

@@ -11,6 +11,12 @@ use serde::Deserialize;
 
 use crate::{build::trust::SignedCommits, nixfmt::PublicKey};
 
+mod forge;
+mod notify;
+
+pub use forge::{owner_and_name, ForgeConfig, ForgeKind, RawForge};
+pub use notify::{NotifyConfig, NotifyFormat, RawNotify};
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -85,6 +91,12 @@ pub struct RawConfig {
     /// How deployments are shown.
     #[serde(default)]
     pub deploy: RawDeploy,
+    /// The URL people reach this server at, for links in commit statuses and notifications
+    /// (`https://berth.example.org`). Default `http://` and the address berth listens on.
+    pub public_url: Option<String>,
+    /// Outbound webhooks on events (`docs/forge.md`).
+    #[serde(default)]
+    pub notify: Vec<RawNotify>,
 }
 
 /// `[server]`: connection limits.
@@ -213,6 +225,8 @@ pub struct RawRepository {
     pub require_fast_forward: Option<bool>,
     /// File holding the forge webhook secret (HMAC-SHA256 key).
     pub webhook_secret_file: Option<PathBuf>,
+    /// Where this repository's commit statuses go (`docs/forge.md`).
+    pub forge: Option<RawForge>,
 }
 
 /// How builds run.
@@ -257,6 +271,8 @@ pub struct Repository {
     pub require_fast_forward: bool,
     /// The webhook secret, read at start-up (never logged).
     pub webhook_secret: Option<Secret>,
+    /// The forge its commit statuses go to.
+    pub forge: Option<ForgeConfig>,
 }
 
 /// Secret bytes whose `Debug` prints nothing.
@@ -385,6 +401,11 @@ pub struct Config {
     pub gc_schedule: Option<std::time::Duration>,
     /// Seconds without a poll or report after which a host is shown `offline`.
     pub offline_after_secs: i64,
+    /// The server's URL for links, without a trailing slash (`None`: `http://` and the
+    /// address it listens on).
+    pub public_url: Option<String>,
+    /// Outbound webhooks.
+    pub notify: Vec<NotifyConfig>,
 }
 
 impl Config {
@@ -509,6 +530,8 @@ impl RawConfig {
             grace_period: self.retention.grace_period_secs.unwrap_or(3600) as i64,
         };
         let gc_schedule = self.retention.schedule_secs.map(|s| std::time::Duration::from_secs(s.max(60)));
+        let public_url = self.public_url.as_deref().map(public_url).transpose()?;
+        let notify = self.notify.into_iter().map(RawNotify::validate).collect::<Result<_, _>>()?;
         Ok(Config {
             listen,
             data_dir,
@@ -528,8 +551,23 @@ impl RawConfig {
                 0 => return Err(invalid("deploy.offline_after_secs", "must be at least 1".into())),
                 secs => secs.min(i64::MAX as u64) as i64,
             },
+            public_url,
+            notify,
         })
     }
+}
+
+/// The configured public URL, checked: http(s), no query, fragment or credentials.
+fn public_url(text: &str) -> Result<String, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { key: "public_url", reason };
+    let url = url::Url::parse(text).map_err(|e| invalid(format!("{text:?}: {e}")))?;
+    if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
+        return Err(invalid(format!("{text:?}: an http(s) URL with a host")));
+    }
+    if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        return Err(invalid(format!("{text:?}: no query, fragment or credentials")));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
 }
 
 fn nar_redirect(cache: &RawCache, storage: &str) -> Result<Option<NarRedirect>, ConfigError> {
@@ -649,6 +687,7 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
             Some(Secret(trimmed))
         }
     };
+    let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
     Ok(Repository {
         name: raw.name,
         url: raw.url,
@@ -662,6 +701,7 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
         gpg_min_trust_level: raw.gpg_min_trust_level.unwrap_or_else(|| "fully".into()),
         require_fast_forward: raw.require_fast_forward.unwrap_or(false),
         webhook_secret,
+        forge,
     })
 }
 

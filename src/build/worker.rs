@@ -21,6 +21,7 @@ use crate::{
     app::AppState,
     config::Repository,
     db::{now, BuildHostRow, BuildRow, DbError, NewGeneration},
+    events::Event,
     nix::{self, NixError},
 };
 
@@ -153,10 +154,13 @@ impl Worker {
     async fn run_build_in_span(&self, build: BuildRow, shutdown: &CancellationToken) {
         let id = build.id;
         tracing::info!(branch = %build.branch, attempt = build.attempts, "build started");
+        self.state.events.publish(Event::BuildStarted { build: (&build).into() });
         let logs = self.state.config.data_dir.join("logs");
         let log = match BuildLog::open(&logs, id).await {
             Ok(log) => log,
-            Err(e) => return self.finish(id, BuildState::Failed, &format!("cannot write the build log: {e}")).await,
+            Err(e) => {
+                return self.finish(&build, BuildState::Failed, &format!("cannot write the build log: {e}")).await
+            }
         };
         let cancel = self.state.builds.start(id);
         let heartbeat = self.heartbeat(id, cancel.clone());
@@ -181,14 +185,15 @@ impl Worker {
             // Leave it `running`: the next start requeues it (recover_builds).
             return;
         }
-        self.finish(id, state, &reason).await;
+        self.finish(&build, state, &reason).await;
     }
 
-    async fn finish(&self, id: i64, state: BuildState, reason: &str) {
+    async fn finish(&self, build: &BuildRow, state: BuildState, reason: &str) {
         tracing::info!(%state, reason, "build ended");
-        if let Err(e) = self.state.db.finish_build(id, state.as_str(), Some(reason)).await {
-            tracing::error!(error = %e, "recording the end of build {id}");
+        if let Err(e) = self.state.db.finish_build(build.id, state.as_str(), Some(reason)).await {
+            tracing::error!(error = %e, "recording the end of build {}", build.id);
         }
+        self.state.events.publish(Event::of_build_end(build, state == BuildState::Succeeded, reason));
     }
 
     /// Beats every third of the stale period; cancels when the build is no longer ours.

@@ -7,7 +7,7 @@ use serde::Deserialize;
 
 use crate::{
     client::{Api, ClientError},
-    db::{BuildCommitRow, BuildHostRow},
+    db::{BuildCommitRow, BuildHostRow, ForgeStatusRow},
 };
 
 /// What the API says about a build (the fields the commands show).
@@ -38,6 +38,9 @@ pub struct Build {
     pub commits: Vec<BuildCommitRow>,
     /// Per host.
     pub hosts: Vec<BuildHostRow>,
+    /// What was posted to the forge (absent from servers before it).
+    #[serde(default)]
+    pub forge_statuses: Vec<ForgeStatusRow>,
 }
 
 impl Build {
@@ -123,6 +126,14 @@ pub fn render(b: &Build) -> String {
     }
     if let Some(reason) = &b.reason {
         out += &format!("  {reason}\n");
+    }
+    for f in &b.forge_statuses {
+        let delivery = match (f.delivery.as_str(), &f.error) {
+            ("delivered", _) => String::new(),
+            (delivery, Some(error)) => format!(" [{delivery} after {} attempt(s): {error}]", f.attempts),
+            (delivery, None) => format!(" [{delivery}]"),
+        };
+        out += &format!("  forge {} {}: {}{delivery}\n", f.context, f.state, f.description);
     }
     out
 }
@@ -244,6 +255,26 @@ mod tests {
                     verdict: Some("held-back".into()),
                 },
             ],
+            forge_statuses: vec![
+                ForgeStatusRow {
+                    context: "berth/build".into(),
+                    state: "failure".into(),
+                    description: "1 of 2 hosts failed: b".into(),
+                    delivery: "failed".into(),
+                    attempts: 6,
+                    error: Some("no answer: connection refused".into()),
+                    updated_at: 0,
+                },
+                ForgeStatusRow {
+                    context: "berth/deploy/a".into(),
+                    state: "pending".into(),
+                    description: "generation 2 waiting for a".into(),
+                    delivery: "delivered".into(),
+                    attempts: 1,
+                    error: None,
+                    updated_at: 0,
+                },
+            ],
         };
         insta::assert_snapshot!(render(&build), @r"
         build 3 failed: fleet main (abc)
@@ -257,6 +288,8 @@ mod tests {
               tail
           c                    succeeded  /nix/store/x-c (held-back)
           1 of 2 hosts failed: b
+          forge berth/build failure: 1 of 2 hosts failed: b [failed after 6 attempt(s): no answer: connection refused]
+          forge berth/deploy/a pending: generation 2 waiting for a
         ");
     }
 }

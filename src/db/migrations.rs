@@ -148,6 +148,18 @@ const MIGRATIONS: &[&str] = &[
     CREATE INDEX build_hosts_host ON build_hosts (host, build_id);",
     // 9: a host held on its current generation (`berth hosts pause`) since when.
     "ALTER TABLE hosts ADD COLUMN paused_at BIGINT;",
+    // 10: what was posted to the forge for each build (db/forge.rs).
+    "CREATE TABLE forge_statuses (
+        build_id BIGINT NOT NULL,
+        context TEXT NOT NULL,
+        state TEXT NOT NULL,
+        description TEXT NOT NULL,
+        delivery TEXT NOT NULL,
+        attempts BIGINT NOT NULL,
+        error TEXT,
+        updated_at BIGINT NOT NULL,
+        PRIMARY KEY (build_id, context)
+    );",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -5,6 +5,7 @@
 
 mod builds;
 mod commits;
+mod forge;
 mod gc;
 mod generations;
 mod listen;
@@ -30,6 +31,7 @@ use sqlx::{
 
 pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
 pub use commits::BuildCommitRow;
+pub use forge::ForgeStatusRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};
 pub use listen::{GenerationListener, Heard, Notice, CHANNEL as GENERATIONS_CHANNEL};

@@ -124,11 +124,13 @@ impl Drop for Subscription<'_> {
     }
 }
 
-/// Records a new generation and wakes its host's long-polls: every maker of generations
-/// (the build worker, rollback, redeploy) goes through here.
+/// Records a new generation, wakes its host's long-polls and tells the event stream: every
+/// maker of generations (the build worker, rollback, redeploy) goes through here.
 pub async fn add_generation(state: &AppState, g: &NewGeneration<'_>) -> Result<i64, DbError> {
     let number = state.db.add_generation(g).await?;
     state.deploys.made(g.host, number);
+    let generation = crate::events::GenerationRef::of_new(g, number);
+    state.events.publish(crate::events::Event::GenerationCreated { generation });
     Ok(number)
 }
 

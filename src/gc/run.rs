@@ -199,6 +199,7 @@ async fn collect_alone(state: &AppState, policy: &Policy, dry_run: bool) -> Resu
         ms = report.duration_ms,
         "garbage collection"
     );
+    state.events.publish_some(crate::events::Event::of_collection(&report));
     Ok(report)
 }
 

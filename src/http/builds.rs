@@ -15,7 +15,7 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     build::model::{valid_branch, valid_commit, BuildState},
-    db::{BuildCommitRow, BuildFilter, BuildHostRow, BuildRow},
+    db::{BuildCommitRow, BuildFilter, BuildHostRow, BuildRow, ForgeStatusRow},
 };
 
 /// `POST /api/v1/builds` body.
@@ -53,10 +53,17 @@ pub struct BuildView {
     finished_at: Option<i64>,
     attempts: i64,
     hosts: Vec<BuildHostRow>,
+    /// What was posted to the forge, by context, and how its delivery went.
+    forge_statuses: Vec<ForgeStatusRow>,
 }
 
 impl BuildView {
-    fn new(b: BuildRow, hosts: Vec<BuildHostRow>, commits: Vec<BuildCommitRow>) -> Self {
+    fn new(
+        b: BuildRow,
+        hosts: Vec<BuildHostRow>,
+        commits: Vec<BuildCommitRow>,
+        forge_statuses: Vec<ForgeStatusRow>,
+    ) -> Self {
         Self {
             id: b.id,
             requested_hosts: b.hosts.split_whitespace().map(str::to_owned).collect(),
@@ -73,6 +80,7 @@ impl BuildView {
             finished_at: b.finished_at,
             attempts: b.attempts,
             hosts,
+            forge_statuses,
         }
     }
 }
@@ -118,7 +126,8 @@ async fn load(state: &AppState, id: i64) -> Result<BuildView, ApiError> {
     let build = state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
     let hosts = state.db.build_hosts(id).await?;
     let commits = state.db.build_commits(id).await?;
-    Ok(BuildView::new(build, hosts, commits))
+    let forge = state.db.forge_statuses(id).await?;
+    Ok(BuildView::new(build, hosts, commits, forge))
 }
 
 /// `GET /api/v1/builds/{id}`.
@@ -171,7 +180,8 @@ pub async fn list(
     for build in state.db.find_builds(&filter, q.limit.unwrap_or(50).clamp(1, 500)).await? {
         let hosts = state.db.build_hosts(build.id).await?;
         let commits = state.db.build_commits(build.id).await?;
-        views.push(BuildView::new(build, hosts, commits));
+        let forge = state.db.forge_statuses(build.id).await?;
+        views.push(BuildView::new(build, hosts, commits, forge));
     }
     Ok(Json(views))
 }

@@ -19,6 +19,7 @@ use crate::{
     auth::{valid_host_name, Scope},
     db::{GenerationRow, ReportRow},
     deploy::{manifest::VERSION_HEADER, manifest_of, resend, status::Phase},
+    events::Event,
     text::{clip_head, clip_tail, without_nul},
 };
 
@@ -119,16 +120,16 @@ pub async fn report(
     host_name(&name)?;
     auth::require(&state, &headers, Scope::Host(name.clone())).await?;
     let r: ReportRequest = json::read(&headers, body).await?;
-    if Phase::parse(&r.phase).is_none() {
+    let Some(phase) = Phase::parse(&r.phase) else {
         let names: Vec<&str> = Phase::ALL.iter().map(|p| p.as_str()).collect();
         return Err(ApiError::BadRequest(format!("unknown phase: expected one of {}", names.join(", "))));
-    }
+    };
     if r.profile_generation.is_some_and(|n| n < 1) {
         return Err(ApiError::BadRequest("profile_generation: expected a number from 1".into()));
     }
-    if state.db.generation(&name, r.generation).await?.is_none() {
+    let Some(generation) = state.db.generation(&name, r.generation).await? else {
         return Err(ApiError::NotFound(format!("host {name} has no generation {}", r.generation)));
-    }
+    };
     let message = r.message.map(|m| without_nul(clip_head(m.lines().next().unwrap_or_default(), MESSAGE_BYTES)));
     let row = ReportRow {
         generation: r.generation,
@@ -141,6 +142,7 @@ pub async fn report(
     };
     tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
     state.db.add_report(&name, &row, r.active_generation).await?;
+    state.events.publish_some(Event::of_report(&generation, phase, row.message.as_deref()));
     Ok(StatusCode::NO_CONTENT)
 }
 

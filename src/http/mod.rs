@@ -9,6 +9,7 @@ mod conn;
 mod deploy;
 mod derivations;
 mod error;
+mod events;
 mod gc;
 mod hosts;
 mod json;
@@ -61,6 +62,7 @@ pub fn router(state: AppState) -> Router {
             "/api/v1/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(crate::webhook::MAX_BODY_BYTES)),
         )
+        .route("/api/v1/events", get(events::stream))
         .route("/api/v1/gc", post(gc::collect))
         .route("/api/v1/pins", get(gc::pins))
         .route("/api/v1/pins/{name}", put(gc::pin).delete(gc::unpin))

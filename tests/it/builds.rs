@@ -211,7 +211,7 @@ fn a_failing_host_fails_the_build_with_its_log_tail() {
     assert!(b.generations("alpha").is_empty(), "a failed build deploys nothing");
 }
 
-fn sign(body: &[u8]) -> String {
+pub fn sign(body: &[u8]) -> String {
     let mut mac = Hmac::<Sha256>::new_from_slice(WEBHOOK_SECRET.as_bytes()).unwrap();
     mac.update(body);
     hex::encode(mac.finalize().into_bytes())

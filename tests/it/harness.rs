@@ -267,6 +267,15 @@ impl Server {
         Self::start_cmd(Command::new(berth_bin()), data_dir, args, path, nix_config, &[])
     }
 
+    /// [`Server::start_for`] logging at debug level into `log` (to check what logs hold).
+    pub fn start_for_logged(s: &Scratch, args: &[&str], log: &Path) -> Self {
+        let file = std::fs::File::create(log).unwrap();
+        let mut cmd = Command::new(berth_bin());
+        cmd.stderr(file);
+        let env = [("BERTH_LOG", "debug")];
+        Self::start_cmd(cmd, &s.path("data"), args, s.client.path_env(), &s.nix_config(), &env)
+    }
+
     fn start_cmd(
         mut cmd: Command,
         data_dir: &Path,
@@ -275,18 +284,19 @@ impl Server {
         nix_config: &str,
         env: &[(&str, &str)],
     ) -> Self {
+        if !env.iter().any(|(k, _)| *k == "BERTH_LOG") {
+            cmd.env("BERTH_LOG", "warn").stderr(Stdio::inherit());
+        }
         let mut child = cmd
             .envs(env.iter().copied())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(args)
-            .env("BERTH_LOG", "warn")
             // The server runs nix (builds, closure queries): offline, with its own cache dir.
             .env("PATH", path)
             .env("NIX_CONFIG", nix_config)
             .env("XDG_CACHE_HOME", data_dir.join("xdg-cache"))
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
             .spawn()
             .expect("spawn berth serve");
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();

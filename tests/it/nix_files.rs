@@ -154,6 +154,12 @@ fn server_settings_pass_check_config() {
       {{ name = "path-value"; url = "git+file:///srv/b"; allowed_signers_file = {signers}; }}
       {{ name = "gpg"; url = "git+file:///srv/c"; gpg_home = "/var/lib/berth/gnupg"; gpg_min_trust_level = "marginal"; }}
       {{ name = "lab"; url = "git+file:///srv/lab"; require_signed_commits = false; deploy_branch = "prod"; }}
+      {{ name = "forged"; url = "git+https://codeberg.org/acme/fleet"; require_signed_commits = false;
+         forge = {{ kind = "forgejo"; api_url = "https://codeberg.org/api/v1"; token_file = render.credential "berth.service" "forge-token"; aggregate = true; }}; }}
+    ];
+    notify = [
+      {{ url = "https://hooks.example.org/b"; secret_file = render.credential "berth.service" "notify-secret"; events = [ "build_failed" ]; }}
+      {{ url = "https://matrix.example.org"; format = "matrix"; room_id = "!ops:example.org"; access_token_file = "/run/credentials/berth.service/matrix"; }}
     ];
   }};
   rendered = render.serverSettings {{ inherit settings; webhookSecretRepositories = [ "fleet" "lab" ]; }};
@@ -181,6 +187,10 @@ in {{
     assert_eq!(repo(check, 0, "webhook_secret_file").unwrap(), dummy("webhook-secret"));
     assert_eq!(repo(check, 0, "allowed_signers_file").unwrap(), dummy("allowed_signers"));
     assert_eq!(repo(check, 3, "gpg_home").unwrap(), dummy("gnupg"));
+    assert_eq!(check["repositories"][5]["forge"]["token_file"].as_str().unwrap(), dummy("webhook-secret"));
+    assert_eq!(check["notify"][0]["secret_file"].as_str().unwrap(), dummy("webhook-secret"));
+    assert_eq!(check["notify"][1]["access_token_file"].as_str().unwrap(), dummy("webhook-secret"));
+    assert_eq!(rendered["notify"][0]["secret_file"], "/run/credentials/berth.service/notify-secret");
     for kept in [1, 2] {
         let file = repo(check, kept, "allowed_signers_file").unwrap();
         assert!(file.starts_with("/nix/store/") && Path::new(&file).is_file(), "kept and checked: {file}");

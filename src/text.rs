@@ -1,7 +1,7 @@
 //! PURE: clipping text that clients send (host reports, their messages and log tails) to a
 //! byte budget. Always at a character boundary: slicing a `String` inside a multi-byte
 //! character panics, and the text agents send from `switch-to-configuration` and health
-//! checks is often not ASCII.
+//! checks is often not ASCII. And sizes for people (`bytes`).
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
 pub fn clip_head(s: &str, max: usize) -> &str {
@@ -26,9 +26,34 @@ pub fn without_nul(s: &str) -> String {
     s.replace('\0', "")
 }
 
+/// `n` bytes in binary units with one decimal: `512 B`, `12.3 MiB`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut value = n as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn formats_bytes() {
+        for (n, expected) in
+            [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (12_897_484, "12.3 MiB"), (1 << 40, "1.0 TiB")]
+        {
+            assert_eq!(bytes(n), expected, "{n}");
+        }
+        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    }
 
     #[track_caller]
     fn check(input: &str, max: usize, head: &str, tail: &str) {

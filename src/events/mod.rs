@@ -335,6 +335,28 @@ impl Bus {
     }
 }
 
+/// The next event for a background subscriber (`who`: forge statuses, notifications), or
+/// `None` once `stop` fires or the bus is gone. Falling behind is logged with how many events
+/// `who` missed, and the subscriber goes on with the next one.
+pub async fn next(
+    events: &mut broadcast::Receiver<std::sync::Arc<Envelope>>,
+    stop: &tokio_util::sync::CancellationToken,
+    who: &str,
+) -> Option<std::sync::Arc<Envelope>> {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return None,
+            next = events.recv() => match next {
+                Ok(envelope) => return Some(envelope),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    tracing::error!(missed, "{who} fell behind the events; some were not sent");
+                }
+                Err(broadcast::error::RecvError::Closed) => return None,
+            },
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

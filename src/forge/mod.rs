@@ -9,7 +9,6 @@ pub mod status;
 
 use std::{collections::HashMap, sync::Arc};
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use self::status::{CommitStatus, State};
@@ -94,18 +93,7 @@ impl Dispatcher {
         mut events: tokio::sync::broadcast::Receiver<Arc<crate::events::Envelope>>,
         stop: CancellationToken,
     ) {
-        loop {
-            let envelope = tokio::select! {
-                _ = stop.cancelled() => return,
-                next = events.recv() => match next {
-                    Ok(envelope) => envelope,
-                    Err(RecvError::Lagged(missed)) => {
-                        tracing::error!(missed, "forge statuses fell behind the events; some were not posted");
-                        continue;
-                    }
-                    Err(RecvError::Closed) => return,
-                },
-            };
+        while let Some(envelope) = crate::events::next(&mut events, &stop, "forge statuses").await {
             if let Err(e) = self.dispatch(&envelope.event).await {
                 tracing::error!(error = %e, kind = envelope.event.kind().as_str(), "deciding a forge status");
             }

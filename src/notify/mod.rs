@@ -6,7 +6,6 @@ pub mod format;
 
 use std::sync::Arc;
 
-use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use crate::{
@@ -52,18 +51,7 @@ async fn dispatch(
 ) {
     // Matrix transaction ids must not repeat for one access token across server runs.
     let run = uuid::Uuid::new_v4().simple().to_string();
-    loop {
-        let envelope = tokio::select! {
-            _ = stop.cancelled() => return,
-            next = events.recv() => match next {
-                Ok(envelope) => envelope,
-                Err(RecvError::Lagged(missed)) => {
-                    tracing::error!(missed, "notifications fell behind the events; some were not sent");
-                    continue;
-                }
-                Err(RecvError::Closed) => return,
-            },
-        };
+    while let Some(envelope) = crate::events::next(&mut events, &stop, "notifications").await {
         for (to, queue) in sinks.iter().filter(|(to, _)| to.wants(envelope.event.kind())) {
             match format::request(to, &envelope, &run) {
                 Ok(request) => {

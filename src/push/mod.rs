@@ -22,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesUnordered, StreamExt};
 
+use crate::text::bytes;
 use client::Client;
 pub use client::UploadStatus;
 use frame::FrameError;
-use progress::{bytes, Progress};
+use progress::Progress;
 use schedule::Schedule;
 use upload::Counters;
 

@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use super::client::UploadStatus;
 use super::upload::{Counters, Uploaded};
+use crate::text::bytes;
 
 /// Reports the progress of the uploads of one push.
 pub struct Progress {
@@ -83,35 +84,6 @@ impl Progress {
             let _ = write!(err, "\r\x1b[2K");
             let _ = err.flush();
             self.drawn = false;
-        }
-    }
-}
-
-/// `n` bytes in binary units with one decimal: `512 B`, `12.3 MiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn formats_bytes() {
-        for (n, expected) in
-            [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (12_897_484, "12.3 MiB"), (1 << 40, "1.0 TiB")]
-        {
-            assert_eq!(bytes(n), expected, "{n}");
         }
     }
 }

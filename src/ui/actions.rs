@@ -11,7 +11,7 @@ use axum::{
 };
 use minijinja::{context, Value};
 
-use super::{auth::Viewer, error::UiError, pages::host_name, render, view, UiState};
+use super::{auth::Viewer, error::UiError, pages::host_name, render, UiState};
 use crate::{
     deploy::resend,
     gc::{self, pins},
@@ -187,7 +187,7 @@ pub async fn confirm_gc(
     viewer.require_admin()?;
     let keep = number(&query(q)?.keep, "keep")?;
     let plan = gc::preview(&state.app, &policy(&state, keep)).await?;
-    let question = format!("Run a collection now? As things stand it frees {}:", view::bytes(plan.bytes_freed));
+    let question = format!("Run a collection now? As things stand it frees {}:", crate::text::bytes(plan.bytes_freed));
     let hidden = vec![context! { name => "keep", value => keep }];
     let fields = context! { hidden, plan => gc::plan::render(&plan), back => "/ui/retention" };
     confirm(&viewer, "retention", question, "/ui/gc".into(), fields)
@@ -205,7 +205,7 @@ pub async fn gc(
     let message = format!(
         "Collected: {} paths deleted, {} freed, {} generations dropped.",
         report.paths_deleted,
-        view::bytes(report.bytes_freed),
+        crate::text::bytes(report.bytes_freed),
         report.dropped_generations.len()
     );
     done(&viewer, "retention", message, "/ui/retention".into(), Some(report.summary))

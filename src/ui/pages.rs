@@ -188,8 +188,8 @@ pub async fn cache(State(state): State<UiState>, viewer: Viewer) -> Result<Respo
         .await?
         .into_iter()
         .map(|p| {
-            let size = view::bytes(p.file_size.max(0) as u64);
-            context! { store_path => p.store_path, size, nar_size => view::bytes(p.nar_size.max(0) as u64), at => crate::cmd::timestamp(p.created_at) }
+            let size = crate::text::bytes(p.file_size.max(0) as u64);
+            context! { store_path => p.store_path, size, nar_size => crate::text::bytes(p.nar_size.max(0) as u64), at => crate::cmd::timestamp(p.created_at) }
         })
         .collect();
     let (hits, misses) = (load(&app.metrics.narinfo_hits), load(&app.metrics.narinfo_misses));
@@ -198,10 +198,10 @@ pub async fn cache(State(state): State<UiState>, viewer: Viewer) -> Result<Respo
         "cache.html",
         context! {
             nav => "cache", viewer => viewer.role, csrf => viewer.csrf(),
-            paths => stats.paths, nar_bytes => view::bytes(stats.nar_bytes.max(0) as u64),
-            file_bytes => view::bytes(stats.file_bytes.max(0) as u64), recent,
+            paths => stats.paths, nar_bytes => crate::text::bytes(stats.nar_bytes.max(0) as u64),
+            file_bytes => crate::text::bytes(stats.file_bytes.max(0) as u64), recent,
             hits, misses, hit_rate => view::hit_rate(hits, misses),
-            served => view::bytes(load(&app.metrics.nar_bytes_served)), keys,
+            served => crate::text::bytes(load(&app.metrics.nar_bytes_served)), keys,
         },
     )?)
 }
@@ -227,7 +227,7 @@ pub async fn retention(State(state): State<UiState>, viewer: Viewer) -> Result<R
         context! {
             nav => "retention", viewer => viewer.role, csrf => viewer.csrf(), pins,
             keep => app.config.retention.keep_last,
-            freed => view::bytes(plan.bytes_freed), summary => gc::plan::render(&plan),
+            freed => crate::text::bytes(plan.bytes_freed), summary => gc::plan::render(&plan),
             paths_deleted => plan.delete_paths.len(), nar_files_deleted => plan.delete_nar_files.len(),
             paths_kept => plan.kept_paths, dropped => plan.drop_generations,
         },

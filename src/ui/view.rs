@@ -237,21 +237,6 @@ pub fn short(commit: &str) -> String {
     commit.chars().take(12).collect()
 }
 
-/// Bytes for people: `0 B`, `1.5 KiB`, `2.0 GiB`.
-pub fn bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut value = n as f64 / 1024.0;
-    let mut unit = 0;
-    while value >= 1024.0 && unit < UNITS.len() - 1 {
-        value /= 1024.0;
-        unit += 1;
-    }
-    format!("{value:.1} {}", UNITS[unit])
-}
-
 /// The share of narinfo lookups answered (`75.0 %`), or none before the first lookup.
 pub fn hit_rate(hits: u64, misses: u64) -> Option<String> {
     let total = hits.checked_add(misses).filter(|t| *t > 0)?;
@@ -264,11 +249,7 @@ mod tests {
     use crate::db::{HostStatus, LastBuild};
 
     #[test]
-    fn bytes_and_hit_rates() {
-        for (n, text) in [(0, "0 B"), (1023, "1023 B"), (1024, "1.0 KiB"), (1536, "1.5 KiB"), (5 << 30, "5.0 GiB")] {
-            assert_eq!(bytes(n), text, "{n}");
-        }
-        assert_eq!(bytes(u64::MAX), "16384.0 PiB");
+    fn hit_rates() {
         assert_eq!(hit_rate(0, 0), None);
         assert_eq!(hit_rate(3, 1).as_deref(), Some("75.0 %"));
         assert_eq!(hit_rate(0, 7).as_deref(), Some("0.0 %"));

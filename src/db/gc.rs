@@ -419,6 +419,8 @@ mod tests {
             branch: "main",
             build_id: None,
             signer: None,
+            rollout_id: None,
+            held: false,
         };
         db.add_generation(&g).await.unwrap()
     }

@@ -114,6 +114,10 @@ pub struct NewGeneration<'a> {
     pub build_id: Option<i64>,
     /// The commit's trusted signer, if one was checked.
     pub signer: Option<&'a str>,
+    /// The rollout that makes it, if one does.
+    pub rollout_id: Option<i64>,
+    /// Whether that rollout holds it (its wave is not released yet): agents are not handed it.
+    pub held: bool,
 }
 
 impl Db {
@@ -137,11 +141,12 @@ impl Db {
             let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE host = $1")
                 .bind(g.host).fetch_one(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer,
+                    rollout_id, held_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
-            .bind(g.signer)
+            .bind(g.signer).bind(g.rollout_id).bind(g.rollout_id.filter(|_| g.held))
             .execute(&mut *tx).await?;
             if let Some(notify) = super::notify_sql(pool) {
                 let made = super::Notice::Made { host: g.host.to_owned(), number };
@@ -155,6 +160,14 @@ impl Db {
     /// A host's newest generation.
     pub async fn latest_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
         let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 ORDER BY number DESC LIMIT 1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
+    }
+
+    /// A host's newest generation that no rollout holds: the one its agent is handed.
+    pub async fn latest_released_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
+        let sql = format!(
+            "SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 AND held_by IS NULL ORDER BY number DESC LIMIT 1"
+        );
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }
 
@@ -235,6 +248,8 @@ mod tests {
             branch: "main",
             build_id: Some(1),
             signer: Some("alice"),
+            rollout_id: None,
+            held: false,
         }
     }
 

@@ -6,6 +6,8 @@ pub mod closures;
 pub mod diff;
 pub mod manifest;
 pub mod rollback;
+pub mod rollout;
+pub mod rollouts;
 pub mod status;
 pub mod watch;
 

@@ -49,6 +49,9 @@ pub struct HostRow {
     /// Its newest build and what that build decided for it (filled by the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<super::LastBuild>,
+    /// The rollout that holds its newest generation (its wave is not released yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<i64>,
 }
 
 /// A row of [`Db::hosts`]' join: the host, and its newest generation if it has one.
@@ -65,6 +68,7 @@ struct HostJoin {
     build_id: Option<i64>,
     created_at: Option<i64>,
     signer: Option<String>,
+    held_by: Option<i64>,
 }
 
 impl HostJoin {
@@ -91,6 +95,7 @@ impl HostJoin {
             status: self.status,
             state: None,
             last_build: None,
+            held_by: self.held_by,
         }
     }
 }
@@ -187,7 +192,7 @@ impl Db {
     /// the fleet's size.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, DbError> {
         let sql = "SELECT h.name, h.repository, h.active_generation, h.phase, h.last_error, h.last_seen, h.paused_at,
-                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer
+                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer, g.held_by
              FROM hosts h LEFT JOIN generations g
                ON g.host = h.name AND g.number = (SELECT MAX(number) FROM generations WHERE host = h.name)
              ORDER BY h.name";

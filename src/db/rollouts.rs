@@ -291,15 +291,6 @@ impl Db {
         }
         Ok(out)
     }
-
-    /// Each host's newest generation that a rollout holds, with that rollout, as
-    /// `(host, number, rollout id)` (what `berth hosts` shows as `held`).
-    pub async fn held_generations(&self) -> Result<Vec<(String, i64, i64)>, DbError> {
-        on_pool!(self, pool => Ok(sqlx::query_as(
-            "SELECT host, number, held_by FROM generations g
-             WHERE held_by IS NOT NULL AND number = (SELECT MAX(number) FROM generations n WHERE n.host = g.host)",
-        ).fetch_all(pool).await?))
-    }
 }
 
 #[cfg(test)]
@@ -337,7 +328,8 @@ mod tests {
             let hosts = db.rollout_hosts(id, None).await.unwrap();
             assert_eq!(hosts.iter().map(|h| (h.host.as_str(), h.wave, h.held)).collect::<Vec<_>>(),
                 [("a", 0, false), ("b", 1, true), ("c", 1, true)]);
-            assert_eq!(db.held_generations().await.unwrap().len(), 2);
+            let held: Vec<_> = db.hosts().await.unwrap().into_iter().map(|h| h.held_by).collect();
+            assert_eq!(held, [None, Some(id), Some(id)]);
             let released = db.release_wave(id, RolloutState::Running, 0, 1).await.unwrap();
             assert_eq!(released, Some(vec!["b".to_owned(), "c".to_owned()]));
             assert_eq!(db.release_wave(id, RolloutState::Running, 0, 1).await.unwrap(), None, "a step applies once");

@@ -240,3 +240,25 @@ pub async fn abort(state: &AppState, id: i64) -> Result<RolloutRow, RolloutError
     state.rollouts.poke();
     state.db.rollout(id).await?.ok_or(RolloutError::NotFound(id))
 }
+
+/// A rollout with its hosts, as the API and `berth rollout status` show it.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct RolloutView {
+    /// The rollout.
+    #[serde(flatten)]
+    pub rollout: RolloutRow,
+    /// Its hosts, by wave and name.
+    pub hosts: Vec<RolloutHostRow>,
+}
+
+/// The newest `limit` rollouts with their hosts.
+pub async fn list(state: &AppState, limit: i64) -> Result<Vec<RolloutView>, DbError> {
+    let rows = state.db.rollouts_with_hosts(limit).await?;
+    Ok(rows.into_iter().map(|(rollout, hosts)| RolloutView { rollout, hosts }).collect())
+}
+
+/// One rollout with its hosts.
+pub async fn view(state: &AppState, id: i64) -> Result<RolloutView, RolloutError> {
+    let rollout = state.db.rollout(id).await?.ok_or(RolloutError::NotFound(id))?;
+    Ok(RolloutView { hosts: state.db.rollout_hosts(id, None).await?, rollout })
+}

@@ -34,7 +34,8 @@ pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<J
         let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
-        h.state = Some(status::host_state(newest, &seen, seen_at, paused, now, state.config.offline_after_secs));
+        let offline_after = state.config.offline_after_secs;
+        h.state = Some(status::host_state(newest, &seen, seen_at, paused, h.held_by, now, offline_after));
     }
     Ok(Json(hosts))
 }

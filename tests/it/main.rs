@@ -24,6 +24,7 @@ mod nix_files;
 mod protocol;
 mod replicas;
 mod rollback;
+mod rollout;
 mod signed_history;
 mod status;
 mod try_guide;

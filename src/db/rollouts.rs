@@ -1,5 +1,6 @@
 //! Staged rollouts: each rollout, its hosts' waves, and releasing a wave (the generations it
-//! holds become visible to their agents). Every state change is one conditional `UPDATE`,
+//! holds become visible to their agents; with PostgreSQL every replica hears of it,
+//! `Notice::Released`). Every state change is one conditional `UPDATE`,
 //! so two replicas driving the same rollout cannot both apply a step.
 
 use super::{now, on_pool, Db, DbError};
@@ -238,6 +239,13 @@ impl Db {
             .bind(id).bind(to).execute(&mut *tx).await?;
             let hosts: Vec<String> = sqlx::query_scalar("SELECT host FROM rollout_hosts WHERE rollout_id = $1 AND wave = $2")
                 .bind(id).bind(to).fetch_all(&mut *tx).await?;
+            // PostgreSQL: every replica's long-polls of these hosts look again at commit.
+            if let Some(notify) = super::notify_sql(pool) {
+                for host in &hosts {
+                    let released = super::Notice::Released { host: host.clone() };
+                    sqlx::query(notify).bind(super::GENERATIONS_CHANNEL).bind(released.payload()).execute(&mut *tx).await?;
+                }
+            }
             tx.commit().await?;
             Ok(Some(hosts))
         })
@@ -330,8 +338,16 @@ mod tests {
                 [("a", 0, false), ("b", 1, true), ("c", 1, true)]);
             let held: Vec<_> = db.hosts().await.unwrap().into_iter().map(|h| h.held_by).collect();
             assert_eq!(held, [None, Some(id), Some(id)]);
+            let mut listener = db.listen_generations().await.unwrap();
             let released = db.release_wave(id, RolloutState::Running, 0, 1).await.unwrap();
             assert_eq!(released, Some(vec!["b".to_owned(), "c".to_owned()]));
+            // PostgreSQL: every replica hears which hosts' long-polls must look again.
+            if let Some(listener) = listener.as_mut() {
+                for host in ["b", "c"] {
+                    let heard = listener.next().await.unwrap();
+                    assert_eq!(heard, crate::db::Heard::Notice(crate::db::Notice::Released { host: host.into() }));
+                }
+            }
             assert_eq!(db.release_wave(id, RolloutState::Running, 0, 1).await.unwrap(), None, "a step applies once");
             assert_eq!(db.latest_released_generation("c").await.unwrap().map(|g| g.number), Some(1));
             assert_eq!(db.rollout(id).await.unwrap().unwrap().wave, 1);

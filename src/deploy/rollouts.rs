@@ -208,7 +208,7 @@ async fn release(state: &AppState, r: &RolloutRow, from: RolloutState, to: i64) 
     for host in &hosts {
         state.deploys.wake(host);
     }
-    // With replicas, theirs hear of it at their next poll (at most its timeout).
+    // With PostgreSQL, other replicas' long-polls hear of it (`Notice::Released`).
     Ok(())
 }
 

@@ -174,3 +174,65 @@ fn an_invalid_rollout_policy_is_refused_at_start_up() {
         assert!(String::from_utf8_lossy(&out.stderr).contains(expected), "{waves}: {out:?}");
     }
 }
+
+/// Deploys generation 1 everywhere (rollout 1), then a commit whose canary rolls back
+/// (rollout 2, halted); returns the agents.
+fn halted_second_rollout(b: &BuildHost, hosts: &[Host; 3]) -> [Agent; 3] {
+    let agents = hosts.each_ref().map(|h| h.spawn(b, &b.server.url));
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    for h in HOSTS {
+        wait_report(b, h, 1, &["confirmed"]);
+    }
+    wait_rollout(b, 1, "completed");
+    deploy_broken_canary(b, 2);
+    agents
+}
+
+/// A fixed commit for every host (alpha's switch works again).
+fn fixed_commit(b: &BuildHost) {
+    b.fleet.set_switch_fails("alpha", false);
+    for h in HOSTS {
+        b.fleet.set_host(h, "three");
+    }
+    assert!(b.submit_wait(&b.fleet.commit("main", "three", Signing::Trusted), "main").0);
+}
+
+/// `supersede = "replace"` (the default): the fixed commit's rollout replaces the halted
+/// one, and beta and gamma go from generation 1 straight to 3, never hearing of 2.
+#[test]
+fn a_newer_commit_replaces_a_halted_rollout() {
+    let b = build_host(&HOSTS, &policy(0));
+    let hosts = HOSTS.map(|h| Host::new(&b, h, ""));
+    let _agents = halted_second_rollout(&b, &hosts);
+    fixed_commit(&b);
+    let superseded = wait_rollout(&b, 2, "superseded");
+    assert_eq!(superseded["reason"], "a newer commit replaced it", "{superseded:#}");
+    for h in HOSTS {
+        wait_report(&b, h, 3, &["confirmed"]);
+    }
+    wait_rollout(&b, 3, "completed");
+    for h in &hosts[1..] {
+        assert!(!has_report(&b, &h.name, 2), "{} never hears of generation 2", h.name);
+        assert_eq!(h.profile(), Some(toplevel(&b, &h.name, 3)));
+    }
+}
+
+/// `supersede = "queue"`: the fixed commit's rollout waits behind the halted one (nobody
+/// hears of generation 3) until that one is aborted; then it goes wave by wave.
+#[test]
+fn with_queue_a_newer_commit_waits_for_the_halted_rollout() {
+    let b = build_host(&HOSTS, &format!("{}supersede = \"queue\"\n", policy(0)));
+    let hosts = HOSTS.map(|h| Host::new(&b, h, ""));
+    let _agents = halted_second_rollout(&b, &hosts);
+    fixed_commit(&b);
+    assert_eq!(rollout(&b, 3)["state"], "queued");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(rollout(&b, 3)["state"], "queued", "it waits behind the halted rollout 2");
+    assert!(!has_report(&b, "alpha", 3), "the canary is not handed the queued generation");
+    admin(&b, &["rollout", "abort", "2"]);
+    for h in HOSTS {
+        wait_report(&b, h, 3, &["confirmed"]);
+    }
+    wait_rollout(&b, 3, "completed");
+    assert!(!has_report(&b, "beta", 2) && !has_report(&b, "gamma", 2));
+}

@@ -10,7 +10,8 @@ pub fn render_rollout(v: &RolloutView) -> String {
     let r = &v.rollout;
     let commit: String = r.commit_sha.chars().take(12).collect();
     let wave = if r.wave < 0 { "-".to_owned() } else { format!("{}/{}", r.wave + 1, r.waves) };
-    let mut out = format!("rollout {} {} {}@{} wave {wave}: {}\n", r.id, r.repository, r.branch, commit, r.state);
+    let mut out =
+        format!("rollout {} {} {}@{} wave {wave}: {}\n", r.id, r.repository, r.branch, commit, r.state.as_str());
     match (&r.halted_host, &r.reason) {
         (Some(host), Some(reason)) => out += &format!("  halted by {host}: {reason}\n"),
         (None, Some(reason)) => out += &format!("  {reason}\n"),
@@ -47,7 +48,7 @@ pub async fn command(api: &Api, action: &str, id: Option<i64>) -> Result<String,
         Some(id) => id,
         None => {
             let views: Vec<RolloutView> = api.get("/api/v1/rollouts").await?;
-            let open = views.iter().find(|v| v.rollout.state().is_open());
+            let open = views.iter().find(|v| v.rollout.state.is_open());
             open.map(|v| v.rollout.id).ok_or_else(|| ClientError::Nothing("no open rollout".into()))?
         }
     };
@@ -78,7 +79,7 @@ mod tests {
                 branch: "main".into(),
                 commit_sha: "0123456789abcdef".into(),
                 build_id: Some(7),
-                state: "halted".into(),
+                state: crate::deploy::rollout::RolloutState::Halted,
                 wave: 0,
                 waves: 2,
                 released_at: None,

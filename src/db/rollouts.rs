@@ -7,7 +7,7 @@ use super::{now, on_pool, Db, DbError};
 use crate::deploy::rollout::{RolloutState, Supersede};
 
 /// One rollout as stored.
-#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RolloutRow {
     /// Its id.
     pub id: i64,
@@ -19,8 +19,8 @@ pub struct RolloutRow {
     pub commit_sha: String,
     /// The build that made its generations.
     pub build_id: Option<i64>,
-    /// `queued`, `running`, `halted`, `completed`, `aborted`, `superseded`.
-    pub state: String,
+    /// Where it stands.
+    pub state: RolloutState,
     /// The current (released) wave, from 0.
     pub wave: i64,
     /// How many waves.
@@ -39,10 +39,49 @@ pub struct RolloutRow {
     pub updated_at: i64,
 }
 
-impl RolloutRow {
-    /// Its state (an unknown name, which no writer stores, reads as `aborted`: never driven).
-    pub fn state(&self) -> RolloutState {
-        RolloutState::parse(&self.state).unwrap_or(RolloutState::Aborted)
+/// A rollout as read, its state still a name.
+#[derive(sqlx::FromRow)]
+struct RolloutJoin {
+    id: i64,
+    repository: String,
+    branch: String,
+    commit_sha: String,
+    build_id: Option<i64>,
+    state: String,
+    wave: i64,
+    waves: i64,
+    released_at: Option<i64>,
+    settled_at: Option<i64>,
+    halted_host: Option<String>,
+    reason: Option<String>,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl RolloutJoin {
+    /// The row; a state no writer stores (a newer berth's, say) reads as `aborted`, which
+    /// nothing drives, and is logged.
+    fn into_row(self) -> RolloutRow {
+        let state = RolloutState::try_from(self.state).unwrap_or_else(|e| {
+            tracing::warn!(rollout = self.id, error = %e, "reading a rollout");
+            RolloutState::Aborted
+        });
+        RolloutRow {
+            id: self.id,
+            repository: self.repository,
+            branch: self.branch,
+            commit_sha: self.commit_sha,
+            build_id: self.build_id,
+            state,
+            wave: self.wave,
+            waves: self.waves,
+            released_at: self.released_at,
+            settled_at: self.settled_at,
+            halted_host: self.halted_host,
+            reason: self.reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        }
     }
 }
 
@@ -144,19 +183,23 @@ impl Db {
     /// One rollout.
     pub async fn rollout(&self, id: i64) -> Result<Option<RolloutRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM rollouts WHERE id = $1");
-        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?))
+        let row: Option<RolloutJoin> =
+            on_pool!(self, pool => sqlx::query_as(&sql).bind(id).fetch_optional(pool).await?);
+        Ok(row.map(RolloutJoin::into_row))
     }
 
     /// The newest `limit` rollouts, newest first.
     pub async fn rollouts(&self, limit: i64) -> Result<Vec<RolloutRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM rollouts ORDER BY id DESC LIMIT $1");
-        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?))
+        let rows: Vec<RolloutJoin> = on_pool!(self, pool => sqlx::query_as(&sql).bind(limit).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(RolloutJoin::into_row).collect())
     }
 
     /// Rollouts the driver moves on (queued and running), oldest first.
     pub async fn driven_rollouts(&self) -> Result<Vec<RolloutRow>, DbError> {
         let sql = format!("SELECT {COLUMNS} FROM rollouts WHERE state IN ('queued', 'running') ORDER BY id");
-        on_pool!(self, pool => Ok(sqlx::query_as(&sql).fetch_all(pool).await?))
+        let rows: Vec<RolloutJoin> = on_pool!(self, pool => sqlx::query_as(&sql).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(RolloutJoin::into_row).collect())
     }
 
     /// Whether an open rollout older than `id` exists on its branch (a queued one waits).
@@ -359,8 +402,8 @@ mod tests {
             assert!(db.set_rollout_state(id, &halted, RolloutState::Halted, Some("b"), Some("boom")).await.unwrap());
             assert!(!db.set_rollout_state(id, &halted, RolloutState::Halted, None, None).await.unwrap());
             let newest = db.create_rollout(&new, Supersede::Replace).await.unwrap();
-            let states: Vec<String> = db.rollouts(10).await.unwrap().into_iter().map(|r| r.state).collect();
-            assert_eq!(states, ["queued", "superseded", "superseded"]);
+            let states: Vec<RolloutState> = db.rollouts(10).await.unwrap().into_iter().map(|r| r.state).collect();
+            assert_eq!(states, [RolloutState::Queued, RolloutState::Superseded, RolloutState::Superseded]);
             assert_eq!(db.driven_rollouts().await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), [newest]);
             assert_eq!(db.rollout(id).await.unwrap().unwrap().halted_host.as_deref(), Some("b"));
         }

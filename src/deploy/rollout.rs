@@ -176,6 +176,19 @@ impl RolloutState {
     }
 }
 
+/// A stored state name that is none of [`RolloutState::ALL`].
+#[derive(Debug, thiserror::Error)]
+#[error("unknown rollout state {0:?}")]
+pub struct UnknownState(pub String);
+
+impl TryFrom<String> for RolloutState {
+    type Error = UnknownState;
+
+    fn try_from(name: String) -> Result<Self, UnknownState> {
+        RolloutState::parse(&name).ok_or(UnknownState(name))
+    }
+}
+
 /// One host of the current wave as [`decide`] sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostView {
@@ -350,5 +363,6 @@ mod tests {
     fn states_round_trip() {
         assert_eq!(RolloutState::ALL.map(|s| RolloutState::parse(s.as_str())), RolloutState::ALL.map(Some));
         assert!(RolloutState::Halted.is_open() && !RolloutState::Aborted.is_open());
+        assert!(RolloutState::try_from("paused".to_owned()).is_err());
     }
 }

@@ -112,7 +112,7 @@ pub async fn step_all(state: &AppState) -> Result<(), DbError> {
 
 async fn step(state: &AppState, r: &RolloutRow) -> Result<(), DbError> {
     let policy = state.config.repository(&r.repository).and_then(|repo| repo.rollout.as_ref());
-    match r.state() {
+    match r.state {
         RolloutState::Queued if r.wave >= 0 && !state.db.rollout_ahead(r).await? => {
             release(state, r, RolloutState::Queued, 0).await
         }
@@ -215,8 +215,8 @@ async fn release(state: &AppState, r: &RolloutRow, from: RolloutState, to: i64) 
 /// `berth rollout resume`: a halted rollout goes on, the failure that halted it accepted.
 pub async fn resume(state: &AppState, id: i64) -> Result<RolloutRow, RolloutError> {
     let r = state.db.rollout(id).await?.ok_or(RolloutError::NotFound(id))?;
-    if r.state() != RolloutState::Halted {
-        return Err(RolloutError::WrongState { id, state: r.state().as_str(), what: "only a halted rollout resumes" });
+    if r.state != RolloutState::Halted {
+        return Err(RolloutError::WrongState { id, state: r.state.as_str(), what: "only a halted rollout resumes" });
     }
     if let Some(host) = &r.halted_host {
         state.db.waive_rollout_host(id, host).await?;
@@ -234,7 +234,7 @@ pub async fn abort(state: &AppState, id: i64) -> Result<RolloutRow, RolloutError
     let r = state.db.rollout(id).await?.ok_or(RolloutError::NotFound(id))?;
     let open = [RolloutState::Queued, RolloutState::Running, RolloutState::Halted];
     if !state.db.set_rollout_state(id, &open, RolloutState::Aborted, r.halted_host.as_deref(), Some("aborted")).await? {
-        return Err(RolloutError::WrongState { id, state: r.state().as_str(), what: "only an open rollout aborts" });
+        return Err(RolloutError::WrongState { id, state: r.state.as_str(), what: "only an open rollout aborts" });
     }
     tracing::info!(rollout = id, "rollout aborted");
     state.rollouts.poke();

@@ -376,6 +376,10 @@ mod tests {
             assert_eq!(db.release_wave(id, RolloutState::Queued, 0, 0).await.unwrap(), Some(vec!["a".to_owned()]));
             assert_eq!(db.latest_released_generation("a").await.unwrap().map(|g| g.number), Some(1));
             assert_eq!(db.latest_released_generation("b").await.unwrap(), None);
+            // Retention keeps what an open rollout holds.
+            let mut held: Vec<(String, Vec<i64>)> = db.gc_snapshot().await.unwrap().held.into_iter().collect();
+            held.sort();
+            assert_eq!(held, [("b".to_owned(), vec![1]), ("c".to_owned(), vec![1])]);
             let hosts = db.rollout_hosts(id, None).await.unwrap();
             assert_eq!(hosts.iter().map(|h| (h.host.as_str(), h.wave, h.held)).collect::<Vec<_>>(),
                 [("a", 0, false), ("b", 1, true), ("c", 1, true)]);
@@ -406,6 +410,9 @@ mod tests {
             assert_eq!(states, [RolloutState::Queued, RolloutState::Superseded, RolloutState::Superseded]);
             assert_eq!(db.driven_rollouts().await.unwrap().into_iter().map(|r| r.id).collect::<Vec<_>>(), [newest]);
             assert_eq!(db.rollout(id).await.unwrap().unwrap().halted_host.as_deref(), Some("b"));
+            db.add_generation(&generation("b", newest, true)).await.unwrap();
+            let held = db.gc_snapshot().await.unwrap().held;
+            assert_eq!(held.get("b"), Some(&vec![2]), "held by the open rollout, not by the superseded one");
         }
     }
 }

@@ -83,7 +83,10 @@ fn a_bad_commit_stops_at_the_canary_and_abort_keeps_the_others_where_they_are() 
     assert!(status.contains("halted") && status.contains("halted by alpha: rolled back"), "{status}");
     assert_eq!(host_state(&b, "beta"), serde_json::json!({"state": "held", "rollout": 2}));
     let listed = admin(&b, &["hosts"]);
-    assert!(listed.lines().any(|l| l.starts_with("beta") && l.contains("held")), "{listed}");
+    assert!(
+        listed.lines().any(|l| l.starts_with("beta") && l.contains("held") && l.ends_with("rollout 2")),
+        "{listed}"
+    );
     std::thread::sleep(Duration::from_secs(3));
     for h in &hosts[1..] {
         assert!(!has_report(&b, &h.name, 2), "{} never hears of generation 2", h.name);

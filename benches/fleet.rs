@@ -212,6 +212,8 @@ async fn seed(database: &str, system: &str, agents: usize) {
                     branch: "main",
                     build_id: None,
                     signer: None,
+                    rollout_id: None,
+                    held: false,
                 };
                 db.add_generation(&g).await.unwrap();
             }

@@ -73,6 +73,8 @@ pub struct AppInner {
     pub deploy_key: SecretKey,
     /// The hosts whose manifest long-polls wait, woken when their generation is made.
     pub deploys: crate::deploy::watch::Watch,
+    /// Wakes the rollout driver (`deploy::rollouts`).
+    pub rollouts: crate::deploy::rollouts::Poke,
     /// Publications hold it for reading, retention for writing (see `gc::run`); with
     /// PostgreSQL it holds across replicas.
     pub publish_gate: PublishGate,
@@ -122,6 +124,7 @@ impl AppState {
             signing_key: key,
             deploy_key,
             deploys: Default::default(),
+            rollouts: Default::default(),
             gc_running: Default::default(),
             public_keys,
             cache: config.cache.clone(),
@@ -236,6 +239,11 @@ pub async fn serve(
         workers.push(tokio::spawn(async move {
             crate::published::follow(following.db.clone(), &following.published, stop).await
         }));
+    }
+    // Staged rollouts move on by themselves (only when some repository has a policy: without
+    // one, nothing is held and nothing is polled).
+    if state.config.repositories.iter().any(|r| r.rollout.is_some()) {
+        workers.push(tokio::spawn(crate::deploy::rollouts::run(state.clone(), stop.clone())));
     }
     if let Some(every) = state.config.gc_schedule {
         workers.push(tokio::spawn(scheduled_gc(state.clone(), every, stop.clone())));

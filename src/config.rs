@@ -3,13 +3,18 @@
 //! first request. Secrets are file paths (for systemd `LoadCredential`), never values.
 
 use std::{
+    collections::BTreeMap,
     net::SocketAddr,
     path::{Path, PathBuf},
 };
 
 use serde::Deserialize;
 
-use crate::{build::trust::SignedCommits, nixfmt::PublicKey};
+use crate::{
+    build::trust::SignedCommits,
+    deploy::rollout::{Offline, Policy, Selector, Supersede, WaveSpec},
+    nixfmt::PublicKey,
+};
 
 mod forge;
 mod notify;
@@ -227,6 +232,50 @@ pub struct RawRepository {
     pub webhook_secret_file: Option<PathBuf>,
     /// Where this repository's commit statuses go (`docs/forge.md`).
     pub forge: Option<RawForge>,
+    /// `[repositories.hosts.<name>]`: per-host settings (tags, for rollout waves).
+    #[serde(default)]
+    pub hosts: BTreeMap<String, RawHost>,
+    /// `[repositories.rollout]`: staged rollouts of the deploy branch (none: every host at once).
+    pub rollout: Option<RawRollout>,
+}
+
+/// `[repositories.hosts.<name>]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHost {
+    /// Group names a rollout wave can select with `tag:NAME`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+}
+
+/// `[repositories.rollout]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRollout {
+    /// The waves, in order: `{ hosts = ["tag:canary", "web*"] }`, `{ percent = 25 }`,
+    /// `{ rest = true }`. Hosts no wave takes form a last wave.
+    pub waves: Vec<RawWave>,
+    /// Seconds to wait after a wave confirmed before releasing the next. Default 0.
+    pub soak_secs: Option<u64>,
+    /// Seconds without a poll or report after which a host of a wave counts as offline.
+    /// Default 600.
+    pub offline_after_secs: Option<u64>,
+    /// What an offline host does to its wave: `"block"` (default: the wave waits) or `"skip"`.
+    pub offline: Option<String>,
+    /// What a newer commit does to an unfinished rollout: `"replace"` (default) or `"queue"`.
+    pub supersede: Option<String>,
+}
+
+/// One wave: exactly one of its keys.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWave {
+    /// Host names, `*` patterns, or `tag:NAME`.
+    pub hosts: Option<Vec<String>>,
+    /// A percentage of the rollout's hosts (1–100, rounded up).
+    pub percent: Option<i64>,
+    /// `true`: every host not taken by an earlier wave (the last wave only).
+    pub rest: Option<bool>,
 }
 
 /// How builds run.
@@ -273,6 +322,10 @@ pub struct Repository {
     pub webhook_secret: Option<Secret>,
     /// The forge its commit statuses go to.
     pub forge: Option<ForgeConfig>,
+    /// Each configured host's tags.
+    pub tags: BTreeMap<String, Vec<String>>,
+    /// Staged rollouts of the deploy branch, if configured.
+    pub rollout: Option<Policy>,
 }
 
 /// Secret bytes whose `Debug` prints nothing.
@@ -688,7 +741,11 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
         }
     };
     let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
+    let tags = host_tags(&raw.hosts)?;
+    let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
     Ok(Repository {
+        tags,
+        rollout,
         name: raw.name,
         url: raw.url,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".into()),
@@ -703,6 +760,105 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
         webhook_secret,
         forge,
     })
+}
+
+fn host_tags(hosts: &BTreeMap<String, RawHost>) -> Result<BTreeMap<String, Vec<String>>, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+    for (name, host) in hosts {
+        if !crate::auth::valid_host_name(name) {
+            return Err(invalid("repositories.hosts", format!("{name:?} is not a host name")));
+        }
+        if let Some(bad) = host.tags.iter().find(|t| t.is_empty() || t.contains(char::is_whitespace)) {
+            return Err(invalid("repositories.hosts.tags", format!("host {name}: {bad:?} is not a tag")));
+        }
+    }
+    Ok(hosts.iter().map(|(name, h)| (name.clone(), h.tags.clone())).collect())
+}
+
+fn rollout_policy(raw: RawRollout, tags: &BTreeMap<String, Vec<String>>) -> Result<Policy, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+    if raw.waves.is_empty() {
+        return Err(invalid("repositories.rollout.waves", "name at least one wave".into()));
+    }
+    let last = raw.waves.len() - 1;
+    let mut waves = Vec::new();
+    for (i, w) in raw.waves.into_iter().enumerate() {
+        let n = i + 1;
+        let spec = match (w.hosts, w.percent, w.rest) {
+            (Some(hosts), None, None) => {
+                if hosts.is_empty() {
+                    return Err(invalid("repositories.rollout.waves", format!("wave {n} is empty: `hosts = []`")));
+                }
+                let selectors: Vec<Selector> = hosts.iter().map(|h| Selector::parse(h)).collect();
+                for s in &selectors {
+                    match s {
+                        Selector::Tag(tag) if !tags.values().any(|t| t.contains(tag)) => {
+                            return Err(invalid(
+                                "repositories.rollout.waves",
+                                format!(
+                                    "wave {n}: no host has tag {tag:?} (tags come from [repositories.hosts.<name>])"
+                                ),
+                            ))
+                        }
+                        Selector::Pattern(p) if p.is_empty() || !crate::auth::valid_host_name(&p.replace('*', "x")) => {
+                            return Err(invalid(
+                                "repositories.rollout.waves",
+                                format!("wave {n}: {p:?} is not a host name or pattern"),
+                            ))
+                        }
+                        _ => {}
+                    }
+                }
+                WaveSpec::Hosts(selectors)
+            }
+            (None, Some(p), None) => match u8::try_from(p) {
+                Ok(p) if (1..=100).contains(&p) => WaveSpec::Percent(p),
+                _ => {
+                    return Err(invalid(
+                        "repositories.rollout.waves",
+                        format!("wave {n}: percent {p} is outside 1..=100"),
+                    ))
+                }
+            },
+            (None, None, Some(true)) if i == last => WaveSpec::Rest,
+            (None, None, Some(true)) => {
+                return Err(invalid(
+                    "repositories.rollout.waves",
+                    format!("wave {n}: `rest = true` must be the last wave"),
+                ))
+            }
+            _ => {
+                return Err(invalid(
+                    "repositories.rollout.waves",
+                    format!("wave {n}: give exactly one of `hosts = [...]`, `percent = N` or `rest = true`"),
+                ))
+            }
+        };
+        waves.push(spec);
+    }
+    let offline = match raw.offline.as_deref() {
+        None | Some("block") => Offline::Block,
+        Some("skip") => Offline::Skip,
+        Some(other) => {
+            return Err(invalid("repositories.rollout.offline", format!("{other:?}: expected \"skip\" or \"block\"")))
+        }
+    };
+    let supersede = match raw.supersede.as_deref() {
+        None | Some("replace") => Supersede::Replace,
+        Some("queue") => Supersede::Queue,
+        Some(other) => {
+            return Err(invalid(
+                "repositories.rollout.supersede",
+                format!("{other:?}: expected \"queue\" or \"replace\""),
+            ))
+        }
+    };
+    let secs = |v: Option<u64>, default: u64| v.unwrap_or(default).min(i64::MAX as u64) as i64;
+    let offline_after_secs = secs(raw.offline_after_secs, 600);
+    if offline_after_secs == 0 {
+        return Err(invalid("repositories.rollout.offline_after_secs", "must be at least 1".into()));
+    }
+    Ok(Policy { waves, soak_secs: secs(raw.soak_secs, 0), offline_after_secs, offline, supersede })
 }
 
 /// Loads `file` (or nothing: the embedded default) and applies the overrides.
@@ -854,6 +1010,42 @@ mod tests {
         assert!(err.contains("signed_commits"), "{err}");
         let err = parse(&format!("{unsigned}trusted_since = \"HEAD\"")).unwrap_err().to_string();
         assert!(err.contains("trusted_since"), "{err}");
+    }
+
+    #[test]
+    fn rollout_policies_are_checked() {
+        let repo = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n[repositories.hosts.alpha]\ntags = [\"canary\"]\n";
+        let with = |rollout: &str| parse(&format!("{repo}[repositories.rollout]\n{rollout}"));
+        let c = with("waves = [{ hosts = [\"tag:canary\"] }, { percent = 25 }, { rest = true }]\nsoak_secs = 5\noffline = \"skip\"\nsupersede = \"queue\"").unwrap();
+        let policy = c.repository("a").unwrap().rollout.clone().unwrap();
+        assert_eq!(
+            policy.waves,
+            [WaveSpec::Hosts(vec![Selector::Tag("canary".into())]), WaveSpec::Percent(25), WaveSpec::Rest]
+        );
+        assert_eq!(
+            (policy.soak_secs, policy.offline_after_secs, policy.offline, policy.supersede),
+            (5, 600, Offline::Skip, Supersede::Queue)
+        );
+        assert!(parse(repo).unwrap().repository("a").unwrap().rollout.is_none());
+        for (rollout, says) in [
+            ("waves = []", "at least one wave"),
+            ("waves = [{ hosts = [] }]", "wave 1 is empty"),
+            ("waves = [{ percent = 0 }]", "percent 0 is outside 1..=100"),
+            ("waves = [{ percent = 101 }]", "percent 101"),
+            ("waves = [{ hosts = [\"tag:nope\"] }]", "no host has tag \"nope\""),
+            ("waves = [{ rest = true }, { percent = 5 }]", "must be the last wave"),
+            ("waves = [{ percent = 5, rest = true }]", "exactly one of"),
+            ("waves = [{ hosts = [\"../x\"] }]", "not a host name"),
+            ("waves = [{ rest = true }]\noffline = \"maybe\"", "offline"),
+            ("waves = [{ rest = true }]\nsupersede = \"never\"", "supersede"),
+        ] {
+            let err = with(rollout).unwrap_err().to_string();
+            assert!(err.contains(says), "{rollout}: {err}");
+        }
+        let unknown = with("waves = [{ rest = true }]\nspeed = 3").unwrap_err().to_string();
+        assert!(unknown.contains("unknown field"), "{unknown}");
+        let unknown = parse(&format!("{repo}role = \"web\"")).unwrap_err().to_string();
+        assert!(unknown.contains("unknown field"), "{unknown}");
     }
 
     #[test]

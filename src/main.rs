@@ -79,6 +79,14 @@ enum Command {
         #[command(subcommand)]
         action: Option<HostsAction>,
     },
+    /// Staged rollouts of deploy-branch commits: where each stands, and resuming or aborting
+    /// one that halted.
+    Rollout {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: RolloutAction,
+    },
     /// Send a generation to a host again (default: the newest, desired one), e.g. one it
     /// rolled back or failed, once the cause is fixed: a new generation with its system.
     Redeploy {
@@ -268,6 +276,26 @@ enum BuildAction {
         client: ClientArgs,
         /// Build id.
         id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum RolloutAction {
+    /// One rollout with its waves and hosts (default: the newest rollouts).
+    Status {
+        /// Rollout id.
+        id: Option<i64>,
+    },
+    /// Go on with a halted rollout, accepting the failure that halted it (default: the newest
+    /// open rollout).
+    Resume {
+        /// Rollout id.
+        id: Option<i64>,
+    },
+    /// Stop a rollout: hosts not reached keep their generation (default: the newest open one).
+    Abort {
+        /// Rollout id.
+        id: Option<i64>,
     },
 }
 
@@ -469,6 +497,16 @@ async fn run(command: Command) -> Result<()> {
                 bail!("invalid host name {name:?}");
             }
             print!("{}", berth::cmd::hosts::redeploy(&client.api()?, &name, generation).await?);
+            Ok(())
+        }
+        Command::Rollout { client, action } => {
+            let api = client.api()?;
+            let text = match action {
+                RolloutAction::Status { id } => berth::cmd::rollout::status(&api, id).await?,
+                RolloutAction::Resume { id } => berth::cmd::rollout::command(&api, "resume", id).await?,
+                RolloutAction::Abort { id } => berth::cmd::rollout::command(&api, "abort", id).await?,
+            };
+            print!("{text}");
             Ok(())
         }
         Command::Hosts { client, action } => {

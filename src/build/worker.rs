@@ -382,6 +382,13 @@ impl Worker {
             log.line(format!("not deploying: {refusal}"));
             return Ok(format!("built {} host(s); {refusal}; it was built but not deployed", built.len()));
         }
+        let hosts: Vec<String> = new.iter().map(|(host, _)| host.to_string()).collect();
+        let rollout =
+            crate::deploy::rollouts::start(&self.state, repo, &build.branch, &build.commit_sha, build.id, &hosts)
+                .await?;
+        if let Some(r) = &rollout {
+            log.line(format!("rollout {}: generations are held until their wave is released", r.id));
+        }
         let mut made = Vec::new();
         for (host, path) in &new {
             let g = NewGeneration {
@@ -392,6 +399,8 @@ impl Worker {
                 branch: &build.branch,
                 build_id: Some(build.id),
                 signer: trust.signer(),
+                rollout_id: rollout.as_ref().map(|r| r.id),
+                held: rollout.is_some(),
             };
             let number = crate::deploy::watch::add_generation(&self.state, &g).await?;
             db.set_build_host_generation(build.id, host, number).await?;
@@ -402,6 +411,9 @@ impl Worker {
                 Err(e) => tracing::warn!(error = %e, host, "computing the closure diff"),
             }
             made.push(format!("{host}#{number}"));
+        }
+        if let Some(r) = &rollout {
+            crate::deploy::rollouts::ready(&self.state, r.id).await?;
         }
         Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
     }

@@ -27,10 +27,12 @@ pub fn render_hosts(hosts: &[Host]) -> String {
         let seen = h.status.last_seen.map_or_else(dash, timestamp);
         // A server before per-generation states sends only the last phase and error.
         let (state, error) = match &h.state {
-            Some(state) => (state.label().to_owned(), reason(state).unwrap_or("")),
+            // Which rollout holds it (`berth rollout status N` says why).
+            Some(HostState::Held { rollout }) => ("held".to_owned(), format!("rollout {rollout}")),
+            Some(state) => (state.label().to_owned(), reason(state).unwrap_or("").to_owned()),
             None => (
                 h.status.phase.clone().unwrap_or_else(|| "never seen".into()),
-                h.status.last_error.as_deref().unwrap_or(""),
+                h.status.last_error.clone().unwrap_or_default(),
             ),
         };
         let build = h.last_build.as_ref().map_or_else(dash, last_build);

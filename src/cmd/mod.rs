@@ -1,9 +1,10 @@
-//! The client-side commands that talk to a server's API (`berth build …`, `berth hosts …`):
+//! The client-side commands that talk to a server's API (`berth build …`, `berth hosts …`, `berth rollout …`):
 //! requests through [`crate::client::Api`], output as plain text for people and scripts.
 
 pub mod build;
 pub mod gc;
 pub mod hosts;
+pub mod rollout;
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (no time-zone database needed).
 pub fn timestamp(secs: i64) -> String {

@@ -35,6 +35,7 @@ struct RawSnapshot {
     active: Vec<(String, i64)>,
     confirmed: Vec<(String, i64)>,
     last_reports: Vec<(String, i64, String)>,
+    held: Vec<(String, i64)>,
     pins: Vec<String>,
     building: Vec<String>,
     loose: Vec<(String, i64, i64)>,
@@ -71,6 +72,12 @@ macro_rules! read_snapshot {
             last_reports: sqlx::query_as(
                 "SELECT r.host, r.generation, r.phase FROM reports r
                  JOIN (SELECT MAX(id) AS id FROM reports GROUP BY host) l ON r.id = l.id",
+            )
+            .fetch_all(&mut *$tx)
+            .await?,
+            held: sqlx::query_as(
+                "SELECT g.host, g.number FROM generations g JOIN rollouts r ON r.id = g.held_by
+                 WHERE r.state IN ('queued', 'running', 'halted')",
             )
             .fetch_all(&mut *$tx)
             .await?,
@@ -150,7 +157,12 @@ macro_rules! apply_plan {
 
 impl RawSnapshot {
     fn into_snapshot(self) -> Snapshot {
-        let RawSnapshot { paths, refs, generations, active, confirmed, last_reports, pins, building, loose } = self;
+        let RawSnapshot { paths, refs, generations, active, confirmed, last_reports, held, pins, building, loose } =
+            self;
+        let mut held_by_host: HashMap<String, Vec<i64>> = HashMap::new();
+        for (host, number) in held {
+            held_by_host.entry(host).or_default().push(number);
+        }
         let mut confirmed_by_host: HashMap<String, Vec<i64>> = HashMap::new();
         for (host, generation) in confirmed {
             confirmed_by_host.entry(host).or_default().push(generation);
@@ -193,6 +205,7 @@ impl RawSnapshot {
             active: active.into_iter().collect(),
             confirmed: confirmed_by_host,
             in_flight,
+            held: held_by_host,
             pins: pins.iter().map(|p| hash_of(p)).collect(),
             building: building.iter().map(|p| hash_of(p)).collect(),
             loose_nar_files: loose.into_iter().map(|(n, s, t)| (n, s as u64, t)).collect(),
@@ -419,6 +432,8 @@ mod tests {
             branch: "main",
             build_id: None,
             signer: None,
+            rollout_id: None,
+            held: false,
         };
         db.add_generation(&g).await.unwrap()
     }

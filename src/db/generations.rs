@@ -49,6 +49,9 @@ pub struct HostRow {
     /// Its newest build and what that build decided for it (filled by the API).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_build: Option<super::LastBuild>,
+    /// The rollout that holds its newest generation (its wave is not released yet).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held_by: Option<i64>,
 }
 
 /// A row of [`Db::hosts`]' join: the host, and its newest generation if it has one.
@@ -65,6 +68,7 @@ struct HostJoin {
     build_id: Option<i64>,
     created_at: Option<i64>,
     signer: Option<String>,
+    held_by: Option<i64>,
 }
 
 impl HostJoin {
@@ -91,6 +95,7 @@ impl HostJoin {
             status: self.status,
             state: None,
             last_build: None,
+            held_by: self.held_by,
         }
     }
 }
@@ -114,6 +119,10 @@ pub struct NewGeneration<'a> {
     pub build_id: Option<i64>,
     /// The commit's trusted signer, if one was checked.
     pub signer: Option<&'a str>,
+    /// The rollout that makes it, if one does.
+    pub rollout_id: Option<i64>,
+    /// Whether that rollout holds it (its wave is not released yet): agents are not handed it.
+    pub held: bool,
 }
 
 impl Db {
@@ -137,11 +146,12 @@ impl Db {
             let number: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(number), 0) + 1 FROM generations WHERE host = $1")
                 .bind(g.host).fetch_one(&mut *tx).await?;
             sqlx::query(
-                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer,
+                    rollout_id, held_by)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
             )
             .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
-            .bind(g.signer)
+            .bind(g.signer).bind(g.rollout_id).bind(g.rollout_id.filter(|_| g.held))
             .execute(&mut *tx).await?;
             if let Some(notify) = super::notify_sql(pool) {
                 let made = super::Notice::Made { host: g.host.to_owned(), number };
@@ -155,6 +165,14 @@ impl Db {
     /// A host's newest generation.
     pub async fn latest_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
         let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 ORDER BY number DESC LIMIT 1");
+        on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
+    }
+
+    /// A host's newest generation that no rollout holds: the one its agent is handed.
+    pub async fn latest_released_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
+        let sql = format!(
+            "SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 AND held_by IS NULL ORDER BY number DESC LIMIT 1"
+        );
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }
 
@@ -174,7 +192,7 @@ impl Db {
     /// the fleet's size.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, DbError> {
         let sql = "SELECT h.name, h.repository, h.active_generation, h.phase, h.last_error, h.last_seen, h.paused_at,
-                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer
+                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer, g.held_by
              FROM hosts h LEFT JOIN generations g
                ON g.host = h.name AND g.number = (SELECT MAX(number) FROM generations WHERE host = h.name)
              ORDER BY h.name";
@@ -235,6 +253,8 @@ mod tests {
             branch: "main",
             build_id: Some(1),
             signer: Some("alice"),
+            rollout_id: None,
+            held: false,
         }
     }
 

@@ -31,16 +31,23 @@ pub enum Notice {
         /// Its new generation.
         number: i64,
     },
+    /// A rollout released a wave: `host`'s newest released generation may have changed
+    /// (its long-polls look again whatever generation they know).
+    Released {
+        /// The host.
+        host: String,
+    },
     /// A listener's ping (only the listener that sent it cares).
     Ping(String),
 }
 
 impl Notice {
-    /// The notification's payload: `made <number> <host>` or `ping <token>` (a host name has
+    /// The notification's payload: `made <number> <host>`, `released <host>` or `ping <token>` (a host name has
     /// no spaces, and PostgreSQL's 8,000-byte payload bound is far off).
     pub fn payload(&self) -> String {
         match self {
             Notice::Made { host, number } => format!("made {number} {host}"),
+            Notice::Released { host } => format!("released {host}"),
             Notice::Ping(token) => format!("ping {token}"),
         }
     }
@@ -51,6 +58,9 @@ impl Notice {
         match (words.next()?, words.next()?, words.next()) {
             ("made", number, Some(host)) if crate::auth::valid_host_name(host) => {
                 Some(Notice::Made { host: host.to_owned(), number: number.parse().ok().filter(|n| *n > 0)? })
+            }
+            ("released", host, None) if crate::auth::valid_host_name(host) => {
+                Some(Notice::Released { host: host.to_owned() })
             }
             ("ping", token, None) if !token.is_empty() => Some(Notice::Ping(token.to_owned())),
             _ => None,
@@ -141,6 +151,7 @@ mod tests {
         check("made 7 web-1", made("web-1", 7));
         check("made 12345678901 db_eu-2", made("db_eu-2", 12_345_678_901));
         check("ping 0f3a", Some(Notice::Ping("0f3a".into())));
+        check("released web-1", Some(Notice::Released { host: "web-1".into() }));
         for bad in [
             "",
             "made",
@@ -152,6 +163,9 @@ mod tests {
             "made 7 a.b",
             "ping",
             "ping a b",
+            "released",
+            "released a b",
+            "released a/b",
         ] {
             check(bad, None);
         }

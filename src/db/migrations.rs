@@ -160,6 +160,35 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (build_id, context)
     );",
+    // 11: staged rollouts: each rollout of a deploy-branch commit, its hosts' waves, and per
+    // generation the rollout that made it and, while its wave is not released, holds it.
+    "CREATE TABLE rollouts (
+        id {serial},
+        repository TEXT NOT NULL,
+        branch TEXT NOT NULL,
+        commit_sha TEXT NOT NULL,
+        build_id BIGINT,
+        state TEXT NOT NULL,
+        wave BIGINT NOT NULL,
+        waves BIGINT NOT NULL,
+        released_at BIGINT,
+        settled_at BIGINT,
+        halted_host TEXT,
+        reason TEXT,
+        created_at BIGINT NOT NULL,
+        updated_at BIGINT NOT NULL
+    );
+    CREATE INDEX rollouts_open ON rollouts (repository, branch, state);
+    CREATE TABLE rollout_hosts (
+        rollout_id BIGINT NOT NULL,
+        host TEXT NOT NULL,
+        wave BIGINT NOT NULL,
+        waived BIGINT NOT NULL DEFAULT 0,
+        PRIMARY KEY (rollout_id, host)
+    );
+    ALTER TABLE generations ADD COLUMN rollout_id BIGINT;
+    ALTER TABLE generations ADD COLUMN held_by BIGINT;
+    CREATE INDEX generations_rollout ON generations (rollout_id, host);",
 ];
 
 fn serial(db: &Db) -> &'static str {

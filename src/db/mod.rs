@@ -14,6 +14,7 @@ mod migrations;
 mod objects;
 mod paths;
 mod reports;
+mod rollouts;
 #[cfg(test)]
 pub(crate) mod testing;
 mod tokens;
@@ -39,6 +40,7 @@ pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};
 pub use paths::{CacheStats, ClosureRow, NarFileRow, PathListener, PathRow, RecentPath};
 pub use reports::{HostStatus, ReportRow};
+pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow};
 pub use tokens::TokenRow;
 
 /// Metadata failures. Display texts are for logs; clients see "internal error".

@@ -170,6 +170,8 @@ mod tests {
                 branch: "main",
                 build_id: None,
                 signer: None,
+                rollout_id: None,
+                held: false,
             };
             db.add_generation(&g).await.unwrap();
             db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();

@@ -24,7 +24,7 @@ pub async fn hosts(db: &Db, offline_after_secs: i64) -> Result<Vec<HostRow>, DbE
         let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
-        h.state = Some(status::host_state(newest, &seen, seen_at, paused, now, offline_after_secs));
+        h.state = Some(status::host_state(newest, &seen, seen_at, paused, h.held_by, now, offline_after_secs));
     }
     Ok(hosts)
 }

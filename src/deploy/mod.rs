@@ -8,6 +8,8 @@ pub mod fleet;
 pub mod manifest;
 pub mod resend;
 pub mod rollback;
+pub mod rollout;
+pub mod rollouts;
 pub mod status;
 pub mod watch;
 

@@ -85,6 +85,9 @@ async fn resend(
         build_id: None,
         // The same commit as the target's, so the same signer authorised it.
         signer: target.signer.as_deref(),
+        // An admin's rollback or redeploy is released at once, whatever a rollout holds.
+        rollout_id: None,
+        held: false,
     };
     let number = super::watch::add_generation(state, &g).await?;
     state.db.generation(name, number).await?.ok_or(ResendError::Vanished(number))

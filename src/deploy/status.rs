@@ -152,6 +152,11 @@ pub enum HostState {
     Offline,
     /// Held on its current generation by `berth hosts pause` (newer ones wait for resume).
     Paused,
+    /// Its newest generation waits for its rollout wave to be released.
+    Held {
+        /// The rollout that holds it.
+        rollout: i64,
+    },
     /// The outcome of its newest generation, so far.
     Generation(Outcome),
 }
@@ -163,19 +168,22 @@ impl HostState {
             HostState::NeverSeen => "never_seen",
             HostState::Offline => "offline",
             HostState::Paused => "paused",
+            HostState::Held { .. } => "held",
             HostState::Generation(o) => o.label(),
         }
     }
 }
 
 /// The state of a host whose newest generation is `newest` (none yet: `None`), last seen at
-/// `last_seen`, paused or not, at `now`. Offline comes before paused: a paused host that
-/// stopped asking is gone, not merely held.
+/// `last_seen`, paused or not, its newest generation held by rollout `held` or not, at `now`.
+/// Offline comes before paused: a paused host that stopped asking is gone, not merely held;
+/// paused before held: resuming the host would not hand it the held generation.
 pub fn host_state(
     newest: Option<i64>,
     reports: &[Seen<'_>],
     last_seen: Option<i64>,
     paused: bool,
+    held: Option<i64>,
     now: i64,
     offline_after: i64,
 ) -> HostState {
@@ -184,6 +192,7 @@ pub fn host_state(
         (None, _) => HostState::NeverSeen,
         (Some(seen), _) if now - seen > offline_after => HostState::Offline,
         _ if paused => HostState::Paused,
+        _ if held.is_some() => HostState::Held { rollout: held.unwrap_or_default() },
         (Some(_), Some(newest)) => HostState::Generation(outcome(newest, newest, reports)),
         (Some(_), None) => HostState::Generation(Outcome::Waiting),
     }
@@ -234,7 +243,7 @@ mod tests {
     #[test]
     fn host_states() {
         let reports = seen(&[(1, Confirmed, None), (2, RolledBack, Some("boom")), (3, Activating, None)]);
-        let state = |newest, seen, now| host_state(newest, &reports, seen, false, now, 120);
+        let state = |newest, seen, now| host_state(newest, &reports, seen, false, None, now, 120);
         assert_eq!(state(Some(3), Some(100), 150), HostState::Generation(Outcome::InProgress { phase: Activating }));
         assert_eq!(state(Some(3), Some(100), 221), HostState::Offline);
         assert_eq!(state(Some(3), Some(100), 220), HostState::Generation(Outcome::InProgress { phase: Activating }));
@@ -242,10 +251,14 @@ mod tests {
         assert_eq!(state(Some(4), Some(100), 150), HostState::Generation(Outcome::Waiting));
         assert_eq!(state(None, Some(100), 150), HostState::Generation(Outcome::Waiting));
         assert_eq!(HostState::Offline.label(), "offline");
-        let paused = |newest, seen, now| host_state(newest, &reports, seen, true, now, 120);
+        let paused = |newest, seen, now| host_state(newest, &reports, seen, true, None, now, 120);
         assert_eq!(paused(Some(4), Some(100), 150), HostState::Paused);
         assert_eq!(paused(Some(4), Some(100), 221), HostState::Offline, "gone, not merely held");
         assert_eq!(paused(Some(4), None, 150), HostState::Paused);
+        let held = |held| host_state(Some(4), &reports, Some(100), false, held, 150, 120);
+        assert_eq!(held(Some(7)), HostState::Held { rollout: 7 });
+        assert_eq!(held(None), HostState::Generation(Outcome::Waiting));
+        assert_eq!(host_state(Some(4), &reports, Some(100), false, Some(7), 221, 120), HostState::Offline);
         assert_eq!(Phase::ALL.map(|p| Phase::parse(p.as_str())), Phase::ALL.map(Some));
     }
 }

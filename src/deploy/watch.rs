@@ -207,6 +207,7 @@ async fn listen(state: &AppState, failures: &mut u32) -> Result<Listening, DbErr
         match heard {
             Heard::Lost => return Ok(Listening::Lost),
             Heard::Notice(Notice::Made { host, number }) => state.deploys.made(&host, number),
+            Heard::Notice(Notice::Released { host }) => state.deploys.wake(&host),
             Heard::Notice(Notice::Ping(t)) if t == token => pong_due = None,
             Heard::Notice(Notice::Ping(_)) => {}
         }

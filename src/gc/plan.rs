@@ -59,6 +59,8 @@ pub struct Snapshot {
     pub confirmed: HashMap<String, Vec<i64>>,
     /// Per host, the generation it is applying (its last report is still in progress).
     pub in_flight: HashMap<String, i64>,
+    /// Per host, the generations an open rollout holds (its wave may still be released).
+    pub held: HashMap<String, Vec<i64>>,
     /// Hash parts of pinned store paths.
     pub pins: Vec<String>,
     /// Hash parts of the toplevels of builds still in flight (built, not yet generations).
@@ -179,7 +181,8 @@ fn split_generations<'a>(
 
 /// The generations of `host` (`generations` newest first) that no `keep` may drop: the one
 /// it runs, the one it would roll back to (the rule `berth rollback` follows), the one it is
-/// applying, and every one whose system is pinned (an admin's way back). The newest is kept
+/// applying, every one whose system is pinned (an admin's way back), and every one an open
+/// rollout holds (a later wave will hand it to the host). The newest is kept
 /// by `keep_last`, which is at least 1.
 fn protected(snapshot: &Snapshot, host: &str, generations: &[&GenerationEntry]) -> Vec<i64> {
     let active = snapshot.active.get(host).copied();
@@ -188,7 +191,8 @@ fn protected(snapshot: &Snapshot, host: &str, generations: &[&GenerationEntry]) 
         generations.iter().map(|g| Step { number: g.number, system: &g.root, branch: &g.branch }).collect();
     let rollback = active.and_then(|current| way_back(&steps, confirmed, current));
     let pinned = generations.iter().filter(|g| snapshot.pins.contains(&g.root)).map(|g| g.number);
-    active.into_iter().chain(rollback).chain(snapshot.in_flight.get(host).copied()).chain(pinned).collect()
+    let held = snapshot.held.get(host).into_iter().flatten().copied();
+    active.into_iter().chain(rollback).chain(snapshot.in_flight.get(host).copied()).chain(pinned).chain(held).collect()
 }
 
 /// Every path reachable from `roots` (roots missing from the index are ignored).
@@ -262,6 +266,7 @@ mod tests {
             active: HashMap::new(),
             confirmed: HashMap::new(),
             in_flight: HashMap::new(),
+            held: HashMap::new(),
             pins: vec!["pinned".into()],
             building: vec![],
             loose_nar_files: vec![("loose.nar".into(), 7, 0), ("new-loose.nar".into(), 7, 10 * DAY)],
@@ -320,6 +325,19 @@ mod tests {
         check_kept(None, &[], None, &[5]);
         // Applying 3 while 5 was made meanwhile: 3 stays until the host moves on.
         check_kept(Some(2), &[1, 2], Some(3), &[1, 2, 3, 5]);
+    }
+
+    #[test]
+    fn a_generation_an_open_rollout_holds_stays() {
+        let mut s = Snapshot { now: 10 * DAY, ..Snapshot::default() };
+        for n in 1..=4 {
+            s.paths.push(path(&format!("sys{n}"), &[], 0));
+            s.generations.push(generation("a", n, &format!("sys{n}")));
+        }
+        s.active.insert("a".into(), 1);
+        // 3 waits for its wave (a queued rollout holds 4 behind it); 2 was held by an aborted one.
+        s.held.insert("a".into(), vec![3, 4]);
+        assert_eq!(plan(&s, &policy(1)).drop_generations, [("a".to_string(), 2)]);
     }
 
     #[test]

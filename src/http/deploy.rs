@@ -68,9 +68,10 @@ pub async fn manifest(
         let made = watch.notified();
         tokio::pin!(made);
         made.as_mut().enable();
-        // A paused host is handed nothing newer until it is resumed (which wakes this loop).
+        // A paused host is handed nothing newer until it is resumed (which wakes this loop),
+        // and none a rollout holds until its wave is released (which wakes it too).
         let held = state.db.paused(&name).await?;
-        let latest = state.db.latest_generation(&name).await?;
+        let latest = state.db.latest_released_generation(&name).await?;
         watch.knows(latest.as_ref().map_or(0, |g| g.number));
         if let Some(g) = latest.filter(|g| g.number > after && !held) {
             state.db.touch_host(&name).await?;
@@ -143,6 +144,8 @@ pub async fn report(
     tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
     state.db.add_report(&name, &row, r.active_generation).await?;
     state.events.publish_some(Event::of_report(&generation, phase, row.message.as_deref()));
+    // A rollout whose wave this host is in may move on (or halt).
+    state.rollouts.poke();
     Ok(StatusCode::NO_CONTENT)
 }
 

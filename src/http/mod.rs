@@ -16,6 +16,7 @@ mod json;
 mod ops;
 mod push;
 mod range;
+mod rollouts;
 mod webhooks;
 
 use std::future::Future;
@@ -58,6 +59,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/hosts/{name}/reports", get(deploy::reports).post(deploy::report))
         .route("/api/v1/hosts/{name}/rollback", post(deploy::rollback))
         .route("/api/v1/hosts/{name}/redeploy", post(deploy::redeploy))
+        .route("/api/v1/rollouts", get(rollouts::list))
+        .route("/api/v1/rollouts/{id}", get(rollouts::status))
+        .route("/api/v1/rollouts/{id}/resume", post(rollouts::resume))
+        .route("/api/v1/rollouts/{id}/abort", post(rollouts::abort))
         .route(
             "/api/v1/webhooks/{forge}",
             post(webhooks::receive).layer(DefaultBodyLimit::max(crate::webhook::MAX_BODY_BYTES)),

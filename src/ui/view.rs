@@ -38,7 +38,7 @@ pub fn host_tone(state: &HostState) -> Tone {
     match state {
         HostState::Generation(outcome) => outcome_tone(outcome),
         HostState::Offline => Tone::Bad,
-        HostState::Paused => Tone::Busy,
+        HostState::Paused | HostState::Held { .. } => Tone::Busy,
         HostState::NeverSeen => Tone::Idle,
     }
 }
@@ -91,6 +91,7 @@ pub fn host_line(h: &HostRow) -> HostLine {
     let state = h.state.clone().unwrap_or(HostState::NeverSeen);
     let reason = match &state {
         HostState::Generation(outcome) => outcome.reason().map(str::to_owned),
+        HostState::Held { rollout } => Some(format!("waits for its wave of rollout {rollout}")),
         _ => None,
     };
     HostLine {
@@ -279,6 +280,7 @@ mod tests {
             latest: Some(generation(3, None)),
             status: HostStatus { active_generation: Some(2), last_seen: Some(60), paused_at, ..HostStatus::default() },
             state,
+            held_by: None,
             last_build: Some(LastBuild {
                 id: 12,
                 commit_sha: "0123".into(),
@@ -307,6 +309,8 @@ mod tests {
         );
         check(Some(HostState::Offline), None, ("offline", Tone::Bad, true, false, None));
         check(Some(HostState::Paused), Some(5), ("paused", Tone::Busy, false, true, None));
+        let held = ("held", Tone::Busy, false, false, Some("waits for its wave of rollout 4"));
+        check(Some(HostState::Held { rollout: 4 }), None, held);
         check(None, None, ("never_seen", Tone::Idle, false, false, None));
     }
 

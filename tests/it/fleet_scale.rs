@@ -45,6 +45,8 @@ fn seed(database: &str, hosts: &[String], store_path: &str) {
                 branch: "main",
                 build_id: None,
                 signer: None,
+                rollout_id: None,
+                held: false,
             };
             assert_eq!(db.add_generation(&g).await.unwrap(), 1);
             if n % 2 == 0 {

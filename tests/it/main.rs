@@ -28,6 +28,7 @@ mod protocol;
 mod receiver;
 mod replicas;
 mod rollback;
+mod rollout;
 mod signed_history;
 mod status;
 mod try_guide;

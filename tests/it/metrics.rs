@@ -92,8 +92,12 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
         .send()
         .unwrap();
     assert_eq!(junk.status(), StatusCode::BAD_REQUEST);
+    // A collection (a real one: the grace period keeps the fresh upload).
+    let report = b.server.collect();
+    assert!(report["paths_kept"].as_u64().unwrap() > 0, "{report}");
 
-    let text = http().get(format!("{}/metrics", b.server.url)).send().unwrap().text().unwrap();
+    let scrape = || http().get(format!("{}/metrics", b.server.url)).send().unwrap().text().unwrap();
+    let text = scrape();
     let (ok, said) = promtool_check(&text);
     assert!(ok && said.trim().is_empty(), "promtool check metrics:\n{said}\n{text}");
 
@@ -115,6 +119,14 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     assert!(value(&text, "berth_host_last_seen_seconds{host=\"alpha\"}") < 60.0);
     assert_eq!(value(&text, "berth_host_state{host=\"alpha\",state=\"confirmed\"}"), 1.0);
     assert_eq!(value(&text, "berth_builds{state=\"queued\"}"), 0.0);
+    assert_eq!(value(&text, "berth_gc_runs_total"), 1.0);
+    assert_eq!(value(&text, "berth_gc_duration_seconds_count"), 1.0);
+    // A scrape reads the queue and the host list: four queries, counted apart.
+    let (queries, scrapes) = (value(&text, "berth_db_queries_total"), value(&text, "berth_db_scrape_queries_total"));
+    let again = scrape();
+    assert_eq!(value(&again, "berth_db_scrape_queries_total") - scrapes, 4.0);
+    let others = value(&again, "berth_db_queries_total") - queries;
+    assert!(others < 4.0, "{others} queries besides the scrape's (a build worker's round may fall in between)");
 
     // Every metric the dashboard and the rules use exists.
     let declared = families(&text);

@@ -23,6 +23,9 @@ pub use scrape::Scrape;
 /// Status codes counted per class: 100 to 599.
 const STATUSES: std::ops::Range<u16> = 100..600;
 
+/// One of a class's byte counters.
+type ByteCounter = fn(&ClassStats) -> &AtomicU64;
+
 /// What one class of requests did.
 #[derive(Debug)]
 pub struct ClassStats {
@@ -222,7 +225,7 @@ impl Metrics {
                 }
             }
         }
-        let bytes: [(&str, &str, fn(&ClassStats) -> &AtomicU64); 2] = [
+        let bytes: [(&str, &str, ByteCounter); 2] = [
             ("berth_http_request_bytes_total", "request body bytes read, by endpoint class", |s| &s.bytes_in),
             ("berth_http_response_bytes_total", "response body bytes sent, by endpoint class", |s| &s.bytes_out),
         ];

@@ -4,6 +4,9 @@
 use super::family::{header, sample, Kind};
 use crate::db::HostRow;
 
+/// One per-host gauge's value for a host at a time, if it has one.
+type HostGauge = fn(&HostRow, i64) -> Option<i64>;
+
 /// What `/metrics` reads from the index for one scrape.
 #[derive(Debug, Default)]
 pub struct Scrape {
@@ -28,7 +31,7 @@ impl Scrape {
     }
 
     fn render_hosts(&self, out: &mut String) {
-        let gauges: [(&str, &str, fn(&HostRow, i64) -> Option<i64>); 3] = [
+        let gauges: [(&str, &str, HostGauge); 3] = [
             ("berth_host_current_generation", "the generation the host last confirmed", |h, _| {
                 h.status.active_generation
             }),

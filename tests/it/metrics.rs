@@ -119,6 +119,7 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     assert!(value(&text, "berth_host_last_seen_seconds{host=\"alpha\"}") < 60.0);
     assert_eq!(value(&text, "berth_host_state{host=\"alpha\",state=\"confirmed\"}"), 1.0);
     assert_eq!(value(&text, "berth_builds{state=\"queued\"}"), 0.0);
+    assert_eq!(value(&text, "berth_index_up"), 1.0);
     assert_eq!(value(&text, "berth_gc_runs_total"), 1.0);
     assert_eq!(value(&text, "berth_gc_duration_seconds_count"), 1.0);
     // A scrape reads the queue and the host list: four queries, counted apart.

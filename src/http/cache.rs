@@ -17,7 +17,7 @@ use crate::{
     auth::Scope,
     config::NarRedirect,
     ingest,
-    metrics::{Lookup, MemoryCache, Metrics},
+    metrics::{Lookup, MemoryCache, Metrics, Rejection},
     nixfmt::{NameError, NarFileName, PathInfo, StorePathHash},
     store::ObjectKey,
 };
@@ -114,8 +114,12 @@ pub async fn put_top_level(
         .map_err(|_| ApiError::TooLarge(format!("body over {SMALL_BODY_LIMIT} bytes, or cut short")))?;
     match target {
         TopLevel::NarInfo(hash) => {
-            let info = PathInfo::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let info = PathInfo::parse(&bytes).map_err(|e| {
+                state.metrics.reject(Rejection::Malformed);
+                ApiError::BadRequest(e.to_string())
+            })?;
             if info.hash() != hash {
+                state.metrics.reject(Rejection::Mismatch);
                 return Err(ApiError::BadRequest(format!("narinfo for {} uploaded as {hash}.narinfo", info.hash())));
             }
             let outcome =

@@ -70,7 +70,13 @@ struct UploadResponse {
 /// `POST /api/v1/paths`: one path, its claim and its NAR in one streamed body.
 pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
-    let (claim, rest) = read_claim(body.into_data_stream()).await?;
+    let (claim, rest) = read_claim(body.into_data_stream()).await.inspect_err(|e| {
+        state.metrics.reject(if matches!(e, ApiError::TooLarge(_)) {
+            Rejection::TooLarge
+        } else {
+            Rejection::Malformed
+        })
+    })?;
     let (status, word) = match ingest_upload(&state, &claim, rest).await? {
         Published::New => {
             Metrics::add(&state.metrics.paths_published, 1);

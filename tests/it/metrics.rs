@@ -92,6 +92,14 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
         .send()
         .unwrap();
     assert_eq!(junk.status(), StatusCode::BAD_REQUEST);
+    // berth's push API with a claim that is not JSON.
+    let claim = http()
+        .post(format!("{}/api/v1/paths", b.server.url))
+        .bearer_auth(&push)
+        .body(vec![0, 0, 0, 2, b'{', b'x'])
+        .send()
+        .unwrap();
+    assert_eq!(claim.status(), StatusCode::BAD_REQUEST);
     // A collection (a real one: the grace period keeps the fresh upload).
     let report = b.server.collect();
     assert!(report["paths_kept"].as_u64().unwrap() > 0, "{report}");
@@ -108,6 +116,8 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     assert!(value(&text, "berth_http_response_bytes_total{class=\"nar\"}") > 0.0, "the agent substituted");
     assert!(value(&text, "berth_http_request_duration_seconds_count{class=\"manifest\"}") >= 1.0);
     assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"invalid_nar\"}"), 1.0);
+    assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"malformed\"}"), 1.0);
+    assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"internal\"}"), 0.0);
     assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"succeeded\"}"), 1.0);
     assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"failed\"}"), 0.0);
     assert_eq!(value(&text, "berth_deploy_outcomes_total{outcome=\"confirmed\"}"), 1.0);

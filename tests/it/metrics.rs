@@ -71,6 +71,14 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     let commit = b.fleet.commit("main", "deploy alpha", Signing::Trusted);
     assert!(b.submit_wait(&commit, "main").0, "the build succeeds");
     wait_report(&b, "alpha", 1, &["confirmed"]);
+    // A build that fails, then a generation 2 that rolls back.
+    b.fleet.set_broken("alpha", true);
+    assert!(!b.submit_wait(&b.fleet.commit("main", "break alpha", Signing::Trusted), "main").0);
+    b.fleet.set_broken("alpha", false);
+    b.fleet.set_switch_fails("alpha", true);
+    b.fleet.set_host("alpha", "second");
+    assert!(b.submit_wait(&b.fleet.commit("main", "switch fails", Signing::Trusted), "main").0);
+    assert_eq!(wait_report(&b, "alpha", 2, &["rolled_back", "confirmed"])["phase"], "rolled_back");
 
     // narinfo: the system's (twice: the second from memory), and one that is not there.
     let system = toplevel(&b, "alpha", 1);
@@ -118,16 +126,18 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"invalid_nar\"}"), 1.0);
     assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"malformed\"}"), 1.0);
     assert_eq!(value(&text, "berth_uploads_rejected_total{reason=\"internal\"}"), 0.0);
-    assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"succeeded\"}"), 1.0);
-    assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"failed\"}"), 0.0);
+    assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"succeeded\"}"), 2.0);
+    assert_eq!(value(&text, "berth_build_duration_seconds_count{outcome=\"failed\"}"), 1.0);
     assert_eq!(value(&text, "berth_deploy_outcomes_total{outcome=\"confirmed\"}"), 1.0);
-    assert_eq!(value(&text, "berth_deploy_outcomes_total{outcome=\"rolled_back\"}"), 0.0);
+    assert_eq!(value(&text, "berth_deploy_outcomes_total{outcome=\"rolled_back\"}"), 1.0);
+    assert_eq!(value(&text, "berth_deploy_outcomes_total{outcome=\"failed\"}"), 0.0);
     assert!(value(&text, "berth_memory_cache_lookups_total{cache=\"narinfo\",result=\"hit\"}") >= 1.0);
     assert!(value(&text, "berth_memory_cache_lookups_total{cache=\"published\",result=\"hit\"}") >= 1.0);
-    assert_eq!(value(&text, "berth_host_current_generation{host=\"alpha\"}"), 1.0);
-    assert_eq!(value(&text, "berth_host_desired_generation{host=\"alpha\"}"), 1.0);
+    assert_eq!(value(&text, "berth_host_current_generation{host=\"alpha\"}"), 1.0, "back on generation 1");
+    assert_eq!(value(&text, "berth_host_desired_generation{host=\"alpha\"}"), 2.0);
     assert!(value(&text, "berth_host_last_seen_seconds{host=\"alpha\"}") < 60.0);
-    assert_eq!(value(&text, "berth_host_state{host=\"alpha\",state=\"confirmed\"}"), 1.0);
+    assert_eq!(value(&text, "berth_host_state{host=\"alpha\",state=\"rolled_back\"}"), 1.0);
+    assert_eq!(text.lines().filter(|l| l.starts_with("berth_host_state{host=\"alpha\"")).count(), 1, "one state");
     assert_eq!(value(&text, "berth_builds{state=\"queued\"}"), 0.0);
     assert_eq!(value(&text, "berth_index_up"), 1.0);
     assert_eq!(value(&text, "berth_gc_runs_total"), 1.0);

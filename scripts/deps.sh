@@ -51,6 +51,8 @@ berth_install_test_servers() {
   # The dashboard's tests drive a real headless Chromium through chromedriver (WebDriver).
   have chromium || missing+=(chromium)
   have chromedriver || missing+=(chromium-driver)
+  # The metrics tests check /metrics and the alert rules with Prometheus's own promtool.
+  have promtool || missing+=(prometheus)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

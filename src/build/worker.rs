@@ -22,6 +22,7 @@ use crate::{
     config::Repository,
     db::{now, BuildHostRow, BuildRow, DbError, NewGeneration},
     events::Event,
+    metrics::BuildOutcome,
     nix::{self, NixError},
 };
 
@@ -153,13 +154,15 @@ impl Worker {
 
     async fn run_build_in_span(&self, build: BuildRow, shutdown: &CancellationToken) {
         let id = build.id;
+        let started = std::time::Instant::now();
         tracing::info!(branch = %build.branch, attempt = build.attempts, "build started");
         self.state.events.publish(Event::BuildStarted { build: (&build).into() });
         let logs = self.state.config.data_dir.join("logs");
         let log = match BuildLog::open(&logs, id).await {
             Ok(log) => log,
             Err(e) => {
-                return self.finish(&build, BuildState::Failed, &format!("cannot write the build log: {e}")).await
+                self.state.metrics.builds.of(BuildOutcome::Failed).observe(started.elapsed());
+                return self.finish(&build, BuildState::Failed, &format!("cannot write the build log: {e}")).await;
             }
         };
         let cancel = self.state.builds.start(id);
@@ -185,6 +188,12 @@ impl Worker {
             // Leave it `running`: the next start requeues it (recover_builds).
             return;
         }
+        let outcome = match state {
+            _ if cancel.is_cancelled() => BuildOutcome::Cancelled,
+            BuildState::Succeeded => BuildOutcome::Succeeded,
+            _ => BuildOutcome::Failed,
+        };
+        self.state.metrics.builds.of(outcome).observe(started.elapsed());
         self.finish(&build, state, &reason).await;
     }
 

@@ -281,6 +281,15 @@ impl Db {
         Ok(rows.into_iter().map(|r| (r.host, r.build)).collect())
     }
 
+    /// How many builds are queued and how many running, in one query (for `/metrics`).
+    pub async fn active_builds(&self) -> Result<(u64, u64), DbError> {
+        let rows: Vec<(String, i64)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT state, COUNT(*) FROM builds WHERE state IN ('queued', 'running') GROUP BY state",
+        ).fetch_all(pool).await?);
+        let count = |state: &str| rows.iter().find(|(s, _)| s == state).map_or(0, |(_, n)| *n as u64);
+        Ok((count("queued"), count("running")))
+    }
+
     /// Forgets a build's host rows (before it runs again).
     pub async fn clear_build_hosts(&self, id: i64) -> Result<(), DbError> {
         on_pool!(self, pool => {
@@ -321,9 +330,12 @@ mod tests {
             assert_eq!(db.enqueue_build("fleet", SHA, "main", "").await.unwrap(), (id, false));
             let (other, created) = db.enqueue_build("fleet", SHA, "test-a", "").await.unwrap();
             assert!(created && other != id, "another branch is another build");
+            assert_eq!(db.active_builds().await.unwrap(), (2, 0), "(queued, running)");
             let claimed = db.claim_build("w1").await.unwrap().unwrap();
             assert_eq!((claimed.id, claimed.state.as_str(), claimed.attempts), (id, "running", 1));
+            assert_eq!(db.active_builds().await.unwrap(), (1, 1));
             assert_eq!(db.claim_build("w2").await.unwrap().unwrap().id, other);
+            assert_eq!(db.active_builds().await.unwrap(), (0, 2));
             assert!(db.claim_build("w3").await.unwrap().is_none());
             assert!(db.heartbeat_build(id, "w1").await.unwrap());
             assert!(!db.heartbeat_build(id, "w2").await.unwrap());

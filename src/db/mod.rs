@@ -94,7 +94,30 @@ static QUERIES: AtomicU64 = AtomicU64::new(0);
 /// Counts one database operation: every `on_pool!` (one statement, or one transaction of a
 /// few) and the few queries written per dialect. Process-wide, like the `/metrics` it feeds.
 pub(crate) fn count_query() {
-    QUERIES.fetch_add(1, Ordering::Relaxed);
+    if SCRAPING.try_with(|_| ()).is_ok() {
+        SCRAPE_QUERIES.fetch_add(1, Ordering::Relaxed);
+    } else {
+        QUERIES.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Database operations run by `/metrics` scrapes (see [`scraping`]).
+static SCRAPE_QUERIES: AtomicU64 = AtomicU64::new(0);
+
+tokio::task_local! {
+    /// Set while a `/metrics` scrape reads the index.
+    static SCRAPING: ();
+}
+
+/// Runs `f` (a `/metrics` scrape's reads) with its queries counted apart from
+/// [`queries`]: measuring what idle long-polls or `berth hosts` cost must not change it.
+pub async fn scraping<F: std::future::Future>(f: F) -> F::Output {
+    SCRAPING.scope((), f).await
+}
+
+/// The database operations `/metrics` scrapes ran (`berth_db_scrape_queries_total`).
+pub fn scrape_queries() -> u64 {
+    SCRAPE_QUERIES.load(Ordering::Relaxed)
 }
 
 /// How many database operations (a statement or a transaction) this process has run:

@@ -176,6 +176,8 @@ async fn collect_alone(state: &AppState, policy: &Policy, dry_run: bool) -> Resu
         while state.db.gc_forget_references(FORGET_REFERENCES).await? > 0 {}
         Metrics::add(&state.metrics.gc_paths_deleted, plan.delete_paths.len() as u64);
         Metrics::add(&state.metrics.gc_bytes_freed, plan.bytes_freed);
+        Metrics::add(&state.metrics.gc_runs, 1);
+        state.metrics.gc_duration.observe(started.elapsed());
     }
     let report = GcReport {
         summary: plan::render(&plan),

@@ -17,7 +17,7 @@ use crate::{
     auth::Scope,
     config::NarRedirect,
     ingest,
-    metrics::Metrics,
+    metrics::{Lookup, MemoryCache, Metrics, Rejection},
     nixfmt::{NameError, NarFileName, PathInfo, StorePathHash},
     store::ObjectKey,
 };
@@ -83,12 +83,16 @@ pub async fn get_top_level(
 /// A published narinfo, from memory when it was looked up recently.
 async fn narinfo(state: &AppState, hash: &StorePathHash) -> Result<Option<Bytes>, ApiError> {
     if let Some(text) = state.narinfos.get(hash.as_str()) {
+        state.metrics.lookup(MemoryCache::Narinfo, Lookup::Hit);
         return Ok(Some(text));
     }
+    state.metrics.lookup(MemoryCache::Narinfo, Lookup::Miss);
     // A miss never reaches the index (`published.rs`).
     if state.published.certainly_absent(hash) {
+        state.metrics.lookup(MemoryCache::Published, Lookup::Hit);
         return Ok(None);
     }
+    state.metrics.lookup(MemoryCache::Published, Lookup::Miss);
     let epoch = state.narinfos.epoch();
     let Some(text) = state.db.narinfo(hash.as_str()).await? else { return Ok(None) };
     let text = Bytes::from(text);
@@ -110,13 +114,16 @@ pub async fn put_top_level(
         .map_err(|_| ApiError::TooLarge(format!("body over {SMALL_BODY_LIMIT} bytes, or cut short")))?;
     match target {
         TopLevel::NarInfo(hash) => {
-            let info = PathInfo::parse(&bytes).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+            let info = PathInfo::parse(&bytes).map_err(|e| {
+                state.metrics.reject(Rejection::Malformed);
+                ApiError::BadRequest(e.to_string())
+            })?;
             if info.hash() != hash {
+                state.metrics.reject(Rejection::Mismatch);
                 return Err(ApiError::BadRequest(format!("narinfo for {} uploaded as {hash}.narinfo", info.hash())));
             }
-            let outcome = ingest::publish(state.cache(), info).await.inspect_err(|_| {
-                Metrics::add(&state.metrics.uploads_rejected, 1);
-            })?;
+            let outcome =
+                ingest::publish(state.cache(), info).await.inspect_err(|e| state.metrics.reject(e.rejection()))?;
             if outcome == ingest::Published::New {
                 Metrics::add(&state.metrics.paths_published, 1);
                 tracing::info!(%hash, "published");
@@ -245,7 +252,7 @@ pub async fn put_nar(
         ingest::Expected { name: Some(&name), nar: None },
     )
     .await
-    .inspect_err(|_| Metrics::add(&state.metrics.uploads_rejected, 1))?;
+    .inspect_err(|e| state.metrics.reject(e.rejection()))?;
     Metrics::add(&state.metrics.nars_received, 1);
     Metrics::add(&state.metrics.nar_bytes_received, row.file_size as u64);
     Ok(StatusCode::OK.into_response())

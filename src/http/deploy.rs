@@ -143,6 +143,9 @@ pub async fn report(
     };
     tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
     state.db.add_report(&name, &row, r.active_generation).await?;
+    if let Some(outcome) = crate::metrics::DeployOutcome::of_phase(phase) {
+        state.metrics.deploys.add(outcome, 1);
+    }
     state.events.publish_some(Event::of_report(&generation, phase, row.message.as_deref()));
     // A rollout whose wave this host is in may move on (or halt).
     state.rollouts.poke();

@@ -13,6 +13,7 @@ mod events;
 mod gc;
 mod hosts;
 mod json;
+mod observe;
 mod ops;
 mod push;
 mod range;
@@ -75,10 +76,11 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics))
         .with_state(state.clone())
         // The dashboard: `/` redirects to `/ui/` (`/{file}` above never matches `/`).
-        .merge(crate::ui::router(state))
+        .merge(crate::ui::router(state.clone()))
         .fallback(|| async { ApiError::NotFound("no such endpoint".into()) })
         .layer(middleware::from_fn(error::json_refusals))
         .layer(middleware::from_fn(request_span))
+        .layer(middleware::from_fn_with_state(state, observe::observe))
 }
 
 /// Serves until `shutdown` resolves, with the connection limits of `[server]` (see `conn`).

@@ -21,7 +21,7 @@ use crate::{
     app::AppState,
     auth::Scope,
     ingest::{self, Published},
-    metrics::Metrics,
+    metrics::{Metrics, Rejection},
     nixfmt::{Compression, PathClaim, StorePath, StorePathHash},
 };
 
@@ -70,12 +70,14 @@ struct UploadResponse {
 /// `POST /api/v1/paths`: one path, its claim and its NAR in one streamed body.
 pub async fn upload(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
     auth::require(&state, &headers, Scope::Push).await?;
-    let (claim, rest) = read_claim(body.into_data_stream()).await?;
-    let result = ingest_upload(&state, &claim, rest).await;
-    if result.is_err() {
-        Metrics::add(&state.metrics.uploads_rejected, 1);
-    }
-    let (status, word) = match result? {
+    let (claim, rest) = read_claim(body.into_data_stream()).await.inspect_err(|e| {
+        state.metrics.reject(if matches!(e, ApiError::TooLarge(_)) {
+            Rejection::TooLarge
+        } else {
+            Rejection::Malformed
+        })
+    })?;
+    let (status, word) = match ingest_upload(&state, &claim, rest).await? {
         Published::New => {
             Metrics::add(&state.metrics.paths_published, 1);
             tracing::info!(path = %claim.path, "published");
@@ -91,21 +93,28 @@ where
     S: Stream<Item = Result<Bytes, axum::Error>> + Unpin,
 {
     // Refuse before reading a byte of the NAR when a reference is missing.
-    let own: StorePath = claim.path.parse().map_err(|e| ApiError::BadRequest(format!("path: {e}")))?;
+    let malformed = |message: String| {
+        state.metrics.reject(Rejection::Malformed);
+        ApiError::BadRequest(message)
+    };
+    let own: StorePath = claim.path.parse().map_err(|e| malformed(format!("path: {e}")))?;
     let mut wanted = Vec::new();
     for reference in &claim.references {
-        let r: StorePath =
-            reference.parse().map_err(|e| ApiError::BadRequest(format!("reference {reference:?}: {e}")))?;
+        let r: StorePath = reference.parse().map_err(|e| malformed(format!("reference {reference:?}: {e}")))?;
         if r != own {
             wanted.push(StorePathHash::of(&r).to_string());
         }
     }
-    let present = ingest::present(&state.db, &state.published, &wanted).await?;
+    let refused = |e: ingest::IngestError| {
+        state.metrics.reject(e.rejection());
+        ApiError::from(e)
+    };
+    let present = ingest::present(&state.db, &state.published, &wanted).await.map_err(refused)?;
     let absent: Vec<String> = wanted.into_iter().filter(|h| !present.contains(h)).collect();
     if !absent.is_empty() {
-        return Err(ingest::IngestError::MissingReferences(absent).into());
+        return Err(refused(ingest::IngestError::MissingReferences(absent)));
     }
-    Ok(ingest::ingest_claimed(state.cache(), claim, nar, Compression::Zstd).await?)
+    ingest::ingest_claimed(state.cache(), claim, nar, Compression::Zstd).await.map_err(refused)
 }
 
 /// Splits the framed body into the claim and the stream of NAR bytes that follow it.

@@ -25,6 +25,7 @@ use futures::{Stream, StreamExt};
 
 use crate::crash::{self, Step};
 use crate::db::{Db, DbError, NarFileRow, PathRow, PublishGate};
+use crate::metrics::Rejection;
 use crate::nixfmt::{
     self, declared_memory, sha256_nix_string, verify_nar, Compression, Declared, NarDigest, NarFileInfo, NarFileName,
     NarInfoError, PathInfo, SecretKey, StorePathHash, VerifyError,
@@ -83,6 +84,23 @@ pub enum IngestError {
     /// The index failed.
     #[error(transparent)]
     Db(#[from] DbError),
+}
+
+impl IngestError {
+    /// The reason `berth_uploads_rejected_total` counts this refusal under.
+    pub fn rejection(&self) -> Rejection {
+        match self {
+            IngestError::Verify(VerifyError::DecoderMemory { .. }) | IngestError::TooLarge(_) => Rejection::TooLarge,
+            IngestError::Verify(VerifyError::Read(_)) | IngestError::Body(_) => Rejection::Body,
+            IngestError::Verify(_) | IngestError::Listing(_) => Rejection::InvalidNar,
+            IngestError::NarInfo(_) => Rejection::Malformed,
+            IngestError::NameMismatch { .. } | IngestError::Mismatch { .. } => Rejection::Mismatch,
+            IngestError::NarMissing(_) | IngestError::MissingReferences(_) | IngestError::NotInCache(_) => {
+                Rejection::Missing
+            }
+            IngestError::Store(_) | IngestError::Db(_) => Rejection::Internal,
+        }
+    }
 }
 
 /// What a received NAR must turn out to be, checked before it is committed (so a NAR that

@@ -138,3 +138,17 @@ for_each_backend! {
         assert!(c.store.head(&ObjectKey::Nar(right)).await.unwrap().is_some());
     }
 }
+
+#[test]
+fn refusals_map_to_a_few_reasons() {
+    let check = |e: IngestError, expected: Rejection| assert_eq!(e.rejection(), expected, "{e}");
+    check(IngestError::TooLarge("big".into()), Rejection::TooLarge);
+    check(IngestError::Body("cut".into()), Rejection::Body);
+    check(IngestError::Verify(VerifyError::Read(std::io::Error::other("reset"))), Rejection::Body);
+    check(IngestError::NameMismatch { name: "a".into(), actual: "b".into() }, Rejection::Mismatch);
+    check(IngestError::Mismatch { field: "NarHash", claimed: "a".into(), actual: "b".into() }, Rejection::Mismatch);
+    check(IngestError::NarMissing("n".into()), Rejection::Missing);
+    check(IngestError::MissingReferences(vec!["r".into()]), Rejection::Missing);
+    check(IngestError::NotInCache("p".into()), Rejection::Missing);
+    check(IngestError::NarInfo(PathInfo::parse(b"junk").unwrap_err()), Rejection::Malformed);
+}

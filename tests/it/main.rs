@@ -21,6 +21,7 @@ mod forge;
 mod gc;
 mod health;
 mod hostile;
+mod metrics;
 mod nix_client;
 mod nix_files;
 mod openapi;

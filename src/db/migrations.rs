@@ -160,6 +160,20 @@ const MIGRATIONS: &[&str] = &[
         updated_at BIGINT NOT NULL,
         PRIMARY KEY (build_id, context)
     );",
+    // 11: enrollment (db/enroll.rs): one-time codes, stored hashed, each for one host; the
+    // host's tags and the SSH host key it sent when it enrolled.
+    "CREATE TABLE enroll_codes (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        host TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE INDEX enroll_codes_host ON enroll_codes (host);
+    ALTER TABLE hosts ADD COLUMN tags TEXT;
+    ALTER TABLE hosts ADD COLUMN ssh_host_key TEXT;
+    ALTER TABLE hosts ADD COLUMN enrolled_at BIGINT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

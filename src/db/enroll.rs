@@ -10,8 +10,10 @@ use crate::{
 /// The outcome of trading a code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Enrolled {
-    /// The code was used now; the host's earlier tokens were revoked and this many.
+    /// The code was used now; the host's earlier tokens were revoked.
     Enrolled {
+        /// The host the code was made for.
+        host: String,
         /// Host tokens revoked by the re-issue.
         revoked: u64,
     },
@@ -65,20 +67,22 @@ impl Db {
     pub async fn enroll(
         &self,
         presented: &PresentedCode,
-        host: &str,
+        host: Option<&str>,
         key: &HostKey,
         token: &NewToken,
         at: i64,
     ) -> Result<Enrolled, DbError> {
-        let scope = format!("host:{host}");
         on_pool!(self, pool => {
             let mut tx = pool.begin_with(super::write_begin(pool)).await?;
             let stored: Option<StoredCode> =
                 sqlx::query_as("SELECT hash, host, expires_at, used_at FROM enroll_codes WHERE id = $1")
                     .bind(&presented.id).fetch_optional(&mut *tx).await?;
-            if let Err(refusal) = judge::judge(presented, host, stored.as_ref(), at) {
-                return Ok(Enrolled::Refused(refusal));
-            }
+            let host = match (judge::judge(presented, host, stored.as_ref(), at), stored) {
+                (Ok(()), Some(stored)) => stored.host,
+                (Err(refusal), _) => return Ok(Enrolled::Refused(refusal)),
+                (Ok(()), None) => return Ok(Enrolled::Refused(Refusal::Unknown)),
+            };
+            let scope = format!("host:{host}");
             let used = sqlx::query(
                 "UPDATE enroll_codes SET used_at = $1 WHERE id = $2 AND hash = $3 AND used_at IS NULL AND expires_at > $1",
             )
@@ -91,9 +95,9 @@ impl Db {
             sqlx::query("INSERT INTO tokens (id, hash, scope, description, created_at) VALUES ($1, $2, $3, $4, $5)")
                 .bind(&token.id).bind(&token.hash).bind(&scope).bind("enrolled").bind(at).execute(&mut *tx).await?;
             sqlx::query("UPDATE hosts SET ssh_host_key = $1, enrolled_at = $2 WHERE name = $3")
-                .bind(key.to_string()).bind(at).bind(host).execute(&mut *tx).await?;
+                .bind(key.to_string()).bind(at).bind(&host).execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(Enrolled::Enrolled { revoked })
+            Ok(Enrolled::Enrolled { host, revoked })
         })
     }
 
@@ -153,7 +157,7 @@ mod tests {
 
     async fn trade(db: &Db, c: &PresentedCode, host: &str, at: i64) -> (Enrolled, NewToken) {
         let token = new_token().unwrap();
-        (db.enroll(c, host, &HostKey::parse(KEY).unwrap(), &token, at).await.unwrap(), token)
+        (db.enroll(c, Some(host), &HostKey::parse(KEY).unwrap(), &token, at).await.unwrap(), token)
     }
 
     for_each_backend! {
@@ -161,7 +165,7 @@ mod tests {
             let c = add(&db, "web-1", now() + 3600).await;
             assert_eq!(trade(&db, &c, "web-2", now()).await.0, Enrolled::Refused(Refusal::OtherHost));
             let (enrolled, token) = trade(&db, &c, "web-1", now()).await;
-            assert_eq!(enrolled, Enrolled::Enrolled { revoked: 0 });
+            assert_eq!(enrolled, Enrolled::Enrolled { host: "web-1".into(), revoked: 0 });
             assert_eq!(db.token_scope(&token.hash).await.unwrap().as_deref(), Some("host:web-1"));
             assert_eq!(trade(&db, &c, "web-1", now()).await.0, Enrolled::Refused(Refusal::Used));
             let keys = db.host_keys().await.unwrap();
@@ -174,7 +178,7 @@ mod tests {
             // Enrolling again (a reinstalled host) re-issues: the old token stops working.
             let again = add(&db, "web-1", now() + 3600).await;
             let (enrolled, second) = trade(&db, &again, "web-1", now()).await;
-            assert_eq!(enrolled, Enrolled::Enrolled { revoked: 1 });
+            assert_eq!(enrolled, Enrolled::Enrolled { host: "web-1".into(), revoked: 1 });
             assert_eq!(db.token_scope(&token.hash).await.unwrap(), None);
             assert!(db.token_scope(&second.hash).await.unwrap().is_some());
         }

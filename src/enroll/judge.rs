@@ -34,11 +34,17 @@ pub enum Refusal {
     Expired,
 }
 
-/// Judges `presented` for `host` at `now` against the stored code it names (`None`: no code
-/// has that id). The hash is compared first, so a guessed id alone learns nothing.
-pub fn judge(presented: &PresentedCode, host: &str, stored: Option<&StoredCode>, now: i64) -> Result<(), Refusal> {
+/// Judges `presented` for `host` (`None`: whichever host the code was made for) at `now`
+/// against the stored code it names (`None`: no code has that id). The hash is compared
+/// first, so a guessed id alone learns nothing.
+pub fn judge(
+    presented: &PresentedCode,
+    host: Option<&str>,
+    stored: Option<&StoredCode>,
+    now: i64,
+) -> Result<(), Refusal> {
     let stored = stored.filter(|s| hash_matches(&presented.hash, &s.hash)).ok_or(Refusal::Unknown)?;
-    if stored.host != host {
+    if host.is_some_and(|h| h != stored.host) {
         return Err(Refusal::OtherHost);
     }
     if stored.used_at.is_some() {
@@ -58,16 +64,17 @@ mod tests {
     fn judgements() {
         let presented = PresentedCode { id: "i".into(), hash: "h".repeat(64) };
         let fresh = StoredCode { hash: "h".repeat(64), host: "web-1".into(), expires_at: 100, used_at: None };
-        let check = |stored: Option<StoredCode>, host: &str, now: i64, expected: Result<(), Refusal>| {
-            assert_eq!(judge(&presented, host, stored.as_ref(), now), expected, "{stored:?} {host} {now}");
+        let check = |stored: Option<StoredCode>, host: Option<&str>, now: i64, expected: Result<(), Refusal>| {
+            assert_eq!(judge(&presented, host, stored.as_ref(), now), expected, "{stored:?} {host:?} {now}");
         };
-        check(Some(fresh.clone()), "web-1", 99, Ok(()));
-        check(None, "web-1", 99, Err(Refusal::Unknown));
-        check(Some(StoredCode { hash: "g".repeat(64), ..fresh.clone() }), "web-1", 99, Err(Refusal::Unknown));
-        check(Some(fresh.clone()), "web-2", 99, Err(Refusal::OtherHost));
-        check(Some(StoredCode { used_at: Some(50), ..fresh.clone() }), "web-1", 99, Err(Refusal::Used));
-        check(Some(fresh.clone()), "web-1", 100, Err(Refusal::Expired));
+        check(Some(fresh.clone()), Some("web-1"), 99, Ok(()));
+        check(Some(fresh.clone()), None, 99, Ok(()));
+        check(None, Some("web-1"), 99, Err(Refusal::Unknown));
+        check(Some(StoredCode { hash: "g".repeat(64), ..fresh.clone() }), Some("web-1"), 99, Err(Refusal::Unknown));
+        check(Some(fresh.clone()), Some("web-2"), 99, Err(Refusal::OtherHost));
+        check(Some(StoredCode { used_at: Some(50), ..fresh.clone() }), Some("web-1"), 99, Err(Refusal::Used));
+        check(Some(fresh.clone()), Some("web-1"), 100, Err(Refusal::Expired));
         // A wrong secret for another host's code says nothing about that host.
-        check(Some(StoredCode { hash: "g".repeat(64), ..fresh }), "web-2", 99, Err(Refusal::Unknown));
+        check(Some(StoredCode { hash: "g".repeat(64), ..fresh }), Some("web-2"), 99, Err(Refusal::Unknown));
     }
 }

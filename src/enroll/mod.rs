@@ -1,12 +1,14 @@
 //! Enrollment: `berth hosts add` makes a one-time code for a host; the host's agent trades it
 //! (`POST /api/v1/enroll`) for its `host:<name>` token and records its SSH host key;
 //! `berth hosts remove` revokes everything the host holds. The formats and the decision are
-//! pure (`code`, `hostkey`, `judge`, `expiry`); the transactions are `db/enroll.rs`, the
-//! agent's side `deploy/agent/enroll.rs`.
+//! pure (`code`, `hostkey`, `judge`, `expiry`, `render`); `issue` runs the two steps over the
+//! database (its transactions are `db/enroll.rs`); the agent's side is
+//! `deploy/agent/enroll.rs`.
 
 pub mod code;
 pub mod expiry;
 pub mod hostkey;
+pub mod issue;
 pub mod judge;
 pub mod render;
 

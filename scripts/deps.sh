@@ -51,6 +51,9 @@ berth_install_test_servers() {
   # The dashboard's tests drive a real headless Chromium through chromedriver (WebDriver).
   have chromium || missing+=(chromium)
   have chromedriver || missing+=(chromium-driver)
+  # Enrollment's test encrypts to a host's recorded SSH key with age and decrypts with the key.
+  have age || missing+=(age)
+  have ssh-keygen || missing+=(openssh-client)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

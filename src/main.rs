@@ -144,7 +144,7 @@ enum Command {
     #[command(args_conflicts_with_subcommands = true)]
     Agent {
         #[command(subcommand)]
-        action: Option<AgentAction>,
+        action: Option<Box<AgentAction>>,
         /// TOML file with every agent setting (flags win over it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -487,11 +487,11 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Token { action } => token(action).await,
         Command::Build { action } => build(action).await,
-        Command::Agent {
-            action:
-                Some(AgentAction::Enroll { server, code, code_file, host, state_dir, token_file, ssh_host_key, force }),
-            ..
-        } => agent_enroll(server, code, code_file, host, state_dir, token_file, ssh_host_key, force).await,
+        Command::Agent { action: Some(action), .. } => {
+            let AgentAction::Enroll { server, code, code_file, host, state_dir, token_file, ssh_host_key, force } =
+                *action;
+            agent_enroll(server, code, code_file, host, state_dir, token_file, ssh_host_key, force).await
+        }
         Command::Agent {
             action: None,
             config,

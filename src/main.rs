@@ -341,6 +341,10 @@ enum HostsAction {
         /// How long the code works: 30m, 1h (default), 2d (at most 7d).
         #[arg(long, default_value = "1h")]
         expires: String,
+        /// Work on the server's database directly (like `berth token create`) instead of
+        /// over the API: give its --config FILE or --data-dir DIR.
+        #[command(flatten)]
+        local: ServerArgs,
     },
     /// Remove a host: revoke its tokens and pending codes and forget its SSH key. Its
     /// generations and reports stay for audit unless --purge.
@@ -556,14 +560,21 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Hosts { client, action } => {
-            let server = client.server.clone().unwrap_or_default();
+            let server = client.server.clone().unwrap_or_else(|| "https://berth.example.org".into());
+            if let Some(HostsAction::Add { name, tags, repository, expires, local }) = action {
+                let expires_secs = Some(berth::enroll::expiry::parse(&expires)?);
+                let request = berth::enroll::issue::AddHost { name, tags, repository, expires_secs };
+                let text = if local.config.is_some() || local.data_dir.is_some() {
+                    hosts_add_locally(local, &server, &request).await?
+                } else {
+                    berth::cmd::enroll::add(&client.api()?, &server, &request).await?
+                };
+                print!("{text}");
+                return Ok(());
+            }
             let api = client.api()?;
             let text = match action {
-                Some(HostsAction::Add { name, tags, repository, expires }) => {
-                    let expires_secs = Some(berth::enroll::expiry::parse(&expires)?);
-                    let request = berth::enroll::issue::AddHost { name, tags, repository, expires_secs };
-                    berth::cmd::enroll::add(&api, &server, &request).await?
-                }
+                Some(HostsAction::Add { .. }) => unreachable!("handled above"),
                 Some(HostsAction::Remove { name, purge }) => {
                     if !berth::auth::valid_host_name(&name) {
                         bail!("invalid host name {name:?}");
@@ -608,6 +619,17 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `berth hosts add --config FILE | --data-dir DIR`: on the database directly, with the
+/// deploy key the server uses (generated there now if the server never ran, as it would be).
+async fn hosts_add_locally(local: ServerArgs, server: &str, request: &berth::enroll::issue::AddHost) -> Result<String> {
+    let overrides = Overrides { data_dir: local.data_dir, ..Default::default() };
+    let config = config::load(local.config.as_deref(), overrides)?;
+    let db = Db::open(&config.database).await?;
+    let (deploy_key, _) = app::load_or_generate_key(&config.deploy_key)?;
+    let made = berth::enroll::issue::add_host(&db, deploy_key.public().to_nix_string(), request).await?;
+    Ok(berth::cmd::enroll::render(&made, server))
 }
 
 /// `berth agent enroll`.

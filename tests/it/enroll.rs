@@ -143,11 +143,23 @@ fn an_expired_code_is_refused_and_the_code_stays_out_of_argv() {
             .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).contains("enrolled alpha"));
-    // Already enrolled: the agent refuses to overwrite its token without --force.
+    // Already enrolled: the agent refuses to overwrite its token without --force. The code
+    // is made on the server's data directory, as `berth token create` works.
     let third = host.root.join("third");
-    std::fs::write(&third, code_of(&stdout_of(&mut hosts(&b, &["add", "alpha"])))).unwrap();
+    let local = stdout_of(b.s.berth().args(["hosts", "add", "alpha", "--data-dir"]).arg(&b.server.data_dir));
+    assert!(local.contains(&deploy_public_key(&b)), "{local}");
+    std::fs::write(&third, code_of(&local)).unwrap();
     let out = enroll(&b, &host, &third, &[]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("enrolled already"), "{out:?}");
+    let first_token = std::fs::read_to_string(host.root.join("state/token")).unwrap();
+    let out = enroll(&b, &host, &third, &["--force"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status = |token: &str| {
+        let url = b.api("hosts/alpha/manifest?timeout=0");
+        http().get(url).bearer_auth(token.trim()).send().unwrap().status().as_u16()
+    };
+    assert_eq!(status(&first_token), 401, "re-enrolling revokes the earlier token");
+    assert_eq!(status(&std::fs::read_to_string(host.root.join("state/token")).unwrap()), 204);
     // A bad --expires and a bad name are refused by the CLI.
     assert!(!hosts(&b, &["add", "alpha", "--expires", "8d"]).output().unwrap().status.success());
     assert!(!hosts(&b, &["add", "a/b"]).output().unwrap().status.success());

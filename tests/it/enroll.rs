@@ -69,6 +69,8 @@ fn a_host_enrolls_with_a_one_time_code_gets_its_generation_and_is_removed() {
     assert_eq!(status, 401, "a code enrolls only its own host: {body}");
     let (status, _) = post_enroll(&b, json!({"code": format!("{code}x"), "ssh_host_key": recorded}));
     assert_eq!(status, 401);
+    let (status, body) = post_enroll(&b, json!({"code": code, "ssh_host_key": "A".repeat(5000)}));
+    assert_eq!((status, body["code"].as_str()), (413, Some("too_large")), "{body}");
 
     let out = enroll(&b, &host, &code_file, &["--host", "alpha"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

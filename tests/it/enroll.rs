@@ -98,6 +98,7 @@ fn a_host_enrolls_with_a_one_time_code_gets_its_generation_and_is_removed() {
     let age_lines = stdout_of(&mut hosts(&b, &["keys", "--format", "age"]));
     assert_eq!(age_lines.trim_end(), format!("{recorded} alpha"));
     encrypt_to_the_recorded_key(&b, &host.root, &age_lines, &private_key);
+    agenix_check_flags_a_missing_key(&b, &host.root, recorded);
 
     let manifest = |token: &str| {
         http().get(b.api("hosts/alpha/manifest?timeout=0")).bearer_auth(token).send().unwrap().status().as_u16()
@@ -165,4 +166,28 @@ fn an_expired_code_is_refused_and_the_code_stays_out_of_argv() {
     // A bad --expires and a bad name are refused by the CLI.
     assert!(!hosts(&b, &["add", "alpha", "--expires", "8d"]).output().unwrap().status.success());
     assert!(!hosts(&b, &["add", "a/b"]).output().unwrap().status.success());
+}
+
+/// The agenix check of docs/keys.md, run as documented: it flags `alpha` until its recorded
+/// key is in `secrets.nix`.
+fn agenix_check_flags_a_missing_key(b: &BuildHost, dir: &Path, recorded: &str) {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/keys.md")).unwrap();
+    let after = &doc[doc.find("A check that each host's secrets").expect("the check is documented")..];
+    let script = after.split("```sh\n").nth(1).unwrap().split("```").next().unwrap();
+    let bin_dir = Path::new(berth_bin()).parent().unwrap();
+    let check = |secrets: &str| {
+        std::fs::write(dir.join("secrets.nix"), secrets).unwrap();
+        let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+        stdout_of(
+            Command::new("sh")
+                .args(["-c", script])
+                .current_dir(dir)
+                .env("PATH", path)
+                .env("BERTH_SERVER", &b.server.url)
+                .env("BERTH_TOKEN", &b.admin),
+        )
+    };
+    assert_eq!(check("{ }\n"), "secrets.nix does not list alpha's recorded key");
+    let listed = format!("let alpha = \"{recorded}\"; in {{ \"db.age\".publicKeys = [ alpha ]; }}\n");
+    assert_eq!(check(&listed), "");
 }

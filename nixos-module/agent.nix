@@ -35,8 +35,22 @@ let
       timeZone
       dryActivate
       ;
-    tokenFile = render.credential unit "token";
+    tokenFile = if cfg.tokenFile != null then render.credential unit "token" else enrolledToken;
   };
+
+  # Where `berth agent enroll` writes the token when the host enrolls itself.
+  stateDir = "/var/lib/berth-agent";
+  enrolledToken = "${stateDir}/token";
+  enroll = pkgs.writeShellScript "berth-agent-enroll" ''
+    # First start with an enrollment code and no token yet: trade the code for the token.
+    if [ ! -s ${enrolledToken} ]; then
+      exec ${lib.getExe cfg.package} agent enroll --server ${lib.escapeShellArg cfg.server} \
+        --host ${lib.escapeShellArg cfg.host} --state-dir ${stateDir} \
+        --code-file ${lib.escapeShellArg (toString cfg.enrollmentCodeFile)} \
+        --ssh-host-key ${lib.escapeShellArg (toString cfg.sshHostKeyFile)}
+    fi
+  '';
+  enrolling = cfg.tokenFile == null;
 in
 {
   options.services.berth.agent = {
@@ -65,13 +79,40 @@ in
     };
 
     tokenFile = lib.mkOption {
-      type = lib.types.path;
+      type = lib.types.nullOr lib.types.path;
+      default = null;
       example = "/var/lib/berth-agent-token";
       description = ''
         A file on the host (outside the Nix store, mode 0600) holding its `host:<name>`
         token, made on the server with `berth-token create --scope host:<name>`. systemd
         passes it to the agent as a credential; the agent reads it when it starts (restart
-        `berth-agent` after replacing it).
+        `berth-agent` after replacing it). `null`: the host enrolls itself with
+        {option}`services.berth.agent.enrollmentCodeFile` and keeps the token it gets in
+        `/var/lib/berth-agent/token`.
+      '';
+    };
+
+    enrollmentCodeFile = lib.mkOption {
+      type = lib.types.nullOr lib.types.path;
+      default = null;
+      example = "/var/lib/berth-enroll-code";
+      description = ''
+        With {option}`services.berth.agent.tokenFile` unset: a file on the host (outside the
+        Nix store, mode 0600) holding the one-time code `berth hosts add NAME` printed. On
+        its first start, while `/var/lib/berth-agent/token` does not exist, the agent runs
+        `berth agent enroll` with it: the code is traded for the host's token (written 0600
+        there) and the host's SSH host key is recorded on the server. The code is spent
+        then; delete the file.
+      '';
+    };
+
+    sshHostKeyFile = lib.mkOption {
+      type = lib.types.path;
+      default = "/etc/ssh/ssh_host_ed25519_key.pub";
+      example = "/persist/etc/ssh/ssh_host_ed25519_key.pub";
+      description = ''
+        The host's ed25519 SSH host public key, sent to the server at enrollment
+        (`berth hosts keys --format age` lists it as the host's age recipient).
       '';
     };
 
@@ -319,7 +360,18 @@ in
         message = "services.berth.agent substitutes and activates systems with Nix: it needs nix.enable.";
       }
       {
-        assertion = !render.isStorePath cfg.tokenFile;
+        assertion = cfg.tokenFile != null || cfg.enrollmentCodeFile != null;
+        message = ''
+          services.berth.agent needs tokenFile (a host:<name> token) or enrollmentCodeFile
+          (the one-time code of `berth hosts add ${cfg.host}`).
+        '';
+      }
+      {
+        assertion = cfg.enrollmentCodeFile == null || !render.isStorePath cfg.enrollmentCodeFile;
+        message = "services.berth.agent.enrollmentCodeFile holds a secret: it must not be in the Nix store.";
+      }
+      {
+        assertion = cfg.tokenFile == null || !render.isStorePath cfg.tokenFile;
         message = ''
           services.berth.agent.tokenFile is in the Nix store (${toString cfg.tokenFile}), where
           every user can read it. Give the path of a file outside the store as a string.
@@ -375,7 +427,10 @@ in
 
       serviceConfig = {
         ExecStart = "${lib.getExe cfg.package} agent --config ${cfg.configFile}";
-        LoadCredential = [ "token:${toString cfg.tokenFile}" ];
+        LoadCredential = lib.optional (!enrolling) "token:${toString cfg.tokenFile}";
+        # The code file is read directly (not as a credential): once the host is enrolled
+        # the file may be gone, and a missing credential would stop the agent from starting.
+        ExecStartPre = lib.optional enrolling "${enroll}";
         StateDirectory = "berth-agent";
         StateDirectoryMode = "0700";
         Restart = "on-failure";

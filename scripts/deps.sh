@@ -53,6 +53,9 @@ berth_install_test_servers() {
   have chromedriver || missing+=(chromium-driver)
   # The metrics tests check /metrics and the alert rules with Prometheus's own promtool.
   have promtool || missing+=(prometheus)
+  # Enrollment's test encrypts to a host's recorded SSH key with age and decrypts with the key.
+  have age || missing+=(age)
+  have ssh-keygen || missing+=(openssh-client)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

@@ -94,6 +94,12 @@ impl Api {
         self.send(self.request(Method::DELETE, path)).await.map(drop)
     }
 
+    /// `DELETE path` → JSON.
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
+        let response = self.send(self.request(Method::DELETE, path)).await?;
+        response.json().await.map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
     /// `GET path` as a byte stream (build logs).
     pub async fn stream(
         &self,

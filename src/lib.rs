@@ -11,6 +11,7 @@ pub mod crash;
 pub mod db;
 pub mod deploy;
 pub mod dump;
+pub mod enroll;
 pub mod events;
 pub mod forge;
 pub mod gc;

@@ -148,8 +148,11 @@ enum Command {
         name: String,
     },
     /// Run the host agent: pull this host's signed generations, activate, check, confirm or
-    /// roll back, and report.
+    /// roll back, and report. `berth agent enroll` trades a one-time code for the host's token.
+    #[command(args_conflicts_with_subcommands = true)]
     Agent {
+        #[command(subcommand)]
+        action: Option<Box<AgentAction>>,
         /// TOML file with every agent setting (flags win over it).
         #[arg(long)]
         config: Option<PathBuf>,
@@ -217,6 +220,41 @@ struct ClientArgs {
     /// API token (prefer the environment variable: argv is visible to other users).
     #[arg(long, env = "BERTH_TOKEN", hide_env_values = true, global = true)]
     token: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum AgentAction {
+    /// Trade a one-time enrollment code (from `berth hosts add`) for this host's token,
+    /// written 0600 to the state directory, and record its SSH host key on the server.
+    Enroll {
+        /// The berth server.
+        #[arg(long, env = "BERTH_SERVER")]
+        server: String,
+        /// The code itself. It is then visible to every user in argv (`ps`): prefer
+        /// --code-file or BERTH_ENROLL_CODE.
+        #[arg(long, conflicts_with = "code_file")]
+        code: Option<String>,
+        /// A file holding the code (read once; delete it afterwards).
+        #[arg(long)]
+        code_file: Option<PathBuf>,
+        /// This host's name (default: the host the code was made for; when given, they must
+        /// agree).
+        #[arg(long)]
+        host: Option<String>,
+        /// Where the agent keeps its state; the token is written to `<dir>/token`.
+        #[arg(long, default_value = berth::deploy::agent::config::DEFAULT_STATE_DIR)]
+        state_dir: PathBuf,
+        /// Write the token here instead of `<state dir>/token`.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// The SSH host public key sent to the server.
+        #[arg(long, default_value = berth::deploy::agent::enroll::DEFAULT_SSH_HOST_KEY)]
+        ssh_host_key: PathBuf,
+        /// Enroll even though a token is already there (it is replaced; the server revokes
+        /// the old one).
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -316,6 +354,40 @@ enum HostsAction {
     Resume {
         /// Host name.
         name: String,
+    },
+    /// Add a host (or re-enroll one): prints a one-time enrollment code and the lines for
+    /// the host's configuration.
+    Add {
+        /// Host name, as in the fleet flake's `nixosConfigurations`.
+        name: String,
+        /// Labels for the host (comma-separated or repeated).
+        #[arg(long, value_delimiter = ',')]
+        tags: Vec<String>,
+        /// The repository that defines the host (default: set by its first build).
+        #[arg(long)]
+        repository: Option<String>,
+        /// How long the code works: 30m, 1h (default), 2d (at most 7d).
+        #[arg(long, default_value = "1h")]
+        expires: String,
+        /// Work on the server's database directly (like `berth token create`) instead of
+        /// over the API: give its --config FILE or --data-dir DIR.
+        #[command(flatten)]
+        local: ServerArgs,
+    },
+    /// Remove a host: revoke its tokens and pending codes and forget its SSH key. Its
+    /// generations and reports stay for audit unless --purge.
+    Remove {
+        /// Host name.
+        name: String,
+        /// Delete its generations, reports and the host itself too.
+        #[arg(long)]
+        purge: bool,
+    },
+    /// Every enrolled host's recorded SSH host key (`--format age`: age/agenix recipients).
+    Keys {
+        /// age (`ssh-ed25519 AAAA… host`), ssh (`host ssh-ed25519 AAAA…`) or json.
+        #[arg(long, value_enum, default_value = "age")]
+        format: berth::enroll::render::KeyFormat,
     },
     /// The activation log of one generation of a host (default: the newest it reported on):
     /// each phase it reported, with what the commands printed.
@@ -447,7 +519,23 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Token { action } => token(action).await,
         Command::Build { action } => build(action).await,
-        Command::Agent { config, server, host, token_file, deploy_public_key, profile, store, state_dir, once } => {
+        Command::Agent { action: Some(action), .. } => {
+            let AgentAction::Enroll { server, code, code_file, host, state_dir, token_file, ssh_host_key, force } =
+                *action;
+            agent_enroll(server, code, code_file, host, state_dir, token_file, ssh_host_key, force).await
+        }
+        Command::Agent {
+            action: None,
+            config,
+            server,
+            host,
+            token_file,
+            deploy_public_key,
+            profile,
+            store,
+            state_dir,
+            once,
+        } => {
             use berth::deploy::agent::{self, AgentCli, AgentOptions};
             let cli = AgentCli { config, server, host, token_file, deploy_public_key, profile, store, state_dir, once };
             let options = AgentOptions::load(cli)?;
@@ -510,8 +598,28 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
         Command::Hosts { client, action } => {
+            let server = client.server.clone().unwrap_or_else(|| "https://berth.example.org".into());
+            if let Some(HostsAction::Add { name, tags, repository, expires, local }) = action {
+                let expires_secs = Some(berth::enroll::expiry::parse(&expires)?);
+                let request = berth::enroll::issue::AddHost { name, tags, repository, expires_secs };
+                let text = if local.config.is_some() || local.data_dir.is_some() {
+                    hosts_add_locally(local, &server, &request).await?
+                } else {
+                    berth::cmd::enroll::add(&client.api()?, &server, &request).await?
+                };
+                print!("{text}");
+                return Ok(());
+            }
             let api = client.api()?;
             let text = match action {
+                Some(HostsAction::Add { .. }) => unreachable!("handled above"),
+                Some(HostsAction::Remove { name, purge }) => {
+                    if !berth::auth::valid_host_name(&name) {
+                        bail!("invalid host name {name:?}");
+                    }
+                    berth::cmd::enroll::remove(&api, &name, purge).await?
+                }
+                Some(HostsAction::Keys { format }) => berth::cmd::enroll::keys(&api, format).await?,
                 None => berth::cmd::hosts::list(&api).await?,
                 Some(HostsAction::History { name }) => {
                     if !berth::auth::valid_host_name(&name) {
@@ -549,6 +657,47 @@ async fn run(command: Command) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `berth hosts add --config FILE | --data-dir DIR`: on the database directly, with the
+/// deploy key the server uses (generated there now if the server never ran, as it would be).
+async fn hosts_add_locally(local: ServerArgs, server: &str, request: &berth::enroll::issue::AddHost) -> Result<String> {
+    let overrides = Overrides { data_dir: local.data_dir, ..Default::default() };
+    let config = config::load(local.config.as_deref(), overrides)?;
+    let db = Db::open(&config.database).await?;
+    let (deploy_key, _) = app::load_or_generate_key(&config.deploy_key)?;
+    let made = berth::enroll::issue::add_host(&db, deploy_key.public().to_nix_string(), request).await?;
+    Ok(berth::cmd::enroll::render(&made, server))
+}
+
+/// `berth agent enroll`.
+#[allow(clippy::too_many_arguments)]
+async fn agent_enroll(
+    server: String,
+    code: Option<String>,
+    code_file: Option<PathBuf>,
+    host: Option<String>,
+    state_dir: PathBuf,
+    token_file: Option<PathBuf>,
+    ssh_host_key: PathBuf,
+    force: bool,
+) -> Result<()> {
+    use berth::deploy::agent::enroll::{self, CodeSource, EnrollOptions};
+    // Flags win over the environment; clap refuses --code with --code-file.
+    let code = match (code_file, code, std::env::var("BERTH_ENROLL_CODE").ok()) {
+        (Some(path), _, _) => CodeSource::File(path),
+        (None, Some(code), _) => CodeSource::Argv(code),
+        (None, None, Some(code)) => CodeSource::Env(code),
+        (None, None, None) => bail!("no enrollment code: give --code-file PATH (or set BERTH_ENROLL_CODE)"),
+    };
+    if host.as_deref().is_some_and(|h| !berth::auth::valid_host_name(h)) {
+        bail!("invalid host name {host:?}");
+    }
+    let token_file = token_file.unwrap_or_else(|| state_dir.join(enroll::TOKEN_FILE));
+    let options = EnrollOptions { server, host, code, ssh_host_key, token_file: token_file.clone(), force };
+    let host = enroll::enroll(&options).await?;
+    println!("enrolled {host}; its token is in {}", token_file.display());
+    Ok(())
 }
 
 impl ClientArgs {

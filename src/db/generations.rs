@@ -138,7 +138,8 @@ impl Db {
             let mut tx = pool.begin().await?;
             sqlx::query(
                 "INSERT INTO hosts (name, repository, created_at) VALUES ($1, $2, $3)
-                 ON CONFLICT (name) DO UPDATE SET repository = hosts.repository",
+                 ON CONFLICT (name) DO UPDATE SET repository =
+                     CASE WHEN hosts.repository = '' THEN excluded.repository ELSE hosts.repository END",
             )
             .bind(g.host).bind(g.repository).bind(now()).execute(&mut *tx).await?;
             // PostgreSQL, READ COMMITTED: this statement's snapshot is taken after the lock

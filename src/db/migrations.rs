@@ -189,6 +189,20 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE generations ADD COLUMN rollout_id BIGINT;
     ALTER TABLE generations ADD COLUMN held_by BIGINT;
     CREATE INDEX generations_rollout ON generations (rollout_id, host);",
+    // 12: enrollment (db/enroll.rs): one-time codes, stored hashed, each for one host; the
+    // host's tags and the SSH host key it sent when it enrolled.
+    "CREATE TABLE enroll_codes (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        host TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        used_at BIGINT
+    );
+    CREATE INDEX enroll_codes_host ON enroll_codes (host);
+    ALTER TABLE hosts ADD COLUMN tags TEXT;
+    ALTER TABLE hosts ADD COLUMN ssh_host_key TEXT;
+    ALTER TABLE hosts ADD COLUMN enrolled_at BIGINT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -5,6 +5,7 @@
 
 mod builds;
 mod commits;
+mod enroll;
 mod forge;
 mod gc;
 mod generations;
@@ -32,6 +33,7 @@ use sqlx::{
 
 pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
 pub use commits::BuildCommitRow;
+pub use enroll::{Enrolled, HostRemoval};
 pub use forge::ForgeStatusRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration};

@@ -36,6 +36,9 @@ pub enum ApiError {
     /// A request body over its limit.
     #[error("{0}")]
     TooLarge(String),
+    /// A credential that existed and is used up or expired for good (an enrollment code).
+    #[error("{0}")]
+    Gone(String),
     /// A body of a type the endpoint does not take.
     #[error("{0}")]
     UnsupportedMediaType(String),
@@ -60,6 +63,7 @@ impl ApiError {
             Self::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             Self::RangeNotSatisfiable(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable"),
             Self::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
+            Self::Gone(_) => (StatusCode::GONE, "gone"),
             Self::UnsupportedMediaType(_) => (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::StorageFull(_) => (StatusCode::INSUFFICIENT_STORAGE, "storage_full"),
@@ -74,7 +78,7 @@ impl IntoResponse for ApiError {
         match &self {
             Self::Internal(detail) => tracing::error!(%detail, "internal error"),
             Self::StorageFull(detail) => tracing::error!(%detail, "storage full"),
-            Self::Unauthorized(reason) | Self::Forbidden(reason) => {
+            Self::Unauthorized(reason) | Self::Forbidden(reason) | Self::Gone(reason) => {
                 tracing::warn!(%status, reason, "refused")
             }
             other => tracing::debug!(%status, reason = %other, "refused"),

@@ -17,12 +17,17 @@ pub const MAX_BODY_BYTES: usize = 2 << 20;
 /// Parses the request body as JSON `T`: `Content-Type: application/json` (or `…+json`),
 /// at most [`MAX_BODY_BYTES`].
 pub async fn read<T: DeserializeOwned>(headers: &HeaderMap, body: Body) -> Result<T, ApiError> {
+    read_at_most(headers, body, MAX_BODY_BYTES).await
+}
+
+/// [`read`] with a smaller limit, for bodies read before any token is checked.
+pub async fn read_at_most<T: DeserializeOwned>(headers: &HeaderMap, body: Body, limit: usize) -> Result<T, ApiError> {
     if !is_json(headers) {
         return Err(ApiError::UnsupportedMediaType("expected a JSON body (Content-Type: application/json)".into()));
     }
-    let bytes = axum::body::to_bytes(body, MAX_BODY_BYTES)
+    let bytes = axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| ApiError::TooLarge(format!("JSON body over {MAX_BODY_BYTES} bytes, or cut short")))?;
+        .map_err(|_| ApiError::TooLarge(format!("JSON body over {limit} bytes, or cut short")))?;
     serde_json::from_slice(&bytes).map_err(|e| ApiError::BadRequest(format!("invalid JSON body: {e}")))
 }
 

@@ -8,6 +8,7 @@ mod cache;
 mod conn;
 mod deploy;
 mod derivations;
+mod enroll;
 mod error;
 mod events;
 mod gc;
@@ -51,7 +52,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/builds/{id}", get(builds::status))
         .route("/api/v1/builds/{id}/log", get(builds::log))
         .route("/api/v1/builds/{id}/cancel", post(builds::cancel))
-        .route("/api/v1/hosts", get(hosts::list))
+        .route("/api/v1/hosts", get(hosts::list).post(enroll::add))
+        .route("/api/v1/hosts/keys", get(enroll::keys))
+        .route("/api/v1/hosts/{name}", axum::routing::delete(enroll::remove))
+        .route("/api/v1/enroll", post(enroll::enroll))
         .route("/api/v1/hosts/{name}/generations", get(hosts::generations))
         .route("/api/v1/hosts/{name}/diff", get(hosts::diff))
         .route("/api/v1/hosts/{name}/pause", post(hosts::pause))

@@ -2,15 +2,19 @@
 //! path), its status and latency, and the body bytes read and sent. Thin on purpose: the
 //! figures and their rendering live in `metrics`.
 
-use std::time::Instant;
+use std::{
+    pin::Pin,
+    task::{Context, Poll},
+    time::Instant,
+};
 
 use axum::{
-    body::Body,
+    body::{Body, Bytes, HttpBody},
     extract::{Request, State},
     middleware::Next,
     response::Response,
 };
-use http_body_util::BodyExt;
+use http_body::{Frame, SizeHint};
 
 use crate::{
     app::AppState,
@@ -29,12 +33,42 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
     response.map(|body| counted(body, state, class, Direction::Out))
 }
 
-/// `body`, counting its data frames; its size hint (Content-Length) is kept.
+/// `body`, counting its data frames. Its size hint and end are the inner body's, so a
+/// response keeps its `Content-Length` (a `map_frame` combinator would drop it: every
+/// response would go out chunked, which Nix's own proxies and clients handle worse).
 fn counted(body: Body, state: AppState, class: Class, direction: Direction) -> Body {
-    Body::new(body.map_frame(move |frame| {
-        if let Some(data) = frame.data_ref() {
-            state.metrics.body_bytes(class, direction, data.len() as u64);
+    Body::new(Counted { inner: body, state, class, direction })
+}
+
+struct Counted {
+    inner: Body,
+    state: AppState,
+    class: Class,
+    direction: Direction,
+}
+
+impl HttpBody for Counted {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.state.metrics.body_bytes(self.class, self.direction, data.len() as u64);
+            }
         }
-        frame
-    }))
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }

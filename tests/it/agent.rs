@@ -19,7 +19,7 @@ pub struct Host {
     pub config: PathBuf,
     activations: PathBuf,
     pub network_flag: PathBuf,
-    token_file: PathBuf,
+    pub token_file: PathBuf,
 }
 
 impl Host {

@@ -64,7 +64,11 @@ fn hash_of(path: &str) -> &str {
 #[test]
 fn cache_info_and_lookups() {
     let f = fixture(&[]);
-    let info = f.client.get(f.url("nix-cache-info")).send().unwrap().text().unwrap();
+    let info = f.client.get(f.url("nix-cache-info")).send().unwrap();
+    // Sized responses say their size: the request metrics' body wrapper keeps Content-Length
+    // (without it every answer went chunked, and a proxy that reads by length hung).
+    assert_eq!(info.headers()["content-length"], "51", "{:?}", info.headers());
+    let info = info.text().unwrap();
     assert_eq!(info, "StoreDir: /nix/store\nWantMassQuery: 1\nPriority: 30\n");
     let on_disk = std::fs::read_to_string(f.server.data_dir.join("cache/nix-cache-info")).unwrap();
     assert_eq!(on_disk, info, "the storage directory is itself a binary cache");

@@ -15,6 +15,7 @@ mod cli;
 mod consistency;
 mod crash;
 mod deploy_api;
+mod enroll;
 mod fleet;
 mod fleet_scale;
 mod forge;

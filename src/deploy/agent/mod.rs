@@ -8,6 +8,7 @@
 //! - `window` (PURE): the reboot window and the retry backoff;
 //! - `state`: the durable record, with the `pending` deploy written before anything changes;
 //! - `client`: the server API; `report`: phases, the outbox, log tails;
+//! - `enroll`: `berth agent enroll`, the one-time code traded for the host's token;
 //! - `health`: the checks; `apply`: one deploy; `recover`: rollback and a deploy left
 //!   pending by a dead agent; `reboot`: rebooting in the window.
 //!
@@ -17,6 +18,7 @@
 mod apply;
 mod client;
 pub mod config;
+pub mod enroll;
 mod health;
 mod plan;
 mod reboot;

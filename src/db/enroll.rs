@@ -125,8 +125,10 @@ impl Db {
             let codes_deleted = sqlx::query("DELETE FROM enroll_codes WHERE host = $1 AND used_at IS NULL")
                 .bind(host).execute(&mut *tx).await?.rows_affected();
             if purge {
+                // Its place in rollouts goes too: a purged host neither blocks nor counts in a wave.
                 for table in ["DELETE FROM generations WHERE host = $1", "DELETE FROM reports WHERE host = $1",
-                              "DELETE FROM enroll_codes WHERE host = $1", "DELETE FROM hosts WHERE name = $1"] {
+                              "DELETE FROM enroll_codes WHERE host = $1", "DELETE FROM rollout_hosts WHERE host = $1",
+                              "DELETE FROM hosts WHERE name = $1"] {
                     sqlx::query(table).bind(host).execute(&mut *tx).await?;
                 }
             } else {
@@ -201,6 +203,9 @@ mod tests {
                 branch: "main", build_id: None, signer: None, rollout_id: None, held: false,
             };
             db.add_generation(&g).await.unwrap();
+            let waves = [vec!["web-1".to_owned(), "web-2".to_owned()]];
+            let new = crate::db::NewRollout { repository: "fleet", branch: "main", commit_sha: "c", build_id: None, waves: &waves };
+            let rollout = db.create_rollout(&new, crate::deploy::rollout::Supersede::Replace).await.unwrap();
             let removed = db.remove_host("web-1", false).await.unwrap().unwrap();
             assert_eq!(removed, HostRemoval { tokens_revoked: 1, codes_deleted: 1, purged: false });
             assert_eq!(db.token_scope(&token.hash).await.unwrap(), None);
@@ -209,6 +214,8 @@ mod tests {
             assert_eq!(db.latest_generation("web-1").await.unwrap().map(|g| g.number), Some(1), "history stays");
             let purged = db.remove_host("web-1", true).await.unwrap().unwrap();
             assert!(purged.purged);
+            let left: Vec<_> = db.rollout_hosts(rollout, None).await.unwrap().into_iter().map(|h| h.host).collect();
+            assert_eq!(left, ["web-2"], "a purged host leaves its rollouts");
             assert_eq!(db.latest_generation("web-1").await.unwrap(), None);
             assert_eq!(db.host_repository("web-1").await.unwrap(), None);
         }

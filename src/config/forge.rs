@@ -92,21 +92,24 @@ pub fn owner_and_name(url: &str) -> Option<(String, String)> {
 }
 
 /// The API root, checked: http(s), a host, no credentials, query or fragment.
-fn api_url(kind: ForgeKind, raw: Option<&str>) -> Result<url::Url, String> {
+fn api_url(kind: ForgeKind, raw: Option<&str>) -> Result<url::Url, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { key: "repositories.forge.api_url", reason };
     let text = match (raw, kind) {
         (Some(text), _) => text,
         (None, ForgeKind::Github) => "https://api.github.com",
-        (None, _) => return Err("is required for forgejo and gitea (e.g. https://codeberg.org/api/v1)".into()),
+        (None, _) => {
+            return Err(invalid("is required for forgejo and gitea (e.g. https://codeberg.org/api/v1)".into()))
+        }
     };
-    let url = url::Url::parse(text.trim_end_matches('/')).map_err(|e| format!("{text:?}: {e}"))?;
+    let url = url::Url::parse(text.trim_end_matches('/')).map_err(|e| invalid(format!("{text:?}: {e}")))?;
     if !matches!(url.scheme(), "https" | "http") || url.host_str().is_none() {
-        return Err(format!("{text:?}: an http(s) URL with a host"));
+        return Err(invalid(format!("{text:?}: an http(s) URL with a host")));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err("holds credentials: put the token in token_file".into());
+        return Err(invalid("holds credentials: put the token in token_file".into()));
     }
     if url.query().is_some() || url.fragment().is_some() {
-        return Err(format!("{text:?}: no query or fragment"));
+        return Err(invalid(format!("{text:?}: no query or fragment")));
     }
     Ok(url)
 }
@@ -126,7 +129,7 @@ impl RawForge {
                 ))
             }
         };
-        let api_url = api_url(kind, self.api_url.as_deref()).map_err(|r| invalid("repositories.forge.api_url", r))?;
+        let api_url = api_url(kind, self.api_url.as_deref())?;
         let (owner, name) = match &self.repository {
             Some(full) => full
                 .split_once('/')

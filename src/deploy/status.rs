@@ -187,14 +187,14 @@ pub fn host_state(
     now: i64,
     offline_after: i64,
 ) -> HostState {
-    match (last_seen, newest) {
-        (None, _) if paused => HostState::Paused,
-        (None, _) => HostState::NeverSeen,
-        (Some(seen), _) if now - seen > offline_after => HostState::Offline,
+    match (last_seen, newest, held) {
+        (None, ..) if paused => HostState::Paused,
+        (None, ..) => HostState::NeverSeen,
+        (Some(seen), ..) if now - seen > offline_after => HostState::Offline,
         _ if paused => HostState::Paused,
-        _ if held.is_some() => HostState::Held { rollout: held.unwrap_or_default() },
-        (Some(_), Some(newest)) => HostState::Generation(outcome(newest, newest, reports)),
-        (Some(_), None) => HostState::Generation(Outcome::Waiting),
+        (_, _, Some(rollout)) => HostState::Held { rollout },
+        (Some(_), Some(newest), None) => HostState::Generation(outcome(newest, newest, reports)),
+        (Some(_), None, None) => HostState::Generation(Outcome::Waiting),
     }
 }
 

@@ -41,7 +41,7 @@ pub use listen::{GenerationListener, Heard, Notice, CHANNEL as GENERATIONS_CHANN
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};
 pub use paths::{CacheStats, ClosureRow, NarFileRow, PathListener, PathRow, RecentPath};
-pub use reports::{HostStatus, ReportRow};
+pub use reports::{HostStatus, Recorded, ReportRow};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow};
 pub use tokens::TokenRow;
 

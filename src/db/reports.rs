@@ -39,15 +39,44 @@ pub struct HostStatus {
     pub paused_at: Option<i64>,
 }
 
+/// Whether [`Db::add_report`] recorded a report or recognised a re-sent one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// A new report: recorded, and the host's status moved.
+    New,
+    /// The same terminal report as the host's newest (an agent sending again a report whose
+    /// answer it lost): only the host's last-seen time moved.
+    Repeated,
+}
+
+/// The phases that end a deploy: sending one of them twice says nothing new.
+fn ends_deploy(phase: &str) -> bool {
+    matches!(phase, "confirmed" | "rolled_back" | "failed" | "needs_reboot")
+}
+
 impl Db {
     /// Records a report and updates the host's status: `confirmed` makes the generation
-    /// active (or `active` overrides it: the generation a rolled-back host runs again).
-    pub async fn add_report(&self, host: &str, report: &ReportRow, active: Option<i64>) -> Result<(), DbError> {
+    /// active (or `active` overrides it: the generation a rolled-back host runs again). A
+    /// report that ends a deploy and repeats the host's newest report (same generation, phase
+    /// and profile generation) is a re-send: it is not recorded again, so outcomes and events
+    /// are counted once.
+    pub async fn add_report(&self, host: &str, report: &ReportRow, active: Option<i64>) -> Result<Recorded, DbError> {
         let t = now();
         let failed = matches!(report.phase.as_str(), "rolled_back" | "failed");
         let active = active.or((report.phase == "confirmed").then_some(report.generation));
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
+            if ends_deploy(&report.phase) {
+                let newest: Option<(i64, String, Option<i64>)> = sqlx::query_as(
+                    "SELECT generation, phase, profile_generation FROM reports WHERE host = $1 ORDER BY id DESC LIMIT 1",
+                )
+                .bind(host).fetch_optional(&mut *tx).await?;
+                if newest == Some((report.generation, report.phase.clone(), report.profile_generation)) {
+                    sqlx::query("UPDATE hosts SET last_seen = $1 WHERE name = $2").bind(t).bind(host).execute(&mut *tx).await?;
+                    tx.commit().await?;
+                    return Ok(Recorded::Repeated);
+                }
+            }
             sqlx::query(
                 "INSERT INTO reports (host, generation, phase, message, log_tail, duration_ms, created_at, profile_generation)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -63,7 +92,7 @@ impl Db {
             .bind(&report.phase).bind(t).bind(active).bind(failed).bind(&report.message).bind(host)
             .execute(&mut *tx).await?;
             tx.commit().await?;
-            Ok(())
+            Ok(Recorded::New)
         })
     }
 
@@ -174,9 +203,12 @@ mod tests {
                 held: false,
             };
             db.add_generation(&g).await.unwrap();
-            db.add_report("a", &report(1, "confirmed", None), None).await.unwrap();
+            assert_eq!(db.add_report("a", &report(1, "confirmed", None), None).await.unwrap(), Recorded::New);
             let status = db.host_status("a").await.unwrap();
             assert_eq!((status.active_generation, status.phase.as_deref()), (Some(1), Some("confirmed")));
+            // The same report sent again (its answer was lost) is recognised, not recorded twice.
+            assert_eq!(db.add_report("a", &report(1, "confirmed", None), None).await.unwrap(), Recorded::Repeated);
+            assert_eq!(db.reports("a", 10).await.unwrap().len(), 1);
             db.add_report("a", &report(2, "rolled_back", Some("health check failed")), Some(1)).await.unwrap();
             let status = db.host_status("a").await.unwrap();
             assert_eq!(status.active_generation, Some(1));
@@ -205,6 +237,13 @@ mod tests {
             profiles.sort();
             assert_eq!(profiles, [(1, 6), (3, 5)]);
             assert_eq!(db.reports("a", 1).await.unwrap()[0].profile_generation, Some(6));
+            // A phase that does not end a deploy is recorded each time (a retried download),
+            // and so is an ending that follows it, even one like an earlier.
+            let count = db.reports("a", 100).await.unwrap().len();
+            for phase in ["activating", "activating", "confirmed"] {
+                assert_eq!(db.add_report("a", &report(3, phase, None), None).await.unwrap(), Recorded::New);
+            }
+            assert_eq!(db.reports("a", 100).await.unwrap().len(), count + 3);
         }
     }
 }

@@ -17,7 +17,7 @@ use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
-    db::{GenerationRow, ReportRow},
+    db::{GenerationRow, Recorded, ReportRow},
     deploy::{manifest::VERSION_HEADER, manifest_of, resend, status::Phase},
     events::Event,
     text::{clip_head, clip_tail, without_nul},
@@ -142,7 +142,11 @@ pub async fn report(
         created_at: 0,
     };
     tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
-    state.db.add_report(&name, &row, r.active_generation).await?;
+    if state.db.add_report(&name, &row, r.active_generation).await? == Recorded::Repeated {
+        // Recorded, counted and announced when it first came.
+        tracing::info!(host = %name, generation = row.generation, phase = %row.phase, "report sent again; already recorded");
+        return Ok(StatusCode::NO_CONTENT);
+    }
     if let Some(outcome) = crate::metrics::DeployOutcome::of_phase(phase) {
         state.metrics.deploys.add(outcome, 1);
     }

@@ -5,8 +5,10 @@
 use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
-/// Upper bounds (seconds) for builds, evaluations and collections.
-pub const SECONDS_BUCKETS: &[f64] = &[0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// Upper bounds (seconds) for builds, evaluations and collections: up to about 4.5 hours,
+/// the length of a mass rebuild on a strong build host.
+pub const SECONDS_BUCKETS: &[f64] =
+    &[0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0];
 
 /// Upper bounds (seconds) for HTTP requests: a narinfo hit takes well under a millisecond, a
 /// long-poll up to its timeout.
@@ -249,7 +251,7 @@ mod tests {
     #[test]
     fn histograms_render_cumulative_buckets_sum_and_count() {
         let h = Histogram::default();
-        for ms in [300, 3_900, 4_000, 300_000] {
+        for ms in [300, 3_900, 4_000, 300_000, 20_000_000] {
             h.observe(Duration::from_millis(ms));
         }
         let mut out = String::new();
@@ -267,9 +269,15 @@ mod tests {
         t_seconds_bucket{le="64"} 3
         t_seconds_bucket{le="128"} 3
         t_seconds_bucket{le="256"} 3
-        t_seconds_bucket{le="+Inf"} 4
-        t_seconds_sum 308.2
-        t_seconds_count 4
+        t_seconds_bucket{le="512"} 4
+        t_seconds_bucket{le="1024"} 4
+        t_seconds_bucket{le="2048"} 4
+        t_seconds_bucket{le="4096"} 4
+        t_seconds_bucket{le="8192"} 4
+        t_seconds_bucket{le="16384"} 4
+        t_seconds_bucket{le="+Inf"} 5
+        t_seconds_sum 20308.2
+        t_seconds_count 5
         "###);
     }
 }

@@ -12,6 +12,7 @@ use std::{
 };
 
 use reqwest::StatusCode;
+use serde_json::{json, Value};
 
 use crate::{agent::*, builds::*, fleet::*, harness::*};
 
@@ -79,6 +80,19 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     b.fleet.set_host("alpha", "second");
     assert!(b.submit_wait(&b.fleet.commit("main", "switch fails", Signing::Trusted), "main").0);
     assert_eq!(wait_report(&b, "alpha", 2, &["rolled_back", "confirmed"])["phase"], "rolled_back");
+    // The agent sends its newest report again (as after a lost answer): counted once.
+    let token = std::fs::read_to_string(&alpha.token_file).unwrap();
+    let reports = || -> Vec<Value> {
+        http().get(b.api("hosts/alpha/reports")).bearer_auth(token.trim()).send().unwrap().json().unwrap()
+    };
+    let before = reports();
+    let newest = &before[0];
+    assert_eq!((newest["generation"].as_i64(), newest["phase"].as_str()), (Some(2), Some("rolled_back")), "{newest}");
+    let again = json!({"generation": 2, "phase": "rolled_back", "message": newest["message"],
+        "profile_generation": newest["profile_generation"]});
+    let r = http().post(b.api("hosts/alpha/reports")).bearer_auth(token.trim()).json(&again).send().unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(reports().len(), before.len(), "a re-sent report is not recorded twice");
 
     // narinfo: the system's (twice: the second from memory), and one that is not there.
     let system = toplevel(&b, "alpha", 1);
@@ -149,6 +163,21 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     let others = value(&again, "berth_db_queries_total") - queries;
     assert!(others < 4.0, "{others} queries besides the scrape's (a build worker's round may fall in between)");
 
+    // The index fails under the scrape (its build queue is gone): the counters are still
+    // served, valid, and `berth_index_up` says 0; once the index is back, 1.
+    let index = b.server.data_dir.join("berth.sqlite");
+    rename_table(&index, "builds", "builds_gone");
+    let r = http().get(format!("{}/metrics", b.server.url)).send().unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the counters matter most when the index is down");
+    let down = r.text().unwrap();
+    assert_eq!(value(&down, "berth_index_up"), 0.0);
+    assert_eq!(value(&down, "berth_deploy_outcomes_total{outcome=\"confirmed\"}"), 1.0);
+    assert!(!down.contains("berth_builds{"), "no figures read from a failed index");
+    let (ok, said) = promtool_check(&down);
+    assert!(ok && said.trim().is_empty(), "promtool check metrics with the index down:\n{said}\n{down}");
+    rename_table(&index, "builds_gone", "builds");
+    assert_eq!(value(&scrape(), "berth_index_up"), 1.0);
+
     // Every metric the dashboard and the rules use exists.
     let declared = families(&text);
     for doc in ["docs/grafana/berth.json", "docs/prometheus/berth-rules.yml"] {
@@ -157,6 +186,16 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
         let unknown: Vec<_> = used.difference(&declared).collect();
         assert!(unknown.is_empty(), "{doc} uses metrics /metrics does not have: {unknown:?}");
     }
+}
+
+/// Renames a table of the server's SQLite index under it (the server keeps running).
+fn rename_table(index: &Path, from: &str, to: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        use sqlx::{sqlite::SqliteConnectOptions, ConnectOptions};
+        let mut conn = SqliteConnectOptions::new().filename(index).connect().await.unwrap();
+        sqlx::query(&format!("ALTER TABLE {from} RENAME TO {to}")).execute(&mut conn).await.unwrap();
+    });
 }
 
 #[test]

@@ -32,6 +32,16 @@ pub struct GenerationRow {
     pub profile_generation: Option<i64>,
 }
 
+/// A host's newest released generation, and whether `berth hosts pause` holds the host.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct Released {
+    /// The generation.
+    #[sqlx(flatten)]
+    pub generation: GenerationRow,
+    /// The host is paused: it is handed nothing newer than what it runs.
+    pub paused: bool,
+}
+
 /// A host and its newest generation.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HostRow {
@@ -169,10 +179,13 @@ impl Db {
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }
 
-    /// A host's newest generation that no rollout holds: the one its agent is handed.
-    pub async fn latest_released_generation(&self, host: &str) -> Result<Option<GenerationRow>, DbError> {
+    /// A host's newest generation that no rollout holds (the one its agent is handed), and
+    /// whether the host is paused: one query, what each wake of a manifest long-poll costs.
+    pub async fn latest_released_generation(&self, host: &str) -> Result<Option<Released>, DbError> {
         let sql = format!(
-            "SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 AND held_by IS NULL ORDER BY number DESC LIMIT 1"
+            "SELECT {GENERATION_COLUMNS},
+                EXISTS (SELECT 1 FROM hosts WHERE name = $1 AND paused_at IS NOT NULL) AS paused
+             FROM generations WHERE host = $1 AND held_by IS NULL ORDER BY number DESC LIMIT 1"
         );
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }

@@ -36,7 +36,7 @@ pub use commits::BuildCommitRow;
 pub use enroll::{Enrolled, HostRemoval};
 pub use forge::ForgeStatusRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
-pub use generations::{GenerationRow, HostRow, NewGeneration};
+pub use generations::{GenerationRow, HostRow, NewGeneration, Released};
 pub use listen::{GenerationListener, Heard, Notice, CHANNEL as GENERATIONS_CHANNEL};
 pub use locks::{CollectionLock, GateGuard, PublishGate, COLLECTION_KEY};
 pub use objects::{PathObject, PathObjectKind};

@@ -223,10 +223,13 @@ mod tests {
             assert!(!db.paused("a").await.unwrap());
             assert!(db.set_paused("a", true).await.unwrap());
             let since = db.host_status("a").await.unwrap().paused_at.unwrap();
+            let released = db.latest_released_generation("a").await.unwrap().unwrap();
+            assert_eq!((released.generation.number, released.paused), (1, true), "the long-poll's one query");
             assert!(db.set_paused("a", true).await.unwrap());
             assert_eq!(db.host_status("a").await.unwrap().paused_at, Some(since), "paused since the first pause");
             assert!(db.set_paused("a", false).await.unwrap());
             assert!(!db.paused("a").await.unwrap());
+            assert!(!db.latest_released_generation("a").await.unwrap().unwrap().paused);
             assert!(!db.set_paused("nobody", true).await.unwrap());
             // The profile generation each confirmation named; the newest one counts.
             for (generation, profile) in [(1, 4), (3, 5), (1, 6)] {

@@ -374,7 +374,7 @@ mod tests {
             assert_eq!(db.release_wave(id, RolloutState::Queued, 0, 0).await.unwrap(), None, "not ready");
             db.set_rollout_ready(id).await.unwrap();
             assert_eq!(db.release_wave(id, RolloutState::Queued, 0, 0).await.unwrap(), Some(vec!["a".to_owned()]));
-            assert_eq!(db.latest_released_generation("a").await.unwrap().map(|g| g.number), Some(1));
+            assert_eq!(db.latest_released_generation("a").await.unwrap().map(|r| r.generation.number), Some(1));
             assert_eq!(db.latest_released_generation("b").await.unwrap(), None);
             // Retention keeps what an open rollout holds.
             let mut held: Vec<(String, Vec<i64>)> = db.gc_snapshot().await.unwrap().held.into_iter().collect();
@@ -396,7 +396,7 @@ mod tests {
                 }
             }
             assert_eq!(db.release_wave(id, RolloutState::Running, 0, 1).await.unwrap(), None, "a step applies once");
-            assert_eq!(db.latest_released_generation("c").await.unwrap().map(|g| g.number), Some(1));
+            assert_eq!(db.latest_released_generation("c").await.unwrap().map(|r| r.generation.number), Some(1));
             assert_eq!(db.rollout(id).await.unwrap().unwrap().wave, 1);
 
             // Queue: the next waits; replace: both open ones are superseded.

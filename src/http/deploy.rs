@@ -70,10 +70,9 @@ pub async fn manifest(
         made.as_mut().enable();
         // A paused host is handed nothing newer until it is resumed (which wakes this loop),
         // and none a rollout holds until its wave is released (which wakes it too).
-        let held = state.db.paused(&name).await?;
         let latest = state.db.latest_released_generation(&name).await?;
-        watch.knows(latest.as_ref().map_or(0, |g| g.number));
-        if let Some(g) = latest.filter(|g| g.number > after && !held) {
+        watch.knows(latest.as_ref().map_or(0, |r| r.generation.number));
+        if let Some(g) = latest.filter(|r| r.generation.number > after && !r.paused).map(|r| r.generation) {
             state.db.touch_host(&name).await?;
             return Ok(Json(manifest_of(&g, version).sign(&state.deploy_key)).into_response());
         }

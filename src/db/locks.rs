@@ -26,6 +26,9 @@ use super::{Db, DbError};
 const PUBLISH_GATE_KEY: i64 = 0x6265_7274_6801;
 /// `pg_try_advisory_lock` key held while a collection runs ("berth" + 2).
 pub const COLLECTION_KEY: i64 = 0x6265_7274_6802;
+/// `pg_try_advisory_lock` key of the replica that watches for hosts going offline ("berth" + 5;
+/// + 3 is the schema migrations' lock, `migrations.rs`, + 4 a cache re-signing run's).
+pub const OFFLINE_WATCH_KEY: i64 = 0x6265_7274_6805;
 /// Gate holders per process at once (a publication, rollback or pin each). They have a pool
 /// of their own: a holder needs the main pool's connections for its work, and holders
 /// filling the main pool would wait on each other for ever.
@@ -117,6 +120,46 @@ impl Db {
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(COLLECTION_KEY).fetch_one(&mut *session).await?;
         Ok(locked.then_some(CollectionLock { session: Some(session) }))
+    }
+}
+
+/// The one replica that does a fleet-wide job (watching for hosts going offline), so that
+/// each event it finds is announced once, not once per replica. With PostgreSQL it is a
+/// session advisory lock on a connection of its own, closed (and the lock with it) when this
+/// is dropped or the replica dies; another replica takes it at its next try. SQLite has one
+/// process: it always leads.
+#[derive(Debug)]
+pub struct Leadership {
+    key: i64,
+    session: Option<PoolConnection<Postgres>>,
+}
+
+impl Db {
+    /// Leads the job of `key`, or `None` while another replica does.
+    pub async fn try_lead(&self, key: i64) -> Result<Option<Leadership>, DbError> {
+        let Db::Postgres(pool) = self else { return Ok(Some(Leadership { key, session: None })) };
+        super::count_query();
+        let mut session = pool.acquire().await?;
+        session.close_on_drop();
+        let locked: bool =
+            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(key).fetch_one(&mut *session).await?;
+        Ok(locked.then_some(Leadership { key, session: Some(session) }))
+    }
+}
+
+impl Leadership {
+    /// Whether this replica still leads: its session answers (a lost connection lost the
+    /// lock with it, and another replica may lead now).
+    pub async fn holds(&mut self) -> bool {
+        let Some(session) = &mut self.session else { return true };
+        super::count_query();
+        match sqlx::query("SELECT 1").execute(&mut **session).await {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, key = self.key, "lost the connection holding a leader lock");
+                false
+            }
+        }
     }
 }
 
@@ -220,5 +263,29 @@ mod tests {
         })
         .await;
         again.release().await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_replica_leads_and_another_takes_over_when_it_goes() {
+        let database = Backend::Postgres.database().await;
+        let (one, two) = (database.open().await, database.open().await);
+        let mut leading = one.try_lead(OFFLINE_WATCH_KEY).await.unwrap().expect("free");
+        assert!(leading.holds().await);
+        assert!(two.try_lead(OFFLINE_WATCH_KEY).await.unwrap().is_none(), "the other replica leads");
+        assert!(two.try_lead(COLLECTION_KEY).await.unwrap().is_some(), "another job's key is its own");
+        drop(leading); // the leader stops: its session closes
+        let mut taken = soon("the lead taken over", async {
+            loop {
+                if let Some(lead) = two.try_lead(OFFLINE_WATCH_KEY).await.unwrap() {
+                    return lead;
+                }
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        assert!(taken.holds().await);
+        let sqlite = Backend::Sqlite.db().await;
+        assert!(sqlite.try_lead(OFFLINE_WATCH_KEY).await.unwrap().is_some(), "one process: it leads");
+        assert!(sqlite.try_lead(OFFLINE_WATCH_KEY).await.unwrap().is_some());
     }
 }

@@ -1,14 +1,18 @@
 //! Hosts going offline and coming back: a periodic look at every host's `last_seen`
 //! (`[deploy] offline_after_secs`, the same rule `berth hosts` shows), compared with the
 //! previous look. The first look after start-up is the baseline: a host already offline
-//! then is not news (it was offline before this server ran).
+//! then is not news (it was offline before this server ran). With several replicas, one
+//! looks (a leader lock), so each change is announced once.
 
 use std::{collections::BTreeMap, time::Duration};
 
 use tokio_util::sync::CancellationToken;
 
 use super::Event;
-use crate::app::AppState;
+use crate::{
+    app::AppState,
+    db::{Leadership, OFFLINE_WATCH_KEY},
+};
 
 /// PURE: the events between two looks. `before` and `now` map each host to whether it is
 /// offline, with its last-seen time; hosts new in `now` are compared with "online".
@@ -27,11 +31,35 @@ pub fn interval(offline_after_secs: i64) -> Duration {
     Duration::from_secs((offline_after_secs / 4).clamp(1, 30) as u64)
 }
 
-/// Looks every [`interval`] until `stop`, publishing what changed.
+/// Looks every [`interval`] until `stop`, publishing what changed. Among replicas sharing a
+/// PostgreSQL database only the one holding the watch's leader lock looks, so a host going
+/// offline is announced once; a replica that takes the lead over (the leader stopped or lost
+/// its connection) starts from a new baseline.
 pub async fn watch(state: AppState, stop: CancellationToken) {
     let threshold = state.config.offline_after_secs;
     let mut before: Option<BTreeMap<String, bool>> = None;
+    let mut lead: Option<Leadership> = None;
     loop {
+        let still = match &mut lead {
+            Some(held) => held.holds().await,
+            None => false,
+        };
+        lead = match lead.take() {
+            Some(held) if still => Some(held),
+            _ => {
+                before = None;
+                state.db.try_lead(OFFLINE_WATCH_KEY).await.unwrap_or_else(|e| {
+                    tracing::warn!(error = %e, "asking whether this replica watches for offline hosts");
+                    None
+                })
+            }
+        };
+        if lead.is_none() {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(interval(threshold)) => continue,
+            }
+        }
         match state.db.hosts().await {
             Ok(hosts) => {
                 let t = crate::db::now();

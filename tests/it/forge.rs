@@ -22,18 +22,6 @@ use crate::{
     receiver::Receiver,
 };
 
-#[track_caller]
-fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while Instant::now() < deadline {
-        if done() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn forge_table(kind: &str, forge: &Forge, token_file: &std::path::Path, aggregate: bool) -> String {
     format!(
         "[repositories.forge]\nkind = \"{kind}\"\napi_url = \"{}\"\ntoken_file = \"{}\"\nrepository = \"acme/fleet\"\naggregate = {aggregate}\n",

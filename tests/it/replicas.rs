@@ -17,6 +17,7 @@ use serde_json::{json, Value};
 use crate::{
     fleet::{Fleet, Signing},
     harness::*,
+    receiver::Receiver,
     servers::{Postgres, Seaweed},
 };
 
@@ -58,7 +59,11 @@ fn keygen(s: &Scratch, name: &str) -> PathBuf {
 impl Cluster {
     /// `config_b` is appended to replica B's configuration only.
     fn start(config_b: &str) -> Cluster {
-        let s = Scratch::new();
+        Cluster::start_with(Scratch::new(), "", config_b)
+    }
+
+    /// `both` is in both replicas' configuration, `config_b` in B's only.
+    fn start_with(s: Scratch, both: &str, config_b: &str) -> Cluster {
         let fleet = Fleet::new(&s, &["alpha"]);
         let storage = bucket_url(&s);
         let database = Postgres::shared().new_database();
@@ -77,8 +82,8 @@ impl Cluster {
             std::fs::write(&config, format!("{shared}{extra}\n{repository}")).unwrap();
             Server::start(&s.path(name), &["--config", config.to_str().unwrap()])
         };
-        let a = start("a", "");
-        let b = start("b", config_b);
+        let a = start("a", both);
+        let b = start("b", &format!("{both}{config_b}"));
         assert_eq!(a.public_key, b.public_key, "replicas sign with one key");
         let admin = token(&s, "a", "admin");
         Cluster { s, fleet, a, b, storage, admin }
@@ -399,4 +404,46 @@ fn a_path_published_on_one_replica_is_no_miss_on_the_other() {
 
     push(&c.a, &c.token("push"), &top);
     found_within_bound(&c.b);
+}
+
+#[test]
+fn a_host_going_offline_and_back_is_announced_once_by_two_replicas() {
+    let s = Scratch::new();
+    let hook = Receiver::start(|_| (200, String::new()));
+    let secret = s.path("hook-secret");
+    std::fs::write(&secret, "a shared secret").unwrap();
+    let both = format!(
+        "[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"host_offline\", \"host_back\"]\n\
+         [deploy]\noffline_after_secs = 2\n",
+        hook.url,
+        secret.display()
+    );
+    let c = Cluster::start_with(s, &both, "");
+    let added = http().post(api(&c.a, "hosts")).bearer_auth(&c.admin).json(&json!({"name": "alpha"})).send().unwrap();
+    assert_eq!(added.status(), StatusCode::CREATED);
+    let host = c.token("host:alpha");
+    let poll = |server: &Server| {
+        let r = http().get(api(server, "hosts/alpha/manifest?timeout=1")).bearer_auth(&host).send().unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    };
+    let kinds = || -> Vec<String> {
+        hook.requests()
+            .iter()
+            .map(|r| serde_json::from_slice::<Value>(&r.body).unwrap()["kind"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    // Seen on A; then silent past the threshold: offline, announced by one replica only.
+    poll(&c.a);
+    wait_for("alpha offline", || kinds().contains(&"host_offline".to_owned()));
+    // Both replicas look every second: had both announced, the second would be here by now.
+    thread::sleep(Duration::from_secs(4));
+    assert_eq!(kinds(), ["host_offline"]);
+    // Back through B, and kept online by its polls: announced once too.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    poll(&c.b);
+    wait_for("alpha back", || kinds().len() >= 2);
+    while Instant::now() < deadline {
+        poll(&c.b);
+    }
+    assert_eq!(kinds(), ["host_offline", "host_back"]);
 }

@@ -40,6 +40,17 @@ fn keygen(s: &Scratch, name: &str) -> (PathBuf, String) {
     (secret, std::fs::read_to_string(public).unwrap().trim().to_owned())
 }
 
+/// `berth token create` against the test's database (through its configuration).
+fn token(s: &Scratch, config: &std::path::Path, scope: &str) -> String {
+    stdout_of(
+        Command::new(berth_bin())
+            .args(["token", "create", "--scope", scope, "--config"])
+            .arg(config)
+            .arg("--data-dir")
+            .arg(s.path("data")),
+    )
+}
+
 fn storage_and_database(s: &Scratch, backend: Backend) -> String {
     match backend {
         Backend::SqliteDirectory => String::new(),
@@ -69,7 +80,7 @@ impl Rotation {
         std::fs::write(&config, format!("{place}signing_key_file = \"{}\"\n", old_secret.display())).unwrap();
         let old = Server::start(&s.path("data"), &["--config", config.to_str().unwrap()]);
         assert_eq!(old.public_key, old_public);
-        run_ok(s.berth_push(&old.url, &old.token("push"), &[&top]));
+        run_ok(&mut s.berth_push(&old.url, &token(&s, &config, "push"), &[&top]));
         drop(old);
         let config = s.path("new.toml");
         std::fs::write(
@@ -101,7 +112,7 @@ impl Rotation {
             .berth()
             .args(["cache", "resign", "--server", &server.url])
             .args(flags)
-            .env("BERTH_TOKEN", server.token("admin"))
+            .env("BERTH_TOKEN", token(&self.s, &self.config, "admin"))
             .output()
             .unwrap()
     }
@@ -125,7 +136,13 @@ fn signature_names(text: &str) -> Vec<String> {
 }
 
 fn status(server: &Server) -> Value {
-    http().get(format!("{}/api/v1/cache/resign", server.url)).bearer_auth(server.token("admin")).send().unwrap().json().unwrap()
+    http()
+        .get(format!("{}/api/v1/cache/resign", server.url))
+        .bearer_auth(server.token("admin"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap()
 }
 
 fn rotates_dropping_the_old_signatures(backend: Backend) {

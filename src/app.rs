@@ -81,6 +81,9 @@ pub struct AppInner {
     /// Held while a collection runs: one at a time in this process (`Db::try_lock_collection`
     /// makes it one across replicas).
     pub gc_running: tokio::sync::Mutex<()>,
+    /// Held while a re-signing run works (`resign`): one at a time in this process
+    /// (`Db::try_lock_resign` makes it one across replicas).
+    pub resign_running: Arc<tokio::sync::Mutex<()>>,
     /// Every public key clients should trust (current first, then previous ones).
     pub public_keys: Vec<PublicKey>,
     /// Protocol settings.
@@ -126,6 +129,7 @@ impl AppState {
             deploys: Default::default(),
             rollouts: Default::default(),
             gc_running: Default::default(),
+            resign_running: Default::default(),
             public_keys,
             cache: config.cache.clone(),
             metrics: Default::default(),

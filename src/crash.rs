@@ -16,10 +16,12 @@ pub enum Step {
     NarInfoWritten,
     /// The narinfo is in the index.
     NarInfoIndexed,
+    /// `berth cache resign`: the first batch's progress is recorded, the next not started.
+    ResignBatchRecorded,
 }
 
 impl Step {
-    /// Every step, in order (for the tests that crash at each).
+    /// Every step of publication, in order (for the tests that crash at each).
     pub const ALL: [Step; 5] =
         [Step::NarStaged, Step::NarCommitted, Step::NarRecorded, Step::NarInfoWritten, Step::NarInfoIndexed];
 
@@ -31,6 +33,7 @@ impl Step {
             Step::NarRecorded => "nar-recorded",
             Step::NarInfoWritten => "narinfo-written",
             Step::NarInfoIndexed => "narinfo-indexed",
+            Step::ResignBatchRecorded => "resign-batch-recorded",
         }
     }
 }

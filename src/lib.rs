@@ -25,6 +25,7 @@ pub mod notify;
 pub mod outbound;
 pub mod published;
 pub mod push;
+pub mod resign;
 pub mod store;
 pub mod text;
 pub mod ui;

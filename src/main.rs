@@ -87,6 +87,13 @@ enum Command {
         #[command(subcommand)]
         action: RolloutAction,
     },
+    /// The binary cache: re-sign what it published with the current cache key.
+    Cache {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: CacheAction,
+    },
     /// Send a generation to a host again (default: the newest, desired one), e.g. one it
     /// rolled back or failed, once the cause is fixed: a new generation with its system.
     Redeploy {
@@ -314,6 +321,24 @@ enum BuildAction {
         client: ClientArgs,
         /// Build id.
         id: i64,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheAction {
+    /// Re-sign every published narinfo with the server's current signing key (after a key
+    /// rotation, docs/keys.md), starting or resuming the run, and follow it to its end.
+    Resign {
+        /// Keep the signatures already there (default): clients that trust only the old key
+        /// keep working during the window.
+        #[arg(long, conflicts_with = "drop_old")]
+        keep_old: bool,
+        /// Drop every other signature: only the current key's is left.
+        #[arg(long)]
+        drop_old: bool,
+        /// Start or resume the run and return at once, without following it.
+        #[arg(long)]
+        no_wait: bool,
     },
 }
 
@@ -585,6 +610,13 @@ async fn run(command: Command) -> Result<()> {
                 bail!("invalid host name {name:?}");
             }
             print!("{}", berth::cmd::hosts::redeploy(&client.api()?, &name, generation).await?);
+            Ok(())
+        }
+        Command::Cache { client, action: CacheAction::Resign { keep_old, drop_old, no_wait } } => {
+            let old = berth::cmd::cache::choice(keep_old, drop_old);
+            let api = client.api()?;
+            let mut out = std::io::stdout();
+            berth::cmd::cache::resign(&api, old, !no_wait, &mut out).await?;
             Ok(())
         }
         Command::Rollout { client, action } => {

@@ -2,6 +2,7 @@
 //! requests through [`crate::client::Api`], output as plain text for people and scripts.
 
 pub mod build;
+pub mod cache;
 pub mod enroll;
 pub mod gc;
 pub mod hosts;

@@ -203,6 +203,19 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE hosts ADD COLUMN tags TEXT;
     ALTER TABLE hosts ADD COLUMN ssh_host_key TEXT;
     ALTER TABLE hosts ADD COLUMN enrolled_at BIGINT;",
+    // 13: `berth cache resign` (db/resign.rs): the one re-signing run, its key, what it does
+    // with old signatures, and how far it got (the last hash re-signed), so a killed server
+    // resumes where it stopped.
+    "CREATE TABLE resign_run (
+        id BIGINT PRIMARY KEY,
+        key_name TEXT NOT NULL,
+        old_signatures TEXT NOT NULL,
+        state TEXT NOT NULL,
+        cursor_hash TEXT NOT NULL,
+        resigned BIGINT NOT NULL,
+        started_at BIGINT NOT NULL,
+        finished_at BIGINT
+    );",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -15,6 +15,7 @@ mod migrations;
 mod objects;
 mod paths;
 mod reports;
+mod resign;
 mod rollouts;
 #[cfg(test)]
 pub(crate) mod testing;
@@ -42,6 +43,7 @@ pub use locks::{CollectionLock, GateGuard, Leadership, PublishGate, COLLECTION_K
 pub use objects::{PathObject, PathObjectKind};
 pub use paths::{CacheStats, ClosureRow, NarFileRow, PathListener, PathRow, RecentPath};
 pub use reports::{HostStatus, Recorded, ReportRow};
+pub use resign::{ResignLock, ResignRun, ResignState};
 pub use rollouts::{NewRollout, RolloutHostRow, RolloutRow};
 pub use tokens::TokenRow;
 
@@ -54,6 +56,9 @@ pub enum DbError {
     /// The database failed.
     #[error("database: {0}")]
     Sql(#[from] sqlx::Error),
+    /// A stored value this version cannot read.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
 }
 
 impl DbError {

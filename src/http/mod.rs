@@ -18,6 +18,7 @@ mod observe;
 mod ops;
 mod push;
 mod range;
+mod resign;
 mod rollouts;
 mod webhooks;
 
@@ -74,6 +75,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/gc", post(gc::collect))
+        .route("/api/v1/cache/resign", get(resign::status).post(resign::start))
         .route("/api/v1/pins", get(gc::pins))
         .route("/api/v1/pins/{name}", put(gc::pin).delete(gc::unpin))
         .route("/healthz", get(ops::healthz))

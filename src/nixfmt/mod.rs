@@ -13,6 +13,7 @@ mod names;
 mod nar;
 mod narinfo;
 mod realisation;
+mod resign;
 
 pub use archive::{
     read_nar, NarError, NarShape, NarWriter, MAX_NAME_BYTES, MAX_NAR_DEPTH, MAX_OPEN_NAME_BYTES, MAX_TARGET_BYTES,
@@ -24,6 +25,7 @@ pub use names::{Compression, DrvName, NameError, NarFileName, StorePathHash};
 pub use nar::{verify_nar, DecoderLimit, NarDigest, VerifyError};
 pub use narinfo::{NarFileInfo, NarInfoError, PathClaim, PathInfo};
 pub use realisation::{DrvOutputId, Realisation, RealisationError};
+pub use resign::{resign_narinfo, OldSignatures};
 
 /// A Nix hash (`sha256:<nixbase32>` etc.).
 pub use nix_derivation::NixHash;

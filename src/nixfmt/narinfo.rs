@@ -213,9 +213,19 @@ impl PathInfo {
     /// Signs with `key`, replacing an older signature by a key of the same name and keeping
     /// everyone else's (a client's own signatures stay valid: the fingerprint is the same).
     pub fn signed(self, key: &SecretKey) -> Self {
+        self.signed_with(key, super::OldSignatures::Keep)
+    }
+
+    /// Signs with `key`; `old` says whether the other signatures stay (`Keep`, as
+    /// [`Self::signed`]) or go (`Drop`: the narinfo is left with `key`'s signature alone).
+    pub fn signed_with(self, key: &SecretKey, old: super::OldSignatures) -> Self {
         let signature = key.sign_nix(self.fingerprint().as_bytes());
-        let mut signatures: Vec<_> =
-            self.inner.signatures().iter().filter(|s| s.key_name != key.name()).cloned().collect();
+        let mut signatures: Vec<_> = match old {
+            super::OldSignatures::Keep => {
+                self.inner.signatures().iter().filter(|s| s.key_name != key.name()).cloned().collect()
+            }
+            super::OldSignatures::Drop => Vec::new(),
+        };
         signatures.push(signature);
         let old = &self.inner;
         let inner = NarInfo::builder(old.store_path().clone(), old.url(), old.nar_hash().clone(), old.nar_size())

@@ -29,6 +29,7 @@ mod openapi;
 mod protocol;
 mod receiver;
 mod replicas;
+mod resign;
 mod rollback;
 mod rollout;
 mod signed_history;

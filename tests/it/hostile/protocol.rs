@@ -230,6 +230,7 @@ fn refusals_come_after_auth_and_are_always_json() {
     let endpoints = [
         "api/v1/builds",
         "api/v1/gc",
+        "api/v1/cache/resign",
         "api/v1/paths/missing",
         "api/v1/hosts/alpha/reports",
         "api/v1/hosts/alpha/rollback",

@@ -26,7 +26,8 @@ fn the_transition_follows_the_hosts_acknowledgements() {
         Change { public: "a".into(), from: Current, to: Retiring },
         Change { public: "b".into(), from: Next, to: Current },
     ];
-    let cases: Vec<(&str, &[KeyRecord], Vec<HostAck>, Vec<Change>, Vec<&str>)> = vec![
+    type Case<'a> = (&'a str, &'a [KeyRecord], Vec<HostAck>, Vec<Change>, Vec<&'a str>);
+    let cases: Vec<Case> = vec![
         (
             "every host lists the next key",
             &rotating,

@@ -39,14 +39,18 @@ async fn an_agent_moves_to_the_next_deploy_key_and_refuses_the_retired_one() {
     // Transition: signed by both keys, announcing both (the configuration names only the old).
     host.publish_rotating(1, &host.new, &old, &[&new], announce(3, &[&old, &new], &[], &[&old, &new]));
     assert_eq!(host.run("").await, Outcome::Confirmed { generation: 1 });
-    assert_eq!(host.acknowledged(), [old_pub.clone()], "before the announcement it trusts the configured key");
+    assert_eq!(
+        host.acknowledged(),
+        std::slice::from_ref(&old_pub),
+        "before the announcement it trusts the configured key"
+    );
     let saved = host.state().deploy_keys.expect("the announced keys are kept in state.json");
     assert_eq!((saved.epoch, saved.keys.clone()), (3, vec![old_pub.clone(), new_pub.clone()]));
     // Acknowledged on the next poll; the retirement is signed by the new key alone.
     host.publish_rotating(2, &host.old, &new, &[], announce(5, &[&new], &[&old], &[&new]));
     assert_eq!(host.run("").await, Outcome::Confirmed { generation: 2 });
     assert_eq!(host.acknowledged(), [format!("{old_pub},{new_pub}")]);
-    assert_eq!(host.state().deploy_keys.unwrap().retired, [old_pub.clone()]);
+    assert_eq!(host.state().deploy_keys.unwrap().retired, std::slice::from_ref(&old_pub));
     // The old key, though still configured, is retired: a newer manifest it signs is refused,
     // even carrying the old announcement that trusted it.
     host.publish_as("web", 3, &host.new, &old);

@@ -13,6 +13,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::deploy::keyset::{self, Applied, KeySetError, SignedAnnouncement, TrustSet};
 use crate::nixfmt::{PublicKey, SecretKey, StorePath};
 
 /// Why an agent refuses a manifest.
@@ -32,6 +33,9 @@ pub enum ManifestError {
         /// The manifest's host.
         got: String,
     },
+    /// The envelope's key announcement was refused.
+    #[error("{0}")]
+    Keys(KeySetError),
     /// Not newer than what was applied (a replay).
     #[error("manifest generation {got} is not newer than the applied generation {applied}")]
     NotNewer {
@@ -79,8 +83,25 @@ pub struct Manifest {
 pub struct SignedManifest {
     /// The manifest's JSON text; the signed bytes.
     pub manifest: String,
-    /// `keyname:base64(ed25519 signature)`.
+    /// `keyname:base64(ed25519 signature)`: the current deploy key's.
     pub signature: String,
+    /// Further signatures of the same text (the next key, during a rotation). Only for an agent
+    /// that sent [`crate::deploy::keyset::KEYS_HEADER`]; absent otherwise, so an agent before
+    /// rotation gets exactly what it always got.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub cosignatures: Vec<String>,
+    /// The server's key announcement, under the same condition.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keys: Option<SignedAnnouncement>,
+}
+
+/// A manifest opened with a trust set, and the trust set it leaves (to persist when changed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    /// The manifest.
+    pub manifest: Manifest,
+    /// The trust set after the envelope's announcement, when it changed it.
+    pub trust: Option<TrustSet>,
 }
 
 impl Manifest {
@@ -88,7 +109,20 @@ impl Manifest {
     pub fn sign(&self, key: &SecretKey) -> SignedManifest {
         let manifest = serde_json::to_string(self).expect("a manifest always serialises");
         let signature = key.sign(manifest.as_bytes());
-        SignedManifest { manifest, signature }
+        SignedManifest { manifest, signature, cosignatures: Vec::new(), keys: None }
+    }
+
+    /// Signs with `primary`, co-signs with `cosigners` and attaches `keys` (a rotation).
+    pub fn sign_rotating(
+        &self,
+        primary: &SecretKey,
+        cosigners: &[&SecretKey],
+        keys: SignedAnnouncement,
+    ) -> SignedManifest {
+        let mut signed = self.sign(primary);
+        signed.cosignatures = cosigners.iter().map(|k| k.sign(signed.manifest.as_bytes())).collect();
+        signed.keys = Some(keys);
+        signed
     }
 }
 
@@ -98,6 +132,34 @@ impl SignedManifest {
         if !key.verify(self.manifest.as_bytes(), &self.signature) {
             return Err(ManifestError::BadSignature(key.name().to_owned()));
         }
+        self.check(host, applied)
+    }
+
+    /// Like [`SignedManifest::open`], with a set of trusted keys: the envelope's announcement
+    /// is applied first (refused unless signed by a key trusted before it, see
+    /// [`crate::deploy::keyset`]), then any signature by a key of the resulting set verifies.
+    pub fn open_trusted(&self, trust: &TrustSet, host: &str, applied: Option<u64>) -> Result<Opened, ManifestError> {
+        let changed = match &self.keys {
+            Some(keys) => match trust.apply(keys).map_err(ManifestError::Keys)? {
+                Applied::Updated(set) => Some(set),
+                Applied::Unchanged => None,
+            },
+            None => None,
+        };
+        let set = changed.as_ref().unwrap_or(trust);
+        if self.cosignatures.len() >= keyset::MAX_KEYS {
+            return Err(ManifestError::Malformed(format!("{} co-signatures", self.cosignatures.len())));
+        }
+        let signatures: Vec<&str> =
+            std::iter::once(self.signature.as_str()).chain(self.cosignatures.iter().map(String::as_str)).collect();
+        if set.verifies(self.manifest.as_bytes(), &signatures).is_none() {
+            return Err(ManifestError::BadSignature(set.header()));
+        }
+        let manifest = self.check(host, applied)?;
+        Ok(Opened { manifest, trust: changed })
+    }
+
+    fn check(&self, host: &str, applied: Option<u64>) -> Result<Manifest, ManifestError> {
         let manifest: Manifest =
             serde_json::from_str(&self.manifest).map_err(|e| ManifestError::Malformed(e.to_string()))?;
         match (manifest.version, &manifest.signer) {
@@ -117,6 +179,10 @@ impl SignedManifest {
         Ok(manifest)
     }
 }
+
+#[cfg(test)]
+#[path = "manifest_rotation_tests.rs"]
+mod rotation_tests;
 
 #[cfg(test)]
 mod tests {
@@ -176,7 +242,7 @@ mod tests {
         let mut signed = manifest("web", 5).sign(&key);
         signed.manifest = signed.manifest.replace("\"generation\":5", "\"generation\":6");
         assert!(matches!(signed.open(&key.public(), "web", None), Err(ManifestError::BadSignature(_))));
-        let unsigned = SignedManifest { manifest: signed.manifest.clone(), signature: String::new() };
+        let unsigned = SignedManifest { signature: String::new(), ..signed.clone() };
         assert!(matches!(unsigned.open(&key.public(), "web", None), Err(ManifestError::BadSignature(_))));
     }
 }

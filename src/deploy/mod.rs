@@ -5,11 +5,13 @@ pub mod agent;
 pub mod closures;
 pub mod diff;
 pub mod fleet;
+pub mod keyset;
 pub mod manifest;
 pub mod resend;
 pub mod rollback;
 pub mod rollout;
 pub mod rollouts;
+pub mod rotation;
 pub mod status;
 pub mod watch;
 

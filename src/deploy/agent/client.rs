@@ -7,6 +7,7 @@ use serde::Deserialize;
 
 use super::config::Token;
 use super::report::Report;
+use crate::deploy::keyset::KEYS_HEADER;
 use crate::deploy::manifest::{self, SignedManifest};
 
 /// How long connecting may take.
@@ -61,6 +62,10 @@ pub struct Server {
 struct ManifestBody {
     manifest: String,
     signature: String,
+    #[serde(default)]
+    cosignatures: Vec<String>,
+    #[serde(default)]
+    keys: Option<crate::deploy::keyset::SignedAnnouncement>,
 }
 
 impl Server {
@@ -75,8 +80,14 @@ impl Server {
     }
 
     /// The host's newest manifest if its generation is above `after`, waiting up to `hold` for
-    /// one to appear; `None` when none did.
-    pub async fn manifest(&self, after: Option<u64>, hold: Duration) -> Result<Option<SignedManifest>, ClientError> {
+    /// one to appear; `None` when none did. `trusted` is the [`KEYS_HEADER`] value: the deploy
+    /// keys this agent trusts (its acknowledgement, and its request for the key announcement).
+    pub async fn manifest(
+        &self,
+        after: Option<u64>,
+        hold: Duration,
+        trusted: &str,
+    ) -> Result<Option<SignedManifest>, ClientError> {
         let mut url = format!("{}/api/v1/hosts/{}/manifest?timeout={}", self.base, self.host, hold.as_secs());
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
@@ -86,13 +97,19 @@ impl Server {
             .get(&url)
             .bearer_auth(self.token.expose())
             .header(manifest::VERSION_HEADER, manifest::VERSION.to_string())
+            .header(KEYS_HEADER, trusted)
             .timeout(hold + HOLD_SLACK);
         let response = self.send(request).await?;
         if response.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
         }
         let body: ManifestBody = response.json().await.map_err(|e| ClientError::Protocol(root_cause(&e)))?;
-        Ok(Some(SignedManifest { manifest: body.manifest, signature: body.signature }))
+        Ok(Some(SignedManifest {
+            manifest: body.manifest,
+            signature: body.signature,
+            cosignatures: body.cosignatures,
+            keys: body.keys,
+        }))
     }
 
     /// What switching to generation `to` changes, from what the server knows the host runs.
@@ -212,17 +229,18 @@ mod tests {
         .await;
         let server = server(&url);
         let hold = Duration::from_secs(30);
-        let signed = server.manifest(Some(4), hold).await.unwrap().unwrap();
+        let signed = server.manifest(Some(4), hold, "deploy-1:AA==").await.unwrap().unwrap();
         assert_eq!((signed.manifest.as_str(), signed.signature.as_str()), ("{}", "deploy-1:AA=="));
         let request = requests.recv().await.unwrap();
         assert!(request.starts_with("GET /api/v1/hosts/web/manifest?timeout=30&after=4 HTTP/1.1\r\n"), "{request}");
         assert!(request.to_ascii_lowercase().contains("authorization: bearer s3cret\r\n"), "{request}");
+        assert!(request.to_ascii_lowercase().contains("x-berth-deploy-keys: deploy-1:aa==\r\n"), "{request}");
 
-        assert_eq!(server.manifest(None, Duration::ZERO).await.unwrap(), None);
+        assert_eq!(server.manifest(None, Duration::ZERO, "").await.unwrap(), None);
         let request = requests.recv().await.unwrap();
         assert!(request.starts_with("GET /api/v1/hosts/web/manifest?timeout=0 HTTP/1.1\r\n"), "{request}");
 
-        let err = server.manifest(None, hold).await.unwrap_err();
+        let err = server.manifest(None, hold, "").await.unwrap_err();
         assert!(err.is_permanent(), "{err}");
         assert_eq!(err.to_string(), "server answered 403: not for this host");
     }

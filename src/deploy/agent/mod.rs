@@ -39,6 +39,7 @@ pub use client::ClientError;
 pub use config::{Activation, AgentCli, AgentOptions, HealthOptions, RawAgentConfig, RebootPolicy};
 pub use window::RebootWindow;
 
+use crate::deploy::keyset::TrustSet;
 use crate::deploy::manifest::{Manifest, ManifestError, SignedManifest};
 use crate::nix::system::SystemRoot;
 use client::Server;
@@ -165,6 +166,8 @@ struct Agent {
     refused: Option<String>,
     /// The generation last found outside the activation windows (logged once).
     held: Option<u64>,
+    /// The deploy keys trusted: the configured one, plus announced ones, less retired ones.
+    trust: TrustSet,
 }
 
 /// What one turn of the loop did.
@@ -273,11 +276,27 @@ impl Agent {
             .create(&dir)
             .map_err(fail)?;
         let state = state::load(&dir).map_err(fail)?;
+        let configured = std::slice::from_ref(&opts.deploy_key);
+        let trust = match &state.deploy_keys {
+            Some(file) => TrustSet::restore(configured, file)
+                .map_err(|e| fail(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("deploy keys: {e}"))))?,
+            None => TrustSet::configured(configured),
+        };
         state::save(&dir, &state).map_err(fail)?;
         let server = Server::new(&opts.server, &opts.host, opts.token.clone())?;
         let system = SystemRoot::new(opts.store.as_deref());
         info!(host = opts.host, server = opts.server, applied = ?state.applied, "berth agent started");
-        Ok(Self { opts, system, server, state, dirty: false, outbox: Outbox::default(), refused: None, held: None })
+        Ok(Self {
+            opts,
+            system,
+            server,
+            state,
+            dirty: false,
+            outbox: Outbox::default(),
+            refused: None,
+            held: None,
+            trust,
+        })
     }
 
     /// One unit of work: settle a pending deploy, or poll and apply what comes.
@@ -292,15 +311,25 @@ impl Agent {
             };
         }
         self.maybe_reboot().await;
+        let trusted = self.trust.header();
         let polled = tokio::select! {
-            polled = self.server.manifest(self.state.applied, hold) => polled,
+            polled = self.server.manifest(self.state.applied, hold, &trusted) => polled,
             () = shutdown.cancelled() => return Ok(Turn::Idle),
         };
         let Some(signed) = polled.map_err(Hitch::Server)? else {
             return Ok(Turn::Idle);
         };
-        let manifest = match signed.open(&self.opts.deploy_key, &self.opts.host, self.state.applied) {
-            Ok(manifest) => manifest,
+        let manifest = match signed.open_trusted(&self.trust, &self.opts.host, self.state.applied) {
+            Ok(opened) => {
+                if let Some(trust) = opened.trust {
+                    info!(epoch = trust.epoch(), keys = trust.header(), "deploy keys announced");
+                    self.state.deploy_keys = Some(trust.to_file());
+                    self.trust = trust;
+                    // Saved before anything is activated, so a restart keeps what was retired.
+                    self.save().map_err(Hitch::State)?;
+                }
+                opened.manifest
+            }
             Err(refused) => return Err(Hitch::Refused(self.refuse(&signed, refused).await)),
         };
         self.refused = None;

@@ -36,6 +36,9 @@ pub struct State {
     pub needs_reboot: Option<String>,
     /// The system the agent last rebooted for (so it never reboots twice for one).
     pub rebooted_for: Option<String>,
+    /// Deploy keys announced to this agent and retired on it (beside the configured key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deploy_keys: Option<crate::deploy::keyset::TrustFile>,
 }
 
 /// A confirmed generation.

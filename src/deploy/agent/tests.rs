@@ -13,7 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::state::{self, Pending, State};
 use super::*;
+use crate::deploy::keyset::KEYS_HEADER;
 use crate::nixfmt::SecretKey;
+
+mod rotation;
 
 /// What the fake server holds and saw.
 #[derive(Default)]
@@ -26,6 +29,8 @@ struct Fake {
     reports: Vec<serde_json::Value>,
     /// `/healthz` answers 503.
     healthz_down: bool,
+    /// The `x-berth-deploy-keys` header of each manifest poll.
+    acknowledged: Vec<String>,
 }
 
 async fn serve(fake: Arc<Mutex<Fake>>) -> String {
@@ -41,11 +46,14 @@ async fn serve(fake: Arc<Mutex<Fake>>) -> String {
 
 async fn answer(stream: TcpStream, fake: Arc<Mutex<Fake>>) {
     let mut stream = BufReader::new(stream);
-    let (mut head, mut line, mut length) = (String::new(), String::new(), 0);
+    let (mut head, mut line, mut length, mut keys) = (String::new(), String::new(), 0, None);
     stream.read_line(&mut head).await.unwrap();
     while stream.read_line(&mut line).await.unwrap() > 2 {
         if let Some(value) = line.to_ascii_lowercase().strip_prefix("content-length:") {
             length = value.trim().parse().unwrap();
+        }
+        if let Some((name, value)) = line.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(KEYS_HEADER)) {
+            keys = Some(value.trim().to_owned()).filter(|_| !name.is_empty());
         }
         line.clear();
     }
@@ -58,10 +66,11 @@ async fn answer(stream: TcpStream, fake: Arc<Mutex<Fake>>) {
         let mut fake = fake.lock().unwrap();
         match (head.split(' ').next().unwrap(), path) {
             ("GET", "/api/v1/hosts/web/manifest") => {
+                fake.acknowledged.extend(keys);
                 let newest =
                     fake.manifests.iter().filter(|(g, _)| after.map_or(true, |a| *g > a)).max_by_key(|(g, _)| *g);
                 match fake.replay.as_ref().or(newest.map(|(_, m)| m)) {
-                    Some(m) => ok(&serde_json::json!({"manifest": m.manifest, "signature": m.signature}).to_string()),
+                    Some(m) => ok(&serde_json::to_string(m).unwrap()),
                     None => "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_owned(),
                 }
             }

@@ -790,6 +790,7 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
 }
 
 fn oidc_policy(raw: RawOidc) -> Result<crate::oidc::OidcPolicy, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
     if !crate::oidc::jwks::allowed_url(&raw.issuer) {
         return Err(invalid(
             "repositories.oidc.issuer",

@@ -102,6 +102,8 @@ pub struct AppInner {
     pub decoders: crate::ingest::DecoderBudget,
     /// The fleet's events, for the stream, the forge statuses and the notifications.
     pub events: crate::events::Bus,
+    /// The OIDC issuers' key sets (CI ID tokens, `oidc::jwks`).
+    pub oidc_keys: crate::oidc::JwksCache,
 }
 
 impl AppState {
@@ -141,6 +143,7 @@ impl AppState {
                 config.cache.decoder_memory_budget_mib,
             ),
             events: Default::default(),
+            oidc_keys: crate::oidc::JwksCache::new(Default::default()),
         }));
         Ok((state, origin))
     }

@@ -237,6 +237,29 @@ pub struct RawRepository {
     pub hosts: BTreeMap<String, RawHost>,
     /// `[repositories.rollout]`: staged rollouts of the deploy branch (none: every host at once).
     pub rollout: Option<RawRollout>,
+    /// `[repositories.oidc]`: CI ID tokens that may submit builds of this repository (docs/ci.md).
+    pub oidc: Option<RawOidc>,
+}
+
+/// `[repositories.oidc]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOidc {
+    /// `iss`: `https://token.actions.githubusercontent.com`, or the Forgejo instance's URL.
+    pub issuer: String,
+    /// `aud` the token must carry (the `audience` CI asks for).
+    pub audience: String,
+    /// The `repository` claim (`owner/name`).
+    pub repository: String,
+    /// Allowed `ref`s: exact, or a prefix ending in `*`. Default: any.
+    #[serde(default)]
+    pub refs: Vec<String>,
+    /// Allowed `workflow` names (same patterns). Default: any.
+    #[serde(default)]
+    pub workflows: Vec<String>,
+    /// Allowed `job_workflow_ref`s (GitHub). Default: not checked.
+    #[serde(default)]
+    pub job_workflow_refs: Vec<String>,
 }
 
 /// `[repositories.hosts.<name>]`.
@@ -326,6 +349,8 @@ pub struct Repository {
     pub tags: BTreeMap<String, Vec<String>>,
     /// Staged rollouts of the deploy branch, if configured.
     pub rollout: Option<Policy>,
+    /// Which CI ID tokens may submit its builds, if any.
+    pub oidc: Option<crate::oidc::OidcPolicy>,
 }
 
 /// Secret bytes whose `Debug` prints nothing.
@@ -743,9 +768,11 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
     let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
     let tags = host_tags(&raw.hosts)?;
     let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
+    let oidc = raw.oidc.map(oidc_policy).transpose()?;
     Ok(Repository {
         tags,
         rollout,
+        oidc,
         name: raw.name,
         url: raw.url,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".into()),
@@ -759,6 +786,27 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
         require_fast_forward: raw.require_fast_forward.unwrap_or(false),
         webhook_secret,
         forge,
+    })
+}
+
+fn oidc_policy(raw: RawOidc) -> Result<crate::oidc::OidcPolicy, ConfigError> {
+    let invalid = |key, reason: String| ConfigError::Invalid { key, reason };
+    if !crate::oidc::jwks::allowed_url(&raw.issuer) {
+        return Err(invalid(
+            "repositories.oidc.issuer",
+            format!("{:?}: use an https URL (http only on loopback)", raw.issuer),
+        ));
+    }
+    if raw.audience.is_empty() || raw.repository.is_empty() {
+        return Err(invalid("repositories.oidc", "audience and repository must not be empty".into()));
+    }
+    Ok(crate::oidc::OidcPolicy {
+        issuer: raw.issuer,
+        audience: raw.audience,
+        repository: raw.repository,
+        refs: raw.refs,
+        workflows: raw.workflows,
+        job_workflow_refs: raw.job_workflow_refs,
     })
 }
 

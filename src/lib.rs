@@ -22,6 +22,7 @@ pub mod narinfo_cache;
 pub mod nix;
 pub mod nixfmt;
 pub mod notify;
+pub mod oidc;
 pub mod outbound;
 pub mod published;
 pub mod push;

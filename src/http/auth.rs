@@ -50,6 +50,35 @@ pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Re
     Ok(scope)
 }
 
+/// Checks that `token` is a CI ID token allowed to submit builds of `repository`
+/// (`[repositories.oidc]`): header, then the issuer's key, signature, and the claim policy.
+/// It allows nothing else: every other route takes berth tokens only.
+pub async fn require_oidc(state: &AppState, token: &str, repository: &str) -> Result<(), ApiError> {
+    use crate::oidc::{policy, verify};
+    let refuse = |e: ApiError| {
+        Metrics::add(&state.metrics.auth_refusals, 1);
+        e
+    };
+    let unauthorized = |e: &dyn std::fmt::Display| refuse(ApiError::Unauthorized(e.to_string()));
+    let header = verify::header(token).map_err(|e| unauthorized(&e))?;
+    let Some(policy) = state.config.repository(repository).and_then(|r| r.oidc.as_ref()) else {
+        return Err(refuse(ApiError::Forbidden(format!(
+            "repository {:?} accepts no OIDC ID tokens (no [repositories.oidc])",
+            repository.chars().take(80).collect::<String>()
+        ))));
+    };
+    let key = state.oidc_keys.key(&policy.issuer, &header.kid).await.map_err(|e| unauthorized(&e))?;
+    let claims = verify::verify(token, &header, &key).map_err(|e| unauthorized(&e))?;
+    let now = jiff::Timestamp::now().as_second();
+    policy::check(policy, &claims, now).map_err(|e| {
+        if e.is_forbidden() {
+            refuse(ApiError::Forbidden(e.to_string()))
+        } else {
+            unauthorized(&e)
+        }
+    })
+}
+
 /// Checks read access: free unless the cache requires a read token.
 pub async fn require_read(state: &AppState, headers: &HeaderMap) -> Result<(), ApiError> {
     if state.cache.require_read_token {

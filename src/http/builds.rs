@@ -114,8 +114,14 @@ fn truncate(s: &str) -> String {
 
 /// `POST /api/v1/builds`: 202 with the build (a known commit answers the existing build).
 pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, ApiError> {
-    auth::require(&state, &headers, Scope::Ci).await?;
+    let oidc = auth::presented_token(&headers).filter(|t| crate::oidc::looks_like_jwt(t));
+    if oidc.is_none() {
+        auth::require(&state, &headers, Scope::Ci).await?;
+    }
     let request: SubmitRequest = json::read(&headers, body).await?;
+    if let Some(token) = oidc {
+        auth::require_oidc(&state, &token, &request.repository).await?;
+    }
     let (id, created) = submit_build(&state, &request).await?;
     tracing::info!(id, created, repository = %request.repository, commit = %request.commit, branch = %request.branch, "build submitted");
     let view = load(&state, id).await?;

@@ -18,9 +18,11 @@ use crate::{
 
 mod forge;
 mod notify;
+mod push;
 
 pub use forge::{owner_and_name, ForgeConfig, ForgeKind, RawForge};
 pub use notify::{NotifyConfig, NotifyFormat, RawNotify};
+pub use push::{Delivery, PushTarget, DEFAULT_CONFIRM_TIMEOUT};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -246,6 +248,16 @@ pub struct RawHost {
     /// Group names a rollout wave can select with `tag:NAME`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `pull` (an agent, the default) or `push` (over SSH, docs/push.md).
+    pub delivery: Option<String>,
+    /// push: `user@host[:port]`.
+    pub ssh_address: Option<String>,
+    /// push: the host's public key, `type base64`.
+    pub ssh_host_key: Option<String>,
+    /// push: the file holding berth's private key for this host.
+    pub ssh_key_file: Option<PathBuf>,
+    /// push: seconds the host waits for the confirmation (10–3600, default 120).
+    pub confirm_timeout_secs: Option<u64>,
 }
 
 /// `[repositories.rollout]`.
@@ -326,6 +338,8 @@ pub struct Repository {
     pub tags: BTreeMap<String, Vec<String>>,
     /// Staged rollouts of the deploy branch, if configured.
     pub rollout: Option<Policy>,
+    /// The hosts with `delivery = "push"`, by name.
+    pub push: BTreeMap<String, PushTarget>,
 }
 
 /// Secret bytes whose `Debug` prints nothing.
@@ -742,10 +756,17 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
     };
     let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
     let tags = host_tags(&raw.hosts)?;
+    let mut push = BTreeMap::new();
+    for (name, host) in &raw.hosts {
+        if let Some(target) = push::push_target(name, host)? {
+            push.insert(name.clone(), target);
+        }
+    }
     let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
     Ok(Repository {
         tags,
         rollout,
+        push,
         name: raw.name,
         url: raw.url,
         deploy_branch: raw.deploy_branch.unwrap_or_else(|| "main".into()),

@@ -6,6 +6,7 @@ pub mod closures;
 pub mod diff;
 pub mod fleet;
 pub mod manifest;
+pub mod push;
 pub mod resend;
 pub mod rollback;
 pub mod rollout;

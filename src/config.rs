@@ -18,9 +18,11 @@ use crate::{
 
 mod forge;
 mod notify;
+mod push;
 
 pub use forge::{owner_and_name, ForgeConfig, ForgeKind, RawForge};
 pub use notify::{NotifyConfig, NotifyFormat, RawNotify};
+pub use push::{Delivery, PushTarget, DEFAULT_CONFIRM_TIMEOUT};
 
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
@@ -269,6 +271,16 @@ pub struct RawHost {
     /// Group names a rollout wave can select with `tag:NAME`.
     #[serde(default)]
     pub tags: Vec<String>,
+    /// `pull` (an agent, the default) or `push` (over SSH, docs/push.md).
+    pub delivery: Option<String>,
+    /// push: `user@host[:port]`.
+    pub ssh_address: Option<String>,
+    /// push: the host's public key, `type base64`.
+    pub ssh_host_key: Option<String>,
+    /// push: the file holding berth's private key for this host.
+    pub ssh_key_file: Option<PathBuf>,
+    /// push: seconds the host waits for the confirmation (10–3600, default 120).
+    pub confirm_timeout_secs: Option<u64>,
 }
 
 /// `[repositories.rollout]`.
@@ -767,6 +779,16 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
     };
     let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
     let tags = host_tags(&raw.hosts)?;
+    // Push delivery's keys are checked, but its driver is not built yet (docs/push.md): a
+    // pushed host would wait for ever, so it is refused rather than accepted and ignored.
+    for (name, host) in &raw.hosts {
+        if push::push_target(name, host)?.is_some() {
+            return Err(ConfigError::Invalid {
+                key: "repositories.hosts.delivery",
+                reason: format!("host {name}: delivery = \"push\" is not available yet (docs/push.md); use an agent"),
+            });
+        }
+    }
     let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
     let oidc = raw.oidc.map(oidc_policy).transpose()?;
     Ok(Repository {
@@ -949,6 +971,17 @@ mod tests {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| ConfigError::Parse { path: "t".into(), message: e.to_string() })?;
         raw.validate(Overrides::default())
+    }
+
+    #[test]
+    fn a_pushed_host_is_checked_then_refused_until_push_delivery_exists() {
+        let repo = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n[repositories.hosts.box]\ndelivery = \"push\"\n";
+        let keys = "ssh_address = \"root@box.example.org\"\nssh_host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\nssh_key_file = \"/run/push-key\"\n";
+        let refused = parse(&format!("{repo}{keys}")).unwrap_err().to_string();
+        assert!(refused.contains("not available yet"), "{refused}");
+        let bad = parse(&format!("{repo}ssh_address = \"-oProxyCommand=x\"\n")).unwrap_err().to_string();
+        assert!(!bad.contains("not available yet"), "the keys are checked first: {bad}");
+        assert!(parse(&repo.replace("delivery = \"push\"", "delivery = \"pull\"")).is_ok());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod diff;
 pub mod fleet;
 pub mod keyset;
 pub mod manifest;
+pub mod push;
 pub mod resend;
 pub mod rollback;
 pub mod rollout;

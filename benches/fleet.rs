@@ -214,6 +214,8 @@ async fn seed(database: &str, system: &str, agents: usize) {
                     signer: None,
                     rollout_id: None,
                     held: false,
+                    diff_from: None,
+                    diff: None,
                 };
                 db.add_generation(&g).await.unwrap();
             }

@@ -400,6 +400,19 @@ impl Worker {
         }
         let mut made = Vec::new();
         for (host, path) in &new {
+            // The diff stored with the generation, against what the host runs now.
+            let base = self.running_system(host).await;
+            let diff = match crate::deploy::closures::between(db, base.as_ref().map(|(_, p)| p.as_str()), path).await {
+                Ok(diff) => Some(diff),
+                Err(e) => {
+                    tracing::warn!(error = %e, host, "computing the closure diff");
+                    None
+                }
+            };
+            let json = diff.as_ref().map(serde_json::to_string).transpose().unwrap_or_else(|e| {
+                tracing::warn!(error = %e, host, "serializing the closure diff");
+                None
+            });
             let g = NewGeneration {
                 host,
                 repository: &repo.name,
@@ -410,14 +423,15 @@ impl Worker {
                 signer: trust.signer(),
                 rollout_id: rollout.as_ref().map(|r| r.id),
                 held: rollout.is_some(),
+                diff_from: base.as_ref().map(|(n, _)| *n),
+                diff: json.as_deref(),
             };
             let number = crate::deploy::watch::add_generation(&self.state, &g).await?;
             db.set_build_host_generation(build.id, host, number).await?;
             log.line(format!("[{host}] generation {number}: {path}"));
-            let runs = self.running_system(host).await.or_else(|| current.get(host.as_str()).cloned());
-            match crate::deploy::closures::between(db, runs.as_deref(), path).await {
-                Ok(diff) => log.line(format!("[{host}] closure: {diff}")),
-                Err(e) => tracing::warn!(error = %e, host, "computing the closure diff"),
+            if let Some(diff) = &diff {
+                let against = base.as_ref().map_or_else(|| "nothing".to_owned(), |(n, _)| n.to_string());
+                log.line(format!("[{host}] closure: {diff} (from generation {against}, stored)"));
             }
             made.push(format!("{host}#{number}"));
         }
@@ -427,13 +441,18 @@ impl Worker {
         Ok(format!("built {} host(s); new generations: {}", built.len(), made.join(", ")))
     }
 
-    /// The system `host` last confirmed running, when it said (a failed lookup is logged: the
-    /// diff is then taken against its newest generation instead).
-    async fn running_system(&self, host: &str) -> Option<String> {
+    /// What a new generation's diff is taken against: the generation `host` last confirmed
+    /// running and its system, or, when it has confirmed none, its newest generation (none
+    /// for a first one: the diff is from nothing). A failed lookup is logged and counts as
+    /// none.
+    async fn running_system(&self, host: &str) -> Option<(i64, String)> {
         let db = &self.state.db;
         let lookup = async {
-            let Some(active) = db.host_status(host).await?.active_generation else { return Ok(None) };
-            Ok::<_, DbError>(db.generation(host, active).await?.map(|g| g.store_path))
+            let row = match db.host_status(host).await?.active_generation {
+                Some(active) => db.generation(host, active).await?,
+                None => db.latest_generation(host).await?,
+            };
+            Ok::<_, DbError>(row.map(|g| (g.number, g.store_path)))
         };
         lookup.await.unwrap_or_else(|e| {
             tracing::warn!(error = %e, host, "reading what the host runs");

@@ -155,8 +155,11 @@ pub async fn redeploy(api: &Api, name: &str, generation: Option<i64>) -> Result<
 /// each package added, removed and changed.
 pub fn render_diff(view: &DiffView) -> String {
     let from = view.from.as_ref().map_or_else(|| "nothing".to_owned(), |f| format!("{} ({})", f.number, f.store_path));
-    let mut out =
-        format!("{}: generation {from} -> {} ({})\n{}\n", view.host, view.to.number, view.to.store_path, view.diff);
+    let stored = if view.stored { " [stored when it was made]" } else { "" };
+    let mut out = format!(
+        "{}: generation {from} -> {} ({}){stored}\n{}\n",
+        view.host, view.to.number, view.to.store_path, view.diff
+    );
     for added in &view.diff.added {
         out += &format!("  + {added}\n");
     }

@@ -200,7 +200,7 @@ mod tests {
             let pending = add(&db, "web-1", now() + 3600).await;
             let g = crate::db::NewGeneration {
                 host: "web-1", repository: "fleet", store_path: "/nix/store/x", commit_sha: "c",
-                branch: "main", build_id: None, signer: None, rollout_id: None, held: false,
+                branch: "main", build_id: None, signer: None, rollout_id: None, held: false, diff_from: None, diff: None,
             };
             db.add_generation(&g).await.unwrap();
             let waves = [vec!["web-1".to_owned(), "web-2".to_owned()]];

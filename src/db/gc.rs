@@ -434,6 +434,8 @@ mod tests {
             signer: None,
             rollout_id: None,
             held: false,
+            diff_from: None,
+            diff: None,
         };
         db.add_generation(&g).await.unwrap()
     }

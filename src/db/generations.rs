@@ -133,6 +133,10 @@ pub struct NewGeneration<'a> {
     pub rollout_id: Option<i64>,
     /// Whether that rollout holds it (its wave is not released yet): agents are not handed it.
     pub held: bool,
+    /// The generation its stored diff is taken against (none: from nothing).
+    pub diff_from: Option<i64>,
+    /// Its closure diff as JSON (`deploy::diff::ClosureDiff`), stored with it (none: none).
+    pub diff: Option<&'a str>,
 }
 
 impl Db {
@@ -158,11 +162,12 @@ impl Db {
                 .bind(g.host).fetch_one(&mut *tx).await?;
             sqlx::query(
                 "INSERT INTO generations (host, number, store_path, commit_sha, branch, build_id, created_at, signer,
-                    rollout_id, held_by)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                    rollout_id, held_by, diff_from, diff)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
             )
             .bind(g.host).bind(number).bind(g.store_path).bind(g.commit_sha).bind(g.branch).bind(g.build_id).bind(now())
             .bind(g.signer).bind(g.rollout_id).bind(g.rollout_id.filter(|_| g.held))
+            .bind(g.diff.and(g.diff_from)).bind(g.diff)
             .execute(&mut *tx).await?;
             if let Some(notify) = super::notify_sql(pool) {
                 let made = super::Notice::Made { host: g.host.to_owned(), number };
@@ -269,6 +274,8 @@ mod tests {
             signer: Some("alice"),
             rollout_id: None,
             held: false,
+            diff_from: None,
+            diff: None,
         }
     }
 

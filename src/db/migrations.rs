@@ -216,6 +216,11 @@ const MIGRATIONS: &[&str] = &[
         started_at BIGINT NOT NULL,
         finished_at BIGINT
     );",
+    // 14: the closure diff stored with each generation (issue 16): against the generation
+    // the host ran when it was made (`diff_from`; NULL with a diff: a first system), as JSON
+    // (`deploy::diff::ClosureDiff`). NULL `diff`: not stored (made before, or by a redeploy).
+    "ALTER TABLE generations ADD COLUMN diff_from BIGINT;
+    ALTER TABLE generations ADD COLUMN diff TEXT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

@@ -5,6 +5,7 @@
 
 mod builds;
 mod commits;
+mod diffs;
 mod enroll;
 mod forge;
 mod gc;
@@ -34,6 +35,7 @@ use sqlx::{
 
 pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
 pub use commits::BuildCommitRow;
+pub use diffs::StoredDiff;
 pub use enroll::{Enrolled, HostRemoval};
 pub use forge::ForgeStatusRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};

@@ -201,6 +201,8 @@ mod tests {
                 signer: None,
                 rollout_id: None,
                 held: false,
+                diff_from: None,
+                diff: None,
             };
             db.add_generation(&g).await.unwrap();
             assert_eq!(db.add_report("a", &report(1, "confirmed", None), None).await.unwrap(), Recorded::New);

@@ -360,6 +360,8 @@ mod tests {
             signer: None,
             rollout_id: Some(rollout),
             held,
+            diff_from: None,
+            diff: None,
         }
     }
 

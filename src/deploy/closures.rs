@@ -29,3 +29,27 @@ pub async fn between(db: &Db, from: Option<&str>, to: &str) -> Result<ClosureDif
     };
     Ok(diff::diff(&old, &closure(db, to).await?))
 }
+
+/// Generation `number`'s stored diff and the generation it was taken against (none: a first
+/// system); `None` when none was stored. A stored diff that no longer parses is logged and
+/// treated as none (the caller computes one).
+pub async fn stored(db: &Db, host: &str, number: i64) -> Result<Option<(Option<i64>, ClosureDiff)>, DbError> {
+    Ok(db.generation_diff(host, number).await?.and_then(|row| parse(host, &row)))
+}
+
+/// Every stored diff of `host`'s generations: number, the generation it was taken against,
+/// the diff (newest first; one that no longer parses is logged and left out).
+pub async fn stored_all(db: &Db, host: &str) -> Result<Vec<(i64, Option<i64>, ClosureDiff)>, DbError> {
+    let rows = db.generation_diffs(host).await?;
+    Ok(rows.iter().filter_map(|row| parse(host, row).map(|(from, diff)| (row.number, from, diff))).collect())
+}
+
+fn parse(host: &str, row: &crate::db::StoredDiff) -> Option<(Option<i64>, ClosureDiff)> {
+    match serde_json::from_str(&row.diff) {
+        Ok(diff) => Some((row.diff_from, diff)),
+        Err(e) => {
+            tracing::warn!(error = %e, host, number = row.number, "a stored closure diff does not parse");
+            None
+        }
+    }
+}

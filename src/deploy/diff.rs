@@ -58,6 +58,19 @@ impl ClosureDiff {
     pub fn needs_reboot(&self) -> bool {
         !self.reboot_for.is_empty()
     }
+
+    /// The summary in short, for a forge's status line: `+1 -0 ~2 packages, 12.3 MiB to
+    /// download, reboot` (`, reboot` only when the switch needs one).
+    pub fn short(&self) -> String {
+        let reboot = if self.needs_reboot() { ", reboot" } else { "" };
+        format!(
+            "+{} -{} ~{} packages, {} to download{reboot}",
+            self.added.len(),
+            self.removed.len(),
+            self.changed.len(),
+            bytes(self.download_bytes)
+        )
+    }
 }
 
 /// `(name, version)` as `builtins.parseDrvName` splits a store path name: the version starts
@@ -153,6 +166,10 @@ pub struct DiffView {
     pub to: DiffEnd,
     /// What the switch changes.
     pub diff: ClosureDiff,
+    /// The diff stored with generation `to` when it was made (from what the host ran then),
+    /// not one computed now from the index.
+    #[serde(default)]
+    pub stored: bool,
 }
 
 /// Which generations `berth diff HOST [FROM] [TO]` compares: `to` defaults to the newest

@@ -88,6 +88,8 @@ async fn resend(
         // An admin's rollback or redeploy is released at once, whatever a rollout holds.
         rollout_id: None,
         held: false,
+        diff_from: None,
+        diff: None,
     };
     let number = super::watch::add_generation(state, &g).await?;
     state.db.generation(name, number).await?.ok_or(ResendError::Vanished(number))

@@ -101,9 +101,9 @@ impl Dispatcher {
     }
 
     async fn dispatch(&mut self, event: &Event) -> Result<(), DbError> {
-        let (build_id, status) = match event {
+        let (build_id, status, generation) = match event {
             Event::BuildStarted { build } | Event::BuildSucceeded { build, .. } | Event::BuildFailed { build, .. } => {
-                (build.id, status::of_build(event))
+                (build.id, status::of_build(event), None)
             }
             Event::GenerationCreated { generation: g }
             | Event::GenerationActivating { generation: g, .. }
@@ -112,7 +112,7 @@ impl Dispatcher {
             | Event::GenerationFailed { generation: g, .. } => {
                 // Rollbacks and redeploys come from no build: nothing on the forge follows them.
                 let Some(id) = g.build_id else { return Ok(()) };
-                (id, None)
+                (id, None, Some(g))
             }
             Event::HostOffline { .. } | Event::HostBack { .. } | Event::CollectionFinished { .. } => return Ok(()),
         };
@@ -123,7 +123,13 @@ impl Dispatcher {
         let status = match status {
             Some(status) => Some(status),
             None if forge.aggregate => Some(status::aggregate(&deploy_outcomes(&self.state.db, build_id).await?)),
-            None => status::of_generation(event),
+            None => {
+                let diff = match generation {
+                    Some(g) => crate::deploy::closures::stored(&self.state.db, &g.host, g.number).await?,
+                    None => None,
+                };
+                status::of_generation(event, diff.as_ref().map(|(_, d)| d))
+            }
         };
         let Some(status) = status else { return Ok(()) };
         let key = (build_id, status.context.clone());

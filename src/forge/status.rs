@@ -8,7 +8,10 @@ use serde::Serialize;
 
 use crate::{
     auth::valid_host_name,
-    deploy::status::{Outcome, Phase},
+    deploy::{
+        diff::ClosureDiff,
+        status::{Outcome, Phase},
+    },
     events::{Event, GenerationRef},
 };
 
@@ -95,24 +98,29 @@ pub fn of_build(event: &Event) -> Option<CommitStatus> {
     Some(status(BUILD_CONTEXT.into(), state, &text))
 }
 
-/// The `berth/deploy/<host>` status a generation event means.
-pub fn of_generation(event: &Event) -> Option<CommitStatus> {
+/// The `berth/deploy/<host>` status a generation event means, with the generation's stored
+/// closure diff in short when it has one (`generation 2 confirmed (+1 -0 ~2 packages, 3.1 MiB
+/// to download)`; before the reason of a failure, which the length limit may clip).
+pub fn of_generation(event: &Event, diff: Option<&ClosureDiff>) -> Option<CommitStatus> {
+    let changes = diff.map_or_else(String::new, |d| format!(" ({})", d.short()));
     let (g, state, text): (&GenerationRef, _, String) = match event {
         Event::GenerationCreated { generation: g } => {
-            (g, State::Pending, format!("generation {} waiting for {}", g.number, g.host))
+            (g, State::Pending, format!("generation {} waiting for {}{changes}", g.number, g.host))
         }
         Event::GenerationActivating { generation: g, phase, message } => {
             let doing = if *phase == Phase::Downloading { "downloading" } else { "activating" };
-            (g, State::Pending, with_reason(&format!("{doing} generation {}", g.number), message.as_deref()))
+            (g, State::Pending, with_reason(&format!("{doing} generation {}{changes}", g.number), message.as_deref()))
         }
         Event::GenerationConfirmed { generation: g } => {
-            (g, State::Success, format!("generation {} confirmed", g.number))
+            (g, State::Success, format!("generation {} confirmed{changes}", g.number))
         }
-        Event::GenerationRolledBack { generation: g, reason } => {
-            (g, State::Failure, with_reason(&format!("generation {} rolled back", g.number), reason.as_deref()))
-        }
+        Event::GenerationRolledBack { generation: g, reason } => (
+            g,
+            State::Failure,
+            with_reason(&format!("generation {} rolled back{changes}", g.number), reason.as_deref()),
+        ),
         Event::GenerationFailed { generation: g, reason } => {
-            (g, State::Failure, with_reason(&format!("generation {} failed", g.number), reason.as_deref()))
+            (g, State::Failure, with_reason(&format!("generation {} failed{changes}", g.number), reason.as_deref()))
         }
         _ => return None,
     };
@@ -166,7 +174,7 @@ mod tests {
 
     #[track_caller]
     fn check(event: Event, expected: Option<(&str, State, &str)>) {
-        let got = of_build(&event).or_else(|| of_generation(&event));
+        let got = of_build(&event).or_else(|| of_generation(&event, None));
         let got = got.as_ref().map(|s| (s.context.as_str(), s.state, s.description.as_str()));
         assert_eq!(got, expected, "{event:?}");
     }
@@ -206,6 +214,28 @@ mod tests {
         );
         check(Event::HostBack { host: "beta".into() }, None);
         check(Event::GenerationConfirmed { generation: generation("no/such host") }, None);
+    }
+
+    /// A stored diff in short after the generation, before a failure's reason; a long
+    /// reason is clipped at a character, the diff kept.
+    #[test]
+    fn generation_statuses_carry_the_diff() {
+        let diff = ClosureDiff {
+            added: vec!["nginx-1.24.0".into()],
+            download_bytes: 3 * 1024 * 1024,
+            reboot_for: vec!["linux".into()],
+            ..ClosureDiff::default()
+        };
+        let g = generation("beta");
+        let text = |event: &Event| of_generation(event, Some(&diff)).unwrap().description;
+        let created = text(&Event::GenerationCreated { generation: g.clone() });
+        assert_eq!(created, "generation 2 waiting for beta (+1 -0 ~0 packages, 3.0 MiB to download, reboot)");
+        let confirmed = text(&Event::GenerationConfirmed { generation: g.clone() });
+        assert_eq!(confirmed, "generation 2 confirmed (+1 -0 ~0 packages, 3.0 MiB to download, reboot)");
+        let why = format!("unit nginx.service: {}", "é".repeat(200));
+        let rolled = text(&Event::GenerationRolledBack { generation: g, reason: Some(why) });
+        assert!(rolled.starts_with("generation 2 rolled back (+1 -0 ~0 packages, 3.0 MiB to download, reboot): unit"));
+        assert!(rolled.ends_with("é…") && rolled.chars().count() == MAX_DESCRIPTION_CHARS, "{rolled}");
     }
 
     #[test]

@@ -46,8 +46,9 @@ pub struct DiffQuery {
 }
 
 /// `GET /api/v1/hosts/{name}/diff?from=N&to=M` (admin, or that host's own token): what
-/// switching from generation N (default: what the host runs) to M (default: the newest)
-/// changes, from the cache's index.
+/// switching from generation N to M (default: the newest) changes. Without N: M's own diff,
+/// stored when it was made; when it has none, from what the host runs, computed from the
+/// cache's index (as is every diff with N).
 pub async fn diff(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -64,6 +65,18 @@ pub async fn diff(
         .latest_generation(&name)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("host {name} has no generation")))?;
+    let to_number = q.to.unwrap_or(newest.number);
+    // Without FROM: the generation's own diff, stored when it was made, when it has one.
+    if q.from.is_none() {
+        if let Some((from, diff)) = crate::deploy::closures::stored(&state.db, &name, to_number).await? {
+            let to = diff_end(&state, &name, to_number).await?;
+            let from = match from {
+                Some(n) => Some(diff_end(&state, &name, n).await?),
+                None => None,
+            };
+            return Ok(Json(DiffView { host: name, from, to, diff, stored: true }));
+        }
+    }
     let active = state.db.host_status(&name).await?.active_generation;
     let (from, to) = crate::deploy::diff::endpoints(newest.number, active, q.from, q.to);
     let to = diff_end(&state, &name, to).await?;
@@ -74,7 +87,7 @@ pub async fn diff(
     let diff =
         crate::deploy::closures::between(&state.db, from.as_ref().map(|f| f.store_path.as_str()), &to.store_path)
             .await?;
-    Ok(Json(DiffView { host: name, from, to, diff }))
+    Ok(Json(DiffView { host: name, from, to, diff, stored: false }))
 }
 
 /// Generation `number` of `name` as one end of a diff (404 when it has none).

@@ -18,6 +18,7 @@ mod actions;
 mod assets;
 mod auth;
 pub mod csrf;
+mod diffs;
 mod error;
 mod login;
 mod pages;

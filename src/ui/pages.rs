@@ -60,7 +60,8 @@ pub async fn host(State(state): State<UiState>, viewer: Viewer, Path(name): Path
         .iter()
         .find(|h| h.name == name)
         .map(view::host_line);
-    let generations = view::history(&generations, &reports);
+    let diffs = crate::deploy::closures::stored_all(db, &name).await?;
+    let generations = view::history(&generations, &reports, &diffs);
     Ok(render::page(
         "host.html",
         context! { nav => "fleet", viewer => viewer.role, csrf => viewer.csrf(), name, host => line, generations },

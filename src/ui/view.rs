@@ -154,11 +154,17 @@ pub struct GenerationLine {
     pub store_path: String,
     /// What the host reported about it, oldest first.
     pub log: Vec<LogEntry>,
+    /// Its closure diff, stored when it was made (none for one made before diffs were
+    /// stored, or by a rollback or redeploy).
+    pub diff: Option<super::diffs::DiffLine>,
 }
 
+/// A generation's stored diff: its number, the generation it was taken against, the diff.
+pub type Stored = (i64, Option<i64>, crate::deploy::diff::ClosureDiff);
+
 /// The history page's generations, newest first, each with its reports (`reports` newest
-/// first, as `Db::reports` gives them).
-pub fn history(generations: &[GenerationRow], reports: &[ReportRow]) -> Vec<GenerationLine> {
+/// first, as `Db::reports` gives them) and its stored diff.
+pub fn history(generations: &[GenerationRow], reports: &[ReportRow], diffs: &[Stored]) -> Vec<GenerationLine> {
     generations
         .iter()
         .map(|g| {
@@ -176,6 +182,10 @@ pub fn history(generations: &[GenerationRow], reports: &[ReportRow]) -> Vec<Gene
                 profile: g.profile_generation,
                 store_path: g.store_path.clone(),
                 log: reports.iter().rev().filter(|r| r.generation == g.number).map(log_entry).collect(),
+                diff: diffs
+                    .iter()
+                    .find(|d| d.0 == g.number)
+                    .map(|(_, from, diff)| super::diffs::diff_line(*from, diff)),
             }
         })
         .collect()
@@ -326,8 +336,14 @@ mod tests {
             created_at,
         };
         let reports = [report(2, "confirmed", 30), report(2, "activating", 20), report(1, "confirmed", 10)];
-        let lines =
-            history(&[generation(2, Some(Outcome::Confirmed)), generation(1, Some(Outcome::Superseded))], &reports);
+        let diffs = [(2, Some(1), crate::deploy::diff::ClosureDiff::default())];
+        let lines = history(
+            &[generation(2, Some(Outcome::Confirmed)), generation(1, Some(Outcome::Superseded))],
+            &reports,
+            &diffs,
+        );
+        assert_eq!(lines[0].diff.as_ref().map(|d| d.from.as_str()), Some("generation 1"));
+        assert_eq!(lines[1].diff, None, "generation 1 has no stored diff");
         assert_eq!(lines[0].log.iter().map(|e| e.phase.as_str()).collect::<Vec<_>>(), ["activating", "confirmed"]);
         assert_eq!(lines[0].log[0].took.as_deref(), Some("1.5 s"));
         assert_eq!(lines[0].log[0].message, None, "an empty message is no message");

@@ -47,6 +47,8 @@ fn seed(database: &str, hosts: &[String], store_path: &str) {
                 signer: None,
                 rollout_id: None,
                 held: false,
+                diff_from: None,
+                diff: None,
             };
             assert_eq!(db.add_generation(&g).await.unwrap(), 1);
             if n % 2 == 0 {

@@ -46,7 +46,8 @@ fn build_id(b: &BuildHost, host: &str) -> i64 {
 
 /// GitHub: `berth/build` goes pending → success while the forge is down for the first two
 /// requests (retried; the build does not wait), `berth/deploy/alpha` follows the real agent
-/// to success, then to failure with the reason when generation 2 is rolled back; a broken
+/// to success, then to failure with the reason when generation 2 is rolled back, each with
+/// the generation's stored closure diff in short (failed before: no diff); a broken
 /// build is a failure; a forge that stays down is recorded on the build; the token never
 /// reaches the log.
 #[test]
@@ -77,9 +78,13 @@ fn github_statuses_follow_builds_and_each_hosts_deploy() {
     assert_eq!(build[1].0, "success", "{build:?}");
     assert!(build[1].1.contains("new generations: alpha#1"), "{build:?}");
     let deploy = forge.of("berth/deploy/alpha");
-    assert_eq!(deploy[0], ("pending".into(), "generation 1 waiting for alpha".into()), "{deploy:?}");
+    // Each carries the generation's stored diff in short (a first system: all added).
+    let (state, text) = &deploy[0];
+    assert!(state == "pending" && text.starts_with("generation 1 waiting for alpha (+"), "{deploy:?}");
+    assert!(text.ends_with(" to download)") && !text.contains(" -0 ~0 packages, 0 B"), "{deploy:?}");
     assert!(deploy.iter().any(|(s, d)| s == "pending" && d.starts_with("activating generation 1")), "{deploy:?}");
-    assert_eq!(deploy.last().unwrap(), &("success".into(), "generation 1 confirmed".into()));
+    let (state, text) = deploy.last().unwrap();
+    assert!(state == "success" && text.starts_with("generation 1 confirmed (+"), "{deploy:?}");
     let target = format!("{}/ui/builds/{id}", b.server.url);
     assert!(forge.accepted().iter().all(|a| a.target_url == target && a.sha == one), "{:?}", forge.accepted());
 
@@ -93,7 +98,8 @@ fn github_statuses_follow_builds_and_each_hosts_deploy() {
         last(&forge, &two, "berth/deploy/alpha").is_some_and(|(s, _)| s == "failure")
     });
     let (_, why) = last(&forge, &two, "berth/deploy/alpha").unwrap();
-    assert!(why.starts_with("generation 2 rolled back: ") && why.chars().count() <= 140, "{why}");
+    let changes = "generation 2 rolled back (+0 -0 ~0 packages, ";
+    assert!(why.starts_with(changes) && why.contains(" to download): ") && why.chars().count() <= 140, "{why}");
 
     // A broken build: failure; then a forge that stays down: the build is not held, and
     // berth gives up after its retries and says so on the build.

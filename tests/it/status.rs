@@ -250,6 +250,65 @@ fn berth_diff_says_what_a_switch_changes() {
     assert!(closure < log.find("switch-to-configuration").unwrap(), "before the switch: {log}");
 }
 
+/// Each generation's diff is stored when it is made, against what the host confirmed
+/// running then: after the host moves on, `berth diff HOST` (no FROM) still shows generation
+/// 3's own diff from 1 (what alpha ran when 3 was made), where the on-demand diff would be
+/// from 2; an explicit FROM is still computed on demand; the agent logs the stored summary.
+/// (Failed before: no stored diff, `berth diff alpha` said 2 -> 3.)
+#[test]
+fn a_generation_keeps_the_diff_it_was_made_with() {
+    let b = build_host(&["alpha"], "");
+    let host = Host::new(&b, "alpha", "");
+    let once = |b: &BuildHost| {
+        let out = host.agent(b, &b.server.url, &deploy_public_key(b)).arg("--once").output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let (ok, log, _) = b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main");
+    assert!(ok && log.contains("(from generation nothing, stored)"), "{log}");
+    once(&b);
+    wait_report(&b, "alpha", 1, &["confirmed"]);
+    for (n, content) in [(2, "two"), (3, "three")] {
+        b.fleet.set_host("alpha", content);
+        let (ok, log, _) = b.submit_wait(&b.fleet.commit("main", content, Signing::Trusted), "main");
+        assert!(ok && log.contains("(from generation 1, stored)"), "generation {n}, alpha runs 1: {log}");
+    }
+    let agent_log = once(&b);
+    wait_report(&b, "alpha", 3, &["confirmed"]);
+    assert!(agent_log.contains("closure: +0 -0 ~0 packages"), "{agent_log}");
+
+    let diff = |args: &[&str]| {
+        let out =
+            b.s.berth()
+                .args(["diff", "--server", &b.server.url])
+                .args(args)
+                .env("BERTH_TOKEN", &b.admin)
+                .output()
+                .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let own = diff(&["alpha"]);
+    assert!(
+        own.starts_with("alpha: generation 1 (")
+            && own.contains(") -> 3 (")
+            && own.contains("[stored when it was made]"),
+        "{own}"
+    );
+    let computed = diff(&["alpha", "2", "3"]);
+    assert!(computed.starts_with("alpha: generation 2 (") && !computed.contains("stored"), "{computed}");
+    let get = |path: &str| {
+        let r = http().get(b.api(path)).bearer_auth(&b.admin).send().unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        r.json::<serde_json::Value>().unwrap()
+    };
+    let first = get("hosts/alpha/diff?to=1");
+    assert_eq!((first["stored"].as_bool(), first["from"].is_null()), (Some(true), true), "{first}");
+    let second = get("hosts/alpha/diff?to=2");
+    assert_eq!((second["stored"].as_bool(), second["from"]["number"].as_i64()), (Some(true), Some(1)), "{second}");
+    assert_eq!(get("hosts/alpha/diff?from=1&to=2")["stored"], false);
+}
+
 /// `berth hosts pause` holds a host on its current generation: a newer one is made but its
 /// agent is handed nothing, and `berth hosts` says `paused`; `resume` hands it the newest
 /// at once. Only an admin may; an unknown host is 404. (Failed before: no pause.)

@@ -166,6 +166,12 @@ fn the_dashboard_in_a_real_browser() {
         post_form(&url, "/ui/hosts/alpha/rollback", &read_cookie, &[], &[("csrf", &read_csrf), ("to", "1")]);
     assert_eq!(status, 401, "a closed session acts no more");
     log_in(&browser, &url, &b.admin, "/ui/hosts/alpha");
+    // Each generation's stored closure diff (failed before: none on the page).
+    let second = browser.text("#generation-2 .diff");
+    assert!(second.starts_with("from generation 1: +") && second.contains(" paths to download"), "{second}");
+    let first = browser.text("#generation-1 .diff");
+    assert!(first.starts_with("from nothing: +") && first.contains("reboot: no"), "{first}");
+    assert!(browser.text("#generation-1 details.packages").contains("Packages ("), "{}", browser.source());
     browser.screenshot("host");
     browser.click("#rollback");
     browser.wait_until(10, "the confirmation page", |br| br.url().ends_with("/ui/hosts/alpha/rollback"));
@@ -196,6 +202,7 @@ fn the_dashboard_in_a_real_browser() {
     browser.goto(&format!("{url}/ui/hosts/alpha"));
     browser.wait_until(10, "the history shows it", |br| br.text("#generation-3").contains("confirmed"));
     assert!(browser.text("#generation-3").contains("rollback-to-1"));
+    assert!(!browser.text("#generation-3").contains("Changes"), "a rollback stores no diff");
 
     // Pin generation 2's system from its history entry, then see the pin on the retention page.
     browser.click("#generation-2 a.pin");

@@ -49,6 +49,10 @@ pub enum Recorded {
     Repeated,
 }
 
+/// What makes a report the same as the one before: generation, phase, profile generation,
+/// message, duration.
+type Ending = (i64, String, Option<i64>, Option<String>, Option<i64>);
+
 /// The phases that end a deploy: sending one of them twice says nothing new.
 fn ends_deploy(phase: &str) -> bool {
     matches!(phase, "confirmed" | "rolled_back" | "failed" | "needs_reboot")
@@ -57,8 +61,8 @@ fn ends_deploy(phase: &str) -> bool {
 impl Db {
     /// Records a report and updates the host's status: `confirmed` makes the generation
     /// active (or `active` overrides it: the generation a rolled-back host runs again). A
-    /// report that ends a deploy and repeats the host's newest report (same generation, phase
-    /// and profile generation) is a re-send: it is not recorded again, so outcomes and events
+    /// report that ends a deploy and repeats the host's newest report (same generation, phase,
+    /// profile generation, message and duration) is a re-send: it is not recorded again, so outcomes and events
     /// are counted once.
     pub async fn add_report(&self, host: &str, report: &ReportRow, active: Option<i64>) -> Result<Recorded, DbError> {
         let t = now();
@@ -67,11 +71,19 @@ impl Db {
         on_pool!(self, pool => {
             let mut tx = pool.begin().await?;
             if ends_deploy(&report.phase) {
-                let newest: Option<(i64, String, Option<i64>)> = sqlx::query_as(
-                    "SELECT generation, phase, profile_generation FROM reports WHERE host = $1 ORDER BY id DESC LIMIT 1",
+                let newest: Option<Ending> = sqlx::query_as(
+                    "SELECT generation, phase, profile_generation, message, duration_ms FROM reports
+                     WHERE host = $1 ORDER BY id DESC LIMIT 1",
                 )
                 .bind(host).fetch_optional(&mut *tx).await?;
-                if newest == Some((report.generation, report.phase.clone(), report.profile_generation)) {
+                let again = (
+                    report.generation,
+                    report.phase.clone(),
+                    report.profile_generation,
+                    report.message.clone(),
+                    report.duration_ms,
+                );
+                if newest == Some(again) {
                     sqlx::query("UPDATE hosts SET last_seen = $1 WHERE name = $2").bind(t).bind(host).execute(&mut *tx).await?;
                     tx.commit().await?;
                     return Ok(Recorded::Repeated);
@@ -249,6 +261,11 @@ mod tests {
                 assert_eq!(db.add_report("a", &report(3, phase, None), None).await.unwrap(), Recorded::New);
             }
             assert_eq!(db.reports("a", 100).await.unwrap().len(), count + 3);
+            // Another ending with other words is another report (a host failing twice).
+            let said = report(3, "confirmed", Some("again"));
+            assert_eq!(db.add_report("a", &said, None).await.unwrap(), Recorded::New);
+            assert_eq!(db.add_report("a", &said, None).await.unwrap(), Recorded::Repeated);
+            assert_eq!(db.reports("a", 100).await.unwrap().len(), count + 4);
         }
     }
 }

@@ -89,6 +89,7 @@ fn a_scrape_after_real_traffic_passes_promtool_and_covers_the_docs() {
     let newest = &before[0];
     assert_eq!((newest["generation"].as_i64(), newest["phase"].as_str()), (Some(2), Some("rolled_back")), "{newest}");
     let again = json!({"generation": 2, "phase": "rolled_back", "message": newest["message"],
+        "duration_ms": newest["duration_ms"], "log_tail": newest["log_tail"],
         "profile_generation": newest["profile_generation"]});
     let r = http().post(b.api("hosts/alpha/reports")).bearer_auth(token.trim()).json(&again).send().unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);

@@ -53,7 +53,13 @@ pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Re
 /// Checks that `token` is a CI ID token allowed to submit builds of `repository`
 /// (`[repositories.oidc]`): header, then the issuer's key, signature, and the claim policy.
 /// It allows nothing else: every other route takes berth tokens only.
-pub async fn require_oidc(state: &AppState, token: &str, repository: &str) -> Result<(), ApiError> {
+pub async fn require_oidc(
+    state: &AppState,
+    token: &str,
+    repository: &str,
+    branch: &str,
+    commit: &str,
+) -> Result<(), ApiError> {
     use crate::oidc::{policy, verify};
     let refuse = |e: ApiError| {
         Metrics::add(&state.metrics.auth_refusals, 1);
@@ -70,7 +76,7 @@ pub async fn require_oidc(state: &AppState, token: &str, repository: &str) -> Re
     let key = state.oidc_keys.key(&policy.issuer, &header.kid).await.map_err(|e| unauthorized(&e))?;
     let claims = verify::verify(token, &header, &key).map_err(|e| unauthorized(&e))?;
     let now = jiff::Timestamp::now().as_second();
-    policy::check(policy, &claims, now).map_err(|e| {
+    policy::check(policy, &claims, now).and_then(|()| policy::binds(&claims, branch, commit)).map_err(|e| {
         if e.is_forbidden() {
             refuse(ApiError::Forbidden(e.to_string()))
         } else {

@@ -120,7 +120,7 @@ pub async fn submit(State(state): State<AppState>, headers: HeaderMap, body: Bod
     }
     let request: SubmitRequest = json::read(&headers, body).await?;
     if let Some(token) = oidc {
-        auth::require_oidc(&state, &token, &request.repository).await?;
+        auth::require_oidc(&state, &token, &request.repository, &request.branch, &request.commit).await?;
     }
     let (id, created) = submit_build(&state, &request).await?;
     tracing::info!(id, created, repository = %request.repository, commit = %request.commit, branch = %request.branch, "build submitted");

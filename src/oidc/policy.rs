@@ -52,6 +52,8 @@ pub struct Claims {
     pub workflow: Option<String>,
     /// GitHub's reusable-workflow reference.
     pub job_workflow_ref: Option<String>,
+    /// The commit the workflow runs for.
+    pub sha: Option<String>,
 }
 
 /// `aud` as JWT allows it (RFC 7519 §4.1.3).
@@ -118,13 +120,38 @@ pub enum PolicyError {
     /// `job_workflow_ref` not allowed.
     #[error("the ID token's job_workflow_ref is not allowed to submit builds of this repository")]
     JobWorkflowRef,
+    /// The build names another branch than the one the token's workflow runs on.
+    #[error("the ID token is for another branch than the build names")]
+    Branch,
+    /// The build names another commit than the one the token's workflow runs for.
+    #[error("the ID token is for another commit than the build names")]
+    Commit,
 }
 
 impl PolicyError {
     /// Whether this is 403 (a valid token of the issuer, but not allowed) rather than 401
     /// (not a currently valid token for berth).
     pub fn is_forbidden(&self) -> bool {
-        matches!(self, Self::Repository(_) | Self::Ref | Self::Workflow | Self::JobWorkflowRef)
+        matches!(
+            self,
+            Self::Repository(_) | Self::Ref | Self::Workflow | Self::JobWorkflowRef | Self::Branch | Self::Commit
+        )
+    }
+}
+
+/// PURE: the build a token may submit is the one its workflow runs for: the branch must be
+/// the token's `ref` (`refs/heads/<branch>`; a tag or a token without `ref` submits
+/// nothing), and the commit its `sha` when the token has one (GitHub and Forgejo do).
+/// Without this, a job on a `test-*` branch allowed by `refs` could ask for a build of
+/// `main`, and deploy the whole fleet.
+pub fn binds(claims: &Claims, branch: &str, commit: &str) -> Result<(), PolicyError> {
+    let on = claims.git_ref.as_deref().and_then(|r| r.strip_prefix("refs/heads/"));
+    if on != Some(branch) {
+        return Err(PolicyError::Branch);
+    }
+    match &claims.sha {
+        Some(sha) if !sha.eq_ignore_ascii_case(commit) => Err(PolicyError::Commit),
+        _ => Ok(()),
     }
 }
 
@@ -183,6 +210,31 @@ pub fn check(policy: &OidcPolicy, claims: &Claims, now: i64) -> Result<(), Polic
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_token_submits_only_the_build_its_workflow_runs_for() {
+        let claims = |git_ref: Option<&str>, sha: Option<&str>| Claims {
+            git_ref: git_ref.map(str::to_owned),
+            sha: sha.map(str::to_owned),
+            ..Claims::default()
+        };
+        let c = "a".repeat(40);
+        for (git_ref, sha, branch, commit, want) in [
+            (Some("refs/heads/main"), Some(c.as_str()), "main", c.as_str(), Ok(())),
+            (Some("refs/heads/main"), Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"), "main", c.as_str(), Ok(())),
+            (Some("refs/heads/main"), None, "main", c.as_str(), Ok(())),
+            (Some("refs/heads/test-alpha"), Some(c.as_str()), "main", c.as_str(), Err(PolicyError::Branch)),
+            (Some("refs/heads/main"), Some(c.as_str()), "main", "b".repeat(40).as_str(), Err(PolicyError::Commit)),
+            (Some("refs/tags/main"), None, "main", c.as_str(), Err(PolicyError::Branch)),
+            (Some("main"), None, "main", c.as_str(), Err(PolicyError::Branch)),
+            (Some("refs/heads/main/../x"), None, "main", c.as_str(), Err(PolicyError::Branch)),
+            (Some("refs/heads/mäin"), None, "main", c.as_str(), Err(PolicyError::Branch)),
+            (None, Some(c.as_str()), "main", c.as_str(), Err(PolicyError::Branch)),
+        ] {
+            assert_eq!(binds(&claims(git_ref, sha), branch, commit), want, "{git_ref:?} {sha:?} {branch}");
+        }
+        assert!(PolicyError::Branch.is_forbidden() && PolicyError::Commit.is_forbidden());
+    }
+
     use super::*;
 
     const NOW: i64 = 1_800_000_000;
@@ -209,6 +261,7 @@ mod tests {
             git_ref: Some("refs/heads/main".into()),
             workflow: Some("deploy".into()),
             job_workflow_ref: Some("acme/fleet/.github/workflows/deploy.yml@refs/heads/main".into()),
+            sha: None,
         }
     }
 

@@ -25,6 +25,7 @@ mod hostile;
 mod metrics;
 mod nix_client;
 mod nix_files;
+mod oidc;
 mod openapi;
 mod protocol;
 mod receiver;

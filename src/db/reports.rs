@@ -50,8 +50,8 @@ pub enum Recorded {
 }
 
 /// What makes a report the same as the one before: generation, phase, profile generation,
-/// message, duration.
-type Ending = (i64, String, Option<i64>, Option<String>, Option<i64>);
+/// message, log tail, duration.
+type Ending = (i64, String, Option<i64>, Option<String>, Option<String>, Option<i64>);
 
 /// The phases that end a deploy: sending one of them twice says nothing new.
 fn ends_deploy(phase: &str) -> bool {
@@ -62,7 +62,7 @@ impl Db {
     /// Records a report and updates the host's status: `confirmed` makes the generation
     /// active (or `active` overrides it: the generation a rolled-back host runs again). A
     /// report that ends a deploy and repeats the host's newest report (same generation, phase,
-    /// profile generation, message and duration) is a re-send: it is not recorded again, so outcomes and events
+    /// profile generation, message, log tail and duration) is a re-send: it is not recorded again, so outcomes and events
     /// are counted once.
     pub async fn add_report(&self, host: &str, report: &ReportRow, active: Option<i64>) -> Result<Recorded, DbError> {
         let t = now();
@@ -72,7 +72,7 @@ impl Db {
             let mut tx = pool.begin().await?;
             if ends_deploy(&report.phase) {
                 let newest: Option<Ending> = sqlx::query_as(
-                    "SELECT generation, phase, profile_generation, message, duration_ms FROM reports
+                    "SELECT generation, phase, profile_generation, message, log_tail, duration_ms FROM reports
                      WHERE host = $1 ORDER BY id DESC LIMIT 1",
                 )
                 .bind(host).fetch_optional(&mut *tx).await?;
@@ -81,6 +81,7 @@ impl Db {
                     report.phase.clone(),
                     report.profile_generation,
                     report.message.clone(),
+                    report.log_tail.clone(),
                     report.duration_ms,
                 );
                 if newest == Some(again) {

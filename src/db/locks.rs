@@ -26,8 +26,10 @@ use super::{Db, DbError};
 const PUBLISH_GATE_KEY: i64 = 0x6265_7274_6801;
 /// `pg_try_advisory_lock` key held while a collection runs ("berth" + 2).
 pub const COLLECTION_KEY: i64 = 0x6265_7274_6802;
-/// `pg_try_advisory_lock` key of the replica that watches for hosts going offline ("berth" + 5;
-/// + 3 is the schema migrations' lock, `migrations.rs`, + 4 a cache re-signing run's).
+/// `pg_try_advisory_lock` key held while a cache re-signing run works ("berth" + 4; + 3 is
+/// the schema migrations' lock, `migrations.rs`).
+pub const RESIGN_KEY: i64 = 0x6265_7274_6804;
+/// `pg_try_advisory_lock` key of the replica that watches for hosts going offline ("berth" + 5).
 pub const OFFLINE_WATCH_KEY: i64 = 0x6265_7274_6805;
 /// Gate holders per process at once (a publication, rollback or pin each). They have a pool
 /// of their own: a holder needs the main pool's connections for its work, and holders
@@ -123,8 +125,9 @@ impl Db {
     }
 }
 
-/// The one replica that does a fleet-wide job (watching for hosts going offline), so that
-/// each event it finds is announced once, not once per replica. With PostgreSQL it is a
+/// The one replica that does a fleet-wide job (watching for hosts going offline, re-signing
+/// the cache), so that it is done, and each event it finds announced, once, not once per
+/// replica. With PostgreSQL it is a
 /// session advisory lock on a connection of its own, closed (and the lock with it) when this
 /// is dropped or the replica dies; another replica takes it at its next try. SQLite has one
 /// process: it always leads.

@@ -3,13 +3,11 @@
 //! the index in hash order, a batch at a time, so it never holds every row and a resumed run
 //! starts after the cursor.
 
-use sqlx::{pool::PoolConnection, Postgres};
-
-use super::{on_pool, Db, DbError};
+use super::{
+    locks::{Leadership, RESIGN_KEY},
+    on_pool, Db, DbError,
+};
 use crate::nixfmt::OldSignatures;
-
-/// `pg_try_advisory_lock` key held while a re-signing run works ("berth" + 4; see `locks.rs`).
-const RESIGN_KEY: i64 = 0x6265_7274_6804;
 
 /// Where a run is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -74,10 +72,7 @@ fn from_row((key_name, old, state, cursor, resigned, started_at, finished_at): R
 
 /// Held while a run works: no other run works, in any process. Dropped, its session is
 /// closed, which releases it (and a killed process releases it with its connection).
-#[derive(Debug)]
-pub struct ResignLock {
-    _session: Option<PoolConnection<Postgres>>,
-}
+pub type ResignLock = Leadership;
 
 impl Db {
     /// The recorded run, if any was ever started.
@@ -139,13 +134,7 @@ impl Db {
     /// Takes the run's lock, or `None` when another process holds it. (SQLite: one process
     /// owns the database; `resign::start` holds an in-process lock as well.)
     pub async fn try_lock_resign(&self) -> Result<Option<ResignLock>, DbError> {
-        let Db::Postgres(pool) = self else { return Ok(Some(ResignLock { _session: None })) };
-        super::count_query();
-        let mut session = pool.acquire().await?;
-        session.close_on_drop();
-        let locked: bool =
-            sqlx::query_scalar("SELECT pg_try_advisory_lock($1)").bind(RESIGN_KEY).fetch_one(&mut *session).await?;
-        Ok(locked.then_some(ResignLock { _session: Some(session) }))
+        self.try_lead(RESIGN_KEY).await
     }
 }
 

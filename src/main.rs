@@ -286,6 +286,11 @@ enum BuildAction {
         /// Follow the build to its end.
         #[arg(long)]
         wait: bool,
+        /// In a GitHub or Forgejo Actions job: authenticate with the job's OpenID Connect ID
+        /// token for this audience (fetched from ACTIONS_ID_TOKEN_REQUEST_URL) instead of a
+        /// berth token. The repository needs `[repositories.oidc]` on the server.
+        #[arg(long, env = "BERTH_ID_TOKEN_AUDIENCE")]
+        id_token_audience: Option<String>,
     },
     /// Print a build's state and per-host results; exits 1 unless it succeeded.
     Status {
@@ -745,9 +750,16 @@ impl ClientArgs {
 async fn build(action: BuildAction) -> Result<()> {
     use berth::cmd::build as cmd;
     let succeeded = match action {
-        BuildAction::Submit { client, repo, commit, branch, hosts, wait } => {
+        BuildAction::Submit { client, repo, commit, branch, hosts, wait, id_token_audience } => {
             let request = cmd::Submit { repository: repo, commit, branch, hosts };
-            cmd::submit(&client.api()?, &request, wait).await?
+            let api = match id_token_audience.filter(|a| !a.is_empty()) {
+                Some(_) if client.token.as_deref().is_some_and(|t| !t.is_empty()) => {
+                    bail!("give a berth token (--token, BERTH_TOKEN) or --id-token-audience, not both")
+                }
+                Some(audience) => berth::client::Api::with_id_token(&client.server()?, &audience)?,
+                None => client.api()?,
+            };
+            cmd::submit(&api, &request, wait).await?
         }
         BuildAction::Status { client, id } => {
             let build: cmd::Build = client.api()?.get(&format!("/api/v1/builds/{id}")).await?;

@@ -52,7 +52,8 @@ pub async fn require(state: &AppState, headers: &HeaderMap, needed: Scope) -> Re
 
 /// Checks that `token` is a CI ID token allowed to submit builds of `repository`
 /// (`[repositories.oidc]`): header, then the issuer's key, signature, and the claim policy.
-/// It allows nothing else: every other route takes berth tokens only.
+/// It allows nothing else: following that one build (`http::builds`) is the only other use;
+/// every other route takes berth tokens only.
 pub async fn require_oidc(
     state: &AppState,
     token: &str,

@@ -1,5 +1,6 @@
 //! Build requests: `POST /api/v1/builds` (ci), `GET /api/v1/builds` (filtered),
-//! `GET /api/v1/builds/{id}`, its log (followed while the build runs) and `POST …/cancel`.
+//! `GET /api/v1/builds/{id}` and its log (followed while the build runs; both also to the
+//! ID token of the job that submitted it), and `POST …/cancel`.
 
 use axum::{
     body::Body,
@@ -16,6 +17,7 @@ use crate::{
     auth::{valid_host_name, Scope},
     build::model::{valid_branch, valid_commit, BuildState},
     db::{BuildCommitRow, BuildFilter, BuildHostRow, BuildRow, ForgeStatusRow},
+    metrics::Metrics,
 };
 
 /// `POST /api/v1/builds` body.
@@ -136,13 +138,30 @@ async fn load(state: &AppState, id: i64) -> Result<BuildView, ApiError> {
     Ok(BuildView::new(build, hosts, commits, forge))
 }
 
+/// Who may follow build `id`: a `ci` token, or the ID token of the CI job that may submit
+/// exactly this build (its repository, branch and commit), so a job that authenticated with
+/// its ID token can follow what it submitted and nothing else.
+async fn require_follower(state: &AppState, headers: &HeaderMap, id: i64) -> Result<BuildRow, ApiError> {
+    let Some(token) = auth::presented_token(headers).filter(|t| crate::oidc::looks_like_jwt(t)) else {
+        auth::require(state, headers, Scope::Ci).await?;
+        return state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")));
+    };
+    // No answer tells an ID token's holder which other builds exist.
+    let Some(build) = state.db.build(id).await? else {
+        Metrics::add(&state.metrics.auth_refusals, 1);
+        return Err(ApiError::Unauthorized(format!("an ID token reads only the build its job submitted, not {id}")));
+    };
+    auth::require_oidc(state, &token, &build.repository, &build.branch, &build.commit_sha).await?;
+    Ok(build)
+}
+
 /// `GET /api/v1/builds/{id}`.
 pub async fn status(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(id): Path<i64>,
 ) -> Result<Json<BuildView>, ApiError> {
-    auth::require(&state, &headers, Scope::Ci).await?;
+    require_follower(&state, &headers, id).await?;
     Ok(Json(load(&state, id).await?))
 }
 
@@ -194,8 +213,7 @@ pub async fn list(
 
 /// `GET /api/v1/builds/{id}/log`: plain text, streamed until the build ends.
 pub async fn log(State(state): State<AppState>, headers: HeaderMap, Path(id): Path<i64>) -> Result<Response, ApiError> {
-    auth::require(&state, &headers, Scope::Ci).await?;
-    let build = state.db.build(id).await?.ok_or_else(|| ApiError::NotFound(format!("no build {id}")))?;
+    let build = require_follower(&state, &headers, id).await?;
     if build.state == BuildState::Queued.as_str() {
         return Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "").into_response());
     }

@@ -4,7 +4,12 @@
 
 use std::process::Command;
 
-use crate::{builds::build_host, fleet::Signing, harness::*};
+use crate::{
+    builds::build_host,
+    fleet::Signing,
+    harness::*,
+    oidc::{Issuer, AUDIENCE, REQUEST_TOKEN},
+};
 
 /// The `run: |` script of job `job` in a workflow file, dedented.
 fn job_script(workflow: &str, job: &str) -> String {
@@ -25,21 +30,23 @@ fn job_script(workflow: &str, job: &str) -> String {
     script
 }
 
-#[test]
-fn the_ci_examples_submit_wait_and_report_every_host() {
+/// The workflow file `file` of docs/ci/.
+fn workflow(file: &str) -> String {
+    std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ci").join(file)).unwrap()
+}
+
+/// Runs each job of each example against `b` with the runner's `env`, and checks that it
+/// succeeded and reported every host.
+fn run_every_job(b: &crate::builds::BuildHost, commit: &str, env: &[(&str, &str)]) {
     require("jq");
     require("curl");
-    let b = build_host(&["alpha", "beta"], "");
-    let commit = b.fleet.commit("main", "from ci", Signing::Trusted);
     let berth_dir = std::path::Path::new(berth_bin()).parent().unwrap().to_owned();
     let path = std::env::join_paths(
         std::iter::once(berth_dir).chain(std::env::split_paths(&std::env::var_os("PATH").unwrap())),
     )
     .unwrap();
     for file in ["forgejo-actions.yml", "github-actions.yml"] {
-        let workflow =
-            std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/ci").join(file))
-                .unwrap();
+        let workflow = workflow(file);
         for job in ["berth-curl", "berth-cli"] {
             // Waits between polls are the example's; a test need not wait ten seconds.
             let script = job_script(&workflow, job).replace("sleep 10", "sleep 0.5");
@@ -47,10 +54,10 @@ fn the_ci_examples_submit_wait_and_report_every_host() {
                 .args(["-c", &script])
                 .env("PATH", &path)
                 .env("BERTH_SERVER", &b.server.url)
-                .env("BERTH_TOKEN", &b.ci)
                 .env("BERTH_REPOSITORY", "fleet")
-                .env("COMMIT", &commit)
+                .env("COMMIT", commit)
                 .env("BRANCH", "main")
+                .envs(env.iter().copied())
                 .output()
                 .unwrap();
             let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
@@ -65,4 +72,43 @@ fn the_ci_examples_submit_wait_and_report_every_host() {
             }
         }
     }
+}
+
+#[test]
+fn the_ci_examples_submit_wait_and_report_every_host() {
+    let b = build_host(&["alpha", "beta"], "");
+    let commit = b.fleet.commit("main", "from ci", Signing::Trusted);
+    run_every_job(&b, &commit, &[("BERTH_TOKEN", &b.ci), ("BERTH_ID_TOKEN_AUDIENCE", "")]);
+}
+
+/// With `BERTH_OIDC_AUDIENCE` set and no `BERTH_TOKEN` secret (the forge then passes an empty
+/// value), each job gets its ID token from the forge's token endpoint — a local issuer here —
+/// and submits and follows the build with it alone.
+#[test]
+fn the_ci_examples_authenticate_with_the_jobs_id_token() {
+    for (file, permission) in
+        [("github-actions.yml", "      id-token: write"), ("forgejo-actions.yml", "    enable-openid-connect: true")]
+    {
+        assert_eq!(
+            workflow(file).matches(&format!("\n{permission}")).count(),
+            2,
+            "{file}: each job may ask for a token"
+        );
+    }
+    let issuer = Issuer::start();
+    let b = build_host(&["alpha", "beta"], &issuer.policy());
+    let commit = b.fleet.commit("main", "from ci", Signing::Trusted);
+    issuer.set_job("refs/heads/main", &commit);
+    let request_url = issuer.request_url();
+    run_every_job(
+        &b,
+        &commit,
+        &[
+            ("BERTH_TOKEN", ""),
+            ("BERTH_ID_TOKEN_AUDIENCE", AUDIENCE),
+            ("ACTIONS_ID_TOKEN_REQUEST_URL", &request_url),
+            ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", REQUEST_TOKEN),
+        ],
+    );
+    assert!(issuer.minted() >= 4, "every job asked the forge for its token ({} minted)", issuer.minted());
 }

@@ -1,6 +1,8 @@
 //! A small client for berth's JSON API, used by the admin and CI commands (`berth build`,
 //! `berth hosts`). Errors are one line: the server's own message when it gave one.
 
+pub mod id_token;
+
 use futures::{Stream, TryStreamExt};
 use reqwest::{Method, RequestBuilder, Response};
 use serde::{de::DeserializeOwned, Serialize};
@@ -30,16 +32,27 @@ pub enum ClientError {
     /// The answer was not what the API documents.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
+    /// No CI ID token could be had from the forge.
+    #[error("{0}")]
+    IdToken(#[from] crate::oidc::ActionsError),
     /// The answer holds nothing of what was asked (no reports about that generation, say).
     #[error("{0}")]
     Nothing(String),
 }
 
-/// A berth server and a token.
+/// A berth server and how to authenticate to it.
 pub struct Api {
     http: reqwest::Client,
     base: String,
-    token: Option<String>,
+    credential: Credential,
+}
+
+/// What a request carries.
+enum Credential {
+    /// A berth token, or none.
+    Token(Option<String>),
+    /// A CI job's ID token, fetched (and replaced before it expires) from the forge.
+    IdToken(id_token::IdTokenSource),
 }
 
 impl Api {
@@ -48,18 +61,28 @@ impl Api {
         if !(server.starts_with("http://") || server.starts_with("https://")) {
             return Err(ClientError::Url(server.to_owned()));
         }
-        Ok(Self { http: reqwest::Client::new(), base: server.trim_end_matches('/').to_owned(), token })
+        let credential = Credential::Token(token);
+        Ok(Self { http: reqwest::Client::new(), base: server.trim_end_matches('/').to_owned(), credential })
+    }
+
+    /// A client for `server` that authenticates with the CI job's ID tokens for `audience`
+    /// (docs/ci.md): only build submission and following the submitted build accept them.
+    pub fn with_id_token(server: &str, audience: &str) -> Result<Self, ClientError> {
+        let mut api = Self::new(server, None)?;
+        api.credential = Credential::IdToken(id_token::IdTokenSource::from_env(audience)?);
+        Ok(api)
     }
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
-        let request = self.http.request(method, format!("{}{path}", self.base));
-        match &self.token {
-            Some(token) => request.bearer_auth(token),
-            None => request,
-        }
+        self.http.request(method, format!("{}{path}", self.base))
     }
 
     async fn send(&self, request: RequestBuilder) -> Result<Response, ClientError> {
+        let request = match &self.credential {
+            Credential::Token(Some(token)) => request.bearer_auth(token),
+            Credential::Token(None) => request,
+            Credential::IdToken(source) => request.bearer_auth(source.token().await?),
+        };
         let response = request
             .send()
             .await

@@ -45,6 +45,9 @@ pub enum StartError {
     /// The server failed.
     #[error("server: {0}")]
     Serve(std::io::Error),
+    /// The deploy keys cannot be used.
+    #[error("deploy keys: {0}")]
+    DeployKeys(#[from] crate::deploy::keys::KeysError),
 }
 
 /// Everything a request handler needs: one shared [`AppInner`]. Cloning is one atomic
@@ -69,8 +72,8 @@ pub struct AppInner {
     pub db: Db,
     /// The cache signing key.
     pub signing_key: SecretKey,
-    /// The deploy key that signs host manifests.
-    pub deploy_key: SecretKey,
+    /// The deploy keys that sign host manifests (through a rotation, `deploy::keys`).
+    pub deploy_keys: crate::deploy::keys::DeployKeys,
     /// The hosts whose manifest long-polls wait, woken when their generation is made.
     pub deploys: crate::deploy::watch::Watch,
     /// Wakes the rollout driver (`deploy::rollouts`).
@@ -110,13 +113,15 @@ impl AppState {
     /// Opens storage and the index and loads the key.
     pub async fn open(config: &Config) -> Result<(Self, KeyOrigin), StartError> {
         let (key, origin) = load_or_generate_key(&config.signing_key)?;
-        let (deploy_key, _) = load_or_generate_key(&config.deploy_key)?;
+        let (deploy_key, deploy_origin) = load_or_generate_key(&config.deploy_key)?;
         let store = Store::open(&config.storage)?;
         let swept = store.sweep_staging().await?;
         if swept > 0 {
             tracing::info!(swept, "removed unfinished uploads left by an earlier run");
         }
         let db = Db::open(&config.database).await?;
+        let deploy_keys =
+            crate::deploy::keys::DeployKeys::open(&db, deploy_key, deploy_origin == KeyOrigin::Loaded).await?;
         // The bucket itself stays a valid binary cache, readable without berth.
         store.put(&ObjectKey::CacheInfo, Bytes::from(cache_info_text(&config.cache))).await?;
         let mut public_keys = vec![key.public()];
@@ -127,7 +132,7 @@ impl AppState {
             published: crate::published::PublishedSet::new(db.is_shared()),
             db,
             signing_key: key,
-            deploy_key,
+            deploy_keys,
             deploys: Default::default(),
             rollouts: Default::default(),
             gc_running: Default::default(),
@@ -241,6 +246,8 @@ pub async fn serve(
     let mut workers = crate::build::worker::spawn(state.clone(), stop.clone());
     // PostgreSQL: generations other replicas make wake this one's long-polls.
     workers.push(tokio::spawn(crate::deploy::watch::follow(state.clone(), stop.clone())));
+    // Deploy-key rotations move on as hosts acknowledge the next key.
+    workers.push(tokio::spawn(crate::deploy::keys::run(state.clone(), stop.clone())));
     if db.is_shared() {
         let (following, stop) = (state.clone(), stop.clone());
         workers.push(tokio::spawn(async move {

@@ -87,6 +87,14 @@ enum Command {
         #[command(subcommand)]
         action: RolloutAction,
     },
+    /// The server's deploy keys: their states, what each host's agent trusts, and a rotation
+    /// without an outage (docs/keys.md).
+    Keys {
+        #[command(flatten)]
+        client: ClientArgs,
+        #[command(subcommand)]
+        action: KeysAction,
+    },
     /// The binary cache: re-sign what it published with the current cache key.
     Cache {
         #[command(flatten)]
@@ -345,6 +353,26 @@ enum CacheAction {
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum KeysAction {
+    /// Every deploy key and its state, the hosts a rotation waits for, what each agent trusts.
+    Status,
+    /// Start a rotation: a next key that co-signs every manifest and is announced to every
+    /// agent; it becomes current once every host's agent trusts it, and the old key retires.
+    Rotate {
+        /// Which key: `deploy` (the cache key rotates with `signing_key_file` and
+        /// `berth cache resign`, docs/cache.md).
+        #[arg(value_enum)]
+        key: RotatedKey,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RotatedKey {
+    /// The deploy key that signs host manifests.
+    Deploy,
 }
 
 #[derive(Subcommand)]
@@ -624,6 +652,15 @@ async fn run(command: Command) -> Result<()> {
             berth::cmd::cache::resign(&api, old, !no_wait, &mut out).await?;
             Ok(())
         }
+        Command::Keys { client, action } => {
+            let api = client.api()?;
+            let text = match action {
+                KeysAction::Status => berth::cmd::keys::status(&api).await?,
+                KeysAction::Rotate { key: RotatedKey::Deploy } => berth::cmd::keys::rotate_deploy(&api).await?,
+            };
+            print!("{text}");
+            Ok(())
+        }
         Command::Rollout { client, action } => {
             let api = client.api()?;
             let text = match action {
@@ -702,8 +739,9 @@ async fn hosts_add_locally(local: ServerArgs, server: &str, request: &berth::enr
     let overrides = Overrides { data_dir: local.data_dir, ..Default::default() };
     let config = config::load(local.config.as_deref(), overrides)?;
     let db = Db::open(&config.database).await?;
-    let (deploy_key, _) = app::load_or_generate_key(&config.deploy_key)?;
-    let made = berth::enroll::issue::add_host(&db, deploy_key.public().to_nix_string(), request).await?;
+    let (deploy_key, origin) = app::load_or_generate_key(&config.deploy_key)?;
+    let keys = berth::deploy::keys::DeployKeys::open(&db, deploy_key, origin == app::KeyOrigin::Loaded).await?;
+    let made = berth::enroll::issue::add_host(&db, keys.ring().current_public(), request).await?;
     Ok(berth::cmd::enroll::render(&made, server))
 }
 
@@ -806,7 +844,7 @@ async fn serve(config: config::Config) -> Result<()> {
         println!("generated signing key {}", config.signing_key.path.display());
     }
     println!("public key: {}", state.public_keys[0].to_nix_string());
-    println!("deploy public key: {}", state.deploy_key.public().to_nix_string());
+    println!("deploy public key: {}", state.deploy_keys.ring().current_public());
     println!("add to nix.conf on every client:\n{}", state.nix_conf_lines(&url));
     println!("berth listening on {url}");
     app::serve(state, listener, shutdown_signal()).await?;

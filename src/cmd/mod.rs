@@ -6,6 +6,7 @@ pub mod cache;
 pub mod enroll;
 pub mod gc;
 pub mod hosts;
+pub mod keys;
 pub mod rollout;
 
 /// Seconds since the epoch as `YYYY-MM-DD HH:MM:SS` UTC (no time-zone database needed).

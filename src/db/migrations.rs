@@ -221,6 +221,21 @@ const MIGRATIONS: &[&str] = &[
     // (`deploy::diff::ClosureDiff`). NULL `diff`: not stored (made before, or by a redeploy).
     "ALTER TABLE generations ADD COLUMN diff_from BIGINT;
     ALTER TABLE generations ADD COLUMN diff TEXT;",
+    // 15: deploy-key rotation (db/deploy_keys.rs, deploy/keys.rs): the server's deploy keys
+    // and their states (`deploy::rotation`), at most one `next` and one `current`; the secret
+    // of a key made by `berth keys rotate deploy` (NULL: the key of `deploy_key_file`, whose
+    // secret stays in that file); and the keys each host's agent last said it trusts.
+    "CREATE TABLE deploy_keys (
+        public_key TEXT PRIMARY KEY,
+        secret_key TEXT,
+        state TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        changed_at BIGINT NOT NULL
+    );
+    CREATE UNIQUE INDEX deploy_keys_one_next ON deploy_keys (state) WHERE state = 'next';
+    CREATE UNIQUE INDEX deploy_keys_one_current ON deploy_keys (state) WHERE state = 'current';
+    ALTER TABLE hosts ADD COLUMN deploy_keys_ack TEXT;
+    ALTER TABLE hosts ADD COLUMN deploy_keys_ack_at BIGINT;",
 ];
 
 fn serial(db: &Db) -> &'static str {

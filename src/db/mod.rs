@@ -5,6 +5,7 @@
 
 mod builds;
 mod commits;
+mod deploy_keys;
 mod diffs;
 mod enroll;
 mod forge;
@@ -35,6 +36,7 @@ use sqlx::{
 
 pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
 pub use commits::BuildCommitRow;
+pub use deploy_keys::DeployKeyRow;
 pub use diffs::StoredDiff;
 pub use enroll::{Enrolled, HostRemoval};
 pub use forge::ForgeStatusRow;

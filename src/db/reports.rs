@@ -110,9 +110,19 @@ impl Db {
     }
 
     /// Marks a host as seen now (it polled for its manifest).
-    pub async fn touch_host(&self, host: &str) -> Result<(), DbError> {
+    ///
+    /// `keys`: the deploy keys its agent listed (`x-berth-deploy-keys`, normalised), its
+    /// acknowledgement of a rotation, recorded with the time it first changed to this list
+    /// (the same statement: an idle fleet costs no more queries with rotation than without).
+    pub async fn touch_host(&self, host: &str, keys: Option<&str>) -> Result<(), DbError> {
         on_pool!(self, pool => {
-            sqlx::query("UPDATE hosts SET last_seen = $1 WHERE name = $2").bind(now()).bind(host).execute(pool).await?;
+            sqlx::query(
+                "UPDATE hosts SET last_seen = $1,
+                     deploy_keys_ack_at = CASE WHEN $2 IS NOT NULL AND (deploy_keys_ack IS NULL OR deploy_keys_ack <> $2)
+                         THEN $1 ELSE deploy_keys_ack_at END,
+                     deploy_keys_ack = COALESCE($2, deploy_keys_ack)
+                 WHERE name = $3",
+            ).bind(now()).bind(keys).bind(host).execute(pool).await?;
             Ok(())
         })
     }

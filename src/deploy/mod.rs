@@ -5,6 +5,7 @@ pub mod agent;
 pub mod closures;
 pub mod diff;
 pub mod fleet;
+pub mod keys;
 pub mod keyset;
 pub mod manifest;
 pub mod push;

@@ -131,6 +131,32 @@ pub fn envelope(keys: &[KeyRecord]) -> Option<Envelope<'_>> {
     Some(Envelope { primary, cosigners, announced, retired })
 }
 
+/// Whether an agent that listed `trusted` (its [`crate::deploy::keyset::KEYS_HEADER`]) must be
+/// told the announcement now, without waiting for its next generation: it does not list
+/// every key in service, or still lists a retiring one — and it trusts a key that signs the
+/// announcement, so it can apply it (else answering would only make it ask again at once).
+pub fn needs_announcement(envelope: &Envelope<'_>, trusted: &[String]) -> bool {
+    let lists = |k: &&KeyRecord| trusted.contains(&k.public);
+    let can_verify = lists(&envelope.primary) || envelope.cosigners.iter().any(lists);
+    let behind = !envelope.announced.iter().all(lists) || envelope.retired.iter().any(lists);
+    can_verify && behind
+}
+
+/// A name for the key that follows `current` (`berth-deploy-1` → `berth-deploy-2`; a name
+/// without a number gets `-2`), not among `taken`.
+pub fn next_key_name(current: &str, taken: &[&str]) -> String {
+    let (stem, n) = match current.rsplit_once('-') {
+        Some((stem, n)) if !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            (stem, n.parse::<u64>().unwrap_or(1))
+        }
+        _ => (current, 1),
+    };
+    (n + 1..)
+        .map(|i| format!("{stem}-{i}"))
+        .find(|name| !taken.contains(&name.as_str()))
+        .expect("an unbounded range has a free name")
+}
+
 /// What one enrolled host last acknowledged (the keys it trusts), if it ever did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostAck {

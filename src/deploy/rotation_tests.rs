@@ -121,3 +121,41 @@ fn a_key_warns_once_per_expiry() {
     assert_eq!(warn_due(None, lead, 0, None), None);
     assert_eq!(warn_due(Some(i64::MIN), i64::MAX, 0, None), Some(i64::MIN));
 }
+
+#[test]
+fn an_agent_behind_the_key_set_is_told_at_once_if_it_can_verify() {
+    let rotating = [key("a", Current), key("b", Next)];
+    let retiring = [key("a", Retiring), key("b", Current)];
+    let settled = [key("b", Current), key("a", Retired)];
+    let list = |ks: &[&str]| ks.iter().map(|k| (*k).to_owned()).collect::<Vec<_>>();
+    let cases: [(&str, &[KeyRecord], Vec<String>, bool); 9] = [
+        ("rotating, agent knows only the current key", &rotating, list(&["a"]), true),
+        ("rotating, agent has both", &rotating, list(&["a", "b"]), false),
+        ("rotating, order does not matter", &rotating, list(&["b", "a"]), false),
+        ("rotating, agent trusts neither signer", &rotating, list(&["x"]), false),
+        ("retiring, agent still lists the old key", &retiring, list(&["a", "b"]), true),
+        ("retiring, agent dropped it", &retiring, list(&["b"]), false),
+        ("retiring, agent knows only the old key: cannot verify the new signer", &retiring, list(&["a"]), false),
+        ("settled", &settled, list(&["b"]), false),
+        ("an empty header", &settled, list(&[]), false),
+    ];
+    for (what, keys, trusted, want) in cases {
+        assert_eq!(needs_announcement(&envelope(keys).unwrap(), &trusted), want, "{what}");
+    }
+}
+
+#[test]
+fn the_next_key_gets_the_next_free_number() {
+    let cases = [
+        ("berth-deploy-1", &[][..], "berth-deploy-2"),
+        ("berth-deploy-9", &[], "berth-deploy-10"),
+        ("host-deploy-1", &["host-deploy-2"], "host-deploy-3"),
+        ("deploy", &[], "deploy-2"),
+        ("deploy-", &[], "deploy--2"),
+        ("deploy-12345678901234567890", &[], "deploy-12345678901234567890-2"),
+        ("café-3", &[], "café-4"),
+    ];
+    for (current, taken, want) in cases {
+        assert_eq!(next_key_name(current, taken), want, "{current}");
+    }
+}

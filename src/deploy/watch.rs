@@ -89,6 +89,15 @@ impl Watch {
         }
     }
 
+    /// Wakes every waiter to look again (the deploy keys changed: an agent behind them is
+    /// told at once, `deploy::keys`).
+    pub fn wake_all(&self) {
+        let entries: Vec<_> = self.hosts.lock().expect("watch lock").values().cloned().collect();
+        for entry in entries {
+            entry.notify.notify_waiters();
+        }
+    }
+
     /// How many long-polls wait.
     pub fn polls(&self) -> u64 {
         self.polls.load(Ordering::Relaxed)

@@ -18,7 +18,12 @@ use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
     db::{GenerationRow, Recorded, ReportRow},
-    deploy::{manifest::VERSION_HEADER, manifest_of, resend, status::Phase},
+    deploy::{
+        keyset::{self, KEYS_HEADER},
+        manifest::VERSION_HEADER,
+        manifest_of, resend,
+        status::Phase,
+    },
     events::Event,
     text::{clip_head, clip_tail, without_nul},
 };
@@ -54,6 +59,20 @@ pub async fn manifest(
     let Query(query) = query.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(query.timeout.unwrap_or(30).min(60));
     let after = query.after.unwrap_or(0);
+    // The deploy keys the agent trusts (an agent before rotation sends none): its
+    // acknowledgement, recorded with its poll, and its request for the key announcement.
+    let trusted = match headers.get(KEYS_HEADER) {
+        None => None,
+        Some(value) => {
+            let text = value.to_str().map_err(|_| ApiError::BadRequest(format!("{KEYS_HEADER}: not ASCII")))?;
+            let keys = keyset::parse_header(text).map_err(|e| ApiError::BadRequest(format!("{KEYS_HEADER}: {e}")))?;
+            Some(keys.iter().map(|k| k.to_nix_string()).collect::<Vec<_>>())
+        }
+    };
+    let acknowledged = trusted.as_ref().map(|keys| keys.join(","));
+    if let Some(keys) = acknowledged.as_deref().filter(|k| state.deploy_keys.acknowledged(&name, k)) {
+        state.db.touch_host(&name, Some(keys)).await?;
+    }
     // An agent that names no version (berth before manifest version 2) gets version 1.
     let version = headers
         .get(VERSION_HEADER)
@@ -73,17 +92,34 @@ pub async fn manifest(
         let latest = state.db.latest_released_generation(&name).await?;
         watch.knows(latest.as_ref().map_or(0, |r| r.generation.number));
         if let Some(g) = latest.filter(|r| r.generation.number > after && !r.paused).map(|r| r.generation) {
-            state.db.touch_host(&name).await?;
-            return Ok(Json(manifest_of(&g, version).sign(&state.deploy_key)).into_response());
+            state.db.touch_host(&name, acknowledged.as_deref()).await?;
+            let ring = state.deploy_keys.for_signing(&state.db).await?;
+            return Ok(Json(ring.sign(&manifest_of(&g, version), trusted.is_some())).into_response());
+        }
+        // Nothing new to run, but the agent is behind the deploy keys: it is told now, not
+        // with its next generation, so a rotation never waits for a deploy.
+        if let Some(trusted) = trusted.as_deref().filter(|t| state.deploy_keys.ring().needs_announcement(t)) {
+            state.db.touch_host(&name, acknowledged.as_deref()).await?;
+            let ring = state.deploy_keys.for_signing(&state.db).await?;
+            if ring.needs_announcement(trusted) {
+                return Ok(Json(KeysOnly { keys: ring.announcement() }).into_response());
+            }
         }
         tokio::select! {
             _ = &mut made => {}
             _ = tokio::time::sleep_until(deadline) => {
-                state.db.touch_host(&name).await?;
+                state.db.touch_host(&name, acknowledged.as_deref()).await?;
                 return Ok(StatusCode::NO_CONTENT.into_response());
             }
         }
     }
+}
+
+/// The answer to an agent behind the deploy keys with nothing new to run: the announcement
+/// alone (no `manifest`; only agents that sent their keys get it).
+#[derive(serde::Serialize)]
+struct KeysOnly<'a> {
+    keys: &'a crate::deploy::keyset::SignedAnnouncement,
 }
 
 /// `POST /api/v1/hosts/{name}/reports` body.

@@ -34,7 +34,7 @@ pub async fn add(
 ) -> Result<(StatusCode, Json<Enrollment>), ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
     let request: AddHost = json::read(&headers, body).await?;
-    let made = issue::add_host(&state.db, state.deploy_key.public().to_nix_string(), &request).await?;
+    let made = issue::add_host(&state.db, state.deploy_keys.ring().current_public(), &request).await?;
     Ok((StatusCode::CREATED, Json(made)))
 }
 

@@ -106,6 +106,19 @@ impl From<crate::deploy::rollback::RollbackError> for ApiError {
     }
 }
 
+impl From<crate::deploy::keys::KeysError> for ApiError {
+    fn from(e: crate::deploy::keys::KeysError) -> Self {
+        use crate::deploy::keys::KeysError;
+        match e {
+            KeysError::Db(e) => e.into(),
+            KeysError::Rotate(_) | KeysError::Raced => Self::Conflict(e.to_string()),
+            KeysError::NoCurrent | KeysError::NoSecret(_) | KeysError::BadSecret { .. } | KeysError::Generate(_) => {
+                Self::Internal(e.to_string())
+            }
+        }
+    }
+}
+
 impl From<crate::deploy::resend::ResendError> for ApiError {
     fn from(e: crate::deploy::resend::ResendError) -> Self {
         use crate::deploy::resend::ResendError;

@@ -14,6 +14,7 @@ mod events;
 mod gc;
 mod hosts;
 mod json;
+mod keys;
 mod observe;
 mod ops;
 mod push;
@@ -76,6 +77,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/events", get(events::stream))
         .route("/api/v1/gc", post(gc::collect))
         .route("/api/v1/cache/resign", get(resign::status).post(resign::start))
+        .route("/api/v1/keys/deploy", get(keys::status))
+        .route("/api/v1/keys/deploy/rotate", post(keys::rotate))
         .route("/api/v1/pins", get(gc::pins))
         .route("/api/v1/pins/{name}", put(gc::pin).delete(gc::unpin))
         .route("/healthz", get(ops::healthz))

@@ -22,6 +22,7 @@ mod forge;
 mod gc;
 mod health;
 mod hostile;
+mod key_rotation;
 mod metrics;
 mod nix_client;
 mod nix_files;

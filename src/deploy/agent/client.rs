@@ -58,14 +58,27 @@ pub struct Server {
 }
 
 /// The manifest answer; unknown fields are tolerated here (the signed text is what counts).
+/// Without `manifest` it is the key announcement alone (the agent was behind the keys and has
+/// nothing new to run).
 #[derive(Deserialize)]
 struct ManifestBody {
-    manifest: String,
-    signature: String,
+    manifest: Option<String>,
+    signature: Option<String>,
     #[serde(default)]
     cosignatures: Vec<String>,
     #[serde(default)]
     keys: Option<crate::deploy::keyset::SignedAnnouncement>,
+}
+
+/// What a long-poll brought.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// Nothing newer within the hold.
+    Nothing,
+    /// A newer generation's manifest.
+    Manifest(SignedManifest),
+    /// The deploy keys' announcement alone.
+    Keys(crate::deploy::keyset::SignedAnnouncement),
 }
 
 impl Server {
@@ -82,12 +95,7 @@ impl Server {
     /// The host's newest manifest if its generation is above `after`, waiting up to `hold` for
     /// one to appear; `None` when none did. `trusted` is the [`KEYS_HEADER`] value: the deploy
     /// keys this agent trusts (its acknowledgement, and its request for the key announcement).
-    pub async fn manifest(
-        &self,
-        after: Option<u64>,
-        hold: Duration,
-        trusted: &str,
-    ) -> Result<Option<SignedManifest>, ClientError> {
+    pub async fn manifest(&self, after: Option<u64>, hold: Duration, trusted: &str) -> Result<Polled, ClientError> {
         let mut url = format!("{}/api/v1/hosts/{}/manifest?timeout={}", self.base, self.host, hold.as_secs());
         if let Some(after) = after {
             url.push_str(&format!("&after={after}"));
@@ -101,15 +109,18 @@ impl Server {
             .timeout(hold + HOLD_SLACK);
         let response = self.send(request).await?;
         if response.status() == reqwest::StatusCode::NO_CONTENT {
-            return Ok(None);
+            return Ok(Polled::Nothing);
         }
         let body: ManifestBody = response.json().await.map_err(|e| ClientError::Protocol(root_cause(&e)))?;
-        Ok(Some(SignedManifest {
-            manifest: body.manifest,
-            signature: body.signature,
-            cosignatures: body.cosignatures,
-            keys: body.keys,
-        }))
+        match (body.manifest, body.signature, body.keys) {
+            (Some(manifest), Some(signature), keys) => {
+                Ok(Polled::Manifest(SignedManifest { manifest, signature, cosignatures: body.cosignatures, keys }))
+            }
+            (None, None, Some(keys)) => Ok(Polled::Keys(keys)),
+            _ => Err(ClientError::Protocol(
+                "the manifest answer has neither a signed manifest nor a key announcement".into(),
+            )),
+        }
     }
 
     /// What switching to generation `to` changes, from what the server knows the host runs.
@@ -229,20 +240,43 @@ mod tests {
         .await;
         let server = server(&url);
         let hold = Duration::from_secs(30);
-        let signed = server.manifest(Some(4), hold, "deploy-1:AA==").await.unwrap().unwrap();
+        let Polled::Manifest(signed) = server.manifest(Some(4), hold, "deploy-1:AA==").await.unwrap() else {
+            panic!("a manifest")
+        };
         assert_eq!((signed.manifest.as_str(), signed.signature.as_str()), ("{}", "deploy-1:AA=="));
         let request = requests.recv().await.unwrap();
         assert!(request.starts_with("GET /api/v1/hosts/web/manifest?timeout=30&after=4 HTTP/1.1\r\n"), "{request}");
         assert!(request.to_ascii_lowercase().contains("authorization: bearer s3cret\r\n"), "{request}");
         assert!(request.to_ascii_lowercase().contains("x-berth-deploy-keys: deploy-1:aa==\r\n"), "{request}");
 
-        assert_eq!(server.manifest(None, Duration::ZERO, "").await.unwrap(), None);
+        assert_eq!(server.manifest(None, Duration::ZERO, "").await.unwrap(), Polled::Nothing);
         let request = requests.recv().await.unwrap();
         assert!(request.starts_with("GET /api/v1/hosts/web/manifest?timeout=0 HTTP/1.1\r\n"), "{request}");
 
         let err = server.manifest(None, hold, "").await.unwrap_err();
         assert!(err.is_permanent(), "{err}");
         assert_eq!(err.to_string(), "server answered 403: not for this host");
+    }
+
+    #[tokio::test]
+    async fn an_announcement_may_come_alone_and_a_half_manifest_is_refused() {
+        let keys = r#"{"keys":{"announcement":"{}","signatures":["deploy-2:AA=="]}}"#;
+        let (url, _requests) = canned(vec![
+            response("200 OK", keys),
+            response("200 OK", r#"{"manifest":"{}"}"#),
+            response("200 OK", r#"{}"#),
+        ])
+        .await;
+        let server = server(&url);
+        let hold = Duration::from_secs(1);
+        let Polled::Keys(announced) = server.manifest(None, hold, "deploy-1:AA==").await.unwrap() else {
+            panic!("the announcement")
+        };
+        assert_eq!(announced.signatures, ["deploy-2:AA=="]);
+        for _ in 0..2 {
+            let err = server.manifest(None, hold, "deploy-1:AA==").await.unwrap_err();
+            assert!(err.to_string().contains("neither a signed manifest nor a key announcement"), "{err}");
+        }
     }
 
     #[tokio::test]

@@ -39,10 +39,10 @@ pub use client::ClientError;
 pub use config::{Activation, AgentCli, AgentOptions, HealthOptions, RawAgentConfig, RebootPolicy};
 pub use window::RebootWindow;
 
-use crate::deploy::keyset::TrustSet;
+use crate::deploy::keyset::{Applied, SignedAnnouncement, TrustSet};
 use crate::deploy::manifest::{Manifest, ManifestError, SignedManifest};
 use crate::nix::system::SystemRoot;
-use client::Server;
+use client::{Polled, Server};
 use report::{Outbox, Phase, Report};
 use state::{Ending, Settled, State};
 
@@ -316,8 +316,10 @@ impl Agent {
             polled = self.server.manifest(self.state.applied, hold, &trusted) => polled,
             () = shutdown.cancelled() => return Ok(Turn::Idle),
         };
-        let Some(signed) = polled.map_err(Hitch::Server)? else {
-            return Ok(Turn::Idle);
+        let signed = match polled.map_err(Hitch::Server)? {
+            Polled::Nothing => return Ok(Turn::Idle),
+            Polled::Manifest(signed) => signed,
+            Polled::Keys(announced) => return self.follow_keys(&announced),
         };
         let manifest = match signed.open_trusted(&self.trust, &self.opts.host, self.state.applied) {
             Ok(opened) => {
@@ -348,6 +350,25 @@ impl Agent {
                 Ok(Turn::Deployed((&settled).into()))
             }
             apply::Progress::Retry(why) => Err(Hitch::Retry(why)),
+        }
+    }
+
+    /// A key announcement that came alone: applied and saved when it is newer and signed by a
+    /// key this agent trusts. One that changes nothing (or is refused) is retried after the
+    /// usual backoff, so a server that keeps sending it is not asked again at once.
+    fn follow_keys(&mut self, announced: &SignedAnnouncement) -> Result<Turn, Hitch> {
+        match self.trust.apply(announced) {
+            Ok(Applied::Updated(trust)) => {
+                info!(epoch = trust.epoch(), keys = trust.header(), "deploy keys announced");
+                self.state.deploy_keys = Some(trust.to_file());
+                self.trust = trust;
+                self.save().map_err(Hitch::State)?;
+                Ok(Turn::Idle)
+            }
+            Ok(Applied::Unchanged) => {
+                Err(Hitch::Retry("the server sent a key announcement that changes nothing".into()))
+            }
+            Err(refused) => Err(Hitch::Refused(format!("refused the key announcement: {refused}"))),
         }
     }
 

@@ -1,0 +1,315 @@
+//! The server's deploy keys at work: which key signs a manifest, which co-sign it, what is
+//! announced, and the rotation moving on as hosts acknowledge (the decisions are
+//! `rotation`'s; the records `db::deploy_keys`).
+//!
+//! The key ring is read from the database and kept in memory: at start, after every change
+//! made here, on every tick (a few seconds) with PostgreSQL, where another replica may change
+//! it, and before each manifest is signed there, so a replica never signs with a key another
+//! one retired. An agent's long-poll compares what it trusts with the ring in memory and, when
+//! it is behind, is answered the announcement at once (`{"keys": …}`, no manifest).
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::keyset::{Announcement, SignedAnnouncement};
+use super::manifest::{Manifest, SignedManifest};
+use super::rotation::{self, Change, KeyRecord, KeyState, RotateError};
+use crate::app::AppState;
+use crate::db::{Db, DbError, DeployKeyRow};
+use crate::nixfmt::{KeyError, SecretKey};
+
+/// How often the rotation is looked at: acknowledgements recorded by the long-polls move it
+/// on within this time (and a change made on another replica is seen within it).
+const TICK: Duration = Duration::from_secs(3);
+
+/// Why the deploy keys cannot be used or changed.
+#[derive(Debug, thiserror::Error)]
+pub enum KeysError {
+    /// The database failed.
+    #[error(transparent)]
+    Db(#[from] DbError),
+    /// No key is current (a database edited by hand).
+    #[error("no deploy key is current")]
+    NoCurrent,
+    /// A key in service whose secret berth does not have.
+    #[error("deploy key {0} is in service but its secret is neither in the database nor deploy_key_file")]
+    NoSecret(String),
+    /// A stored secret does not parse.
+    #[error("deploy key {public}: stored secret: {source}")]
+    BadSecret {
+        /// The key.
+        public: String,
+        /// Why.
+        source: KeyError,
+    },
+    /// `berth keys rotate deploy` refused.
+    #[error(transparent)]
+    Rotate(#[from] RotateError),
+    /// Another rotation began at the same moment.
+    #[error("another rotation was started at the same time; see berth keys status")]
+    Raced,
+    /// The next key could not be made.
+    #[error("cannot make a deploy key: {0}")]
+    Generate(KeyError),
+}
+
+/// The deploy keys as they are now, with their secrets.
+#[derive(Debug)]
+pub struct KeyRing {
+    records: Vec<KeyRecord>,
+    primary: SecretKey,
+    cosigners: Vec<SecretKey>,
+    announcement: SignedAnnouncement,
+    epoch: u64,
+}
+
+impl KeyRing {
+    fn resolve(rows: Vec<DeployKeyRow>, file_key: &SecretKey) -> Result<Self, KeysError> {
+        let secret_of = |row: &DeployKeyRow| -> Result<SecretKey, KeysError> {
+            match &row.secret {
+                Some(text) => SecretKey::parse(text)
+                    .map_err(|source| KeysError::BadSecret { public: row.record.public.clone(), source }),
+                None if file_key.public().to_nix_string() == row.record.public => Ok(file_key.clone()),
+                None => Err(KeysError::NoSecret(row.record.public.clone())),
+            }
+        };
+        let records: Vec<KeyRecord> = rows.iter().map(|r| r.record.clone()).collect();
+        let envelope = rotation::envelope(&records).ok_or(KeysError::NoCurrent)?;
+        let find = |k: &KeyRecord| rows.iter().find(|r| r.record.public == k.public).expect("from these rows");
+        let primary = secret_of(find(envelope.primary))?;
+        let cosigners = envelope.cosigners.iter().map(|k| secret_of(find(k))).collect::<Result<Vec<_>, _>>()?;
+        let epoch = rotation::epoch(&records);
+        let announced = Announcement {
+            epoch,
+            keys: envelope.announced.iter().map(|k| k.public.clone()).collect(),
+            retired: envelope.retired.iter().map(|k| k.public.clone()).collect(),
+        };
+        let signers: Vec<&SecretKey> = std::iter::once(&primary).chain(&cosigners).collect();
+        let announcement = announced.sign(&signers);
+        Ok(Self { records, primary, cosigners, announcement, epoch })
+    }
+
+    /// Signs `manifest`: with the current key alone for an agent that sent no key list (it
+    /// predates rotation and gets what it always got), else co-signed by the next key and with
+    /// the announcement.
+    pub fn sign(&self, manifest: &Manifest, rotation_aware: bool) -> SignedManifest {
+        if !rotation_aware {
+            return manifest.sign(&self.primary);
+        }
+        let cosigners: Vec<&SecretKey> = self.cosigners.iter().collect();
+        manifest.sign_rotating(&self.primary, &cosigners, self.announcement.clone())
+    }
+
+    /// The announcement of this key set.
+    pub fn announcement(&self) -> &SignedAnnouncement {
+        &self.announcement
+    }
+
+    /// Whether an agent that trusts `trusted` must be told the announcement now.
+    pub fn needs_announcement(&self, trusted: &[String]) -> bool {
+        rotation::envelope(&self.records).is_some_and(|e| rotation::needs_announcement(&e, trusted))
+    }
+
+    /// The current key's public half (what a new host is configured to trust).
+    pub fn current_public(&self) -> String {
+        self.primary.public().to_nix_string()
+    }
+
+    /// Whether a rotation is under way (a next key, or a key still retiring).
+    fn rotating(&self) -> bool {
+        self.records.iter().any(|k| matches!(k.state, KeyState::Next | KeyState::Retiring))
+    }
+}
+
+/// The deploy keys of this server process.
+pub struct DeployKeys {
+    file_key: SecretKey,
+    ring: RwLock<Arc<KeyRing>>,
+    /// Wakes the rotation driver (an acknowledgement changed).
+    poke: tokio::sync::Notify,
+    /// What each host's agent listed last, as this process saw it: a changed list is
+    /// recorded when the poll begins, not when it ends, so a rotation moves on at once.
+    seen: std::sync::Mutex<std::collections::HashMap<String, String>>,
+}
+
+impl DeployKeys {
+    /// Records the key of `deploy_key_file` and reads the ring. `file_existed`: the file was
+    /// there (not made just now); a key made because the file was missing never takes over
+    /// from keys already recorded (a deleted file is not a rotation).
+    pub async fn open(db: &Db, file_key: SecretKey, file_existed: bool) -> Result<Self, KeysError> {
+        let public = file_key.public().to_nix_string();
+        if file_existed || db.deploy_keys().await?.is_empty() {
+            if db.seed_deploy_key(&public).await? {
+                tracing::info!(key = %public, "deploy key recorded as current");
+            }
+        } else {
+            tracing::warn!(key = %public, "deploy_key_file was missing and a new key was made; the recorded deploy keys stay in service");
+        }
+        let ring = KeyRing::resolve(db.deploy_keys().await?, &file_key)?;
+        Ok(Self { file_key, ring: RwLock::new(Arc::new(ring)), poke: Default::default(), seen: Default::default() })
+    }
+
+    /// Host `host`'s agent lists `keys` (normalised): whether that is news to this process
+    /// (then the caller records it, and the driver looks at the rotation at once).
+    pub fn acknowledged(&self, host: &str, keys: &str) -> bool {
+        let mut seen = self.seen.lock().expect("acknowledgements lock");
+        if seen.get(host).is_some_and(|k| k == keys) {
+            return false;
+        }
+        seen.insert(host.to_owned(), keys.to_owned());
+        if self.ring().rotating() {
+            self.poke.notify_one();
+        }
+        true
+    }
+
+    /// The ring in memory.
+    pub fn ring(&self) -> Arc<KeyRing> {
+        Arc::clone(&self.ring.read().expect("key ring lock"))
+    }
+
+    /// The ring read again from the database; whether it changed (its epoch) with it.
+    pub async fn refresh(&self, db: &Db) -> Result<(Arc<KeyRing>, bool), KeysError> {
+        let ring = Arc::new(KeyRing::resolve(db.deploy_keys().await?, &self.file_key)?);
+        let mut held = self.ring.write().expect("key ring lock");
+        let changed = held.epoch != ring.epoch;
+        *held = Arc::clone(&ring);
+        Ok((ring, changed))
+    }
+
+    /// The ring to sign with: read again when replicas share the database.
+    pub async fn for_signing(&self, db: &Db) -> Result<Arc<KeyRing>, KeysError> {
+        if db.is_shared() {
+            Ok(self.refresh(db).await?.0)
+        } else {
+            Ok(self.ring())
+        }
+    }
+
+    /// `berth keys rotate deploy`: makes the next key (its secret stored in the database, so
+    /// every replica signs with it at once). Refused while a rotation waits for hosts. The
+    /// caller wakes the long-polls, so every agent is told now.
+    pub async fn rotate(&self, db: &Db) -> Result<KeyRecord, KeysError> {
+        let rows = db.deploy_keys().await?;
+        let records: Vec<KeyRecord> = rows.iter().map(|r| r.record.clone()).collect();
+        rotation::may_rotate(&records)?;
+        let current = self.refresh(db).await?.0.primary.name().to_owned();
+        let names: Vec<String> = records.iter().map(|k| k.public.split(':').next().unwrap_or("").to_owned()).collect();
+        let taken: Vec<&str> = names.iter().map(String::as_str).collect();
+        let next = SecretKey::generate(&rotation::next_key_name(&current, &taken)).map_err(KeysError::Generate)?;
+        let public = next.public().to_nix_string();
+        if !db.add_next_deploy_key(&public, &next.to_nix_string()).await? {
+            return Err(KeysError::Raced);
+        }
+        tracing::info!(key = %public, "deploy key rotation started: the next key co-signs every manifest");
+        self.refresh(db).await?;
+        let rows = db.deploy_keys().await?;
+        Ok(rows.into_iter().map(|r| r.record).find(|k| k.public == public).expect("just added"))
+    }
+
+    /// One look at the rotation: the changes the hosts' acknowledgements allow, applied.
+    async fn tick(&self, db: &Db) -> Result<(Vec<Change>, bool), KeysError> {
+        let (ring, mut changed) =
+            if db.is_shared() || self.ring().rotating() { self.refresh(db).await? } else { (self.ring(), false) };
+        if !ring.rotating() {
+            return Ok((Vec::new(), changed));
+        }
+        let acks: Vec<_> = db.deploy_key_acks().await?.into_iter().map(|(ack, _)| ack).collect();
+        let changes = rotation::step(&ring.records, &acks);
+        if !changes.is_empty() && db.change_deploy_keys(&changes).await? > 0 {
+            changed |= self.refresh(db).await?.1;
+        }
+        Ok((changes, changed))
+    }
+
+    /// What `berth keys status` shows.
+    pub async fn status(&self, db: &Db) -> Result<KeysStatus, KeysError> {
+        let (ring, _) = self.refresh(db).await?;
+        let acks = db.deploy_key_acks().await?;
+        let plain: Vec<_> = acks.iter().map(|(a, _)| a.clone()).collect();
+        let waiting_for = rotation::waiting_for(&ring.records, &plain).into_iter().map(str::to_owned).collect();
+        Ok(KeysStatus {
+            epoch: ring.epoch,
+            keys: ring.records.iter().map(KeyView::of).collect(),
+            waiting_for,
+            hosts: acks.into_iter().map(|(a, at)| HostKeysView { host: a.host, trusts: a.keys, since: at }).collect(),
+        })
+    }
+}
+
+/// Moves rotations on as hosts acknowledge, and wakes the long-polls when the keys change
+/// (here or on another replica), so every agent behind them is told at once.
+pub async fn run(state: AppState, stop: CancellationToken) {
+    let keys = &state.deploy_keys;
+    loop {
+        match keys.tick(&state.db).await {
+            Ok((changes, changed)) => {
+                for c in &changes {
+                    tracing::info!(key = %c.public, from = %c.from, to = %c.to, "deploy key changed state");
+                }
+                if changed {
+                    state.deploys.wake_all();
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "deploy key rotation: cannot look at the acknowledgements"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(TICK) => {}
+            () = keys.poke.notified() => {}
+        }
+    }
+}
+
+/// One key in [`KeysStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct KeyView {
+    /// Public key, Nix format.
+    pub public_key: String,
+    /// `next`, `current`, `retiring` or `retired`.
+    pub state: &'static str,
+    /// Unix seconds.
+    pub created_at: i64,
+    /// Unix seconds of its last state change.
+    pub changed_at: i64,
+}
+
+impl KeyView {
+    /// The view of one record.
+    pub fn of(k: &KeyRecord) -> Self {
+        Self {
+            public_key: k.public.clone(),
+            state: k.state.as_str(),
+            created_at: k.created_at,
+            changed_at: k.changed_at,
+        }
+    }
+}
+
+/// One host in [`KeysStatus`].
+#[derive(Debug, Clone, Serialize)]
+pub struct HostKeysView {
+    /// The host.
+    pub host: String,
+    /// The keys its agent last listed; `null`: it never did (an agent before rotation, or
+    /// one that has not polled since).
+    pub trusts: Option<Vec<String>>,
+    /// When it started listing them (Unix seconds).
+    pub since: Option<i64>,
+}
+
+/// `GET /api/v1/keys/deploy`.
+#[derive(Debug, Clone, Serialize)]
+pub struct KeysStatus {
+    /// The announcement's epoch.
+    pub epoch: u64,
+    /// Every key, oldest first.
+    pub keys: Vec<KeyView>,
+    /// The hosts a rotation waits for (their agents have not listed the next key).
+    pub waiting_for: Vec<String>,
+    /// Every host with a live token and what its agent trusts.
+    pub hosts: Vec<HostKeysView>,
+}

@@ -246,8 +246,6 @@ pub async fn serve(
     let mut workers = crate::build::worker::spawn(state.clone(), stop.clone());
     // PostgreSQL: generations other replicas make wake this one's long-polls.
     workers.push(tokio::spawn(crate::deploy::watch::follow(state.clone(), stop.clone())));
-    // Deploy-key rotations move on as hosts acknowledge the next key.
-    workers.push(tokio::spawn(crate::deploy::keys::run(state.clone(), stop.clone())));
     if db.is_shared() {
         let (following, stop) = (state.clone(), stop.clone());
         workers.push(tokio::spawn(async move {
@@ -269,6 +267,9 @@ pub async fn serve(
     };
     workers.extend(crate::forge::spawn(&state, &stop, links));
     workers.extend(crate::notify::spawn(&state, &stop));
+    // Deploy-key rotations move on as hosts acknowledge the next key (and `key_expiring` is
+    // raised: after the notifications subscribed, so none is lost).
+    workers.push(tokio::spawn(crate::deploy::keys::run(state.clone(), stop.clone())));
     workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();
     let events = state.clone();

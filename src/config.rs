@@ -17,10 +17,12 @@ use crate::{
 };
 
 mod forge;
+mod keys;
 mod notify;
 mod push;
 
 pub use forge::{owner_and_name, ForgeConfig, ForgeKind, RawForge};
+pub use keys::{KeysPolicy, RawKeys};
 pub use notify::{NotifyConfig, NotifyFormat, RawNotify};
 pub use push::{Delivery, PushTarget, DEFAULT_CONFIRM_TIMEOUT};
 
@@ -104,6 +106,9 @@ pub struct RawConfig {
     /// Outbound webhooks on events (`docs/forge.md`).
     #[serde(default)]
     pub notify: Vec<RawNotify>,
+    /// Deploy key ages and the `key_expiring` warning.
+    #[serde(default)]
+    pub keys: RawKeys,
 }
 
 /// `[server]`: connection limits.
@@ -496,6 +501,8 @@ pub struct Config {
     pub public_url: Option<String>,
     /// Outbound webhooks.
     pub notify: Vec<NotifyConfig>,
+    /// Deploy key ages and the `key_expiring` warning.
+    pub keys: KeysPolicy,
 }
 
 impl Config {
@@ -643,6 +650,7 @@ impl RawConfig {
             },
             public_url,
             notify,
+            keys: self.keys.validate()?,
         })
     }
 }

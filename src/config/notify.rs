@@ -78,13 +78,14 @@ impl NotifyConfig {
 }
 
 /// The kinds sent when `events` is not given.
-pub const DEFAULT_EVENTS: [Kind; 6] = [
+pub const DEFAULT_EVENTS: [Kind; 7] = [
     Kind::BuildFailed,
     Kind::GenerationRolledBack,
     Kind::GenerationFailed,
     Kind::HostOffline,
     Kind::HostBack,
     Kind::CollectionFinished,
+    Kind::KeyExpiring,
 ];
 
 fn read_secret(key: &'static str, path: &Option<PathBuf>, format: &str) -> Result<Secret, ConfigError> {

@@ -13,13 +13,15 @@ pub struct DeployKeyRow {
     pub record: KeyRecord,
     /// Its secret (Nix format); `None` for the key of `deploy_key_file`.
     pub secret: Option<String>,
+    /// The expiry `key_expiring` last warned of (Unix seconds).
+    pub warned_for: Option<i64>,
 }
 
-type KeyRow = (String, Option<String>, String, i64, i64);
+type KeyRow = (String, Option<String>, String, i64, i64, Option<i64>);
 
-fn from_row((public, secret, state, created_at, changed_at): KeyRow) -> Result<DeployKeyRow, DbError> {
+fn from_row((public, secret, state, created_at, changed_at, warned_for): KeyRow) -> Result<DeployKeyRow, DbError> {
     let state = state.parse::<KeyState>().map_err(|e| DbError::Corrupt(e.to_string()))?;
-    Ok(DeployKeyRow { record: KeyRecord { public, state, created_at, changed_at }, secret })
+    Ok(DeployKeyRow { record: KeyRecord { public, state, created_at, changed_at }, secret, warned_for })
 }
 
 /// Whether an insert or update ran into a unique index (a second `next` or `current` key).
@@ -31,7 +33,7 @@ impl Db {
     /// Every deploy key, oldest first.
     pub async fn deploy_keys(&self) -> Result<Vec<DeployKeyRow>, DbError> {
         let rows: Vec<KeyRow> = on_pool!(self, pool => sqlx::query_as(
-            "SELECT public_key, secret_key, state, created_at, changed_at FROM deploy_keys ORDER BY created_at, public_key",
+            "SELECT public_key, secret_key, state, created_at, changed_at, warned_for FROM deploy_keys ORDER BY created_at, public_key",
         ).fetch_all(pool).await?);
         rows.into_iter().map(from_row).collect()
     }
@@ -92,6 +94,14 @@ impl Db {
         })
     }
 
+    /// Records that `key_expiring` warned of expiry `at` for `public`; `false` when that was
+    /// already recorded (another replica warned first: it alone sends the event).
+    pub async fn warn_deploy_key(&self, public: &str, at: i64) -> Result<bool, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query(
+            "UPDATE deploy_keys SET warned_for = $1 WHERE public_key = $2 AND (warned_for IS NULL OR warned_for <> $1)",
+        ).bind(at).bind(public).execute(pool).await?.rows_affected() == 1))
+    }
+
     /// Every host that holds a live token, with the keys its agent last listed (its
     /// acknowledgement) and when: the hosts a rotation waits for.
     pub async fn deploy_key_acks(&self) -> Result<Vec<(HostAck, Option<i64>)>, DbError> {
@@ -128,6 +138,10 @@ mod tests {
             let rows = db.deploy_keys().await.unwrap();
             assert_eq!(states(&rows), [("k1", KeyState::Current), ("k2", KeyState::Next)]);
             assert_eq!((rows[0].secret.as_deref(), rows[1].secret.as_deref()), (None, Some("secret-2")));
+            assert!(db.warn_deploy_key("k1", 500).await.unwrap());
+            assert!(!db.warn_deploy_key("k1", 500).await.unwrap(), "one warning per expiry, on any replica");
+            assert!(db.warn_deploy_key("k1", 900).await.unwrap(), "a moved expiry warns again");
+            assert_eq!(db.deploy_keys().await.unwrap()[0].warned_for, Some(900));
             let promote = [
                 Change { public: "k1".into(), from: KeyState::Current, to: KeyState::Retiring },
                 Change { public: "k2".into(), from: KeyState::Next, to: KeyState::Current },

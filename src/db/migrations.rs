@@ -224,13 +224,15 @@ const MIGRATIONS: &[&str] = &[
     // 15: deploy-key rotation (db/deploy_keys.rs, deploy/keys.rs): the server's deploy keys
     // and their states (`deploy::rotation`), at most one `next` and one `current`; the secret
     // of a key made by `berth keys rotate deploy` (NULL: the key of `deploy_key_file`, whose
-    // secret stays in that file); and the keys each host's agent last said it trusts.
+    // secret stays in that file); the expiry `key_expiring` last warned of; and the keys each
+    // host's agent last said it trusts.
     "CREATE TABLE deploy_keys (
         public_key TEXT PRIMARY KEY,
         secret_key TEXT,
         state TEXT NOT NULL,
         created_at BIGINT NOT NULL,
-        changed_at BIGINT NOT NULL
+        changed_at BIGINT NOT NULL,
+        warned_for BIGINT
     );
     CREATE UNIQUE INDEX deploy_keys_one_next ON deploy_keys (state) WHERE state = 'next';
     CREATE UNIQUE INDEX deploy_keys_one_current ON deploy_keys (state) WHERE state = 'current';

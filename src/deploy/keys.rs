@@ -18,12 +18,17 @@ use super::keyset::{Announcement, SignedAnnouncement};
 use super::manifest::{Manifest, SignedManifest};
 use super::rotation::{self, Change, KeyRecord, KeyState, RotateError};
 use crate::app::AppState;
+use crate::config::KeysPolicy;
 use crate::db::{Db, DbError, DeployKeyRow};
+use crate::events::Event;
 use crate::nixfmt::{KeyError, SecretKey};
 
 /// How often the rotation is looked at: acknowledgements recorded by the long-polls move it
 /// on within this time (and a change made on another replica is seen within it).
 const TICK: Duration = Duration::from_secs(3);
+
+/// How often the keys' expiry is looked at (when `[keys]` gives them one).
+const EXPIRY_CHECK: Duration = Duration::from_secs(60);
 
 /// Why the deploy keys cannot be used or changed.
 #[derive(Debug, thiserror::Error)]
@@ -225,6 +230,26 @@ impl DeployKeys {
         Ok((changes, changed))
     }
 
+    /// The `key_expiring` warnings due now under `policy`, each recorded first, so a key
+    /// warns once per expiry (and again if its expiry moves), on one replica only.
+    async fn expiring(&self, db: &Db, policy: &KeysPolicy) -> Result<Vec<Event>, KeysError> {
+        let rows = db.deploy_keys().await?;
+        let next_created = rows.iter().find(|r| r.record.state == KeyState::Next).map(|r| r.record.created_at);
+        let now = crate::db::now();
+        let mut due = Vec::new();
+        for row in rows.iter().filter(|r| matches!(r.record.state, KeyState::Current | KeyState::Next)) {
+            let at = rotation::expires_at(&row.record, policy.deploy_max_age, next_created, policy.transition);
+            if let Some(at) = rotation::warn_due(at, policy.warn_lead, now, row.warned_for) {
+                if db.warn_deploy_key(&row.record.public, at).await? {
+                    let (key, state) = (row.record.public.clone(), row.record.state.as_str().to_owned());
+                    tracing::warn!(key = %key, state = %state, expires_at = at, "deploy key expires soon");
+                    due.push(Event::KeyExpiring { key, state, expires_at: at });
+                }
+            }
+        }
+        Ok(due)
+    }
+
     /// What `berth keys status` shows.
     pub async fn status(&self, db: &Db) -> Result<KeysStatus, KeysError> {
         let (ring, _) = self.refresh(db).await?;
@@ -242,19 +267,33 @@ impl DeployKeys {
 
 /// Moves rotations on as hosts acknowledge, and wakes the long-polls when the keys change
 /// (here or on another replica), so every agent behind them is told at once.
+///
+/// With `[keys]` ages set, it also raises `key_expiring` for a key in service: at start, every
+/// minute, and when the keys change.
 pub async fn run(state: AppState, stop: CancellationToken) {
     let keys = &state.deploy_keys;
+    let policy = state.config.keys;
+    let mut looked: Option<tokio::time::Instant> = None;
     loop {
+        let mut changed = false;
         match keys.tick(&state.db).await {
-            Ok((changes, changed)) => {
+            Ok((changes, keys_changed)) => {
                 for c in &changes {
                     tracing::info!(key = %c.public, from = %c.from, to = %c.to, "deploy key changed state");
                 }
-                if changed {
+                if keys_changed {
                     state.deploys.wake_all();
                 }
+                changed = keys_changed || !changes.is_empty();
             }
             Err(e) => tracing::warn!(error = %e, "deploy key rotation: cannot look at the acknowledgements"),
+        }
+        if policy.expires() && (changed || looked.is_none_or(|t| t.elapsed() >= EXPIRY_CHECK)) {
+            looked = Some(tokio::time::Instant::now());
+            match keys.expiring(&state.db, &policy).await {
+                Ok(due) => due.into_iter().for_each(|e| state.events.publish(e)),
+                Err(e) => tracing::warn!(error = %e, "deploy keys: cannot look at their expiry"),
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,

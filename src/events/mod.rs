@@ -147,6 +147,15 @@ pub enum Event {
         /// Host name.
         host: String,
     },
+    /// A deploy key in service expires within `[keys] warn_days` (or has expired).
+    KeyExpiring {
+        /// The key (public half, Nix format).
+        key: String,
+        /// `current` or `next`.
+        state: String,
+        /// When it expires (Unix seconds).
+        expires_at: i64,
+    },
     /// A garbage collection finished (not a dry run).
     CollectionFinished {
         /// Generations dropped.
@@ -183,11 +192,13 @@ pub enum Kind {
     HostBack,
     /// [`Event::CollectionFinished`].
     CollectionFinished,
+    /// [`Event::KeyExpiring`].
+    KeyExpiring,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::BuildStarted,
         Kind::BuildSucceeded,
         Kind::BuildFailed,
@@ -199,6 +210,7 @@ impl Kind {
         Kind::HostOffline,
         Kind::HostBack,
         Kind::CollectionFinished,
+        Kind::KeyExpiring,
     ];
 
     /// The name in configuration, payloads and the stream.
@@ -215,6 +227,7 @@ impl Kind {
             Kind::HostOffline => "host_offline",
             Kind::HostBack => "host_back",
             Kind::CollectionFinished => "collection_finished",
+            Kind::KeyExpiring => "key_expiring",
         }
     }
 
@@ -239,6 +252,7 @@ impl Event {
             Event::HostOffline { .. } => Kind::HostOffline,
             Event::HostBack { .. } => Kind::HostBack,
             Event::CollectionFinished { .. } => Kind::CollectionFinished,
+            Event::KeyExpiring { .. } => Kind::KeyExpiring,
         }
     }
 
@@ -428,6 +442,11 @@ mod tests {
             Event::HostOffline { host: "beta".into(), last_seen: 1_764_763_200 },
             Event::HostBack { host: "beta".into() },
             Event::CollectionFinished { generations_dropped: 3, paths_deleted: 120, bytes_freed: 734_003_200 },
+            Event::KeyExpiring {
+                key: "berth.example.org-deploy-1:FewZ2bXNKIoLJXB/7hYyOT7hDKcTNIg393t1Z8BAF3c=".into(),
+                state: "current".into(),
+                expires_at: 1_765_972_800,
+            },
         ]
     }
 

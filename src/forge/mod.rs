@@ -114,7 +114,10 @@ impl Dispatcher {
                 let Some(id) = g.build_id else { return Ok(()) };
                 (id, None, Some(g))
             }
-            Event::HostOffline { .. } | Event::HostBack { .. } | Event::CollectionFinished { .. } => return Ok(()),
+            Event::HostOffline { .. }
+            | Event::HostBack { .. }
+            | Event::CollectionFinished { .. }
+            | Event::KeyExpiring { .. } => return Ok(()),
         };
         let Some(build) = self.state.db.build(build_id).await? else { return Ok(()) };
         let Some(forge) = self.state.config.repository(&build.repository).and_then(|r| r.forge.as_ref()) else {

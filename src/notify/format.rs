@@ -71,6 +71,12 @@ pub fn text(event: &Event) -> (String, String) {
             (format!("{host} is offline"), format!("last seen at {last_seen} (Unix time)"))
         }
         Event::HostBack { host } => (format!("{host} is back"), format!("{host} asks for its manifest again")),
+        Event::KeyExpiring { key, state, expires_at } => {
+            let name = key.split(':').next().unwrap_or(key);
+            let when = jiff::Timestamp::from_second(*expires_at)
+                .map_or_else(|_| format!("{expires_at} (Unix time)"), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string());
+            (format!("deploy key {name} expires {when}"), format!("the {state} deploy key: rotate it with `berth keys rotate deploy`"))
+        }
         Event::CollectionFinished { generations_dropped, paths_deleted, bytes_freed } => (
             "garbage collection finished".into(),
             format!("{generations_dropped} generation(s) dropped, {paths_deleted} path(s) deleted, {bytes_freed} bytes freed"),

@@ -180,3 +180,64 @@ fn a_fleet_rotates_its_deploy_key_with_no_config_change_and_no_refused_manifest(
         assert!(body["message"].as_str().unwrap().starts_with("x-berth-deploy-keys: "), "{body}");
     }
 }
+
+/// The `key_expiring` bodies `receiver` got, in order.
+fn expiring(receiver: &crate::receiver::Receiver) -> Vec<Value> {
+    receiver
+        .requests()
+        .into_iter()
+        .filter(|r| r.header("x-berth-event") == Some("key_expiring"))
+        .map(|r| serde_json::from_slice(&r.body).unwrap())
+        .collect()
+}
+
+fn wait_expiring(receiver: &crate::receiver::Receiver, n: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        let got = expiring(receiver);
+        if got.len() >= n {
+            return got;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    panic!("{n} key_expiring notification(s) expected, got {:#?}", expiring(receiver));
+}
+
+/// With `[keys]` ages, a deploy key within `warn_days` of its expiry raises `key_expiring`
+/// once — not again on every look, nor after a restart — and the next key made by a
+/// rotation warns of its own expiry. (Failed before: there was no such event.)
+#[test]
+fn a_deploy_key_near_its_expiry_is_announced_once() {
+    let receiver = crate::receiver::Receiver::start(|_| (204, String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("notify-secret");
+    std::fs::write(&secret, "notify-s3cret").unwrap();
+    let extra = format!(
+        "[keys]\ndeploy_max_age_days = 1\nwarn_days = 2\n[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"key_expiring\"]\n",
+        receiver.url,
+        secret.display()
+    );
+    let mut b = build_host(&["alpha"], &extra);
+    let old = deploy_public_key(&b);
+    let first = wait_expiring(&receiver, 1);
+    assert_eq!((first[0]["key"].as_str(), first[0]["state"].as_str()), (Some(old.as_str()), Some("current")));
+    let created = state_of_key(&keys(&b), &old)["created_at"].as_i64().unwrap();
+    assert_eq!(first[0]["expires_at"], created + 86_400);
+    std::thread::sleep(Duration::from_secs(4));
+    b.reconfigure(|c| c.to_owned());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(expiring(&receiver).len(), 1, "warned once, not on each look nor after a restart");
+
+    let out = berth_admin(&b, &["keys", "rotate", "deploy"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // No host holds a token here, so nothing waits: the new key is current at once, and
+    // the old one, retiring, warns no more.
+    let both = wait_expiring(&receiver, 2);
+    assert_eq!(both[1]["state"], "current", "{both:#?}");
+    assert_ne!(both[1]["key"], old.as_str());
+    assert_eq!(expiring(&receiver).len(), 2);
+}
+
+fn state_of_key<'a>(keys: &'a Value, public: &str) -> &'a Value {
+    keys["keys"].as_array().unwrap().iter().find(|k| k["public_key"] == public).unwrap()
+}

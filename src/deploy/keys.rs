@@ -288,7 +288,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             }
             Err(e) => tracing::warn!(error = %e, "deploy key rotation: cannot look at the acknowledgements"),
         }
-        if policy.expires() && (changed || looked.is_none_or(|t| t.elapsed() >= EXPIRY_CHECK)) {
+        if policy.expires() && (changed || looked.map_or(true, |t| t.elapsed() >= EXPIRY_CHECK)) {
             looked = Some(tokio::time::Instant::now());
             match keys.expiring(&state.db, &policy).await {
                 Ok(due) => due.into_iter().for_each(|e| state.events.publish(e)),

@@ -78,7 +78,7 @@ impl NotifyConfig {
 }
 
 /// The kinds sent when `events` is not given.
-pub const DEFAULT_EVENTS: [Kind; 7] = [
+pub const DEFAULT_EVENTS: [Kind; 8] = [
     Kind::BuildFailed,
     Kind::GenerationRolledBack,
     Kind::GenerationFailed,
@@ -86,6 +86,7 @@ pub const DEFAULT_EVENTS: [Kind; 7] = [
     Kind::HostBack,
     Kind::CollectionFinished,
     Kind::KeyExpiring,
+    Kind::RolloutHalted,
 ];
 
 fn read_secret(key: &'static str, path: &Option<PathBuf>, format: &str) -> Result<Secret, ConfigError> {

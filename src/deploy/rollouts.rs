@@ -186,6 +186,7 @@ async fn apply(state: &AppState, r: &RolloutRow, decision: Decision) -> Result<(
         Decision::Complete => {
             if state.db.set_rollout_state(r.id, &[RolloutState::Running], RolloutState::Completed, None, None).await? {
                 tracing::info!(rollout = r.id, "rollout completed");
+                state.events.publish(crate::events::Event::RolloutCompleted { rollout: r.into() });
                 // A rollout queued behind it may start.
                 state.rollouts.poke();
             }
@@ -195,6 +196,8 @@ async fn apply(state: &AppState, r: &RolloutRow, decision: Decision) -> Result<(
             let halted = RolloutState::Halted;
             if state.db.set_rollout_state(r.id, &[RolloutState::Running], halted, Some(&host), Some(&reason)).await? {
                 tracing::warn!(rollout = r.id, wave = r.wave + 1, %host, %reason, "rollout halted");
+                let wave = r.wave + 1;
+                state.events.publish(crate::events::Event::RolloutHalted { rollout: r.into(), wave, host, reason });
             }
             Ok(())
         }

@@ -79,6 +79,33 @@ impl GenerationRef {
     }
 }
 
+/// The staged rollout an event is about.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutRef {
+    /// Rollout id.
+    pub id: i64,
+    /// Repository name.
+    pub repository: String,
+    /// The deploy branch.
+    pub branch: String,
+    /// The commit it rolls out.
+    pub commit: String,
+    /// The build that made its generations.
+    pub build_id: Option<i64>,
+}
+
+impl From<&crate::db::RolloutRow> for RolloutRef {
+    fn from(r: &crate::db::RolloutRow) -> Self {
+        Self {
+            id: r.id,
+            repository: r.repository.clone(),
+            branch: r.branch.clone(),
+            commit: r.commit_sha.clone(),
+            build_id: r.build_id,
+        }
+    }
+}
+
 /// Something that happened in the fleet.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
@@ -147,6 +174,23 @@ pub enum Event {
         /// Host name.
         host: String,
     },
+    /// A host of a rollout's wave rolled back or failed: the rollout stopped, the hosts of
+    /// later waves keep their generation (`berth rollout resume|abort`).
+    RolloutHalted {
+        /// The rollout.
+        rollout: RolloutRef,
+        /// The wave it stopped in, from 1.
+        wave: i64,
+        /// The host that halted it.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// Every wave of a rollout was released and settled.
+    RolloutCompleted {
+        /// The rollout.
+        rollout: RolloutRef,
+    },
     /// A deploy key in service expires within `[keys] warn_days` (or has expired).
     KeyExpiring {
         /// The key (public half, Nix format).
@@ -194,11 +238,15 @@ pub enum Kind {
     CollectionFinished,
     /// [`Event::KeyExpiring`].
     KeyExpiring,
+    /// [`Event::RolloutHalted`].
+    RolloutHalted,
+    /// [`Event::RolloutCompleted`].
+    RolloutCompleted,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::BuildStarted,
         Kind::BuildSucceeded,
         Kind::BuildFailed,
@@ -211,6 +259,8 @@ impl Kind {
         Kind::HostBack,
         Kind::CollectionFinished,
         Kind::KeyExpiring,
+        Kind::RolloutHalted,
+        Kind::RolloutCompleted,
     ];
 
     /// The name in configuration, payloads and the stream.
@@ -228,6 +278,8 @@ impl Kind {
             Kind::HostBack => "host_back",
             Kind::CollectionFinished => "collection_finished",
             Kind::KeyExpiring => "key_expiring",
+            Kind::RolloutHalted => "rollout_halted",
+            Kind::RolloutCompleted => "rollout_completed",
         }
     }
 
@@ -253,6 +305,8 @@ impl Event {
             Event::HostBack { .. } => Kind::HostBack,
             Event::CollectionFinished { .. } => Kind::CollectionFinished,
             Event::KeyExpiring { .. } => Kind::KeyExpiring,
+            Event::RolloutHalted { .. } => Kind::RolloutHalted,
+            Event::RolloutCompleted { .. } => Kind::RolloutCompleted,
         }
     }
 
@@ -414,6 +468,16 @@ mod tests {
         insta::assert_snapshot!(json.to_string(), @r#"{"at":100,"generation":{"branch":"main","build_id":7,"commit":"cccccccccccccccccccccccccccccccccccccccc","host":"beta","number":3},"id":5,"kind":"generation_rolled_back","reason":"boom"}"#);
     }
 
+    fn rollout() -> RolloutRef {
+        RolloutRef {
+            id: 3,
+            repository: "fleet".into(),
+            branch: "main".into(),
+            commit: "9f2c".repeat(10),
+            build_id: Some(42),
+        }
+    }
+
     /// One example of each kind, as docs/forge.md shows them.
     fn examples() -> Vec<Event> {
         let build = BuildRef { id: 42, repository: "fleet".into(), commit: "9f2c".repeat(10), branch: "main".into() };
@@ -447,6 +511,13 @@ mod tests {
                 state: "current".into(),
                 expires_at: 1_765_972_800,
             },
+            Event::RolloutHalted {
+                rollout: rollout(),
+                wave: 1,
+                host: "alpha".into(),
+                reason: "rolled back: health check curl -f localhost failed".into(),
+            },
+            Event::RolloutCompleted { rollout: rollout() },
         ]
     }
 

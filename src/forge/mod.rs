@@ -114,6 +114,10 @@ impl Dispatcher {
                 let Some(id) = g.build_id else { return Ok(()) };
                 (id, None, Some(g))
             }
+            Event::RolloutHalted { rollout, .. } | Event::RolloutCompleted { rollout } => {
+                let Some(id) = rollout.build_id else { return Ok(()) };
+                (id, status::of_rollout(event), None)
+            }
             Event::HostOffline { .. }
             | Event::HostBack { .. }
             | Event::CollectionFinished { .. }

@@ -57,6 +57,8 @@ pub struct CommitStatus {
 pub const BUILD_CONTEXT: &str = "berth/build";
 /// The context of the aggregated deploy status.
 pub const DEPLOY_CONTEXT: &str = "berth/deploy";
+/// The context of a staged rollout's status.
+pub const ROLLOUT_CONTEXT: &str = "berth/rollout";
 
 /// `berth/deploy/<host>`, for a valid host name only (it becomes part of a label forges
 /// show and search).
@@ -127,6 +129,20 @@ pub fn of_generation(event: &Event, diff: Option<&ClosureDiff>) -> Option<Commit
     Some(status(deploy_context(&g.host)?, state, &text))
 }
 
+/// The `berth/rollout` status a rollout event means: failure when it halted (the wave, the
+/// host and why), success when it completed.
+pub fn of_rollout(event: &Event) -> Option<CommitStatus> {
+    let (state, text) = match event {
+        Event::RolloutHalted { rollout, wave, host, reason } => (
+            State::Failure,
+            with_reason(&format!("rollout {} halted at wave {wave} by {host}", rollout.id), Some(reason)),
+        ),
+        Event::RolloutCompleted { rollout } => (State::Success, format!("rollout {} completed", rollout.id)),
+        _ => return None,
+    };
+    Some(status(ROLLOUT_CONTEXT.into(), state, &text))
+}
+
 fn with_reason(what: &str, reason: Option<&str>) -> String {
     match reason.map(str::trim).filter(|r| !r.is_empty()) {
         Some(reason) => format!("{what}: {reason}"),
@@ -174,9 +190,36 @@ mod tests {
 
     #[track_caller]
     fn check(event: Event, expected: Option<(&str, State, &str)>) {
-        let got = of_build(&event).or_else(|| of_generation(&event, None));
+        let got = of_build(&event).or_else(|| of_generation(&event, None)).or_else(|| of_rollout(&event));
         let got = got.as_ref().map(|s| (s.context.as_str(), s.state, s.description.as_str()));
         assert_eq!(got, expected, "{event:?}");
+    }
+
+    #[test]
+    fn a_halted_rollout_fails_its_status_and_a_completed_one_passes() {
+        let rollout = || crate::events::RolloutRef {
+            id: 3,
+            repository: "fleet".into(),
+            branch: "main".into(),
+            commit: "c".repeat(40),
+            build_id: Some(4),
+        };
+        check(
+            Event::RolloutHalted {
+                rollout: rollout(),
+                wave: 1,
+                host: "alpha".into(),
+                reason: "rolled back: boom".into(),
+            },
+            Some(("berth/rollout", State::Failure, "rollout 3 halted at wave 1 by alpha: rolled back: boom")),
+        );
+        let long = "ü".repeat(300);
+        let halted = Event::RolloutHalted { rollout: rollout(), wave: 2, host: "beta".into(), reason: long };
+        assert_eq!(of_rollout(&halted).unwrap().description.chars().count(), MAX_DESCRIPTION_CHARS);
+        check(
+            Event::RolloutCompleted { rollout: rollout() },
+            Some(("berth/rollout", State::Success, "rollout 3 completed")),
+        );
     }
 
     #[test]

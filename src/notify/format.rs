@@ -77,6 +77,14 @@ pub fn text(event: &Event) -> (String, String) {
                 .map_or_else(|_| format!("{expires_at} (Unix time)"), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string());
             (format!("deploy key {name} expires {when}"), format!("the {state} deploy key: rotate it with `berth keys rotate deploy`"))
         }
+        Event::RolloutHalted { rollout: r, wave, host, reason } => (
+            format!("rollout {} halted at wave {wave} by {host}", r.id),
+            format!("{} {} at {}: {reason}", r.repository, r.branch, short(&r.commit)),
+        ),
+        Event::RolloutCompleted { rollout: r } => (
+            format!("rollout {} completed", r.id),
+            format!("{} {} at {}: every wave confirmed", r.repository, r.branch, short(&r.commit)),
+        ),
         Event::CollectionFinished { generations_dropped, paths_deleted, bytes_freed } => (
             "garbage collection finished".into(),
             format!("{generations_dropped} generation(s) dropped, {paths_deleted} path(s) deleted, {bytes_freed} bytes freed"),

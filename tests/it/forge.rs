@@ -22,7 +22,7 @@ use crate::{
     receiver::Receiver,
 };
 
-fn forge_table(kind: &str, forge: &Forge, token_file: &std::path::Path, aggregate: bool) -> String {
+pub fn forge_table(kind: &str, forge: &Forge, token_file: &std::path::Path, aggregate: bool) -> String {
     format!(
         "[repositories.forge]\nkind = \"{kind}\"\napi_url = \"{}\"\ntoken_file = \"{}\"\nrepository = \"acme/fleet\"\naggregate = {aggregate}\n",
         forge.api_url,
@@ -31,7 +31,7 @@ fn forge_table(kind: &str, forge: &Forge, token_file: &std::path::Path, aggregat
 }
 
 /// The last status of `context` on `sha`.
-fn last(forge: &Forge, sha: &str, context: &str) -> Option<(String, String)> {
+pub fn last(forge: &Forge, sha: &str, context: &str) -> Option<(String, String)> {
     forge
         .accepted()
         .into_iter()

@@ -9,7 +9,15 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::Value;
 
-use crate::{agent::*, builds::*, fleet::*, harness::*};
+use crate::{
+    agent::*,
+    builds::*,
+    fleet::*,
+    forge::{forge_table, last},
+    harness::*,
+    openapi::{Forge, Kind as ForgeKind},
+    receiver::Receiver,
+};
 
 const HOSTS: [&str; 3] = ["alpha", "beta", "gamma"];
 
@@ -64,20 +72,52 @@ fn deploy_broken_canary(b: &BuildHost, id: i64) -> Value {
     wait_rollout(b, id, "halted")
 }
 
-/// (Failed before: every host got generation 2 at once, and there were no rollouts.)
+/// (Failed before: every host got generation 2 at once, and there were no rollouts; then:
+/// the halt reached neither the forge nor the notifications.)
 #[test]
 fn a_bad_commit_stops_at_the_canary_and_abort_keeps_the_others_where_they_are() {
-    let b = build_host(&HOSTS, &policy(0));
+    let token = "ghp_berthRolloutToken1a2b";
+    let forge = Forge::start(ForgeKind::Github, token, "acme", "fleet", 0);
+    let receiver = Receiver::start(|_| (204, String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let (token_file, secret_file) = (dir.path().join("token"), dir.path().join("secret"));
+    std::fs::write(&token_file, token).unwrap();
+    std::fs::write(&secret_file, "notify-s3cret").unwrap();
+    let extra = format!(
+        "{}{}[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\n",
+        policy(0),
+        forge_table("github", &forge, &token_file, false),
+        receiver.url,
+        secret_file.display()
+    );
+    let b = build_host(&HOSTS, &extra);
     let hosts = HOSTS.map(|h| Host::new(&b, h, ""));
     let _agents = hosts.each_ref().map(|h| h.spawn(&b, &b.server.url));
-    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    let one = b.fleet.commit("main", "one", Signing::Trusted);
+    assert!(b.submit_wait(&one, "main").0);
     for h in HOSTS {
         wait_report(&b, h, 1, &["confirmed"]);
     }
     wait_rollout(&b, 1, "completed");
+    wait_for("rollout 1's forge status to succeed", || {
+        last(&forge, &one, "berth/rollout") == Some(("success".into(), "rollout 1 completed".into()))
+    });
 
     let halted = deploy_broken_canary(&b, 2);
     assert_eq!(halted["halted_host"], "alpha", "{halted:#}");
+    // The halt on the forge (the commit's berth/rollout) and as a notification (a default kind).
+    let two = halted["commit_sha"].as_str().unwrap().to_owned();
+    wait_for("rollout 2's forge status to fail", || {
+        last(&forge, &two, "berth/rollout")
+            .is_some_and(|(s, d)| s == "failure" && d.starts_with("rollout 2 halted at wave 1 by alpha: rolled back"))
+    });
+    forge.assert_no_violations();
+    wait_for("the rollout_halted notification", || {
+        receiver.requests().iter().any(|r| {
+            let body: Value = serde_json::from_slice(&r.body).unwrap_or_default();
+            r.header("x-berth-event") == Some("rollout_halted") && body["host"] == "alpha" && body["rollout"]["id"] == 2
+        })
+    });
     assert!(halted["reason"].as_str().unwrap().starts_with("rolled back"), "{halted:#}");
     let status = admin(&b, &["rollout", "status", "2"]);
     assert!(status.contains("halted") && status.contains("halted by alpha: rolled back"), "{status}");

@@ -1,10 +1,14 @@
-//! The dashboard's actions (admin): rollback, redeploy, pin and gc. Each is a confirmation
+//! The dashboard's actions (admin): rollback, redeploy, pin, gc, and resuming or aborting a
+//! rollout. Each is a confirmation
 //! page (GET: what will happen, and a form) and the form's POST, which checks the session's
 //! CSRF token and the request's origin (`Viewer::may_act`) and then calls the function the
-//! API handler calls: `deploy::resend::{rollback, redeploy}`, `gc::pins::pin`, `gc::collect`.
+//! API handler calls: `deploy::resend::{rollback, redeploy}`, `gc::pins::pin`, `gc::collect`, `deploy::rollouts::{resume, abort}`.
 
 use axum::{
-    extract::{rejection::QueryRejection, Path, Query, State},
+    extract::{
+        rejection::{PathRejection, QueryRejection},
+        Path, Query, State,
+    },
     http::HeaderMap,
     response::Response,
     Form,
@@ -13,7 +17,7 @@ use minijinja::{context, Value};
 
 use super::{auth::Viewer, error::UiError, pages::host_name, render, UiState};
 use crate::{
-    deploy::resend,
+    deploy::{resend, rollouts},
     gc::{self, pins},
 };
 
@@ -224,4 +228,71 @@ mod tests {
             assert!(number(&Some(bad.into()), "to").is_err(), "{bad}");
         }
     }
+}
+
+/// What a rollout action does.
+#[derive(Debug, Clone, Copy)]
+enum RolloutAction {
+    Resume,
+    Abort,
+}
+
+impl RolloutAction {
+    fn parse(verb: &str) -> Result<Self, UiError> {
+        match verb {
+            "resume" => Ok(Self::Resume),
+            "abort" => Ok(Self::Abort),
+            _ => Err(UiError::NotFound("no such page".into())),
+        }
+    }
+}
+
+fn rollout_path(path: Result<Path<(i64, String)>, PathRejection>) -> Result<(i64, RolloutAction), UiError> {
+    let Path((id, verb)) = path.map_err(|_| UiError::BadRequest("a rollout id is a number".into()))?;
+    Ok((id, RolloutAction::parse(&verb)?))
+}
+
+/// `GET /ui/rollouts/{id}/resume` and `…/abort`.
+pub async fn confirm_rollout(
+    viewer: Viewer,
+    path: Result<Path<(i64, String)>, PathRejection>,
+) -> Result<Response, UiError> {
+    let (id, action) = rollout_path(path)?;
+    let (question, verb) = match action {
+        RolloutAction::Resume => (
+            format!("Resume rollout {id}, accepting the failure that halted it, and release its next waves?"),
+            "resume",
+        ),
+        RolloutAction::Abort => (format!("Abort rollout {id}? Its held hosts stay on what they run."), "abort"),
+    };
+    confirm(
+        &viewer,
+        "rollouts",
+        question,
+        format!("/ui/rollouts/{id}/{verb}"),
+        context! { hidden => Vec::<Value>::new(), back => "/ui/rollouts" },
+    )
+}
+
+/// `POST /ui/rollouts/{id}/resume` and `…/abort`.
+pub async fn rollout(
+    State(state): State<UiState>,
+    viewer: Viewer,
+    headers: HeaderMap,
+    path: Result<Path<(i64, String)>, PathRejection>,
+    Form(f): Form<ActionFields>,
+) -> Result<Response, UiError> {
+    let (id, action) = rollout_path(path)?;
+    viewer.may_act(&headers, f.csrf.as_deref())?;
+    let message = match action {
+        RolloutAction::Resume => {
+            rollouts::resume(&state.app, id).await?;
+            format!("Rollout {id} goes on.")
+        }
+        RolloutAction::Abort => {
+            rollouts::abort(&state.app, id).await?;
+            format!("Rollout {id} is aborted; its held hosts stay where they are.")
+        }
+    };
+    done(&viewer, "rollouts", message, "/ui/rollouts".into(), None)
 }

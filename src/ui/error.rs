@@ -130,6 +130,17 @@ impl From<ResendError> for UiError {
     }
 }
 
+impl From<crate::deploy::rollouts::RolloutError> for UiError {
+    fn from(e: crate::deploy::rollouts::RolloutError) -> Self {
+        use crate::deploy::rollouts::RolloutError;
+        match e {
+            RolloutError::NotFound(_) => Self::NotFound(e.to_string()),
+            RolloutError::WrongState { .. } => Self::Conflict(e.to_string()),
+            RolloutError::Db(e) => e.into(),
+        }
+    }
+}
+
 impl From<PinError> for UiError {
     fn from(e: PinError) -> Self {
         match e {

@@ -64,6 +64,8 @@ pub fn router(app: AppState) -> Router {
         .route("/ui/builds", get(pages::builds))
         .route("/ui/builds/{id}", get(pages::build))
         .route("/ui/builds/{id}/log", get(pages::build_log))
+        .route("/ui/rollouts", get(pages::rollouts))
+        .route("/ui/rollouts/{id}/{action}", get(actions::confirm_rollout).post(actions::rollout))
         .route("/ui/cache", get(pages::cache))
         .route("/ui/retention", get(pages::retention))
         .route("/ui/pins", get(actions::confirm_pin).post(actions::pin))

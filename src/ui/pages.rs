@@ -68,6 +68,20 @@ pub async fn host(State(state): State<UiState>, viewer: Viewer, Path(name): Path
     )?)
 }
 
+/// Rollouts listed at most, newest first.
+const ROLLOUTS_LISTED: i64 = 20;
+
+/// `GET /ui/rollouts`: the newest staged rollouts, their waves and hosts, who halted one and
+/// why (resume and abort for an admin).
+pub async fn rollouts(State(state): State<UiState>, viewer: Viewer) -> Result<Response, UiError> {
+    let listed = crate::deploy::rollouts::list(&state.app, ROLLOUTS_LISTED).await?;
+    let rollouts: Vec<_> = listed.iter().map(view::rollout_line).collect();
+    Ok(render::page(
+        "rollouts.html",
+        context! { nav => "rollouts", viewer => viewer.role, csrf => viewer.csrf(), rollouts },
+    )?)
+}
+
 /// `GET /ui/builds?repo=R&branch=B&state=S`.
 #[derive(Debug, Default, serde::Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -21,6 +21,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("fleet.html", include_str!("templates/fleet.html")),
     ("host.html", include_str!("templates/host.html")),
     ("builds.html", include_str!("templates/builds.html")),
+    ("rollouts.html", include_str!("templates/rollouts.html")),
     ("build.html", include_str!("templates/build.html")),
     ("cache.html", include_str!("templates/cache.html")),
     ("retention.html", include_str!("templates/retention.html")),

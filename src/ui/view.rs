@@ -243,6 +243,83 @@ pub fn build_line(b: &BuildRow, now: i64) -> BuildLine {
     }
 }
 
+/// One staged rollout on the rollouts page.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RolloutLine {
+    /// Its id.
+    pub id: i64,
+    /// Repository, branch and short commit.
+    pub repository: String,
+    /// The deploy branch.
+    pub branch: String,
+    /// The commit's first 12 characters.
+    pub commit: String,
+    /// The build that made its generations.
+    pub build_id: Option<i64>,
+    /// `queued`, `running`, `halted`, `completed`, `aborted` or `superseded`.
+    pub state: &'static str,
+    /// Its colour.
+    pub tone: Tone,
+    /// "wave 2/3".
+    pub wave: String,
+    /// "halted by alpha: rolled back: …", or why it was aborted or superseded.
+    pub reason: Option<String>,
+    /// When it was made.
+    pub created: String,
+    /// Whether an admin may resume it (halted) or abort it (open).
+    pub may_resume: bool,
+    /// See `may_resume`.
+    pub may_abort: bool,
+    /// Each wave's hosts: `alpha (released)`, `beta (held)`.
+    pub waves: Vec<Vec<String>>,
+}
+
+/// A rollout as a line of the rollouts page.
+pub fn rollout_line(v: &crate::deploy::rollouts::RolloutView) -> RolloutLine {
+    use crate::deploy::rollout::RolloutState;
+    let r = &v.rollout;
+    let tone = match r.state {
+        RolloutState::Completed => Tone::Ok,
+        RolloutState::Halted => Tone::Bad,
+        RolloutState::Queued | RolloutState::Running => Tone::Busy,
+        _ => Tone::Idle,
+    };
+    let reason = match (&r.halted_host, &r.reason) {
+        (Some(host), Some(reason)) if r.state == RolloutState::Halted => Some(format!("halted by {host}: {reason}")),
+        (_, reason) => reason.clone(),
+    };
+    let mut waves: Vec<Vec<String>> = vec![Vec::new(); r.waves.max(0) as usize];
+    for h in &v.hosts {
+        let what = if h.waived {
+            "failure accepted"
+        } else if h.held {
+            "held"
+        } else if h.generation.is_some() {
+            "released"
+        } else {
+            "waiting for its build"
+        };
+        if let Some(wave) = waves.get_mut(h.wave.max(0) as usize) {
+            wave.push(format!("{} ({what})", h.host));
+        }
+    }
+    RolloutLine {
+        id: r.id,
+        repository: r.repository.clone(),
+        branch: r.branch.clone(),
+        commit: short(&r.commit_sha),
+        build_id: r.build_id,
+        state: r.state.as_str(),
+        tone,
+        wave: format!("wave {}/{}", (r.wave + 1).min(r.waves.max(1)), r.waves.max(1)),
+        reason,
+        created: timestamp(r.created_at),
+        may_resume: r.state == RolloutState::Halted,
+        may_abort: r.state.is_open(),
+        waves,
+    }
+}
+
 /// A commit hash's first 12 characters.
 pub fn short(commit: &str) -> String {
     commit.chars().take(12).collect()
@@ -349,6 +426,62 @@ mod tests {
         assert_eq!(lines[0].log[0].message, None, "an empty message is no message");
         assert_eq!((lines[0].outcome, lines[0].tone), ("confirmed", Tone::Ok));
         assert_eq!((lines[1].outcome, lines[1].tone, lines[1].log.len()), ("superseded", Tone::Idle, 1));
+    }
+
+    #[test]
+    fn rollout_lines_name_the_halt_and_each_wave() {
+        use crate::db::{RolloutHostRow, RolloutRow};
+        use crate::deploy::{rollout::RolloutState, rollouts::RolloutView};
+        let host = |host: &str, wave: i64, generation: Option<i64>, held: bool, waived: bool| RolloutHostRow {
+            host: host.into(),
+            wave,
+            waived,
+            generation,
+            held,
+            last_seen: None,
+            newest_released: None,
+        };
+        let row = |state: RolloutState| RolloutRow {
+            id: 7,
+            repository: "fleet".into(),
+            branch: "main".into(),
+            commit_sha: "3f9c".repeat(10),
+            build_id: Some(4),
+            state,
+            wave: 0,
+            waves: 2,
+            released_at: None,
+            settled_at: None,
+            halted_host: Some("alpha".into()),
+            reason: Some("rolled back: boom".into()),
+            created_at: 0,
+            updated_at: 0,
+        };
+        let hosts = vec![
+            host("alpha", 0, Some(3), false, false),
+            host("beta", 1, Some(3), true, false),
+            host("gamma", 1, None, false, false),
+            host("delta", 0, Some(3), false, true),
+            host("stray", 9, Some(3), false, false),
+        ];
+        let line = rollout_line(&RolloutView { rollout: row(RolloutState::Halted), hosts: hosts.clone() });
+        assert_eq!((line.state, line.tone, line.wave.as_str()), ("halted", Tone::Bad, "wave 1/2"));
+        assert_eq!(line.reason.as_deref(), Some("halted by alpha: rolled back: boom"));
+        assert_eq!(
+            line.waves,
+            [
+                vec!["alpha (released)".to_owned(), "delta (failure accepted)".to_owned()],
+                vec!["beta (held)".to_owned(), "gamma (waiting for its build)".to_owned()],
+            ]
+        );
+        assert!(line.may_resume && line.may_abort);
+        let aborted = rollout_line(&RolloutView { rollout: row(RolloutState::Aborted), hosts });
+        assert_eq!(aborted.reason.as_deref(), Some("rolled back: boom"), "not a halt any longer");
+        assert!(!aborted.may_resume && !aborted.may_abort);
+        let mut empty = row(RolloutState::Completed);
+        empty.waves = 0;
+        let line = rollout_line(&RolloutView { rollout: empty, hosts: vec![] });
+        assert_eq!((line.wave.as_str(), line.tone, line.waves.len()), ("wave 1/1", Tone::Ok, 0));
     }
 
     #[test]

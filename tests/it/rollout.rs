@@ -151,8 +151,40 @@ fn a_bad_commit_stops_at_the_canary_and_abort_keeps_the_others_where_they_are() 
         assert_eq!(body, serde_json::json!({"code": "not_found", "message": "no rollout 99"}));
     }
 
-    let aborted = admin(&b, &["rollout", "abort", "2"]);
-    assert!(aborted.contains(": aborted"), "{aborted}");
+    // The dashboard shows the halt to a reader; an admin aborts it there (confirmation, CSRF).
+    let client = reqwest::blocking::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let url = &b.server.url;
+    let read = b.server.token("read");
+    let page = client.get(format!("{url}/ui/rollouts")).bearer_auth(&read).send().unwrap();
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().unwrap();
+    assert!(page.contains("halted by alpha: rolled back") && page.contains("beta (held)"), "{page}");
+    assert!(!page.contains("/ui/rollouts/2/abort"), "a reader gets no actions");
+    let login = client.post(format!("{url}/ui/login")).form(&[("token", b.admin.as_str())]).send().unwrap();
+    let cookie = login.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_owned();
+    let get = |path: &str| client.get(format!("{url}{path}")).header("cookie", &cookie).send().unwrap().text().unwrap();
+    assert!(get("/ui/rollouts").contains("/ui/rollouts/2/abort"));
+    let confirm = get("/ui/rollouts/2/abort");
+    let csrf = confirm.split("name=\"csrf\" value=\"").nth(1).and_then(|s| s.split('"').next()).unwrap().to_owned();
+    assert!(confirm.contains("Abort rollout 2?"), "{confirm}");
+    let post = |csrf: &str| {
+        client
+            .post(format!("{url}/ui/rollouts/2/abort"))
+            .header("cookie", &cookie)
+            .form(&[("csrf", csrf)])
+            .send()
+            .unwrap()
+    };
+    assert_eq!(post("forged").status(), StatusCode::FORBIDDEN);
+    assert_eq!(rollout(&b, 2)["state"], "halted", "a forged form changes nothing");
+    let done = post(&csrf);
+    assert_eq!(done.status(), StatusCode::OK);
+    assert!(done.text().unwrap().contains("Rollout 2 is aborted"));
+    let status = admin(&b, &["rollout", "status", "2"]);
+    assert!(status.contains(": aborted"), "{status}");
+    let out =
+        b.s.berth().args(["rollout", "abort", "2", "--server", url]).env("BERTH_TOKEN", &b.admin).output().unwrap();
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("409"), "aborted once");
     let again = http().post(b.api("rollouts/2/resume")).bearer_auth(&b.admin).send().unwrap();
     assert_eq!(again.status(), StatusCode::CONFLICT, "an aborted rollout does not resume");
     std::thread::sleep(Duration::from_secs(3));

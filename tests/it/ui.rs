@@ -143,6 +143,10 @@ fn the_dashboard_in_a_real_browser() {
     browser.goto(&format!("{url}/ui/builds?state=succeeded"));
     assert!(browser.text("#builds").contains(&commit[..12]));
     browser.screenshot("builds");
+    // Rollouts: none without a policy (tests/it/rollout.rs has a halted one).
+    browser.goto(&format!("{url}/ui/rollouts"));
+    assert!(browser.text("#rollouts").contains("No rollout yet"), "{}", browser.source());
+    browser.screenshot("rollouts");
     browser.goto(&format!("{url}/ui/builds?state=failed"));
     assert!(browser.text("#builds").contains("No build matches"));
 

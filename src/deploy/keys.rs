@@ -185,10 +185,11 @@ impl DeployKeys {
         Ok((ring, changed))
     }
 
-    /// The ring to sign with: read again when replicas share the database.
+    /// The ring to sign with: read again when replicas share the database. The ring in
+    /// memory is left to the driver's tick, which wakes the long-polls when it changed.
     pub async fn for_signing(&self, db: &Db) -> Result<Arc<KeyRing>, KeysError> {
         if db.is_shared() {
-            Ok(self.refresh(db).await?.0)
+            Ok(Arc::new(KeyRing::resolve(db.deploy_keys().await?, &self.file_key)?))
         } else {
             Ok(self.ring())
         }

@@ -447,3 +447,72 @@ fn a_host_going_offline_and_back_is_announced_once_by_two_replicas() {
     }
     assert_eq!(kinds(), ["host_offline", "host_back"]);
 }
+
+/// A deploy-key rotation started on one replica: a long-poll waiting on the other is told of
+/// the next key within seconds (no file to distribute: the secret is in the database), the
+/// acknowledgement it records there moves the rotation on, and either replica then announces
+/// the retirement signed by the new key alone.
+#[test]
+fn a_deploy_key_rotation_started_on_one_replica_reaches_the_other() {
+    let c = Cluster::start("");
+    let old = std::fs::read_to_string(c.s.path("replicated-deploy-1.public")).unwrap().trim().to_owned();
+    // alpha is enrolled (known, with a live token): the rotation waits for it.
+    run_ok(
+        Command::new(berth_bin())
+            .args(["hosts", "add", "alpha", "--config"])
+            .arg(c.s.path("a.toml"))
+            .arg("--data-dir")
+            .arg(c.s.path("a")),
+    );
+    let host = c.token("host:alpha");
+    let poll = |server: &Server, keys: &str, timeout: u32| {
+        http()
+            .get(api(server, &format!("hosts/alpha/manifest?timeout={timeout}")))
+            .bearer_auth(&host)
+            .header("x-berth-deploy-keys", keys)
+            .send()
+            .unwrap()
+    };
+    let waiting = {
+        let (url, host, old) = (api(&c.b, "hosts/alpha/manifest?timeout=30"), host.clone(), old.clone());
+        thread::spawn(move || {
+            let started = Instant::now();
+            let r = http().get(url).bearer_auth(host).header("x-berth-deploy-keys", old).send().unwrap();
+            (r.status(), r.text().unwrap(), started.elapsed())
+        })
+    };
+    thread::sleep(Duration::from_millis(500));
+    let r = http().post(api(&c.a, "keys/deploy/rotate")).bearer_auth(&c.admin).send().unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let new = r.json::<Value>().unwrap()["public_key"].as_str().unwrap().to_owned();
+
+    let (status, body, waited) = waiting.join().unwrap();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(waited < Duration::from_secs(15), "told within seconds, not at the hold's end: {waited:?}");
+    let keys: Value = serde_json::from_str(&body).unwrap();
+    assert!(keys.get("manifest").is_none(), "the announcement alone: {keys}");
+    let announced: Value = serde_json::from_str(keys["keys"]["announcement"].as_str().unwrap()).unwrap();
+    assert_eq!(announced["keys"], json!([old, new]), "{announced}");
+    assert_eq!(keys["keys"]["signatures"].as_array().unwrap().len(), 2, "signed by both keys");
+
+    // alpha acknowledges on B; the rotation moves on, seen from A. (The poll itself may
+    // already be answered the retirement: the acknowledgement is recorded when it begins.)
+    let acked = poll(&c.b, &format!("{old},{new}"), 1).status();
+    assert!([StatusCode::NO_CONTENT, StatusCode::OK].contains(&acked), "{acked}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status: Value = http().get(api(&c.a, "keys/deploy")).bearer_auth(&c.admin).send().unwrap().json().unwrap();
+        let state_of = |k: &str| {
+            status["keys"].as_array().unwrap().iter().find(|x| x["public_key"] == k).unwrap()["state"].clone()
+        };
+        if state_of(&old) == "retiring" && state_of(&new) == "current" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the rotation never moved on: {status:#}");
+        thread::sleep(Duration::from_millis(200));
+    }
+    let retired: Value = poll(&c.a, &format!("{old},{new}"), 5).json().unwrap();
+    let announced: Value = serde_json::from_str(retired["keys"]["announcement"].as_str().unwrap()).unwrap();
+    assert_eq!((announced["keys"].clone(), announced["retired"].clone()), (json!([new]), json!([old])));
+    assert_eq!(retired["keys"]["signatures"].as_array().unwrap().len(), 1, "signed by the new key alone");
+}

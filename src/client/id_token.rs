@@ -62,13 +62,10 @@ impl IdTokenSource {
                 message: format!("the forge's ID token endpoint ({origin}) refused the request"),
             });
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| transport(&e))? {
-            if body.len() + chunk.len() > actions::MAX_ANSWER_BYTES {
-                return Err(ActionsError::BadAnswer.into());
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = crate::outbound::read_bounded(&mut response, actions::MAX_ANSWER_BYTES)
+            .await
+            .map_err(|e| transport(&e))?
+            .ok_or(ActionsError::BadAnswer)?;
         Ok(actions::token_of(&body)?)
     }
 }

@@ -3,7 +3,11 @@
 
 use serde::Deserialize;
 
-use crate::client::{Api, ClientError};
+use super::timestamp;
+use crate::{
+    client::{Api, ClientError},
+    nixfmt::key_name,
+};
 
 /// One key as `/api/v1/keys/deploy` reports it.
 #[derive(Debug, Deserialize)]
@@ -38,20 +42,12 @@ pub struct Status {
     pub hosts: Vec<Host>,
 }
 
-fn key_name(public: &str) -> &str {
-    public.split(':').next().unwrap_or(public)
-}
-
-fn time(t: i64) -> String {
-    jiff::Timestamp::from_second(t).map_or_else(|_| t.to_string(), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string())
-}
-
 /// PURE: the status as text.
 pub fn render(s: &Status) -> String {
     let mut out = String::new();
     out.push_str(&format!("deploy keys (epoch {}):\n", s.epoch));
     for k in &s.keys {
-        out.push_str(&format!("  {:<9} {}  since {}\n", k.state, k.public_key, time(k.changed_at)));
+        out.push_str(&format!("  {:<9} {}  since {}\n", k.state, k.public_key, timestamp(k.changed_at)));
     }
     let next = s.keys.iter().find(|k| k.state == "next");
     let retiring: Vec<&Key> = s.keys.iter().filter(|k| k.state == "retiring").collect();

@@ -21,7 +21,7 @@ use crate::app::AppState;
 use crate::config::KeysPolicy;
 use crate::db::{Db, DbError, DeployKeyRow};
 use crate::events::Event;
-use crate::nixfmt::{KeyError, SecretKey};
+use crate::nixfmt::{key_name, KeyError, SecretKey};
 
 /// How often the rotation is looked at: acknowledgements recorded by the long-polls move it
 /// on within this time (and a change made on another replica is seen within it).
@@ -178,18 +178,24 @@ impl DeployKeys {
 
     /// The ring read again from the database; whether it changed (its epoch) with it.
     pub async fn refresh(&self, db: &Db) -> Result<(Arc<KeyRing>, bool), KeysError> {
-        let ring = Arc::new(KeyRing::resolve(db.deploy_keys().await?, &self.file_key)?);
+        let ring = self.read(db).await?;
         let mut held = self.ring.write().expect("key ring lock");
         let changed = held.epoch != ring.epoch;
         *held = Arc::clone(&ring);
         Ok((ring, changed))
     }
 
-    /// The ring to sign with: read again when replicas share the database. The ring in
-    /// memory is left to the driver's tick, which wakes the long-polls when it changed.
+    /// The ring as the database has it now, leaving the one in memory alone: only the
+    /// driver's tick (and a rotation made here) replaces that, so the tick sees every change
+    /// and wakes the long-polls for it.
+    async fn read(&self, db: &Db) -> Result<Arc<KeyRing>, KeysError> {
+        Ok(Arc::new(KeyRing::resolve(db.deploy_keys().await?, &self.file_key)?))
+    }
+
+    /// The ring to sign with: read again when replicas share the database.
     pub async fn for_signing(&self, db: &Db) -> Result<Arc<KeyRing>, KeysError> {
         if db.is_shared() {
-            Ok(Arc::new(KeyRing::resolve(db.deploy_keys().await?, &self.file_key)?))
+            self.read(db).await
         } else {
             Ok(self.ring())
         }
@@ -199,21 +205,18 @@ impl DeployKeys {
     /// every replica signs with it at once). Refused while a rotation waits for hosts. The
     /// caller wakes the long-polls, so every agent is told now.
     pub async fn rotate(&self, db: &Db) -> Result<KeyRecord, KeysError> {
-        let rows = db.deploy_keys().await?;
-        let records: Vec<KeyRecord> = rows.iter().map(|r| r.record.clone()).collect();
-        rotation::may_rotate(&records)?;
-        let current = self.refresh(db).await?.0.primary.name().to_owned();
-        let names: Vec<String> = records.iter().map(|k| k.public.split(':').next().unwrap_or("").to_owned()).collect();
-        let taken: Vec<&str> = names.iter().map(String::as_str).collect();
-        let next = SecretKey::generate(&rotation::next_key_name(&current, &taken)).map_err(KeysError::Generate)?;
+        let ring = self.read(db).await?;
+        rotation::may_rotate(&ring.records)?;
+        let taken: Vec<&str> = ring.records.iter().map(|k| key_name(&k.public)).collect();
+        let name = rotation::next_key_name(ring.primary.name(), &taken);
+        let next = SecretKey::generate(&name).map_err(KeysError::Generate)?;
         let public = next.public().to_nix_string();
         if !db.add_next_deploy_key(&public, &next.to_nix_string()).await? {
             return Err(KeysError::Raced);
         }
         tracing::info!(key = %public, "deploy key rotation started: the next key co-signs every manifest");
-        self.refresh(db).await?;
-        let rows = db.deploy_keys().await?;
-        Ok(rows.into_iter().map(|r| r.record).find(|k| k.public == public).expect("just added"))
+        let (ring, _) = self.refresh(db).await?;
+        Ok(ring.records.iter().find(|k| k.public == public).cloned().expect("just added"))
     }
 
     /// One look at the rotation: the changes the hosts' acknowledgements allow, applied.
@@ -253,7 +256,7 @@ impl DeployKeys {
 
     /// What `berth keys status` shows.
     pub async fn status(&self, db: &Db) -> Result<KeysStatus, KeysError> {
-        let (ring, _) = self.refresh(db).await?;
+        let ring = self.read(db).await?;
         let acks = db.deploy_key_acks().await?;
         let plain: Vec<_> = acks.iter().map(|(a, _)| a.clone()).collect();
         let waiting_for = rotation::waiting_for(&ring.records, &plain).into_iter().map(str::to_owned).collect();

@@ -35,6 +35,12 @@ pub enum KeyError {
     Random(String),
 }
 
+/// The name part of a key in Nix's `name:base64` format (all of it when there is no `:`),
+/// for showing a key without its material.
+pub fn key_name(text: &str) -> &str {
+    text.split_once(':').map_or(text, |(name, _)| name)
+}
+
 fn split_name(s: &str) -> Result<(&str, &str), KeyError> {
     let (name, material) = s.trim().split_once(':').ok_or(KeyError::MissingName)?;
     if name.is_empty() || name.contains(char::is_whitespace) {
@@ -156,6 +162,14 @@ impl PublicKey {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_keys_name_is_what_precedes_its_material() {
+        assert_eq!(key_name("berth-deploy-2:Yf0fyBCP="), "berth-deploy-2");
+        assert_eq!(key_name("no-material"), "no-material");
+        assert_eq!(key_name("a:b:c"), "a");
+        assert_eq!(key_name(""), "");
+    }
 
     // Generated with `nix-store --generate-binary-cache-key test-1 sk pk` (Nix 2.8).
     const NIX_SECRET: &str =

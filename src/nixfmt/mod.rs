@@ -19,7 +19,7 @@ pub use archive::{
     read_nar, NarError, NarShape, NarWriter, MAX_NAME_BYTES, MAX_NAR_DEPTH, MAX_OPEN_NAME_BYTES, MAX_TARGET_BYTES,
 };
 pub use declared::{declared_memory, Declared, PEEK_BYTES};
-pub use keys::{KeyError, PublicKey, SecretKey};
+pub use keys::{key_name, KeyError, PublicKey, SecretKey};
 pub use listing::{check_listing, ListingError};
 pub use names::{Compression, DrvName, NameError, NarFileName, StorePathHash};
 pub use nar::{verify_nar, DecoderLimit, NarDigest, VerifyError};

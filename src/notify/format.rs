@@ -72,7 +72,7 @@ pub fn text(event: &Event) -> (String, String) {
         }
         Event::HostBack { host } => (format!("{host} is back"), format!("{host} asks for its manifest again")),
         Event::KeyExpiring { key, state, expires_at } => {
-            let name = key.split(':').next().unwrap_or(key);
+            let name = crate::nixfmt::key_name(key);
             let when = jiff::Timestamp::from_second(*expires_at)
                 .map_or_else(|_| format!("{expires_at} (Unix time)"), |t| t.strftime("%Y-%m-%d %H:%M UTC").to_string());
             (format!("deploy key {name} expires {when}"), format!("the {state} deploy key: rotate it with `berth keys rotate deploy`"))

@@ -122,13 +122,11 @@ impl JwksCache {
         if !response.status().is_success() {
             return Err(fail(&response.status()));
         }
-        let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|e| fail(&e))? {
-            if body.len() + chunk.len() > self.limits.max_bytes {
-                return Err(fail(&format!("larger than {} bytes", self.limits.max_bytes)));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let max = self.limits.max_bytes;
+        let body = crate::outbound::read_bounded(&mut response, max)
+            .await
+            .map_err(|e| fail(&e))?
+            .ok_or_else(|| fail(&format!("larger than {max} bytes")))?;
         serde_json::from_slice(&body).map_err(|e| fail(&e))
     }
 }

@@ -12,6 +12,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::{header::HeaderMap, Method};
 
+/// An answer's body read whole, or `None` as soon as it passes `max` bytes (the rest is never
+/// read): for small answers (token endpoints, key sets) from servers berth does not control.
+pub async fn read_bounded(response: &mut reqwest::Response, max: usize) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > max {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
+}
+
 /// Seconds one attempt may take (connect, send, response), unless configured.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 

@@ -56,6 +56,8 @@ berth_install_test_servers() {
   # Enrollment's test encrypts to a host's recorded SSH key with age and decrypts with the key.
   have age || missing+=(age)
   have ssh-keygen || missing+=(openssh-client)
+  # Push mode's tests deploy over a real sshd on loopback (the forced command, ssh-ng://).
+  { have sshd || [ -x /usr/sbin/sshd ]; } || missing+=(openssh-server)
   local tools="$PWD/target/tools"
   if ! have weed && ! [ -x "$tools/venv/bin/weed" ]; then
     python3 -c 'import venv, ensurepip' 2>/dev/null || missing+=(python3-venv)

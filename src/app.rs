@@ -271,6 +271,8 @@ pub async fn serve(
     // raised: after the notifications subscribed, so none is lost).
     workers.push(tokio::spawn(crate::deploy::keys::run(state.clone(), stop.clone())));
     workers.push(tokio::spawn(crate::events::offline::watch(state.clone(), stop.clone())));
+    // Hosts without an agent (`delivery = "push"`) are deployed to over SSH.
+    workers.push(tokio::spawn(crate::deploy::push::driver::run(state.clone(), stop.clone())));
     let stop_on_shutdown = stop.clone();
     let events = state.clone();
     let shutdown = async move {

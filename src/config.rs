@@ -364,6 +364,8 @@ pub struct Repository {
     pub forge: Option<ForgeConfig>,
     /// Each configured host's tags.
     pub tags: BTreeMap<String, Vec<String>>,
+    /// The hosts berth pushes to (`delivery = "push"`), by name.
+    pub push: BTreeMap<String, PushTarget>,
     /// Staged rollouts of the deploy branch, if configured.
     pub rollout: Option<Policy>,
     /// Which CI ID tokens may submit its builds, if any.
@@ -787,20 +789,17 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
     };
     let forge = raw.forge.map(|f| f.validate(&raw.url)).transpose()?;
     let tags = host_tags(&raw.hosts)?;
-    // Push delivery's keys are checked, but its driver is not built yet (docs/push.md): a
-    // pushed host would wait for ever, so it is refused rather than accepted and ignored.
+    let mut push = BTreeMap::new();
     for (name, host) in &raw.hosts {
-        if push::push_target(name, host)?.is_some() {
-            return Err(ConfigError::Invalid {
-                key: "repositories.hosts.delivery",
-                reason: format!("host {name}: delivery = \"push\" is not available yet (docs/push.md); use an agent"),
-            });
+        if let Some(target) = push::push_target(name, host)? {
+            push.insert(name.clone(), target);
         }
     }
     let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
     let oidc = raw.oidc.map(oidc_policy).transpose()?;
     Ok(Repository {
         tags,
+        push,
         rollout,
         oidc,
         name: raw.name,
@@ -982,14 +981,16 @@ mod tests {
     }
 
     #[test]
-    fn a_pushed_host_is_checked_then_refused_until_push_delivery_exists() {
+    fn a_pushed_host_is_checked_and_kept() {
         let repo = "[[repositories]]\nname = \"a\"\nurl = \"x\"\nrequire_signed_commits = false\n[repositories.hosts.box]\ndelivery = \"push\"\n";
-        let keys = "ssh_address = \"root@box.example.org\"\nssh_host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\nssh_key_file = \"/run/push-key\"\n";
-        let refused = parse(&format!("{repo}{keys}")).unwrap_err().to_string();
-        assert!(refused.contains("not available yet"), "{refused}");
+        let keys = "ssh_address = \"root@box.example.org:2222\"\nssh_host_key = \"ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\"\nssh_key_file = \"/run/push-key\"\n";
+        let config = parse(&format!("{repo}{keys}")).unwrap();
+        let target = &config.repositories[0].push["box"];
+        assert_eq!((target.destination.as_str(), target.port), ("root@box.example.org", 2222));
         let bad = parse(&format!("{repo}ssh_address = \"-oProxyCommand=x\"\n")).unwrap_err().to_string();
-        assert!(!bad.contains("not available yet"), "the keys are checked first: {bad}");
-        assert!(parse(&repo.replace("delivery = \"push\"", "delivery = \"pull\"")).is_ok());
+        assert!(bad.contains("ssh_address"), "{bad}");
+        let pulled = parse(&repo.replace("delivery = \"push\"", "delivery = \"pull\"")).unwrap();
+        assert!(pulled.repositories[0].push.is_empty());
     }
 
     #[test]

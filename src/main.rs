@@ -196,6 +196,25 @@ enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// On a pushed host (`delivery = "push"`): the forced command of berth's push key in
+    /// `authorized_keys`. Runs only the command in `SSH_ORIGINAL_COMMAND` that push mode
+    /// allows (docs/push.md), never through a shell.
+    PushGate {
+        #[command(flatten)]
+        host: PushHostArgs,
+    },
+    /// On a pushed host: settle a trial that was not confirmed in time (`--wait`: until the
+    /// trial under way is settled; `--boot`: at boot, where an unconfirmed trial is over).
+    PushSettle {
+        #[command(flatten)]
+        host: PushHostArgs,
+        /// The boot-time settle.
+        #[arg(long, conflicts_with = "wait")]
+        boot: bool,
+        /// Wait until the trial under way is confirmed or rolled back.
+        #[arg(long)]
+        wait: bool,
+    },
     /// Push the closures of store paths to a berth cache.
     Push {
         #[command(flatten)]
@@ -224,6 +243,39 @@ struct ServerArgs {
     /// Data directory (default storage, database and generated key live here).
     #[arg(long)]
     data_dir: Option<PathBuf>,
+}
+
+/// A pushed host's system and push state.
+#[derive(clap::Args)]
+struct PushHostArgs {
+    /// A Nix store URI or chroot directory (default: the system store).
+    #[arg(long)]
+    store: Option<String>,
+    /// The system profile.
+    #[arg(long, default_value = berth::deploy::agent::config::DEFAULT_PROFILE)]
+    profile: PathBuf,
+    /// Where the pending trial and the last outcome are kept.
+    #[arg(long, default_value = berth::deploy::push::host::DEFAULT_STATE_DIR)]
+    state_dir: PathBuf,
+    /// Seconds one switch-to-configuration may take.
+    #[arg(long, default_value_t = 600)]
+    activation_timeout_secs: u64,
+    /// Run `nix-daemon --stdio` with berth untrusted (Nix 2.15 and later): a stolen push key
+    /// can then neither skip the signature check nor change the daemon's settings.
+    #[arg(long)]
+    untrusted_daemon: bool,
+}
+
+impl PushHostArgs {
+    fn options(self) -> berth::deploy::push::host::GateOptions {
+        berth::deploy::push::host::GateOptions {
+            store: self.store,
+            profile: self.profile,
+            state_dir: self.state_dir,
+            activation_timeout: std::time::Duration::from_secs(self.activation_timeout_secs),
+            untrusted_daemon: self.untrusted_daemon,
+        }
+    }
 }
 
 /// How a client reaches a server.
@@ -562,6 +614,21 @@ fn one_line(e: &anyhow::Error) -> String {
     line
 }
 
+/// Prints a push command's answer, or its one-line reason on stderr with exit status 1
+/// (berth reads that line as the reason; ssh's own failures exit 255).
+fn push_answer(answer: Result<String, berth::deploy::push::host::HostError>) -> Result<()> {
+    match answer {
+        Ok(out) => {
+            println!("{out}");
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!("berth-push: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Keygen { name, secret_key_file, public_key_file } => keygen(&name, &secret_key_file, &public_key_file),
@@ -609,6 +676,13 @@ async fn run(command: Command) -> Result<()> {
                 std::process::exit(1);
             }
             Ok(())
+        }
+        Command::PushGate { host } => {
+            let command = std::env::var("SSH_ORIGINAL_COMMAND").ok();
+            push_answer(berth::deploy::push::host::gate(&host.options(), command.as_deref()).await)
+        }
+        Command::PushSettle { host, boot, wait } => {
+            push_answer(berth::deploy::push::host::settle(&host.options(), boot, wait).await)
         }
         Command::Gc { client, keep, dry_run } => {
             print!("{}", berth::cmd::gc::collect(&client.api()?, keep, dry_run).await?);

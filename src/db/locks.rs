@@ -31,6 +31,8 @@ pub const COLLECTION_KEY: i64 = 0x6265_7274_6802;
 pub const RESIGN_KEY: i64 = 0x6265_7274_6804;
 /// `pg_try_advisory_lock` key of the replica that watches for hosts going offline ("berth" + 5).
 pub const OFFLINE_WATCH_KEY: i64 = 0x6265_7274_6805;
+/// `pg_try_advisory_lock` key of the replica that drives the pushed hosts ("berth" + 6).
+pub const PUSH_KEY: i64 = 0x6265_7274_6806;
 /// Gate holders per process at once (a publication, rollback or pin each). They have a pool
 /// of their own: a holder needs the main pool's connections for its work, and holders
 /// filling the main pool would wait on each other for ever.

@@ -43,7 +43,7 @@ pub use forge::ForgeStatusRow;
 pub use gc::{PinRow, PENDING_NAR, PENDING_NARINFO};
 pub use generations::{GenerationRow, HostRow, NewGeneration, Released};
 pub use listen::{GenerationListener, Heard, Notice, CHANNEL as GENERATIONS_CHANNEL};
-pub use locks::{CollectionLock, GateGuard, Leadership, PublishGate, COLLECTION_KEY, OFFLINE_WATCH_KEY};
+pub use locks::{CollectionLock, GateGuard, Leadership, PublishGate, COLLECTION_KEY, OFFLINE_WATCH_KEY, PUSH_KEY};
 pub use objects::{PathObject, PathObjectKind};
 pub use paths::{CacheStats, ClosureRow, NarFileRow, PathListener, PathRow, RecentPath};
 pub use reports::{HostStatus, Recorded, ReportRow};

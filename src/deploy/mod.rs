@@ -9,6 +9,7 @@ pub mod keys;
 pub mod keyset;
 pub mod manifest;
 pub mod push;
+pub mod reporting;
 pub mod resend;
 pub mod rollback;
 pub mod rollout;

@@ -17,14 +17,13 @@ use super::{auth, error::ApiError, json};
 use crate::{
     app::AppState,
     auth::{valid_host_name, Scope},
-    db::{GenerationRow, Recorded, ReportRow},
+    db::{GenerationRow, ReportRow},
     deploy::{
         keyset::{self, KEYS_HEADER},
         manifest::VERSION_HEADER,
         manifest_of, resend,
         status::Phase,
     },
-    events::Event,
     text::{clip_head, clip_tail, without_nul},
 };
 
@@ -176,18 +175,7 @@ pub async fn report(
         profile_generation: r.profile_generation,
         created_at: 0,
     };
-    tracing::info!(host = %name, generation = row.generation, phase = %row.phase, message = row.message.as_deref().unwrap_or(""), "host report");
-    if state.db.add_report(&name, &row, r.active_generation).await? == Recorded::Repeated {
-        // Recorded, counted and announced when it first came.
-        tracing::info!(host = %name, generation = row.generation, phase = %row.phase, "report sent again; already recorded");
-        return Ok(StatusCode::NO_CONTENT);
-    }
-    if let Some(outcome) = crate::metrics::DeployOutcome::of_phase(phase) {
-        state.metrics.deploys.add(outcome, 1);
-    }
-    state.events.publish_some(Event::of_report(&generation, phase, row.message.as_deref()));
-    // A rollout whose wave this host is in may move on (or halt).
-    state.rollouts.poke();
+    crate::deploy::reporting::record(&state, &name, &generation, phase, &row, r.active_generation).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

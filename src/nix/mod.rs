@@ -19,6 +19,7 @@ mod args;
 pub mod flake;
 pub mod git;
 mod process;
+pub mod ssh;
 pub mod store;
 pub mod system;
 #[cfg(test)]

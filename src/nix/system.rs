@@ -227,6 +227,25 @@ impl SystemRoot {
         BootFiles { kernel: link("kernel"), initrd: link("initrd"), kernel_modules: link("kernel-modules") }
     }
 
+    /// Becomes `nix-daemon --stdio` on this store (what `nix copy --to ssh-ng://` talks
+    /// to), replacing the process; returns only when that could not be done. `untrusted`
+    /// (Nix 2.15 and later): the client is not trusted, so it can neither skip the signature
+    /// check nor change the daemon's settings.
+    pub fn exec_daemon(&self, untrusted: bool) -> NixError {
+        use std::os::unix::process::CommandExt;
+        let mut argv = vec!["nix-daemon".to_owned(), "--stdio".to_owned()];
+        if untrusted {
+            argv.extend(
+                ["--extra-experimental-features", "daemon-trust-override", "--force-untrusted"].map(String::from),
+            );
+        }
+        if let Some(store) = &self.store {
+            argv.extend(["--option".to_owned(), "store".to_owned(), store.clone()]);
+        }
+        let source = std::process::Command::new(&argv[0]).args(&argv[1..]).exec();
+        NixError::Spawn { argv, source }
+    }
+
     /// `program [--store S]`.
     fn with_store(&self, program: &str) -> Vec<String> {
         let mut argv = vec![program.to_owned()];
@@ -282,6 +301,24 @@ fn store_path_of(target: &Path) -> std::io::Result<String> {
 
 fn invalid_data(message: String) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::InvalidData, message)
+}
+
+/// Starts berth itself with `args`, detached: its own process group, stdio closed, not
+/// waited for (the push gate's deadline watcher, which outlives the SSH session).
+pub fn spawn_self_detached(args: &[String]) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    use std::process::Stdio;
+    let exe = std::env::current_exe()?;
+    let child = std::process::Command::new(exe)
+        .args(args)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    // Reaped by init once this process exits; dropping the handle does not wait.
+    drop(child);
+    Ok(())
 }
 
 #[cfg(test)]

@@ -79,15 +79,20 @@ impl Host {
 
     /// The system the host's profile points at (a store path), if any.
     pub fn profile(&self) -> Option<String> {
-        let link = self.root.join("store/nix/var/nix/profiles/system");
-        let generation = std::fs::read_link(&link).ok()?;
-        let target = std::fs::read_link(link.parent().unwrap().join(generation)).ok()?;
-        Some(target.to_string_lossy().into_owned())
+        profile_in(&self.root.join("store"))
     }
 
     pub fn activations(&self) -> String {
         std::fs::read_to_string(&self.activations).unwrap_or_default()
     }
+}
+
+/// The system the profile of the chroot store `store` points at (a store path), if any.
+pub fn profile_in(store: &std::path::Path) -> Option<String> {
+    let link = store.join("nix/var/nix/profiles/system");
+    let generation = std::fs::read_link(&link).ok()?;
+    let target = std::fs::read_link(link.parent().unwrap().join(generation)).ok()?;
+    Some(target.to_string_lossy().into_owned())
 }
 
 /// A running agent, killed on drop.

@@ -29,7 +29,11 @@ pub fn build_host(hosts: &[&str], extra: &str) -> BuildHost {
 
 /// [`build_host`] whose server builds with `client` (the current Nix on a chroot store).
 pub fn build_host_with(client: NixClient, hosts: &[&str], extra: &str) -> BuildHost {
-    let s = Scratch::with(client);
+    build_host_in(Scratch::with(client), hosts, extra)
+}
+
+/// [`build_host_with`] in a scratch directory the test already holds files in.
+pub fn build_host_in(s: Scratch, hosts: &[&str], extra: &str) -> BuildHost {
     let store = s.own_store().map(|dir| format!("store = \"{}\"\n", dir.display())).unwrap_or_default();
     let fleet = Fleet::new(&s, hosts);
     let secret = s.path("webhook-secret");

@@ -29,6 +29,7 @@ mod nix_files;
 mod oidc;
 mod openapi;
 mod protocol;
+mod push;
 mod receiver;
 mod replicas;
 mod resign;

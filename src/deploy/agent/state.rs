@@ -155,13 +155,19 @@ pub fn load(dir: &Path) -> std::io::Result<State> {
 /// Replaces the state file atomically and durably.
 pub fn save(dir: &Path, state: &State) -> std::io::Result<()> {
     let json = serde_json::to_vec_pretty(state).expect("the state always serialises");
-    let tmp: PathBuf = dir.join(format!("{STATE_FILE}.tmp"));
+    replace_file(dir, STATE_FILE, &json)
+}
+
+/// Replaces `dir/name` with `bytes` and a newline atomically and durably: written to a
+/// temporary file, fsynced, renamed over the old one, the directory fsynced.
+pub fn replace_file(dir: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+    let tmp: PathBuf = dir.join(format!("{name}.tmp"));
     let mut file = std::fs::File::create(&tmp)?;
-    file.write_all(&json)?;
+    file.write_all(bytes)?;
     file.write_all(b"\n")?;
     file.sync_all()?;
     drop(file);
-    std::fs::rename(&tmp, dir.join(STATE_FILE))?;
+    std::fs::rename(&tmp, dir.join(name))?;
     std::fs::File::open(dir)?.sync_all()
 }
 

@@ -5,7 +5,8 @@
 //!
 //! Allowed:
 //! - `nix-daemon --stdio` (what `nix copy --to ssh-ng://` runs)
-//! - `berth-push test <store path>`: activate `test` with a system closure
+//! - `berth-push test <store path> <seconds>`: activate `test` with a system closure, to be
+//!   confirmed within that many seconds (10 to 3600)
 //! - `berth-push confirm <store path>`: the confirmation, over a fresh connection
 //! - `berth-push boot <store path>`: make the confirmed system the boot default
 //! - `berth-push status`: the current, booted and pending systems
@@ -23,8 +24,13 @@ pub const MAX_COMMAND: usize = 512;
 pub enum Verb {
     /// `nix-daemon --stdio`: the store protocol, for `nix copy`.
     Daemon,
-    /// Activate `test` with this system.
-    Test(String),
+    /// Activate `test` with this system, to be confirmed within `confirm_within` seconds.
+    Test {
+        /// The system closure.
+        system: String,
+        /// Seconds until the host rolls back by itself.
+        confirm_within: u64,
+    },
     /// Confirm that the system under test reached berth again.
     Confirm(String),
     /// Set the system profile and the boot entry to this (confirmed) system.
@@ -52,7 +58,13 @@ pub enum GateError {
     /// The argument is not a store path in /nix/store.
     #[error("{0:?} is not a store path in /nix/store")]
     StorePath(String),
+    /// The confirmation window is not a number of seconds from 10 to 3600.
+    #[error("{0:?} is not a number of seconds from 10 to 3600")]
+    Seconds(String),
 }
+
+/// The confirmation windows `berth-push test` accepts, in seconds (as `confirm_timeout_secs`).
+pub const CONFIRM_WITHIN: std::ops::RangeInclusive<u64> = 10..=3600;
 
 /// Bytes a command word may contain: what store paths and the fixed words need.
 fn plain(b: u8) -> bool {
@@ -76,10 +88,18 @@ pub fn parse(command: Option<&str>) -> Result<Verb, GateError> {
     match words.as_slice() {
         ["nix-daemon", "--stdio"] => Ok(Verb::Daemon),
         ["berth-push", "status"] => Ok(Verb::Status),
+        ["berth-push", "test", path, seconds] => {
+            let system = system_path(path)?;
+            let confirm_within = seconds
+                .parse::<u64>()
+                .ok()
+                .filter(|s| CONFIRM_WITHIN.contains(s) && !seconds.starts_with(['0', '+']))
+                .ok_or_else(|| GateError::Seconds(seconds.chars().take(20).collect()))?;
+            Ok(Verb::Test { system, confirm_within })
+        }
         ["berth-push", verb, path] => {
             let path = system_path(path)?;
             match *verb {
-                "test" => Ok(Verb::Test(path)),
                 "confirm" => Ok(Verb::Confirm(path)),
                 "boot" => Ok(Verb::Boot(path)),
                 _ => Err(not_allowed()),
@@ -117,7 +137,10 @@ mod tests {
     fn allowed_commands() {
         check(Some("nix-daemon --stdio"), Ok(Verb::Daemon));
         check(Some("berth-push status"), Ok(Verb::Status));
-        check(Some(&format!("berth-push test {SYS}")), Ok(Verb::Test(SYS.into())));
+        for seconds in [10, 120, 3600] {
+            let want = Ok(Verb::Test { system: SYS.into(), confirm_within: seconds });
+            check(Some(&format!("berth-push test {SYS} {seconds}")), want);
+        }
         check(Some(&format!("berth-push confirm {SYS}")), Ok(Verb::Confirm(SYS.into())));
         check(Some(&format!("berth-push boot {SYS}")), Ok(Verb::Boot(SYS.into())));
     }
@@ -134,7 +157,15 @@ mod tests {
             (Some("berth-push".into()), GateError::NotAllowed("berth-push".into())),
             (Some("berth-push switch /nix/store/x".into()), GateError::StorePath("/nix/store/x".into())),
             (Some(format!("berth-push switch {SYS}")), GateError::NotAllowed("berth-push".into())),
-            (Some(format!("berth-push test {SYS} extra")), GateError::NotAllowed("berth-push".into())),
+            (Some(format!("berth-push test {SYS}")), GateError::NotAllowed("berth-push".into())),
+            (Some(format!("berth-push test {SYS} extra")), GateError::Seconds("extra".into())),
+            (Some(format!("berth-push test {SYS} 9")), GateError::Seconds("9".into())),
+            (Some(format!("berth-push test {SYS} 3601")), GateError::Seconds("3601".into())),
+            (Some(format!("berth-push test {SYS} 0120")), GateError::Seconds("0120".into())),
+            (Some(format!("berth-push test {SYS} +120")), GateError::Seconds("+120".into())),
+            (Some(format!("berth-push test {SYS} {}", "9".repeat(30))), GateError::Seconds("9".repeat(20))),
+            (Some(format!("berth-push test {SYS} 120 x")), GateError::NotAllowed("berth-push".into())),
+            (Some(format!("berth-push confirm {SYS} 120")), GateError::NotAllowed("berth-push".into())),
             (Some("nix-daemon --stdio; rm -rf /".into()), GateError::Character),
             (Some("nix-daemon --stdio && id".into()), GateError::Character),
             (Some("nix-daemon --stdio | sh".into()), GateError::Character),
@@ -149,13 +180,16 @@ mod tests {
             (Some("nix-daemon '--stdio'".into()), GateError::Character),
             (Some("nix-daemon --stdio\0".into()), GateError::Character),
             (Some("nix-dæmon --stdio".into()), GateError::Character),
-            (Some("berth-push test /nix/store/ünïcode".into()), GateError::Character),
-            (Some("berth-push test /etc/passwd".into()), GateError::StorePath("/etc/passwd".into())),
-            (Some(format!("berth-push test {SYS}/bin/sh")), GateError::StorePath(format!("{SYS}/bin/sh"))),
-            (Some("berth-push test /nix/store/../../etc".into()), GateError::StorePath("/nix/store/../../etc".into())),
-            (Some("berth-push test /nix/store/..".into()), GateError::StorePath("/nix/store/..".into())),
+            (Some("berth-push test /nix/store/ünïcode 120".into()), GateError::Character),
+            (Some("berth-push test /etc/passwd 120".into()), GateError::StorePath("/etc/passwd".into())),
+            (Some(format!("berth-push test {SYS}/bin/sh 120")), GateError::StorePath(format!("{SYS}/bin/sh"))),
             (
-                Some("berth-push test /nix/var/nix/profiles/system".into()),
+                Some("berth-push test /nix/store/../../etc 120".into()),
+                GateError::StorePath("/nix/store/../../etc".into()),
+            ),
+            (Some("berth-push test /nix/store/.. 120".into()), GateError::StorePath("/nix/store/..".into())),
+            (
+                Some("berth-push test /nix/var/nix/profiles/system 120".into()),
                 GateError::StorePath("/nix/var/nix/profiles/system".into()),
             ),
             (
@@ -163,11 +197,11 @@ mod tests {
                 GateError::StorePath("/nix/var/nix/profiles/per-user/root/x".into()),
             ),
             (
-                Some("berth-push test nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-x".into()),
+                Some("berth-push test nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-x 120".into()),
                 GateError::StorePath("nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-x".into()),
             ),
             (
-                Some("berth-push test /nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x".into()),
+                Some("berth-push test /nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x 120".into()),
                 GateError::StorePath("/nix/store/eeeeeeeeeeeeeeeeeeeeeeeeeeeeeeee-x".into()),
             ),
             (Some("x".repeat(MAX_COMMAND + 1)), GateError::TooLong(MAX_COMMAND + 1)),
@@ -181,7 +215,7 @@ mod tests {
     /// than one space, or with any hostile byte inserted anywhere, is refused.
     #[test]
     fn hostile_bytes_anywhere_are_refused() {
-        let good = format!("berth-push test {SYS}");
+        let good = format!("berth-push test {SYS} 120");
         for b in [b';', b'$', b'(', b')', b'`', b'|', b'&', b'>', b'<', b'\n', b'\'', b'"', b'\\', b'*', b' ', b'\t', 0]
         {
             for at in 0..=good.len() {
@@ -206,7 +240,7 @@ mod tests {
         assert!(matches!(parse(Some(&long)), Err(GateError::TooLong(_))));
         let name = format!("/nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-{}", "a".repeat(300));
         assert_eq!(
-            parse(Some(&format!("berth-push test {name}"))),
+            parse(Some(&format!("berth-push test {name} 120"))),
             Err(GateError::StorePath(name.chars().take(120).collect()))
         );
     }

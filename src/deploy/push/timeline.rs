@@ -8,8 +8,8 @@
 //! under test, the previous system, the deadline) before it activates. When the deadline
 //! passes without a `confirm` — berth lost, the network cut by the new system, a reboot in
 //! between — the host re-activates the previous system. The record survives a reboot; a
-//! oneshot unit settles it at boot, where an unconfirmed trial is always rolled back (the
-//! boot entry never pointed at it).
+//! oneshot unit settles it at boot, where an unconfirmed trial is over: the boot entry never
+//! pointed at it, so the host already runs what it booted, and the record is dropped.
 
 /// Where a push deploy stands, as berth sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,12 +66,12 @@ pub fn next(phase: Phase, outcome: Outcome) -> Phase {
 }
 
 /// The host's record of a system under test (kept in a file on the host).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Pending {
     /// The system activated with `test`.
     pub system: String,
-    /// The system to go back to.
-    pub previous: String,
+    /// The system to go back to (`None`: the host ran no system berth could name).
+    pub previous: Option<String>,
     /// Unix seconds after which an unconfirmed trial is rolled back.
     pub deadline: u64,
 }
@@ -86,19 +86,23 @@ pub enum When {
 }
 
 /// What the host does with a pending record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Settle {
     /// Keep waiting for the confirmation.
     Wait,
     /// Re-activate the previous system and drop the record.
-    RollBack(String),
+    RollBack,
+    /// Drop the record without activating anything: the host rebooted into its boot entry,
+    /// which the trial never touched.
+    Discard,
 }
 
-/// Decides an unconfirmed trial: rolled back once its deadline passed, and always at boot.
+/// Decides an unconfirmed trial: rolled back once its deadline passed; over at boot.
 pub fn settle(pending: &Pending, when: When) -> Settle {
     match when {
         When::Running(now) if now < pending.deadline => Settle::Wait,
-        When::Running(_) | When::Boot => Settle::RollBack(pending.previous.clone()),
+        When::Running(_) => Settle::RollBack,
+        When::Boot => Settle::Discard,
     }
 }
 
@@ -142,13 +146,13 @@ mod tests {
 
     #[test]
     fn settling() {
-        let pending = Pending { system: "/nix/store/new".into(), previous: "/nix/store/old".into(), deadline: 100 };
-        let back = Settle::RollBack("/nix/store/old".into());
+        let pending =
+            Pending { system: "/nix/store/new".into(), previous: Some("/nix/store/old".into()), deadline: 100 };
         assert_eq!(settle(&pending, When::Running(0)), Settle::Wait);
         assert_eq!(settle(&pending, When::Running(99)), Settle::Wait);
-        assert_eq!(settle(&pending, When::Running(100)), back);
-        assert_eq!(settle(&pending, When::Running(u64::MAX)), back);
-        assert_eq!(settle(&pending, When::Boot), back, "a reboot before the confirm rolls back");
+        assert_eq!(settle(&pending, When::Running(100)), Settle::RollBack);
+        assert_eq!(settle(&pending, When::Running(u64::MAX)), Settle::RollBack);
+        assert_eq!(settle(&pending, When::Boot), Settle::Discard, "a reboot before the confirm ends the trial");
         assert!(confirms(&pending, "/nix/store/new", 99));
         assert!(!confirms(&pending, "/nix/store/new", 100), "late");
         assert!(!confirms(&pending, "/nix/store/old", 50), "another system");

@@ -22,6 +22,7 @@
       nixosModules = {
         server.imports = [ ./nixos-module/server.nix ];
         agent.imports = [ ./nixos-module/agent.nix ];
+        push.imports = [ ./nixos-module/push.nix ];
         default.imports = [ ./nixos-module/default.nix ];
       };
 

@@ -1,4 +1,4 @@
-//! The only place in berth that spawns processes: `nix` and `git`.
+//! The only place in berth that spawns processes: `nix`, `git` and `ssh`.
 //!
 //! Every command is an argv handed to [`tokio::process::Command`], never a shell string, so a
 //! store path, URL or flake reference can never be interpreted by a shell. A failing command
@@ -9,7 +9,9 @@
 //! - [`git`]: berth's bare mirror of each repository, commit signatures, ancestry;
 //! - [`flake`]: the hosts of a fleet flake and the build of each host's toplevel;
 //! - [`system`]: what the host agent runs: realise, the system profile,
-//!   `switch-to-configuration`, health commands, reboot;
+//!   `switch-to-configuration`, health commands, reboot (and on a pushed host, the store
+//!   daemon and the deadline watcher);
+//! - [`ssh`]: push mode's `nix copy --to ssh-ng://` and `berth-push` commands;
 //! - `args` (private): commit hashes, URLs, host names and paths, checked before they reach
 //!   a command line;
 //! - `process` (private): long-running commands whose stderr is streamed, with a timeout that

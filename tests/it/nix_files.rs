@@ -68,7 +68,13 @@ fn every_nix_file_parses() {
     let s = Scratch::new();
     let mut files = Vec::new();
     nix_files(&root(), &mut files);
-    for expected in ["flake.nix", "nixos-module/server.nix", "nixos-module/agent.nix", "nixos-module/tests/fleet.nix"] {
+    for expected in [
+        "flake.nix",
+        "nixos-module/server.nix",
+        "nixos-module/agent.nix",
+        "nixos-module/push.nix",
+        "nixos-module/tests/fleet.nix",
+    ] {
         assert!(files.contains(&root().join(expected)), "{expected} is missing");
     }
     for file in &files {
@@ -116,7 +122,8 @@ in {{
         json!({
             "server": module("server.nix", json!(["config", "lib", "pkgs"])),
             "agent": module("agent.nix", json!(["config", "lib", "pkgs"])),
-            "default": module("default.nix", json!(["server.nix", "agent.nix"])),
+            "push": module("push.nix", json!(["config", "lib", "pkgs"])),
+            "default": module("default.nix", json!(["server.nix", "agent.nix", "push.nix"])),
         })
     );
     assert_eq!(got["overlay"], json!({}), "an overlay is `final: prev: …`");
@@ -303,10 +310,14 @@ in {{
 #[test]
 fn the_module_reference_names_every_option() {
     let doc = std::fs::read_to_string(root().join("docs/nixos.md")).unwrap();
-    for (file, prefix) in [("server.nix", "services.berth.server"), ("agent.nix", "services.berth.agent")] {
+    for (file, prefix, least) in [
+        ("server.nix", "services.berth.server", 8),
+        ("agent.nix", "services.berth.agent", 8),
+        ("push.nix", "services.berth.push", 5),
+    ] {
         let text = std::fs::read_to_string(root().join("nixos-module").join(file)).unwrap();
         let options = declared_options(&text);
-        assert!(options.len() >= 8, "{file}: found only {options:?}");
+        assert!(options.len() >= least, "{file}: found only {options:?}");
         if file == "agent.nix" {
             assert!(options.iter().any(|o| o == "cache.publicKeys"), "nested options are found: {options:?}");
         }

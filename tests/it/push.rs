@@ -250,6 +250,25 @@ fn a_pushed_host_is_deployed_over_ssh_confirmed_rolled_back_and_guarded(client: 
     let refused = host.refused();
     assert!(refused.contains("sh -c id") && refused.contains("/etc/passwd"), "{refused}");
     assert_eq!(host.activations(), before, "nothing was activated");
+    // A reboot during a trial ends it: the boot-time settle drops the record (the boot entry
+    // never pointed at the trial), and a late confirmation is refused.
+    let trial = host.ssh(host.port, Some(&format!("berth-push test {first} 600")));
+    assert!(trial.status.success(), "{trial:?}");
+    assert!(host.pending());
+    let settle = run_ok(
+        Command::new(berth_bin())
+            .args(["push-settle", "--boot", "--store"])
+            .arg(host.store())
+            .arg("--state-dir")
+            .arg(host.root.join("push-state")),
+    );
+    assert!(String::from_utf8_lossy(&settle.stdout).contains("reboot"), "{settle:?}");
+    assert!(!host.pending());
+    assert!(host.last()["reason"].as_str().unwrap().contains("rebooted"), "{}", host.last());
+    let late = host.ssh(host.port, Some(&format!("berth-push confirm {first}")));
+    assert_eq!(late.status.code(), Some(1), "{late:?}");
+    assert!(String::from_utf8_lossy(&late.stderr).contains("no trial"), "{late:?}");
+
     // 5. A stolen push key cannot put an unsigned path into the host's store (the current
     // Nix: the daemon trusts its client with nothing; Nix 2.8's has no such mode, docs/push.md).
     if client != NixClient::Debian {

@@ -234,6 +234,25 @@ mod tests {
         }
     }
 
+    /// Fuzz target `push_gate`: any command line. What passes is made only of the allowed
+    /// bytes, within the length bound, and says again exactly what it parsed to.
+    #[test]
+    fn fuzz_push_gate() {
+        crate::fuzz::run("push_gate", |bytes| {
+            let text = String::from_utf8_lossy(bytes);
+            let Ok(verb) = parse(Some(&text)) else { return };
+            assert!(text.len() <= MAX_COMMAND && text.bytes().all(|b| plain(b) || b == b' '), "{text:?}");
+            let again = match &verb {
+                Verb::Daemon => "nix-daemon --stdio".to_owned(),
+                Verb::Status => "berth-push status".to_owned(),
+                Verb::Test { system, confirm_within } => format!("berth-push test {system} {confirm_within}"),
+                Verb::Confirm(system) => format!("berth-push confirm {system}"),
+                Verb::Boot(system) => format!("berth-push boot {system}"),
+            };
+            assert_eq!(again, text, "only one spelling of each command passes");
+        });
+    }
+
     #[test]
     fn over_long_store_paths_are_refused() {
         let long = format!("berth-push test /nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-{}", "a".repeat(460));

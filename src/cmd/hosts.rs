@@ -29,6 +29,7 @@ pub fn render_hosts(hosts: &[Host]) -> String {
         let (state, error) = match &h.state {
             // Which rollout holds it (`berth rollout status N` says why).
             Some(HostState::Held { rollout }) => ("held".to_owned(), format!("rollout {rollout}")),
+            Some(HostState::OutsideWindow { windows }) => ("outside_window".to_owned(), windows.join(", ")),
             Some(state) => (state.label().to_owned(), reason(state).unwrap_or("").to_owned()),
             None => (
                 h.status.phase.clone().unwrap_or_else(|| "never seen".into()),

@@ -5,13 +5,16 @@
 
 use std::collections::HashMap;
 
-use super::status::{self, Phase};
+use super::status::{self, HostState, Outcome, Phase};
+use crate::config::Config;
 use crate::db::{now, Db, DbError, GenerationRow, HostRow};
 
 /// Every host, by name, with its state and its newest build's verdict filled in. A host is
-/// `offline` when its agent has not been seen for `offline_after_secs`. Three queries,
-/// whatever the fleet's size.
-pub async fn hosts(db: &Db, offline_after_secs: i64) -> Result<Vec<HostRow>, DbError> {
+/// `offline` when its agent has not been seen for `offline_after_secs`, and
+/// `outside_window` while its newest generation waits for its activation window. Three
+/// queries, whatever the fleet's size.
+pub async fn hosts(db: &Db, config: &Config) -> Result<Vec<HostRow>, DbError> {
+    let offline_after_secs = config.offline_after_secs;
     let mut hosts = db.hosts().await?;
     let mut last_builds: HashMap<_, _> = db.last_builds().await?.into_iter().collect();
     let mut reports: HashMap<String, Vec<(i64, String, Option<String>)>> = HashMap::new();
@@ -24,9 +27,20 @@ pub async fn hosts(db: &Db, offline_after_secs: i64) -> Result<Vec<HostRow>, DbE
         let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
-        h.state = Some(status::host_state(newest, &seen, seen_at, paused, h.held_by, now, offline_after_secs));
+        let state = status::host_state(newest, &seen, seen_at, paused, h.held_by, now, offline_after_secs);
+        h.state = Some(match state {
+            HostState::Generation(Outcome::Waiting) => outside_window(config, h).unwrap_or(state),
+            state => state,
+        });
     }
     Ok(hosts)
+}
+
+/// `OutsideWindow` when `h`'s activation window is closed now.
+fn outside_window(config: &Config, h: &HostRow) -> Option<HostState> {
+    let r = config.repositories.iter().find(|r| r.name == h.repository)?;
+    let windows = r.windows.of(&h.name, &r.tags)?;
+    (!windows.open(jiff::Timestamp::now())).then(|| HostState::OutsideWindow { windows: windows.text.clone() })
 }
 
 /// A host's generations, newest first, each with its outcome and the host's own profile

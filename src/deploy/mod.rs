@@ -8,6 +8,7 @@ pub mod fleet;
 pub mod keys;
 pub mod keyset;
 pub mod manifest;
+pub mod offer;
 pub mod push;
 pub mod reporting;
 pub mod resend;
@@ -17,6 +18,7 @@ pub mod rollouts;
 pub mod rotation;
 pub mod status;
 pub mod watch;
+pub mod windows;
 
 use crate::db::GenerationRow;
 use manifest::Manifest;

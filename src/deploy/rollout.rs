@@ -29,7 +29,8 @@ impl Selector {
         }
     }
 
-    fn matches(&self, host: &str, tags: &BTreeMap<String, Vec<String>>) -> bool {
+    /// Whether `host` (with `tags`, by host) is selected.
+    pub fn matches(&self, host: &str, tags: &BTreeMap<String, Vec<String>>) -> bool {
         match self {
             Selector::Tag(tag) => tags.get(host).is_some_and(|t| t.contains(tag)),
             Selector::Pattern(pattern) => glob(pattern.as_bytes(), host.as_bytes()),

@@ -157,6 +157,11 @@ pub enum HostState {
         /// The rollout that holds it.
         rollout: i64,
     },
+    /// Its newest generation, not yet handed to it, waits for its activation window.
+    OutsideWindow {
+        /// The windows, as configured.
+        windows: Vec<String>,
+    },
     /// The outcome of its newest generation, so far.
     Generation(Outcome),
 }
@@ -169,6 +174,7 @@ impl HostState {
             HostState::Offline => "offline",
             HostState::Paused => "paused",
             HostState::Held { .. } => "held",
+            HostState::OutsideWindow { .. } => "outside_window",
             HostState::Generation(o) => o.label(),
         }
     }

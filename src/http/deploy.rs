@@ -87,10 +87,11 @@ pub async fn manifest(
         tokio::pin!(made);
         made.as_mut().enable();
         // A paused host is handed nothing newer until it is resumed (which wakes this loop),
-        // and none a rollout holds until its wave is released (which wakes it too).
-        let latest = state.db.latest_released_generation(&name).await?;
-        watch.knows(latest.as_ref().map_or(0, |r| r.generation.number));
-        if let Some(g) = latest.filter(|r| r.generation.number > after && !r.paused).map(|r| r.generation) {
+        // none a rollout holds until its wave is released (which wakes it too), and none
+        // outside its activation window (looked at again by the agent's next poll).
+        let offer = crate::deploy::offer::offer(&state, &name).await?;
+        watch.knows(offer.latest);
+        if let Some(g) = offer.generation.filter(|g| g.number > after) {
             state.db.touch_host(&name, acknowledged.as_deref()).await?;
             let ring = state.deploy_keys.for_signing(&state.db).await?;
             return Ok(Json(ring.sign(&manifest_of(&g, version), trusted.is_some())).into_response());

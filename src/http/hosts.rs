@@ -20,7 +20,7 @@ use crate::{
 /// and its newest build's verdict. A fixed number of queries, whatever the fleet's size.
 pub async fn list(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<Vec<HostRow>>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    Ok(Json(fleet::hosts(&state.db, state.config.offline_after_secs).await?))
+    Ok(Json(fleet::hosts(&state.db, &state.config).await?))
 }
 
 /// `GET /api/v1/hosts/{name}/generations`: newest first, each with its outcome.

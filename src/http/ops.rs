@@ -37,7 +37,7 @@ pub async fn metrics(State(state): State<AppState>, headers: HeaderMap) -> Resul
     }
     let scrape = crate::db::scraping(async {
         let (queued, running) = state.db.active_builds().await?;
-        let hosts = fleet::hosts(&state.db, state.config.offline_after_secs).await?;
+        let hosts = fleet::hosts(&state.db, &state.config).await?;
         Ok::<_, DbError>(Scrape { queued, running, hosts, now: now() })
     })
     .await

@@ -44,7 +44,7 @@ pub fn host_name(name: &str) -> Result<(), UiError> {
 
 /// `GET /ui/`: every host, as `berth hosts` shows them.
 pub async fn fleet(State(state): State<UiState>, viewer: Viewer) -> Result<Response, UiError> {
-    let hosts = fleet::hosts(&state.app.db, state.app.config.offline_after_secs).await?;
+    let hosts = fleet::hosts(&state.app.db, &state.app.config).await?;
     let hosts: Vec<_> = hosts.iter().map(view::host_line).collect();
     Ok(render::page("fleet.html", context! { nav => "fleet", viewer => viewer.role, csrf => viewer.csrf(), hosts })?)
 }
@@ -55,11 +55,7 @@ pub async fn host(State(state): State<UiState>, viewer: Viewer, Path(name): Path
     let db = &state.app.db;
     let generations = fleet::history(db, &name).await?.ok_or_else(|| UiError::NotFound(format!("no host {name}")))?;
     let reports = db.reports(&name, 100).await?;
-    let line = fleet::hosts(db, state.app.config.offline_after_secs)
-        .await?
-        .iter()
-        .find(|h| h.name == name)
-        .map(view::host_line);
+    let line = fleet::hosts(db, &state.app.config).await?.iter().find(|h| h.name == name).map(view::host_line);
     let diffs = crate::deploy::closures::stored_all(db, &name).await?;
     let generations = view::history(&generations, &reports, &diffs);
     Ok(render::page(

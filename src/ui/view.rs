@@ -38,7 +38,7 @@ pub fn host_tone(state: &HostState) -> Tone {
     match state {
         HostState::Generation(outcome) => outcome_tone(outcome),
         HostState::Offline => Tone::Bad,
-        HostState::Paused | HostState::Held { .. } => Tone::Busy,
+        HostState::Paused | HostState::Held { .. } | HostState::OutsideWindow { .. } => Tone::Busy,
         HostState::NeverSeen => Tone::Idle,
     }
 }
@@ -92,6 +92,9 @@ pub fn host_line(h: &HostRow) -> HostLine {
     let reason = match &state {
         HostState::Generation(outcome) => outcome.reason().map(str::to_owned),
         HostState::Held { rollout } => Some(format!("waits for its wave of rollout {rollout}")),
+        HostState::OutsideWindow { windows } => {
+            Some(format!("waits for its activation window ({})", windows.join(", ")))
+        }
         _ => None,
     };
     HostLine {

@@ -39,3 +39,4 @@ mod signed_history;
 mod status;
 mod try_guide;
 mod ui;
+mod windows;

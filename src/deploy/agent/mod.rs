@@ -27,7 +27,7 @@ mod report;
 pub mod state;
 #[cfg(test)]
 mod tests;
-mod window;
+pub mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;

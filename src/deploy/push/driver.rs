@@ -134,12 +134,10 @@ async fn drive(state: AppState, host: String, target: PushTarget, stop: Cancella
     }
 }
 
-/// The newest released generation not yet settled on the host (none while it is paused).
+/// The newest released generation not yet settled on the host (none while it is paused or
+/// outside its activation window).
 async fn next_generation(state: &AppState, host: &str) -> Result<Option<GenerationRow>, crate::db::DbError> {
-    let Some(latest) = state.db.latest_released_generation(host).await? else { return Ok(None) };
-    if latest.paused {
-        return Ok(None);
-    }
+    let Some(offered) = crate::deploy::offer::offer(state, host).await?.generation else { return Ok(None) };
     let settled = state
         .db
         .report_phases(host)
@@ -151,7 +149,7 @@ async fn next_generation(state: &AppState, host: &str) -> Result<Option<Generati
         .map(|(generation, ..)| generation)
         .max()
         .unwrap_or(0);
-    Ok(Some(latest.generation).filter(|g| g.number > settled))
+    Ok(Some(offered).filter(|g| g.number > settled))
 }
 
 /// `berth-push status`: a host that answers is seen.

@@ -62,6 +62,10 @@ pub struct HostRow {
     /// The rollout that holds its newest generation (its wave is not released yet).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub held_by: Option<i64>,
+    /// The tags it was enrolled with (`berth hosts add --tags`); the configuration's
+    /// `[repositories.hosts.<name>] tags` apply as well.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// A row of [`Db::hosts`]' join: the host, and its newest generation if it has one.
@@ -79,6 +83,7 @@ struct HostJoin {
     created_at: Option<i64>,
     signer: Option<String>,
     held_by: Option<i64>,
+    tags: Option<String>,
 }
 
 impl HostJoin {
@@ -106,8 +111,14 @@ impl HostJoin {
             state: None,
             last_build: None,
             held_by: self.held_by,
+            tags: split_tags(self.tags.as_deref()),
         }
     }
+}
+
+/// The comma list the index keeps a host's enrolled tags in.
+pub fn split_tags(list: Option<&str>) -> Vec<String> {
+    list.map(|t| t.split(',').filter(|t| !t.is_empty()).map(str::to_owned).collect()).unwrap_or_default()
 }
 
 const GENERATION_COLUMNS: &str = "host, number, store_path, commit_sha, branch, build_id, created_at, signer";
@@ -211,7 +222,7 @@ impl Db {
     /// the fleet's size.
     pub async fn hosts(&self) -> Result<Vec<HostRow>, DbError> {
         let sql = "SELECT h.name, h.repository, h.active_generation, h.phase, h.last_error, h.last_seen, h.paused_at,
-                g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer, g.held_by
+                h.tags, g.number, g.store_path, g.commit_sha, g.branch, g.build_id, g.created_at, g.signer, g.held_by
              FROM hosts h LEFT JOIN generations g
                ON g.host = h.name AND g.number = (SELECT MAX(number) FROM generations WHERE host = h.name)
              ORDER BY h.name";
@@ -236,6 +247,22 @@ impl Db {
             });
         }
         Ok(newest)
+    }
+
+    /// The repository of a known host and the tags it was enrolled with.
+    pub async fn host_placement(&self, name: &str) -> Result<Option<(String, Vec<String>)>, DbError> {
+        let row: Option<(String, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT repository, tags FROM hosts WHERE name = $1",
+        ).bind(name).fetch_optional(pool).await?);
+        Ok(row.map(|(repository, tags)| (repository, split_tags(tags.as_deref()))))
+    }
+
+    /// The tags hosts were enrolled with, by host (hosts enrolled without tags left out).
+    pub async fn enrolled_tags(&self) -> Result<Vec<(String, Vec<String>)>, DbError> {
+        let rows: Vec<(String, Option<String>)> = on_pool!(self, pool => sqlx::query_as(
+            "SELECT name, tags FROM hosts WHERE tags IS NOT NULL AND tags <> ''",
+        ).fetch_all(pool).await?);
+        Ok(rows.into_iter().map(|(host, tags)| (host, split_tags(tags.as_deref()))).collect())
     }
 
     /// The repository of a known host.

@@ -33,7 +33,8 @@ pub async fn in_window(state: &AppState, host: &str) -> Result<bool, DbError> {
     if repositories.iter().all(|r| r.windows.is_empty()) {
         return Ok(true);
     }
-    let Some(repository) = state.db.host_repository(host).await? else { return Ok(true) };
+    let Some((repository, enrolled)) = state.db.host_placement(host).await? else { return Ok(true) };
     let Some(r) = repositories.iter().find(|r| r.name == repository) else { return Ok(true) };
-    Ok(r.windows.open(host, &r.tags, jiff::Timestamp::now()))
+    let tags = crate::deploy::rollout::tags_of(&r.tags, host, enrolled);
+    Ok(r.windows.open(host, &tags, jiff::Timestamp::now()))
 }

@@ -38,6 +38,35 @@ impl Selector {
     }
 }
 
+/// The tags `tag:NAME` selects by: each host's `[repositories.hosts.<name>] tags` and the
+/// tags it was enrolled with (`berth hosts add --tags`), together, each once.
+pub fn all_tags(
+    configured: &BTreeMap<String, Vec<String>>,
+    enrolled: impl IntoIterator<Item = (String, Vec<String>)>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut tags = configured.clone();
+    for (host, more) in enrolled {
+        let list = tags.entry(host).or_default();
+        for tag in more {
+            if !list.contains(&tag) {
+                list.push(tag);
+            }
+        }
+    }
+    tags
+}
+
+/// [`all_tags`] of one host: a map with its entry alone (what a selector needs to match it).
+pub fn tags_of(
+    configured: &BTreeMap<String, Vec<String>>,
+    host: &str,
+    enrolled: Vec<String>,
+) -> BTreeMap<String, Vec<String>> {
+    let own: BTreeMap<String, Vec<String>> =
+        configured.get(host).map(|t| (host.to_owned(), t.clone())).into_iter().collect();
+    all_tags(&own, [(host.to_owned(), enrolled)])
+}
+
 /// `*` matches any run of bytes; everything else itself.
 fn glob(pattern: &[u8], name: &[u8]) -> bool {
     match pattern.split_first() {
@@ -285,6 +314,26 @@ mod tests {
         let got = assign(waves, &names(hosts), &tags);
         let expected: Vec<Vec<String>> = expected.iter().map(|w| names(w)).collect();
         assert_eq!(got, expected, "{waves:?} over {hosts:?}");
+    }
+
+    #[test]
+    fn enrolled_tags_join_the_configured_ones() {
+        let configured: BTreeMap<String, Vec<String>> =
+            [("a".into(), vec!["canary".into()]), ("b".into(), vec!["web".into()])].into();
+        let enrolled = vec![
+            ("b".to_owned(), vec!["web".to_owned(), "eu".to_owned()]),
+            ("c".to_owned(), vec!["canary".to_owned()]),
+        ];
+        let all = all_tags(&configured, enrolled);
+        assert_eq!(all["a"], ["canary"]);
+        assert_eq!(all["b"], ["web", "eu"], "each tag once");
+        assert_eq!(all["c"], ["canary"], "a host only enrolled with tags");
+        let canary = Selector::parse("tag:canary");
+        assert!(canary.matches("c", &all) && !canary.matches("b", &all));
+        let one = tags_of(&configured, "b", vec!["eu".into()]);
+        assert_eq!(one.len(), 1);
+        assert_eq!(one["b"], ["web", "eu"]);
+        assert!(tags_of(&configured, "z", vec![]).get("z").is_some_and(Vec::is_empty));
     }
 
     #[test]

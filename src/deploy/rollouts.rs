@@ -73,7 +73,8 @@ pub async fn start(
     hosts: &[String],
 ) -> Result<Option<Started>, DbError> {
     let Some(policy) = repo.rollout.as_ref().filter(|_| branch == repo.deploy_branch) else { return Ok(None) };
-    let waves = rollout::assign(&policy.waves, hosts, &repo.tags);
+    let tags = rollout::all_tags(&repo.tags, state.db.enrolled_tags().await?);
+    let waves = rollout::assign(&policy.waves, hosts, &tags);
     let new =
         NewRollout { repository: &repo.name, branch, commit_sha: commit, build_id: Some(build_id), waves: &waves };
     let id = state.db.create_rollout(&new, policy.supersede).await?;

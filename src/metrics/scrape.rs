@@ -87,6 +87,7 @@ mod tests {
             status: HostStatus { active_generation: active, last_seen: seen, ..HostStatus::default() },
             state: Some(state),
             held_by: None,
+            tags: vec![],
             last_build: None,
         }
     }

@@ -371,6 +371,7 @@ mod tests {
             status: HostStatus { active_generation: Some(2), last_seen: Some(60), paused_at, ..HostStatus::default() },
             state,
             held_by: None,
+            tags: vec![],
             last_build: Some(LastBuild {
                 id: 12,
                 commit_sha: "0123".into(),

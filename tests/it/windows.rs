@@ -24,19 +24,29 @@ fn hosts(b: &BuildHost) -> Vec<Value> {
 #[test]
 fn a_host_outside_its_group_window_waits_and_gets_its_generation_once_the_window_opens() {
     let day = a_closed_day();
+    // alpha is in the db group by the configuration's tags; gamma by its enrollment's.
     let windows = format!(
         "[repositories.hosts.alpha]\ntags = [\"db\"]\n[[repositories.windows]]\nhosts = [\"tag:db\"]\nactivation_windows = [\"{day} 00:00-24:00\"]\ntime_zone = \"Europe/Berlin\"\n"
     );
-    let mut b = build_host_with(NixClient::Debian, &["alpha", "beta"], &windows);
-    let (alpha, beta) = (Host::new(&b, "alpha", ""), Host::new(&b, "beta", ""));
-    let agents = [alpha.spawn(&b, &b.server.url), beta.spawn(&b, &b.server.url)];
+    let mut b = build_host_with(NixClient::Debian, &["alpha", "beta", "gamma"], &windows);
+    // gamma has the tag from its enrollment alone, not from the configuration.
+    let data_dir = b.server.data_dir.clone();
+    run_ok(b.s.berth().args(["hosts", "add", "gamma", "--tags", "db", "--data-dir"]).arg(&data_dir));
+    let hosts_of = ["alpha", "beta", "gamma"].map(|h| Host::new(&b, h, ""));
+    let agents = hosts_of.each_ref().map(|h| h.spawn(&b, &b.server.url));
     assert!(b.submit_wait(&b.fleet.commit("main", "deploy", Signing::Trusted), "main").0);
     wait_report(&b, "beta", 1, &["confirmed"]);
     // alpha polls all along (seen once its first long-poll ends), but is handed nothing.
-    let alpha_row = || hosts(&b).into_iter().find(|h| h["name"] == "alpha").unwrap();
-    wait_for("alpha seen", || alpha_row()["status"]["last_seen"].is_i64());
-    assert!(reports(&b, "alpha").is_empty(), "outside its window: {:#?}", reports(&b, "alpha"));
-    let row = alpha_row();
+    let row_of = |name: &str| hosts(&b).into_iter().find(|h| h["name"] == name).unwrap();
+    wait_for("alpha and gamma seen", || {
+        row_of("alpha")["status"]["last_seen"].is_i64() && row_of("gamma")["status"]["last_seen"].is_i64()
+    });
+    for held in ["alpha", "gamma"] {
+        assert!(reports(&b, held).is_empty(), "{held} is outside its window: {:#?}", reports(&b, held));
+        assert_eq!(row_of(held)["state"]["state"], "outside_window", "{:#}", row_of(held));
+    }
+    assert_eq!(row_of("gamma")["tags"], serde_json::json!(["db"]), "enrolled tags are listed");
+    let row = row_of("alpha");
     assert_eq!(row["state"]["state"], "outside_window", "{row:#}");
     assert_eq!(row["state"]["windows"][0], format!("{day} 00:00-24:00"), "{row:#}");
     let table = stdout_of(b.s.berth().args(["hosts", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
@@ -46,8 +56,9 @@ fn a_host_outside_its_group_window_waits_and_gets_its_generation_once_the_window
     // The window opens (every day now): the next poll hands alpha its generation.
     drop(agents);
     b.reconfigure(|config| config.replace(&format!("\"{day} 00:00-24:00\""), "\"00:00-24:00\""));
-    let _agents = [alpha.spawn(&b, &b.server.url), beta.spawn(&b, &b.server.url)];
+    let _agents = hosts_of.each_ref().map(|h| h.spawn(&b, &b.server.url));
     wait_report(&b, "alpha", 1, &["confirmed"]);
+    wait_report(&b, "gamma", 1, &["confirmed"]);
 }
 
 /// A window that cannot be read is refused at start-up, with the key and the reason.

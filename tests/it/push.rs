@@ -292,3 +292,28 @@ fn a_pushed_host_is_deployed_over_ssh_confirmed_rolled_back_and_guarded(client: 
     drop(netcut);
     drop(b);
 }
+
+/// berth killed (SIGKILL) while the host runs `berth-push test`: the host keeps its trial
+/// (and would roll it back at its deadline); berth, started again, deploys the same
+/// generation again and confirms it.
+#[test]
+fn a_server_killed_during_a_push_deploys_the_generation_again_once_back() {
+    let s = Scratch::new();
+    let mut host = PushedHost::prepare(&s, "alpha");
+    let port = host.port;
+    let mut b = build_host_in(s, &["alpha"], &host.config("alpha", port));
+    host.start_sshd(&b.s, &b.server.public_key, false);
+    b.fleet.set_switch_pause("alpha", 4);
+    assert!(b.submit_wait(&b.fleet.commit("main", "slow switch", Signing::Trusted), "main").0);
+    wait_report(&b, "alpha", 1, &["activating"]);
+    b.server.kill();
+    wait_for("the trial recorded on the host", || host.pending());
+    b.reconfigure(|config| config.to_owned());
+    let report = wait_report(&b, "alpha", 1, &["confirmed", "rolled_back", "failed"]);
+    assert_eq!(report["phase"], "confirmed", "{report}\n{:#?}", reports(&b, "alpha"));
+    let system = toplevel(&b, "alpha", 1);
+    assert_eq!(profile_in(&host.store()).as_deref(), Some(system.as_str()));
+    assert_eq!(host.last()["outcome"], "booted");
+    assert!(!host.pending());
+    assert_eq!(host.activations(), "alpha test\nalpha test\nalpha boot\n", "tried again, then booted");
+}

@@ -317,3 +317,37 @@ fn a_server_killed_during_a_push_deploys_the_generation_again_once_back() {
     assert!(!host.pending());
     assert_eq!(host.activations(), "alpha test\nalpha test\nalpha boot\n", "tried again, then booted");
 }
+
+/// A pushed host as a rollout's canary: its failure halts the rollout before the pulled
+/// host of the next wave gets anything, as a pulled canary's would.
+#[test]
+fn a_pushed_canary_that_rolls_back_halts_the_rollout() {
+    let s = Scratch::new();
+    let mut host = PushedHost::prepare(&s, "alpha");
+    let port = host.port;
+    let config = format!(
+        "{}tags = [\"canary\"]\n[repositories.rollout]\nwaves = [{{ hosts = [\"tag:canary\"] }}, {{ rest = true }}]\n",
+        host.config("alpha", port)
+    );
+    let b = build_host_in(s, &["alpha", "beta"], &config);
+    host.start_sshd(&b.s, &b.server.public_key, false);
+    let beta = Host::new(&b, "beta", "");
+    let _agent = beta.spawn(&b, &b.server.url);
+    assert!(b.submit_wait(&b.fleet.commit("main", "one", Signing::Trusted), "main").0);
+    assert_eq!(wait_report(&b, "alpha", 1, &["confirmed", "rolled_back", "failed"])["phase"], "confirmed");
+    wait_report(&b, "beta", 1, &["confirmed"]);
+
+    b.fleet.set_switch_fails("alpha", true);
+    b.fleet.set_host("alpha", "two");
+    b.fleet.set_host("beta", "two");
+    assert!(b.submit_wait(&b.fleet.commit("main", "two", Signing::Trusted), "main").0);
+    assert_eq!(wait_report(&b, "alpha", 2, &["confirmed", "rolled_back", "failed"])["phase"], "rolled_back");
+    let status = |id: i64| -> Value {
+        http().get(b.api(&format!("rollouts/{id}"))).bearer_auth(&b.admin).send().unwrap().json().unwrap()
+    };
+    wait_for("rollout 2 halted", || status(2)["state"] == "halted");
+    let halted = status(2);
+    assert_eq!(halted["halted_host"], "alpha", "{halted:#}");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    assert!(reports(&b, "beta").iter().all(|r| r["generation"] != 2), "beta never got generation 2");
+}

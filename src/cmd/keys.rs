@@ -29,6 +29,17 @@ pub struct Host {
     pub trusts: Option<Vec<String>>,
 }
 
+/// The cache key, as the status shows it.
+#[derive(Debug, Deserialize)]
+pub struct CacheKey {
+    /// Public key.
+    pub public_key: String,
+    /// When berth first signed with it.
+    pub first_used: i64,
+    /// When it expires, if it does.
+    pub expires_at: Option<i64>,
+}
+
 /// `GET /api/v1/keys/deploy`.
 #[derive(Debug, Deserialize)]
 pub struct Status {
@@ -40,6 +51,9 @@ pub struct Status {
     pub waiting_for: Vec<String>,
     /// Every host with a live token.
     pub hosts: Vec<Host>,
+    /// The cache signing key (absent from a server before key ages).
+    #[serde(default)]
+    pub cache: Option<CacheKey>,
 }
 
 /// PURE: the status as text.
@@ -81,6 +95,11 @@ pub fn render(s: &Status) -> String {
         };
         out.push_str(&format!("  {:<20} trusts {}\n", h.host, trusts));
     }
+    if let Some(c) = &s.cache {
+        let expires =
+            c.expires_at.map_or_else(|| "does not expire".to_owned(), |at| format!("expires {}", timestamp(at)));
+        out.push_str(&format!("cache key {}  signing since {}, {expires}\n", c.public_key, timestamp(c.first_used)));
+    }
     out
 }
 
@@ -121,20 +140,29 @@ mod tests {
             keys: vec![key("d-1:AA", "current"), key("d-2:BB", "next")],
             waiting_for: vec!["beta".into()],
             hosts: hosts(),
+            cache: Some(CacheKey { public_key: "c-1:CC".into(), first_used: 1_796_000_000, expires_at: None }),
         };
         let text = render(&rotating);
         assert!(text.contains("deploy keys (epoch 3):\n  current   d-1:AA  since 2026-"), "{text}");
         assert!(text.contains("rotation to d-2 waits for 1 host(s): beta\n"), "{text}");
         assert!(text.contains("  alpha                trusts d-1, d-2\n"), "{text}");
         assert!(text.contains("beta                 trusts (never said"), "{text}");
+        assert!(text.contains("cache key c-1:CC  signing since 2026-") && text.contains("does not expire"), "{text}");
         let retiring = Status {
             epoch: 5,
             keys: vec![key("d-1:AA", "retiring"), key("d-2:BB", "current")],
             waiting_for: vec![],
             hosts: hosts(),
+            cache: Some(CacheKey {
+                public_key: "c-1:CC".into(),
+                first_used: 1_796_000_000,
+                expires_at: Some(1_800_000_000),
+            }),
         };
         assert!(render(&retiring).contains("retiring d-1: dropped by each agent at its next poll"));
-        let settled = Status { epoch: 2, keys: vec![key("d-1:AA", "current")], waiting_for: vec![], hosts: vec![] };
+        assert!(render(&retiring).contains(", expires 2027-"), "{}", render(&retiring));
+        let settled =
+            Status { epoch: 2, keys: vec![key("d-1:AA", "current")], waiting_for: vec![], hosts: vec![], cache: None };
         assert!(render(&settled).contains("no rotation under way"));
     }
 }

@@ -238,6 +238,13 @@ const MIGRATIONS: &[&str] = &[
     CREATE UNIQUE INDEX deploy_keys_one_current ON deploy_keys (state) WHERE state = 'current';
     ALTER TABLE hosts ADD COLUMN deploy_keys_ack TEXT;
     ALTER TABLE hosts ADD COLUMN deploy_keys_ack_at BIGINT;",
+    // 16: the cache signing keys berth has signed with, since when (their age, for
+    // `[keys] cache_max_age_days`), and the expiry `key_expiring` last warned of.
+    "CREATE TABLE cache_keys (
+        public_key TEXT PRIMARY KEY,
+        first_used BIGINT NOT NULL,
+        warned_for BIGINT
+    );",
 ];
 
 fn serial(db: &Db) -> &'static str {

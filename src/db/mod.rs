@@ -4,6 +4,7 @@
 //! TEXT and BIGINT columns) and run on whichever pool is open.
 
 mod builds;
+mod cache_keys;
 mod commits;
 mod deploy_keys;
 mod diffs;
@@ -35,6 +36,7 @@ use sqlx::{
 };
 
 pub use builds::{BuildFilter, BuildHostRow, BuildRow, LastBuild};
+pub use cache_keys::CacheKeyRow;
 pub use commits::BuildCommitRow;
 pub use deploy_keys::DeployKeyRow;
 pub use diffs::StoredDiff;

@@ -265,6 +265,7 @@ impl DeployKeys {
             keys: ring.records.iter().map(KeyView::of).collect(),
             waiting_for,
             hosts: acks.into_iter().map(|(a, at)| HostKeysView { host: a.host, trusts: a.keys, since: at }).collect(),
+            cache: None,
         })
     }
 }
@@ -277,6 +278,11 @@ impl DeployKeys {
 pub async fn run(state: AppState, stop: CancellationToken) {
     let keys = &state.deploy_keys;
     let policy = state.config.keys;
+    // The cache key's age counts from its first use, recorded whether or not it may expire.
+    let cache_key = state.signing_key.public().to_nix_string();
+    if let Err(e) = state.db.use_cache_key(&cache_key).await {
+        tracing::warn!(error = %e, "cannot record the cache key's first use");
+    }
     let mut looked: Option<tokio::time::Instant> = None;
     loop {
         let mut changed = false;
@@ -298,6 +304,10 @@ pub async fn run(state: AppState, stop: CancellationToken) {
                 Ok(due) => due.into_iter().for_each(|e| state.events.publish(e)),
                 Err(e) => tracing::warn!(error = %e, "deploy keys: cannot look at their expiry"),
             }
+            match cache_key_expiring(&state.db, &policy, &cache_key).await {
+                Ok(due) => due.into_iter().for_each(|e| state.events.publish(e)),
+                Err(e) => tracing::warn!(error = %e, "cache key: cannot look at its expiry"),
+            }
         }
         tokio::select! {
             () = stop.cancelled() => return,
@@ -305,6 +315,40 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             () = keys.poke.notified() => {}
         }
     }
+}
+
+/// `key_expiring` for the cache key when it is due (`[keys] cache_max_age_days` from its
+/// first use), recorded first, so it is raised once per expiry on one replica.
+async fn cache_key_expiring(db: &Db, policy: &KeysPolicy, public: &str) -> Result<Option<Event>, DbError> {
+    let Some(max_age) = policy.cache_max_age else { return Ok(None) };
+    let row = db.use_cache_key(public).await?;
+    let expires = Some(row.first_used.saturating_add(max_age));
+    let Some(at) = rotation::warn_due(expires, policy.warn_lead, crate::db::now(), row.warned_for) else {
+        return Ok(None);
+    };
+    if !db.warn_cache_key(public, at).await? {
+        return Ok(None);
+    }
+    tracing::warn!(key = %public, expires_at = at, "cache key expires soon: rotate it (docs/keys.md)");
+    Ok(Some(Event::KeyExpiring { key: public.to_owned(), state: "cache".into(), expires_at: at }))
+}
+
+/// The cache key in [`KeysStatus`]: since when berth signs with it, and its expiry.
+pub async fn cache_key_view(db: &Db, policy: &KeysPolicy, public: &str) -> Result<CacheKeyView, DbError> {
+    let row = db.use_cache_key(public).await?;
+    let expires_at = policy.cache_max_age.map(|age| row.first_used.saturating_add(age));
+    Ok(CacheKeyView { public_key: row.public_key, first_used: row.first_used, expires_at })
+}
+
+/// The cache signing key, as `GET /api/v1/keys/deploy` shows it beside the deploy keys.
+#[derive(Debug, Clone, Serialize)]
+pub struct CacheKeyView {
+    /// Public key, Nix format.
+    pub public_key: String,
+    /// When berth first signed with it (Unix seconds).
+    pub first_used: i64,
+    /// When it expires under `[keys] cache_max_age_days` (none: never).
+    pub expires_at: Option<i64>,
 }
 
 /// One key in [`KeysStatus`].
@@ -355,4 +399,7 @@ pub struct KeysStatus {
     pub waiting_for: Vec<String>,
     /// Every host with a live token and what its agent trusts.
     pub hosts: Vec<HostKeysView>,
+    /// The cache signing key (filled by the API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheKeyView>,
 }

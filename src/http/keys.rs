@@ -14,7 +14,10 @@ use crate::{
 /// `GET /api/v1/keys/deploy`.
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<KeysStatus>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    Ok(Json(state.deploy_keys.status(&state.db).await?))
+    let mut status = state.deploy_keys.status(&state.db).await?;
+    let cache_key = state.signing_key.public().to_nix_string();
+    status.cache = Some(crate::deploy::keys::cache_key_view(&state.db, &state.config.keys, &cache_key).await?);
+    Ok(Json(status))
 }
 
 /// `POST /api/v1/keys/deploy/rotate`: `201` with the next key; `409` while a rotation waits.

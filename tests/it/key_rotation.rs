@@ -241,3 +241,41 @@ fn a_deploy_key_near_its_expiry_is_announced_once() {
 fn state_of_key<'a>(keys: &'a Value, public: &str) -> &'a Value {
     keys["keys"].as_array().unwrap().iter().find(|k| k["public_key"] == public).unwrap()
 }
+
+/// With `[keys] cache_max_age_days`, the cache key's age counts from berth's first use of
+/// it (recorded: a restart keeps it); within `warn_days` of its expiry `key_expiring` is
+/// raised once with `"state": "cache"`, and `berth keys status` shows the key's age and
+/// expiry. (Failed before: the cache key had no recorded age.)
+#[test]
+fn the_cache_key_near_its_expiry_is_announced_once() {
+    let receiver = crate::receiver::Receiver::start(|_| (204, String::new()));
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("notify-secret");
+    std::fs::write(&secret, "notify-s3cret").unwrap();
+    let extra = format!(
+        "[keys]\ncache_max_age_days = 1\nwarn_days = 2\n[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"key_expiring\"]\n",
+        receiver.url,
+        secret.display()
+    );
+    let mut b = build_host(&["alpha"], &extra);
+    let first = wait_expiring(&receiver, 1);
+    assert_eq!(first.len(), 1, "the cache key alone may expire here: {first:#?}");
+    assert_eq!(
+        (first[0]["key"].as_str(), first[0]["state"].as_str()),
+        (Some(b.server.public_key.as_str()), Some("cache"))
+    );
+    let status = keys(&b);
+    let first_used = status["cache"]["first_used"].as_i64().unwrap();
+    assert_eq!(first[0]["expires_at"], first_used + 86_400, "{status:#}");
+    assert_eq!(status["cache"]["expires_at"], first_used + 86_400);
+    b.reconfigure(|c| c.to_owned());
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(expiring(&receiver).len(), 1, "warned once, not again after a restart");
+    assert_eq!(keys(&b)["cache"]["first_used"], first_used, "the age survives a restart");
+    let out = berth_admin(&b, &["keys", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("cache key {}  signing since", b.server.public_key)) && text.contains(", expires "),
+        "{text}"
+    );
+}

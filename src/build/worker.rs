@@ -366,10 +366,15 @@ impl Worker {
     ) -> Result<String, BuildError> {
         let db = &self.state.db;
         let targets = policy::targets(&repo.deploy_branch, &repo.test_branch_prefix, &build.branch);
+        // What each host is compared with: generations an aborted or replaced rollout holds
+        // (or that this build's rollout is about to replace) never reach their host, so a
+        // system equal to one of them is still new.
+        let replaces = repo.rollout.as_ref().is_some_and(|p| p.supersede == crate::deploy::rollout::Supersede::Replace)
+            && build.branch == repo.deploy_branch;
         let mut current = HashMap::new();
         for (host, _) in built {
-            if let Some(g) = db.latest_generation(host).await? {
-                current.insert(host.clone(), g.store_path);
+            if let Some(path) = db.comparable_store_path(host, replaces).await? {
+                current.insert(host.clone(), path);
             }
         }
         let new = policy::new_generations(&targets, built, &current);

@@ -206,6 +206,22 @@ impl Db {
         on_pool!(self, pool => Ok(sqlx::query_as(&sql).bind(host).fetch_optional(pool).await?))
     }
 
+    /// The store path a new build of `host` is compared with (an equal one makes no new
+    /// generation): its newest generation that is released or held by a rollout still open.
+    /// With `released_only` (the build's rollout replaces the open ones) generations held by
+    /// a rollout count for nothing: they are never going to be released.
+    pub async fn comparable_store_path(&self, host: &str, released_only: bool) -> Result<Option<String>, DbError> {
+        let held = if released_only {
+            String::new()
+        } else {
+            format!(" OR held_by IN (SELECT id FROM rollouts WHERE state IN {})", super::rollouts::OPEN)
+        };
+        let sql = format!(
+            "SELECT store_path FROM generations WHERE host = $1 AND (held_by IS NULL{held}) ORDER BY number DESC LIMIT 1"
+        );
+        on_pool!(self, pool => Ok(sqlx::query_scalar(&sql).bind(host).fetch_optional(pool).await?))
+    }
+
     /// One generation of a host.
     pub async fn generation(&self, host: &str, number: i64) -> Result<Option<GenerationRow>, DbError> {
         let sql = format!("SELECT {GENERATION_COLUMNS} FROM generations WHERE host = $1 AND number = $2");

@@ -117,7 +117,7 @@ struct HostJoin {
 
 const COLUMNS: &str = "id, repository, branch, commit_sha, build_id, state, wave, waves, released_at, settled_at,
     halted_host, reason, created_at, updated_at";
-const OPEN: &str = "('queued', 'running', 'halted')";
+pub(super) const OPEN: &str = "('queued', 'running', 'halted')";
 
 /// A rollout to make.
 #[derive(Debug, Clone)]

@@ -292,6 +292,28 @@ fn a_newer_commit_replaces_a_halted_rollout() {
     }
 }
 
+/// A newer commit that changes only the canary still brings the other hosts what the
+/// halted rollout it replaces held back from them: their systems are new to them, even if
+/// the same as the held ones. (Failed before: beta and gamma were compared with their held
+/// generation 2, got no generation 3, and stayed on generation 1.)
+#[test]
+fn a_commit_that_fixes_only_the_canary_brings_the_others_what_the_replaced_rollout_held() {
+    let b = build_host(&HOSTS, &policy(0));
+    let hosts = HOSTS.map(|h| Host::new(&b, h, ""));
+    let _agents = halted_second_rollout(&b, &hosts);
+    let held: Vec<String> = HOSTS[1..].iter().map(|h| toplevel(&b, h, 2)).collect();
+    b.fleet.set_switch_fails("alpha", false);
+    b.fleet.set_host("alpha", "three");
+    assert!(b.submit_wait(&b.fleet.commit("main", "fix the canary alone", Signing::Trusted), "main").0);
+    wait_rollout(&b, 2, "superseded");
+    for (h, system) in hosts[1..].iter().zip(&held) {
+        wait_report(&b, &h.name, 3, &["confirmed"]);
+        assert_eq!(&toplevel(&b, &h.name, 3), system, "the system rollout 2 held back");
+        assert_eq!(h.profile().as_ref(), Some(system));
+    }
+    wait_rollout(&b, 3, "completed");
+}
+
 /// `supersede = "queue"`: the fixed commit's rollout waits behind the halted one (nobody
 /// hears of generation 3) until that one is aborted; then it goes wave by wave.
 #[test]

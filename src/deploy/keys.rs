@@ -220,13 +220,13 @@ impl DeployKeys {
     }
 
     /// One look at the rotation: the changes the hosts' acknowledgements allow, applied.
-    async fn tick(&self, db: &Db) -> Result<(Vec<Change>, bool), KeysError> {
+    async fn tick(&self, db: &Db, pushed: &[&str]) -> Result<(Vec<Change>, bool), KeysError> {
         let (ring, mut changed) =
             if db.is_shared() || self.ring().rotating() { self.refresh(db).await? } else { (self.ring(), false) };
         if !ring.rotating() {
             return Ok((Vec::new(), changed));
         }
-        let acks: Vec<_> = db.deploy_key_acks().await?.into_iter().map(|(ack, _)| ack).collect();
+        let acks: Vec<_> = waited_for(db, pushed).await?.into_iter().map(|(ack, _)| ack).collect();
         let changes = rotation::step(&ring.records, &acks);
         if !changes.is_empty() && db.change_deploy_keys(&changes).await? > 0 {
             changed |= self.refresh(db).await?.1;
@@ -255,9 +255,9 @@ impl DeployKeys {
     }
 
     /// What `berth keys status` shows.
-    pub async fn status(&self, db: &Db) -> Result<KeysStatus, KeysError> {
+    pub async fn status(&self, db: &Db, pushed: &[&str]) -> Result<KeysStatus, KeysError> {
         let ring = self.read(db).await?;
-        let acks = db.deploy_key_acks().await?;
+        let acks = waited_for(db, pushed).await?;
         let plain: Vec<_> = acks.iter().map(|(a, _)| a.clone()).collect();
         let waiting_for = rotation::waiting_for(&ring.records, &plain).into_iter().map(str::to_owned).collect();
         Ok(KeysStatus {
@@ -286,7 +286,7 @@ pub async fn run(state: AppState, stop: CancellationToken) {
     let mut looked: Option<tokio::time::Instant> = None;
     loop {
         let mut changed = false;
-        match keys.tick(&state.db).await {
+        match keys.tick(&state.db, &pushed_hosts(&state)).await {
             Ok((changes, keys_changed)) => {
                 for c in &changes {
                     tracing::info!(key = %c.public, from = %c.from, to = %c.to, "deploy key changed state");
@@ -315,6 +315,20 @@ pub async fn run(state: AppState, stop: CancellationToken) {
             () = keys.poke.notified() => {}
         }
     }
+}
+
+/// The hosts a rotation waits for: every host with a live token except those berth pushes
+/// to (`delivery = "push"`), which verify no manifests (a token left from before they were
+/// pushed would hold the rotation for ever).
+async fn waited_for(db: &Db, pushed: &[&str]) -> Result<Vec<(rotation::HostAck, Option<i64>)>, DbError> {
+    let mut acks = db.deploy_key_acks().await?;
+    acks.retain(|(ack, _)| !pushed.contains(&ack.host.as_str()));
+    Ok(acks)
+}
+
+/// The hosts of the configuration berth pushes to.
+pub fn pushed_hosts(state: &AppState) -> Vec<&str> {
+    state.config.repositories.iter().flat_map(|r| r.push.keys().map(String::as_str)).collect()
 }
 
 /// `key_expiring` for the cache key when it is due (`[keys] cache_max_age_days` from its

@@ -14,7 +14,8 @@ use crate::{
 /// `GET /api/v1/keys/deploy`.
 pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Result<Json<KeysStatus>, ApiError> {
     auth::require(&state, &headers, Scope::Admin).await?;
-    let mut status = state.deploy_keys.status(&state.db).await?;
+    let pushed = crate::deploy::keys::pushed_hosts(&state);
+    let mut status = state.deploy_keys.status(&state.db, &pushed).await?;
     let cache_key = state.signing_key.public().to_nix_string();
     status.cache = Some(crate::deploy::keys::cache_key_view(&state.db, &state.config.keys, &cache_key).await?);
     Ok(Json(status))

@@ -316,6 +316,19 @@ fn a_server_killed_during_a_push_deploys_the_generation_again_once_back() {
     assert_eq!(host.last()["outcome"], "booted");
     assert!(!host.pending());
     assert_eq!(host.activations(), "alpha test\nalpha test\nalpha boot\n", "tried again, then booted");
+
+    // A pushed host verifies no manifests: a host token left from before it was pushed does
+    // not hold a deploy-key rotation. (Failed before: alpha was waited for, for ever.)
+    let _token = b.server.token("host:alpha");
+    let rotate =
+        run_ok(b.s.berth().args(["keys", "rotate", "deploy", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    assert!(rotate.status.success());
+    let keys = || -> Value { http().get(b.api("keys/deploy")).bearer_auth(&b.admin).send().unwrap().json().unwrap() };
+    wait_for("the rotation to finish", || {
+        let k = keys();
+        k["keys"].as_array().unwrap().iter().all(|k| k["state"] != "next")
+            && k["waiting_for"].as_array().unwrap().is_empty()
+    });
 }
 
 /// A pushed host as a rollout's canary: its failure halts the rollout before the pulled

@@ -624,7 +624,7 @@ fn push_answer(answer: Result<String, berth::deploy::push::host::HostError>) -> 
         }
         Err(e) => {
             eprintln!("berth-push: {e}");
-            std::process::exit(1);
+            std::process::exit(e.exit_code());
         }
     }
 }

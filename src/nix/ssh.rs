@@ -14,6 +14,10 @@ use tokio::sync::mpsc::UnboundedSender;
 
 use super::{args::path_arg, process, NixError};
 
+/// `berth push-gate`'s exit status when no trial of the system named is pending
+/// (`deploy::push::host::EXIT_NOT_PENDING`).
+const NOT_PENDING: i32 = 3;
+
 /// How long opening a connection may take.
 const CONNECT_TIMEOUT_SECS: u32 = 15;
 
@@ -116,6 +120,8 @@ pub enum Answer {
     Done(String),
     /// The host ran it and refused or failed it (exit 1): its reason, the last stderr line.
     Refused(String),
+    /// The host has no trial of the system named (`berth-push confirm`'s exit 3).
+    NotPending(String),
     /// The host could not be reached, or the connection broke (ssh's exit 255, a timeout).
     Unreachable(String),
 }
@@ -131,6 +137,9 @@ pub async fn run(t: SshTarget<'_>, command: &str, timeout: Duration) -> Result<A
         Ok(stdout) => Ok(Answer::Done(String::from_utf8_lossy(&stdout).trim().to_owned())),
         Err(NixError::Failed { status, stderr_tail, .. }) if status.code() == Some(255) => {
             Ok(Answer::Unreachable(last_line(&stderr_tail)))
+        }
+        Err(NixError::Failed { status, stderr_tail, .. }) if status.code() == Some(NOT_PENDING) => {
+            Ok(Answer::NotPending(last_line(&stderr_tail)))
         }
         Err(NixError::Failed { stderr_tail, .. }) => Ok(Answer::Refused(last_line(&stderr_tail))),
         Err(NixError::Timeout { after, .. }) => {

@@ -267,7 +267,12 @@ fn a_pushed_host_is_deployed_over_ssh_confirmed_rolled_back_and_guarded(client: 
     assert!(host.last()["reason"].as_str().unwrap().contains("rebooted"), "{}", host.last());
     let late = host.ssh(host.port, Some(&format!("berth-push confirm {first}")));
     assert_eq!(late.status.code(), Some(1), "{late:?}");
-    assert!(String::from_utf8_lossy(&late.stderr).contains("no trial"), "{late:?}");
+    assert!(String::from_utf8_lossy(&late.stderr).contains("already rolled back"), "{late:?}");
+    // A system the host never tried: "no trial" (exit 3), which tells berth nothing started.
+    let unknown = "/nix/store/0c4dpv6m5xa4b4ns8ag3z0xg8rh7il7x-nixos-system-alpha";
+    let never = host.ssh(host.port, Some(&format!("berth-push confirm {unknown}")));
+    assert_eq!(never.status.code(), Some(3), "{never:?}");
+    assert!(String::from_utf8_lossy(&never.stderr).contains("no trial"), "{never:?}");
 
     // 5. A stolen push key cannot put an unsigned path into the host's store (the current
     // Nix: the daemon trusts its client with nothing; Nix 2.8's has no such mode, docs/push.md).

@@ -160,7 +160,9 @@ async fn look(state: &AppState, host: &str, ssh: SshTarget<'_>) {
                 tracing::warn!(host, error = %e, "push: cannot record that the host was seen");
             }
         }
-        Ok(Answer::Refused(why) | Answer::Unreachable(why)) => tracing::info!(host, "push: host not reached: {why}"),
+        Ok(Answer::Refused(why) | Answer::NotPending(why) | Answer::Unreachable(why)) => {
+            tracing::info!(host, "push: berth-push status: {why}")
+        }
         Err(e) => tracing::warn!(host, error = %e, "push: cannot run ssh"),
     }
 }
@@ -193,6 +195,8 @@ async fn deploy(
     };
     let mut step = Step::Copying;
     let mut reason = String::new();
+    // Whether `berth-push test` got no answer (so the trial may not have started).
+    let mut uncertain = false;
     report(Phase::Downloading, format!("copying {path} to {} over ssh-ng", target.destination), active).await;
     while !step.is_final() {
         let outcome = match step {
@@ -235,9 +239,29 @@ async fn deploy(
             }
             Step::Testing => {
                 let command = format!("berth-push test {path} {}", target.confirm_timeout.as_secs());
-                answered(ssh::run(ssh, &command, COMMAND_TIMEOUT).await, "activation", &mut reason)
+                match ssh::run(ssh, &command, COMMAND_TIMEOUT).await {
+                    // The connection broke, or never was: the trial may be under way (the new
+                    // system cut the network) or never started. Confirming tells which.
+                    Ok(Answer::Unreachable(why)) => {
+                        reason = format!("host not reached during the activation: {why}");
+                        uncertain = true;
+                        Outcome::Ok
+                    }
+                    answer => answered(answer, "activation", &mut reason),
+                }
             }
-            Step::Confirming => confirm(ssh, path, target.confirm_timeout, &mut reason).await,
+            Step::Confirming => {
+                let confirmed = confirm(ssh, path, target.confirm_timeout, &mut reason).await;
+                match after_confirming(confirmed, uncertain && attempt < MAX_COPIES) {
+                    Some(outcome) => outcome,
+                    None => {
+                        let message =
+                            format!("the host never started the trial ({reason}); will retry in {}s", IDLE.as_secs());
+                        report(Phase::Downloading, message, active).await;
+                        return Deployed::Retry;
+                    }
+                }
+            }
             Step::Booting => {
                 let command = format!("berth-push boot {path}");
                 let outcome = answered(ssh::run(ssh, &command, COMMAND_TIMEOUT).await, "boot", &mut reason);
@@ -266,7 +290,7 @@ async fn deploy(
 fn answered(answer: Result<Answer, crate::nix::NixError>, what: &str, reason: &mut String) -> Outcome {
     match answer {
         Ok(Answer::Done(_)) => Outcome::Ok,
-        Ok(Answer::Refused(why)) => {
+        Ok(Answer::Refused(why) | Answer::NotPending(why)) => {
             *reason = format!("{what} failed on the host: {why}");
             Outcome::Failed
         }
@@ -281,9 +305,32 @@ fn answered(answer: Result<Answer, crate::nix::NixError>, what: &str, reason: &m
     }
 }
 
+/// What confirming came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Confirmed {
+    /// The host settled the trial.
+    Yes,
+    /// Refused, or no answer within the window: the host rolls back (or did).
+    No,
+    /// The host has no trial of the system: it never started one, or already ended it.
+    NeverStarted,
+}
+
+/// The step's outcome after confirming, or `None` to deploy again later: with `retry`
+/// (`berth-push test` got no answer, and attempts are left), a host that never heard of the
+/// trial never started it, so nothing changed there, as after a failed copy. (A trial that
+/// started and rolled back is refused as such, not as unknown.)
+fn after_confirming(confirmed: Confirmed, retry: bool) -> Option<Outcome> {
+    match (confirmed, retry) {
+        (Confirmed::Yes, _) => Some(Outcome::Ok),
+        (Confirmed::NeverStarted, true) => None,
+        (Confirmed::No | Confirmed::NeverStarted, _) => Some(Outcome::Failed),
+    }
+}
+
 /// Confirms over fresh connections until the host answers or the window closes. The host
 /// refusing (too late, another trial) is final at once; only an unreachable host is retried.
-async fn confirm(ssh: SshTarget<'_>, path: &str, window: Duration, reason: &mut String) -> Outcome {
+async fn confirm(ssh: SshTarget<'_>, path: &str, window: Duration, reason: &mut String) -> Confirmed {
     let deadline = Instant::now() + window;
     let command = format!("berth-push confirm {path}");
     loop {
@@ -293,13 +340,17 @@ async fn confirm(ssh: SshTarget<'_>, path: &str, window: Duration, reason: &mut 
                 "no confirmation within {}s ({reason}): the host rolls back by itself at its deadline",
                 window.as_secs()
             );
-            return Outcome::Failed;
+            return Confirmed::No;
         }
         match ssh::run(ssh, &command, left.min(COMMAND_TIMEOUT)).await {
-            Ok(Answer::Done(_)) => return Outcome::Ok,
+            Ok(Answer::Done(_)) => return Confirmed::Yes,
             Ok(Answer::Refused(why)) => {
                 *reason = format!("the host refused the confirmation: {why}");
-                return Outcome::Failed;
+                return Confirmed::No;
+            }
+            Ok(Answer::NotPending(why)) => {
+                *reason = format!("the host refused the confirmation: {why}");
+                return Confirmed::NeverStarted;
             }
             Ok(Answer::Unreachable(why)) => *reason = format!("host not reached: {why}"),
             Err(e) => *reason = e.to_string(),
@@ -327,4 +378,26 @@ fn write_known_hosts(data_dir: &Path, host: &str, target: &PushTarget) -> std::i
     let line = ssh::known_hosts_line(&target.destination, target.port, &target.host_key);
     crate::deploy::agent::state::replace_file(&dir, &name, line.as_bytes())?;
     Ok(dir.join(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_trial_that_never_started_is_tried_again_only_when_its_activation_got_no_answer_and_attempts_are_left() {
+        let table = [
+            (Confirmed::Yes, false, Some(Outcome::Ok)),
+            (Confirmed::Yes, true, Some(Outcome::Ok)),
+            (Confirmed::No, false, Some(Outcome::Failed)),
+            (Confirmed::No, true, Some(Outcome::Failed)),
+            // The host answered the activation, then had no trial: it ended it (late).
+            (Confirmed::NeverStarted, false, Some(Outcome::Failed)),
+            // The activation got no answer and the host has no trial: it never started.
+            (Confirmed::NeverStarted, true, None),
+        ];
+        for (confirmed, uncertain, want) in table {
+            assert_eq!(after_confirming(confirmed, uncertain), want, "{confirmed:?} retry={uncertain}");
+        }
+    }
 }

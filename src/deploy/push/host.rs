@@ -126,6 +126,15 @@ pub enum HostError {
         /// How the last trial ended, as `; last: …`.
         last: String,
     },
+    /// The trial of this system already ended rolled back (its activation failed, or its
+    /// deadline passed).
+    #[error("the trial of {system} already rolled back: {reason}")]
+    RolledBack {
+        /// The system.
+        system: String,
+        /// Why.
+        reason: String,
+    },
     /// The confirmation came after the deadline; the host rolled back.
     #[error("the confirmation of {0} came after its deadline: rolled back")]
     Late(String),
@@ -151,6 +160,20 @@ pub enum HostError {
         /// What failed.
         source: std::io::Error,
     },
+}
+
+/// The exit status `berth push-gate` ends with when no trial of the system named is
+/// pending (berth tells "never started" from "refused"); every other failure exits 1.
+pub const EXIT_NOT_PENDING: i32 = 3;
+
+impl HostError {
+    /// The exit status of a push command that failed this way.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::NotPending { .. } => EXIT_NOT_PENDING,
+            _ => 1,
+        }
+    }
 }
 
 /// Seconds since the Unix epoch.
@@ -342,7 +365,12 @@ async fn confirm(opts: &GateOptions, system: &str) -> Result<String, HostError> 
     let locked = Locked::take(opts)?;
     let pending = locked.pending()?.filter(|p| p.system == system);
     let Some(pending) = pending else {
-        let last = match locked.last()? {
+        let last = locked.last()?;
+        if let Some(l) = last.as_ref().filter(|l| l.system == system && l.outcome == LastOutcome::RolledBack) {
+            let reason = l.reason.clone().unwrap_or_else(|| "no reason recorded".into());
+            return Err(HostError::RolledBack { system: system.to_owned(), reason });
+        }
+        let last = match last {
             Some(l) => format!(
                 "; last: {} {:?}{}",
                 l.system,

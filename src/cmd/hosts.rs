@@ -37,9 +37,12 @@ pub fn render_hosts(hosts: &[Host]) -> String {
             ),
         };
         let build = h.last_build.as_ref().map_or_else(dash, last_build);
+        let name = match h.delivery.as_deref() {
+            Some("push") => format!("{} (push)", h.name),
+            _ => h.name.clone(),
+        };
         out += &format!(
-            "{:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {build:<24} {error}\n",
-            h.name
+            "{name:<20} {desired:>7} {current:>7}  {state:<12} {seen:<19}  {commit:<12} {build:<24} {error}\n"
         );
     }
     out

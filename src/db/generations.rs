@@ -66,6 +66,9 @@ pub struct HostRow {
     /// `[repositories.hosts.<name>] tags` apply as well.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// `push` for a host berth pushes to (`delivery = "push"`; filled by the API).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delivery: Option<String>,
 }
 
 /// A row of [`Db::hosts`]' join: the host, and its newest generation if it has one.
@@ -112,6 +115,7 @@ impl HostJoin {
             last_build: None,
             held_by: self.held_by,
             tags: split_tags(self.tags.as_deref()),
+            delivery: None,
         }
     }
 }

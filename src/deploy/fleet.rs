@@ -27,6 +27,8 @@ pub async fn hosts(db: &Db, config: &Config) -> Result<Vec<HostRow>, DbError> {
         let seen = seen(reports.get(&h.name).map_or(&[], Vec::as_slice));
         let newest = h.latest.as_ref().map(|g| g.number);
         let (seen_at, paused) = (h.status.last_seen, h.status.paused_at.is_some());
+        let pushed = config.repositories.iter().any(|r| r.name == h.repository && r.push.contains_key(&h.name));
+        h.delivery = pushed.then(|| "push".to_owned());
         let state = status::host_state(newest, &seen, seen_at, paused, h.held_by, now, offline_after_secs);
         h.state = Some(match state {
             HostState::Generation(Outcome::Waiting) => outside_window(config, h).unwrap_or(state),

@@ -88,6 +88,7 @@ mod tests {
             state: Some(state),
             held_by: None,
             tags: vec![],
+            delivery: None,
             last_build: None,
         }
     }

@@ -372,6 +372,7 @@ mod tests {
             state,
             held_by: None,
             tags: vec![],
+            delivery: None,
             last_build: Some(LastBuild {
                 id: 12,
                 commit_sha: "0123".into(),

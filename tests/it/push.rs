@@ -197,6 +197,9 @@ fn a_pushed_host_is_deployed_over_ssh_confirmed_rolled_back_and_guarded(client: 
     let status: Vec<Value> = http().get(b.api("hosts")).bearer_auth(&b.admin).send().unwrap().json().unwrap();
     let alpha = status.iter().find(|h| h["name"] == "alpha").unwrap();
     assert_eq!(alpha["status"]["active_generation"], 1, "{alpha}");
+    assert_eq!(alpha["delivery"], "push", "{alpha}");
+    let table = stdout_of(b.s.berth().args(["hosts", "--server", &b.server.url]).env("BERTH_TOKEN", &b.admin));
+    assert!(table.lines().any(|l| l.starts_with("alpha (push)") && l.contains("confirmed")), "{table}");
 
     // 2. An activation that fails: the host goes straight back to generation 1.
     b.fleet.set_switch_fails("alpha", true);

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::window::{ActivationWindow, RebootWindow};
+use super::window::RebootWindow;
 use crate::config::ConfigError;
+use crate::deploy::windows::{ActivationWindow, ActivationWindowError};
 use crate::nixfmt::PublicKey;
 
 /// The system profile NixOS boots from.
@@ -371,9 +372,7 @@ fn seconds(key: &'static str, value: Option<u64>, default: u64) -> Result<Durati
 fn activation_windows(windows: Vec<String>) -> Result<Vec<ActivationWindow>, ConfigError> {
     windows
         .iter()
-        .map(|w| {
-            w.parse().map_err(|e: super::window::ActivationWindowError| invalid("activation_windows", e.to_string()))
-        })
+        .map(|w| w.parse().map_err(|e: ActivationWindowError| invalid("activation_windows", e.to_string())))
         .collect()
 }
 

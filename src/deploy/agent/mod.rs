@@ -27,7 +27,7 @@ mod report;
 pub mod state;
 #[cfg(test)]
 mod tests;
-pub mod window;
+mod window;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -377,7 +377,7 @@ impl Agent {
         let now = jiff::Zoned::now().with_time_zone(self.opts.time_zone.clone());
         let weekday = now.weekday().to_monday_zero_offset() as usize;
         let minute = now.hour() as u16 * 60 + now.minute() as u16;
-        window::activation_allowed(&self.opts.activation_windows, weekday, minute)
+        crate::deploy::windows::activation_allowed(&self.opts.activation_windows, weekday, minute)
     }
 
     /// Reports a refused manifest to the server once, when it at least claims to be this

@@ -38,9 +38,11 @@ impl BuildLog {
         let mut file = fs::OpenOptions::new().create(true).append(true).open(&path).await?;
         let (tx, mut rx) = mpsc::unbounded_channel::<String>();
         let writer = tokio::spawn(async move {
-            while let Some(line) = rx.recv().await {
+            while let Some(mut line) = rx.recv().await {
+                // One write with its newline: a follower reading meanwhile never sees a line
+                // without its end.
+                line.push('\n');
                 file.write_all(line.as_bytes()).await?;
-                file.write_all(b"\n").await?;
             }
             file.sync_all().await
         });

@@ -155,6 +155,14 @@ impl Db {
         ).bind(host).fetch_all(pool).await?))
     }
 
+    /// The newest generation of a host that ended (confirmed, rolled back or failed): what
+    /// the push driver has nothing more to do for.
+    pub async fn newest_settled_generation(&self, host: &str) -> Result<Option<i64>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_scalar(
+            "SELECT MAX(generation) FROM reports WHERE host = $1 AND phase IN ('confirmed', 'rolled_back', 'failed')",
+        ).bind(host).fetch_one(pool).await?))
+    }
+
     /// Every report of a host as `(generation, phase, message)`, oldest first: what the
     /// outcome of each generation is computed from (`deploy::status`).
     pub async fn report_phases(&self, host: &str) -> Result<Vec<(i64, String, Option<String>)>, DbError> {
@@ -234,11 +242,16 @@ mod tests {
             // The same report sent again (its answer was lost) is recognised, not recorded twice.
             assert_eq!(db.add_report("a", &report(1, "confirmed", None), None).await.unwrap(), Recorded::Repeated);
             assert_eq!(db.reports("a", 10).await.unwrap().len(), 1);
+            assert_eq!(db.newest_settled_generation("a").await.unwrap(), Some(1));
+            db.add_report("a", &report(2, "activating", None), Some(1)).await.unwrap();
+            assert_eq!(db.newest_settled_generation("a").await.unwrap(), Some(1), "not over yet");
             db.add_report("a", &report(2, "rolled_back", Some("health check failed")), Some(1)).await.unwrap();
+            assert_eq!(db.newest_settled_generation("a").await.unwrap(), Some(2));
+            assert_eq!(db.newest_settled_generation("nobody").await.unwrap(), None);
             let status = db.host_status("a").await.unwrap();
             assert_eq!(status.active_generation, Some(1));
             assert_eq!(status.last_error.as_deref(), Some("health check failed"));
-            assert_eq!(db.reports("a", 10).await.unwrap().len(), 2);
+            assert_eq!(db.reports("a", 10).await.unwrap().len(), 3);
             assert_eq!(db.confirmed_generations("a").await.unwrap(), [1]);
             db.add_report("a", &report(3, "confirmed", None), None).await.unwrap();
             assert_eq!(db.host_status("a").await.unwrap().last_error, None);

@@ -138,17 +138,7 @@ async fn drive(state: AppState, host: String, target: PushTarget, stop: Cancella
 /// outside its activation window).
 async fn next_generation(state: &AppState, host: &str) -> Result<Option<GenerationRow>, crate::db::DbError> {
     let Some(offered) = crate::deploy::offer::offer(state, host).await?.generation else { return Ok(None) };
-    let settled = state
-        .db
-        .report_phases(host)
-        .await?
-        .into_iter()
-        .filter(|(_, phase, _)| {
-            matches!(Phase::parse(phase), Some(Phase::Confirmed | Phase::RolledBack | Phase::Failed))
-        })
-        .map(|(generation, ..)| generation)
-        .max()
-        .unwrap_or(0);
+    let settled = state.db.newest_settled_generation(host).await?.unwrap_or(0);
     Ok(Some(offered).filter(|g| g.number > settled))
 }
 

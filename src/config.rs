@@ -20,6 +20,7 @@ mod forge;
 mod keys;
 mod notify;
 mod push;
+mod windows;
 
 pub use forge::{owner_and_name, ForgeConfig, ForgeKind, RawForge};
 pub use keys::{KeysPolicy, RawKeys};
@@ -392,62 +393,6 @@ pub struct Repository {
     pub rollout: Option<Policy>,
     /// Which CI ID tokens may submit its builds, if any.
     pub oidc: Option<crate::oidc::OidcPolicy>,
-}
-
-/// Activation windows: each host's own and the groups', parsed and their zones found.
-fn window_policy(
-    hosts: &BTreeMap<String, RawHost>,
-    groups: Vec<RawWindowGroup>,
-) -> Result<crate::deploy::windows::WindowPolicy, ConfigError> {
-    use crate::deploy::windows::{Group, WindowPolicy, Windows};
-    let windows = |key: &'static str, what: &str, text: Vec<String>, zone: Option<&str>| {
-        let bad = |reason: String| ConfigError::Invalid { key, reason: format!("{what}: {reason}") };
-        if text.is_empty() {
-            return Err(bad("no windows: leave the key out to allow any time".into()));
-        }
-        let parsed = text.iter().map(|w| w.parse().map_err(|e| bad(format!("{e}")))).collect::<Result<_, _>>()?;
-        let time_zone = match zone {
-            None => jiff::tz::TimeZone::UTC,
-            Some(name) => jiff::tz::TimeZone::get(name)
-                .map_err(|e| bad(format!("{name:?} is not a time zone this server knows ({e})")))?,
-        };
-        Ok(Windows { text, windows: parsed, time_zone })
-    };
-    let mut policy = WindowPolicy::default();
-    for (name, host) in hosts {
-        match (&host.activation_windows, &host.time_zone) {
-            (None, None) => {}
-            (None, Some(_)) => {
-                return Err(ConfigError::Invalid {
-                    key: "repositories.hosts.time_zone",
-                    reason: format!("host {name}: time_zone without activation_windows"),
-                })
-            }
-            (Some(text), zone) => {
-                let what = format!("host {name}");
-                let w = windows("repositories.hosts.activation_windows", &what, text.clone(), zone.as_deref())?;
-                policy.hosts.insert(name.clone(), w);
-            }
-        }
-    }
-    for (i, group) in groups.into_iter().enumerate() {
-        if group.hosts.is_empty() {
-            return Err(ConfigError::Invalid {
-                key: "repositories.windows.hosts",
-                reason: format!("windows entry {}: selects no host", i + 1),
-            });
-        }
-        let what = format!("windows entry {}", i + 1);
-        let w = windows(
-            "repositories.windows.activation_windows",
-            &what,
-            group.activation_windows,
-            group.time_zone.as_deref(),
-        )?;
-        let hosts = group.hosts.iter().map(|h| crate::deploy::rollout::Selector::parse(h)).collect();
-        policy.groups.push(Group { hosts, windows: w });
-    }
-    Ok(policy)
 }
 
 /// Secret bytes whose `Debug` prints nothing.
@@ -873,7 +818,7 @@ fn validate_repository(raw: RawRepository) -> Result<Repository, ConfigError> {
             push.insert(name.clone(), target);
         }
     }
-    let windows = window_policy(&raw.hosts, raw.windows)?;
+    let windows = windows::window_policy(&raw.hosts, raw.windows)?;
     let rollout = raw.rollout.map(|r| rollout_policy(r, &tags)).transpose()?;
     let oidc = raw.oidc.map(oidc_policy).transpose()?;
     Ok(Repository {

@@ -16,14 +16,20 @@ pub struct CacheKeyRow {
 }
 
 impl Db {
-    /// Records that berth signs with `public` (from now, if it is new); returns its record.
-    pub async fn use_cache_key(&self, public: &str) -> Result<CacheKeyRow, DbError> {
+    /// Records that berth signs with `public` (from now, if it is new): once, at start.
+    pub async fn use_cache_key(&self, public: &str) -> Result<(), DbError> {
         on_pool!(self, pool => {
             sqlx::query("INSERT INTO cache_keys (public_key, first_used) VALUES ($1, $2) ON CONFLICT (public_key) DO NOTHING")
                 .bind(public).bind(now()).execute(pool).await?;
-            Ok(sqlx::query_as("SELECT public_key, first_used, warned_for FROM cache_keys WHERE public_key = $1")
-                .bind(public).fetch_one(pool).await?)
+            Ok(())
         })
+    }
+
+    /// The record of cache key `public`; `None` until [`Db::use_cache_key`] recorded it.
+    pub async fn cache_key(&self, public: &str) -> Result<Option<CacheKeyRow>, DbError> {
+        on_pool!(self, pool => Ok(sqlx::query_as(
+            "SELECT public_key, first_used, warned_for FROM cache_keys WHERE public_key = $1",
+        ).bind(public).fetch_optional(pool).await?))
     }
 
     /// Records that `key_expiring` warned of expiry `at` for cache key `public`; `false` when
@@ -42,14 +48,17 @@ mod tests {
 
     for_each_backend! {
         async fn a_cache_key_keeps_its_first_use_and_warns_once_per_expiry(db: Db) {
-            let first = db.use_cache_key("k-1:AAAA").await.unwrap();
+            assert_eq!(db.cache_key("k-1:AAAA").await.unwrap(), None);
+            db.use_cache_key("k-1:AAAA").await.unwrap();
+            let first = db.cache_key("k-1:AAAA").await.unwrap().unwrap();
             assert_eq!(first.warned_for, None);
-            let again = db.use_cache_key("k-1:AAAA").await.unwrap();
+            db.use_cache_key("k-1:AAAA").await.unwrap();
+            let again = db.cache_key("k-1:AAAA").await.unwrap().unwrap();
             assert_eq!(again.first_used, first.first_used, "a restart keeps the key's age");
             assert!(db.warn_cache_key("k-1:AAAA", 100).await.unwrap());
             assert!(!db.warn_cache_key("k-1:AAAA", 100).await.unwrap(), "once per expiry");
             assert!(db.warn_cache_key("k-1:AAAA", 200).await.unwrap(), "again for a new expiry");
-            assert_eq!(db.use_cache_key("k-1:AAAA").await.unwrap().warned_for, Some(200));
+            assert_eq!(db.cache_key("k-1:AAAA").await.unwrap().unwrap().warned_for, Some(200));
         }
     }
 }

@@ -41,8 +41,7 @@ pub async fn hosts(db: &Db, config: &Config) -> Result<Vec<HostRow>, DbError> {
 /// `OutsideWindow` when `h`'s activation window is closed now.
 fn outside_window(config: &Config, h: &HostRow) -> Option<HostState> {
     let r = config.repositories.iter().find(|r| r.name == h.repository)?;
-    let tags = super::rollout::tags_of(&r.tags, &h.name, h.tags.clone());
-    let windows = r.windows.of(&h.name, &tags)?;
+    let windows = r.windows.of_host(&h.name, &r.tags, h.tags.clone())?;
     (!windows.open(jiff::Timestamp::now())).then(|| HostState::OutsideWindow { windows: windows.text.clone() })
 }
 

@@ -335,7 +335,8 @@ pub fn pushed_hosts(state: &AppState) -> Vec<&str> {
 /// first use), recorded first, so it is raised once per expiry on one replica.
 async fn cache_key_expiring(db: &Db, policy: &KeysPolicy, public: &str) -> Result<Option<Event>, DbError> {
     let Some(max_age) = policy.cache_max_age else { return Ok(None) };
-    let row = db.use_cache_key(public).await?;
+    // Not recorded: the start could not write it (logged); nothing to count from.
+    let Some(row) = db.cache_key(public).await? else { return Ok(None) };
     let expires = Some(row.first_used.saturating_add(max_age));
     let Some(at) = rotation::warn_due(expires, policy.warn_lead, crate::db::now(), row.warned_for) else {
         return Ok(None);
@@ -347,11 +348,12 @@ async fn cache_key_expiring(db: &Db, policy: &KeysPolicy, public: &str) -> Resul
     Ok(Some(Event::KeyExpiring { key: public.to_owned(), state: "cache".into(), expires_at: at }))
 }
 
-/// The cache key in [`KeysStatus`]: since when berth signs with it, and its expiry.
-pub async fn cache_key_view(db: &Db, policy: &KeysPolicy, public: &str) -> Result<CacheKeyView, DbError> {
-    let row = db.use_cache_key(public).await?;
+/// The cache key in [`KeysStatus`]: since when berth signs with it, and its expiry (`None`
+/// until its first use is recorded).
+pub async fn cache_key_view(db: &Db, policy: &KeysPolicy, public: &str) -> Result<Option<CacheKeyView>, DbError> {
+    let Some(row) = db.cache_key(public).await? else { return Ok(None) };
     let expires_at = policy.cache_max_age.map(|age| row.first_used.saturating_add(age));
-    Ok(CacheKeyView { public_key: row.public_key, first_used: row.first_used, expires_at })
+    Ok(Some(CacheKeyView { public_key: row.public_key, first_used: row.first_used, expires_at }))
 }
 
 /// The cache signing key, as `GET /api/v1/keys/deploy` shows it beside the deploy keys.

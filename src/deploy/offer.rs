@@ -35,6 +35,5 @@ pub async fn in_window(state: &AppState, host: &str) -> Result<bool, DbError> {
     }
     let Some((repository, enrolled)) = state.db.host_placement(host).await? else { return Ok(true) };
     let Some(r) = repositories.iter().find(|r| r.name == repository) else { return Ok(true) };
-    let tags = crate::deploy::rollout::tags_of(&r.tags, host, enrolled);
-    Ok(r.windows.open(host, &tags, jiff::Timestamp::now()))
+    Ok(r.windows.open(host, &r.tags, enrolled, jiff::Timestamp::now()))
 }

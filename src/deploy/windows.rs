@@ -167,9 +167,30 @@ impl WindowPolicy {
             .or_else(|| self.groups.iter().find(|g| g.hosts.iter().any(|s| s.matches(host, tags))).map(|g| &g.windows))
     }
 
-    /// Whether `host` may be handed a newer generation at `now` (no windows: always).
-    pub fn open(&self, host: &str, tags: &BTreeMap<String, Vec<String>>, now: jiff::Timestamp) -> bool {
-        self.of(host, tags).map_or(true, |w| w.open(now))
+    /// The windows of `host`, whose tags are its configured ones (`configured`, by host) and
+    /// those it was enrolled with.
+    pub fn of_host(
+        &self,
+        host: &str,
+        configured: &BTreeMap<String, Vec<String>>,
+        enrolled: Vec<String>,
+    ) -> Option<&Windows> {
+        if self.is_empty() {
+            return None;
+        }
+        self.of(host, &super::rollout::tags_of(configured, host, enrolled))
+    }
+
+    /// Whether `host` (tags as for [`WindowPolicy::of_host`]) may be handed a newer
+    /// generation at `now` (no windows: always).
+    pub fn open(
+        &self,
+        host: &str,
+        configured: &BTreeMap<String, Vec<String>>,
+        enrolled: Vec<String>,
+        now: jiff::Timestamp,
+    ) -> bool {
+        self.of_host(host, configured, enrolled).map_or(true, |w| w.open(now))
     }
 }
 
@@ -249,12 +270,12 @@ mod tests {
         let at = |text: &str| text.parse::<jiff::Timestamp>().unwrap();
         // 2026-12-05 is a Saturday.
         let saturday_3 = at("2026-12-05T03:00:00Z");
-        assert!(policy.open("db-1", &tags, saturday_3), "the db group's window");
-        assert!(!policy.open("db-2", &tags, saturday_3), "its own window, not the group's");
-        assert!(policy.open("db-2", &tags, at("2026-12-06T03:30:00Z")));
-        assert!(!policy.open("web-1", &tags, saturday_3), "the catch-all group: weekdays only");
-        assert!(policy.open("web-1", &tags, at("2026-12-07T10:00:00Z")));
-        assert!(WindowPolicy::default().open("web-1", &tags, saturday_3), "no windows: always");
+        assert!(policy.open("db-1", &tags, vec![], saturday_3), "the db group's window");
+        assert!(!policy.open("db-2", &tags, vec![], saturday_3), "its own window, not the group's");
+        assert!(policy.open("db-2", &tags, vec![], at("2026-12-06T03:30:00Z")));
+        assert!(!policy.open("web-1", &tags, vec![], saturday_3), "the catch-all group: weekdays only");
+        assert!(policy.open("web-1", &tags, vec![], at("2026-12-07T10:00:00Z")));
+        assert!(WindowPolicy::default().open("web-1", &tags, vec![], saturday_3), "no windows: always");
     }
 
     #[test]

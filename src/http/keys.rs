@@ -17,7 +17,7 @@ pub async fn status(State(state): State<AppState>, headers: HeaderMap) -> Result
     let pushed = crate::deploy::keys::pushed_hosts(&state);
     let mut status = state.deploy_keys.status(&state.db, &pushed).await?;
     let cache_key = state.signing_key.public().to_nix_string();
-    status.cache = Some(crate::deploy::keys::cache_key_view(&state.db, &state.config.keys, &cache_key).await?);
+    status.cache = crate::deploy::keys::cache_key_view(&state.db, &state.config.keys, &cache_key).await?;
     Ok(Json(status))
 }
 

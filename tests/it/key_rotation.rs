@@ -203,21 +203,28 @@ fn wait_expiring(receiver: &crate::receiver::Receiver, n: usize) -> Vec<Value> {
     panic!("{n} key_expiring notification(s) expected, got {:#?}", expiring(receiver));
 }
 
-/// With `[keys]` ages, a deploy key within `warn_days` of its expiry raises `key_expiring`
-/// once — not again on every look, nor after a restart — and the next key made by a
-/// rotation warns of its own expiry. (Failed before: there was no such event.)
-#[test]
-fn a_deploy_key_near_its_expiry_is_announced_once() {
+/// A server with `[keys] AGE` and `warn_days = 2`, sending `key_expiring` to a receiver (the
+/// directory holds the notification secret).
+fn expiry_server(age: &str) -> (crate::receiver::Receiver, tempfile::TempDir, BuildHost) {
     let receiver = crate::receiver::Receiver::start(|_| (204, String::new()));
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("notify-secret");
     std::fs::write(&secret, "notify-s3cret").unwrap();
     let extra = format!(
-        "[keys]\ndeploy_max_age_days = 1\nwarn_days = 2\n[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"key_expiring\"]\n",
+        "[keys]\n{age}\nwarn_days = 2\n[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"key_expiring\"]\n",
         receiver.url,
         secret.display()
     );
-    let mut b = build_host(&["alpha"], &extra);
+    let b = build_host(&["alpha"], &extra);
+    (receiver, dir, b)
+}
+
+/// With `[keys]` ages, a deploy key within `warn_days` of its expiry raises `key_expiring`
+/// once — not again on every look, nor after a restart — and the next key made by a
+/// rotation warns of its own expiry. (Failed before: there was no such event.)
+#[test]
+fn a_deploy_key_near_its_expiry_is_announced_once() {
+    let (receiver, _dir, mut b) = expiry_server("deploy_max_age_days = 1");
     let old = deploy_public_key(&b);
     let first = wait_expiring(&receiver, 1);
     assert_eq!((first[0]["key"].as_str(), first[0]["state"].as_str()), (Some(old.as_str()), Some("current")));
@@ -248,16 +255,7 @@ fn state_of_key<'a>(keys: &'a Value, public: &str) -> &'a Value {
 /// expiry. (Failed before: the cache key had no recorded age.)
 #[test]
 fn the_cache_key_near_its_expiry_is_announced_once() {
-    let receiver = crate::receiver::Receiver::start(|_| (204, String::new()));
-    let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("notify-secret");
-    std::fs::write(&secret, "notify-s3cret").unwrap();
-    let extra = format!(
-        "[keys]\ncache_max_age_days = 1\nwarn_days = 2\n[[notify]]\nurl = \"{}/hook\"\nsecret_file = \"{}\"\nevents = [\"key_expiring\"]\n",
-        receiver.url,
-        secret.display()
-    );
-    let mut b = build_host(&["alpha"], &extra);
+    let (receiver, _dir, mut b) = expiry_server("cache_max_age_days = 1");
     let first = wait_expiring(&receiver, 1);
     assert_eq!(first.len(), 1, "the cache key alone may expire here: {first:#?}");
     assert_eq!(

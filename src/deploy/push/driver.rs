@@ -184,6 +184,8 @@ async fn deploy(
         }
     };
     let mut step = Step::Copying;
+    // The step that ended the deploy (a failed boot leaves the confirmed system running).
+    let mut last = step;
     let mut reason = String::new();
     // Whether `berth-push test` got no answer (so the trial may not have started).
     let mut uncertain = false;
@@ -262,15 +264,13 @@ async fn deploy(
             }
             Step::Confirmed | Step::RolledBack | Step::Failed => unreachable!("final steps end the loop"),
         };
+        last = step;
         step = timeline::next(step, outcome);
     }
-    match step {
-        Step::Confirmed => {
-            report(Phase::Confirmed, format!("{path} confirmed"), Some(g.number)).await;
-        }
-        Step::RolledBack => report(Phase::RolledBack, reason, active).await,
-        // A failed boot step leaves the confirmed system running.
-        _ if reason.starts_with("confirmed") => report(Phase::Failed, reason, Some(g.number)).await,
+    match (step, last) {
+        (Step::Confirmed, _) => report(Phase::Confirmed, format!("{path} confirmed"), Some(g.number)).await,
+        (Step::RolledBack, _) => report(Phase::RolledBack, reason, active).await,
+        (_, Step::Booting) => report(Phase::Failed, reason, Some(g.number)).await,
         _ => report(Phase::Failed, reason, active).await,
     }
     Deployed::Settled
